@@ -1,0 +1,283 @@
+"""Result records: one JSON object per task run (PROTOCOLS.md "Results"), written atomically.
+
+A task wraps its work in :class:`TaskRun`; whatever happens inside, exactly one complete
+``record.json`` lands in the task's output directory::
+
+    with TaskRun(task="knn", dataset="synthetic/shape", scale="demo", out_dir=out,
+                 ckpt_info=info, config=cfg, seeds=[0]) as run:
+        run.metrics["top1_k20"] = 71.3
+
+``run_all`` collects these records into ``results.jsonl`` with :func:`append_jsonl`; readers use
+:func:`read_jsonl`, which skips (and warns about) a line a killed writer left corrupt.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from transfer.checkpoints import CheckpointInfo, sha256_file
+
+__all__ = [
+    "TaskRun", "TaskSkipped", "TaskFailed", "write_json_atomic", "write_text_atomic", "append_jsonl",
+    "read_jsonl", "sha256_file", "code_version", "library_versions", "EXIT_OK", "EXIT_FAILED",
+    "EXIT_USAGE", "EXIT_SKIPPED",
+]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED = 0, 1, 2, 3
+_REPO = Path(__file__).resolve().parents[1]
+
+
+class TaskSkipped(Exception):
+    """The task cannot run here (e.g. its dataset is not on disk): recorded as ``skipped``."""
+
+
+class TaskFailed(Exception):
+    """The task ran and failed for a reason it can name (NaN loss, unloaded weights...)."""
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """Append one record as one line: one ``write`` under an exclusive lock, then ``fsync``.
+
+    A killed writer can at worst leave a truncated last line, which :func:`read_jsonl` skips.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(_jsonable(record), sort_keys=False) + "\n"
+    with open(path, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            f.seek(0, os.SEEK_END)
+            if f.tell() > 0:  # a killed writer may have left a line without its newline
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+            f.write(line.encode())
+            f.flush()
+            os.fsync(f.fileno())
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """All records in ``path``; corrupt lines are skipped with a warning, never fatal."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            warnings.warn(f"{path}:{lineno}: skipping a corrupt line ({line[:60]!r}...)", stacklevel=2)
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+        else:
+            warnings.warn(f"{path}:{lineno}: skipping a line that is not a JSON object", stacklevel=2)
+    return records
+
+
+def code_version() -> str:
+    """``git describe`` of this checkout (with ``-dirty``), else the package version."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(_REPO), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"mast-ssl {version('mast-ssl')}"
+        except PackageNotFoundError:
+            return "unknown"
+
+
+def library_versions(extra: Iterable[str] = ()) -> dict[str, str]:
+    """Versions of Python, torch and whichever engines are already imported."""
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("torch", "torchvision", "numpy", "detectron2", "mmseg", "mmengine", "mmcv", "sklearn", *extra):
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = str(getattr(module, "__version__", "?"))
+    try:
+        import torch
+
+        versions["cuda"] = torch.version.cuda or "none"
+        if torch.cuda.is_available():
+            versions["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return versions
+
+
+class TaskRun:
+    """Context manager that owns a task's ``record.json`` (see module docstring).
+
+    An ``Exception`` raised inside the block is caught: the record says ``failed`` (or ``skipped``
+    for :class:`TaskSkipped`), ``traceback.txt`` keeps the details, and the CLI ends with
+    ``sys.exit(run.exit_code)``. ``KeyboardInterrupt`` is recorded, then propagates.
+
+    Refuses to start when ``out_dir`` already holds a record, unless ``force``: results a user
+    produced are never overwritten silently.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        dataset: str,
+        scale: str,
+        out_dir: str | Path,
+        ckpt_info: CheckpointInfo | None,
+        config: dict | None = None,
+        seeds: list[int] | None = None,
+        force: bool = False,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.record_path = self.out_dir / "record.json"
+        if self.record_path.exists() and not force:
+            raise FileExistsError(
+                f"{self.record_path} already exists; pass --force to re-run (or choose another --out)"
+            )
+        self.metrics: dict[str, float] = {}
+        self.metrics_std: dict[str, float] = {}
+        self.extra: dict[str, Any] = {}
+        self.record: dict[str, Any] = {
+            "task": task,
+            "dataset": dataset,
+            "scale": scale,
+            "metrics": self.metrics,
+            "metrics_std": self.metrics_std,
+            "seeds": list(seeds or []),
+            "checkpoint": _ckpt_dict(ckpt_info),
+            "method": ckpt_info.method if ckpt_info else None,
+            "config": config or {},
+            "code_version": code_version(),
+            "versions": {},
+            "start": None,
+            "end": None,
+            "elapsed_s": None,
+            "status": "running",
+            "error": None,
+        }
+
+    @property
+    def config(self) -> dict:
+        return self.record["config"]
+
+    def __enter__(self) -> "TaskRun":
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.record_path.unlink(missing_ok=True)
+        self._t0 = time.monotonic()
+        self.record["start"] = _now()
+        write_text_atomic(self.out_dir / "config.yaml", yaml.safe_dump(_jsonable(self.config), sort_keys=False))
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None:
+            bad = {k: v for k, v in self.metrics.items() if not math.isfinite(float(v))}
+            status, error = ("failed", f"non-finite metrics {bad}") if bad else ("ok", None)
+        elif isinstance(exc, TaskSkipped):
+            status, error = "skipped", _one_line(exc)
+        elif isinstance(exc, KeyboardInterrupt):
+            status, error = "failed", "interrupted (KeyboardInterrupt)"
+        else:
+            status, error = "failed", f"{type(exc).__name__}: {_one_line(exc)}"
+        self.record.update(
+            status=status,
+            error=error,
+            end=_now(),
+            elapsed_s=round(time.monotonic() - self._t0, 3),
+            versions=library_versions(),
+            config=self.config,
+            **self.extra,
+        )
+        write_text_atomic(self.out_dir / "config.yaml", yaml.safe_dump(_jsonable(self.config), sort_keys=False))
+        write_json_atomic(self.record_path, self.record)
+        if exc is None or not isinstance(exc, Exception):
+            return False  # KeyboardInterrupt/SystemExit propagate after the record is written
+        # A failure is data, not a crash: the record says why, the traceback sits next to it,
+        # the CLI exits with run.exit_code.
+        write_text_atomic(self.out_dir / "traceback.txt", "".join(traceback.format_exception(exc_type, exc, tb)))
+        print(f"{self.record['task']}: {status}: {error}", file=sys.stderr)
+        return True
+
+    @property
+    def exit_code(self) -> int:
+        return {"ok": EXIT_OK, "skipped": EXIT_SKIPPED}.get(self.record["status"], EXIT_FAILED)
+
+
+def _ckpt_dict(info: CheckpointInfo | None) -> dict | None:
+    return asdict(info) if info is not None else None
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())[:1000]
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types: dataclasses, paths, tuples, numpy/torch scalars become JSON values."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else str(obj)
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if hasattr(obj, "item") and callable(obj.item):
+        try:
+            return _jsonable(obj.item())
+        except (ValueError, RuntimeError):
+            pass
+    if hasattr(obj, "tolist"):
+        return _jsonable(obj.tolist())
+    return str(obj)
