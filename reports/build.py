@@ -1,0 +1,148 @@
+"""Build a report folder from ``results.jsonl``: tables.md, tables.tex, results.csv, plots, index.md.
+
+    python -m reports.build --results runs/transfer --out reports/NAME [--baseline NAME]
+
+Also called by ``transfer/run_all.py`` at the end of a suite. For every checkpoint that comes from
+a MAST pretraining run (its folder holds ``mast_state.pth``), index.md adds the METHOD.md §5
+figures: sensitivity heat map, subspace sizes, augmentation relations, uncertainty vs. strength.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shlex
+import sys
+from pathlib import Path
+
+from reports import mast_plots, plots, tables
+from reports.results import Results, load_results
+from transfer.records import code_version, write_text_atomic
+
+
+
+def mast_state_path(results: Results, name: str) -> Path | None:
+    """``mast_state.pth`` next to the checkpoint of ``name``; None for the random-init floor or other files."""
+    for (n, _), record in results.records.items():
+        path = (record.get("checkpoint") or {}).get("path")
+        if n == name and path and Path(path).stem != "backbone_init":
+            candidate = Path(path).parent / "mast_state.pth"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def build(results_path: str | Path, out: str | Path, baseline: str | None = None, command: str | None = None) -> Path:
+    """Write the whole report into ``out``; returns the path of index.md."""
+    results = load_results(results_path)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "index.md").is_file():  # a report of ours: drop its old figures so none goes stale
+        for png in out.glob("*.png"):
+            png.unlink()
+    tables.ordered_names(results, baseline)  # checks the baseline before anything is written
+    md = tables.markdown_report(results, baseline)
+    write_text_atomic(out / "tables.md", md)
+    write_text_atomic(out / "tables.tex", tables.latex_report(results, baseline))
+    write_text_atomic(out / "results.csv", tables.tidy_frame(results, baseline).to_csv(index=False))
+    bars = [(t, plots.task_bars(results, t, baseline, out / f"bars_{t}.png")) for t in results.tasks]
+    mast = {}
+    for name in results.names:
+        state_path = mast_state_path(results, name)
+        if state_path is not None:
+            state = mast_plots.load_state(state_path)
+            mast[name] = (state_path, mast_plots.mast_figures(state, out, f"mast_{name}"))
+    if command is None:
+        command = "python -m reports.build " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    index = _index(results, results_path, out, baseline, command, md, bars, mast)
+    write_text_atomic(out / "index.md", index)
+    return out / "index.md"
+
+
+def _index(results: Results, results_path, out: Path, baseline, command: str, md: str, bars, mast) -> str:
+    versions = sorted({str(r.get("code_version")) for r in results.records.values() if r.get("code_version")})
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"# Transfer report: {out.name}", "",
+        f"How this was made: `{command}` on {now}; report code {code_version()}; results from "
+        f"`{results_path}` ({len(results.records)} task records, code versions {', '.join(versions) or 'unknown'}). "
+        f"Rebuild with `python -m reports.build --results {results_path} --out {out}"
+        + (f" --baseline {baseline}`." if baseline else "`."), "",
+        "Files: [tables.md](tables.md), [tables.tex](tables.tex) (booktabs), [results.csv](results.csv) "
+        "(tidy: one row per metric).", "",
+        "## Checkpoints", "", "| name | method | arch | sha256 | file |", "|---|---|---|---|---|",
+    ]
+    for name in tables.ordered_names(results, baseline):
+        rec = next(r for (n, _), r in results.records.items() if n == name)
+        ck = rec.get("checkpoint") or {}
+        lines.append(f"| {name} | {rec.get('method') or ck.get('method') or '?'} | {ck.get('arch', '?')} | "
+                     f"`{str(ck.get('sha256', ''))[:12]}` | `{_rel(ck.get('path', '?'))}` |")
+    lines += ["", md.split("\n", 1)[1].replace("\n## ", "\n### ").strip(), ""]
+    failed = [(n, t, r) for (n, t), r in results.records.items() if r.get("status") != "ok"]
+    if failed:
+        lines += ["## Tasks without a result", "", "| checkpoint | task | status | reason |", "|---|---|---|---|"]
+        lines += [f"| {n} | {t} | {r.get('status')} | {' '.join(str(r.get('error') or '').split())[:300].replace('|', '/')} |"
+                  for n, t, r in failed]
+        lines.append("")
+    lines += ["## Per-task plots", ""]
+    lines += [f"![{t}]({p.name})" for t, p in bars if p is not None]
+    for name, (state_path, res) in mast.items():
+        if not res["figures"]:  # e.g. a VICReg run: no masks, no uncertainty
+            continue
+        lines += ["", f"## MAST subspaces and uncertainty: {name}", "",
+                  f"From `{_rel(state_path)}` (METHOD.md §5; τ = {res['tau']:g}).", ""]
+        lines += _mast_numbers(res)
+        for title, path in res["figures"]:
+            lines += [f"**{title}**", "", f"![{title}]({path.name})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _rel(path) -> str:
+    """A path relative to the working directory when it lies below it (a committed report stays portable)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def _mast_numbers(res: dict) -> list[str]:
+    names = res["aug_names"]
+    lines = []
+    if "stats" in res:
+        s = res["stats"]
+        lines += [f"d = {s['d']}: {s['unique_total']} dimensions in exactly one subspace (unique), "
+                  f"{s['shared_total']} in several (shared), {s['in_none']} in none.", ""]
+    if "stats" in res or "rho" in res:
+        lines += ["| augmentation | " + ("size of S_k | unique | non-invariant | " if "stats" in res else "")
+                  + ("Spearman ρ(u_k, δ_k) |" if "rho" in res else ""),
+                  "|---|" + ("---|---|---|" if "stats" in res else "") + ("---|" if "rho" in res else "")]
+        for k, n in enumerate(names):
+            row = f"| {n} | "
+            if "stats" in res:
+                s = res["stats"]
+                row += f"{s['size'][k]} | {s['unique'][k]} | {s['non_invariant'][k]} | "
+            if "rho" in res:
+                rho = res["rho"].get(n)
+                row += ("n/a" if rho is None else f"{rho:.2f}") + " |"
+            lines.append(row)
+        lines.append("")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reports.build", description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", type=Path, required=True, help="results.jsonl or the folder holding it")
+    p.add_argument("--out", type=Path, required=True, help="report folder, e.g. reports/NAME")
+    p.add_argument("--baseline", default=None, help="checkpoint name the tables compare against")
+    args = p.parse_args(argv)
+    try:
+        index = build(args.results, args.out, args.baseline)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"reports.build: error: {e}", file=sys.stderr)
+        return 2
+    print(index)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""reports/: tables from a fixed results.jsonl, well-formed LaTeX, MAST plots from real tensors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from reports import build, mast_plots, tables
+from reports.results import load_results
+from reports.synthetic_state import make_state, save_state
+
+DATA = Path(__file__).parent / "data"
+NAMES = ["vicreg", "mast", "random_init"]
+
+
+@pytest.fixture(scope="module")
+def results():
+    with pytest.warns(UserWarning, match="corrupt line"):
+        return load_results(DATA / "results.jsonl")
+
+
+def test_tables_match_expected_markdown(results):
+    assert tables.markdown_report(results, "vicreg") == (DATA / "expected_tables.md").read_text()
+
+
+def test_latest_ok_record_wins_and_failures_show(results):
+    # mast/knn_shape: an ok record followed by a failed re-run -> the ok one is shown
+    assert results.get("mast", "knn_shape")["status"] == "ok"
+    # mast/detection_scenes: a failed record followed by an ok one -> the ok one
+    assert results.get("mast", "detection_scenes")["metrics"]["bbox_AP"] == 11.9
+    summary = tables.summary_table(results, "vicreg")
+    col = summary.columns.index(("knn_side", "top1_k20"))
+    assert summary.cells[("mast", col)].note == "failed"
+    assert summary.cells[("random_init", col)].note == "skipped"
+
+
+def _tabulars(tex: str) -> list[str]:
+    return re.findall(r"\\begin\{tabular\}.*?\\end\{tabular\}", tex, flags=re.S)
+
+
+def test_latex_is_well_formed(results):
+    tex = tables.latex_report(results, "vicreg")
+    unescaped = tex.replace(r"\{", "").replace(r"\}", "")
+    depth = 0
+    for ch in unescaped:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        assert depth >= 0, "a closing brace without an opening one"
+    assert depth == 0
+    body = "\n".join(line for line in tex.splitlines() if not line.startswith("%"))
+    assert not re.search(r"(?<!\\)_", body), "an unescaped underscore"
+    assert r"random\_init" in tex and r"knn\_shape" in tex
+    assert tex.count(r"\begin{table}") == tex.count(r"\end{table}") == len(_tabulars(tex)) == 6
+    for tab in _tabulars(tex):
+        assert r"\toprule" in tab and r"\bottomrule" in tab  # booktabs
+        ncols = len(re.search(r"\\begin\{tabular\}\{(lc*)\}", tab).group(1))
+        rows = tab.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
+        assert [r.split(" & ")[0] for r in rows] == [r"vicreg", "mast", r"random\_init"]  # one row per checkpoint
+        assert all(r.endswith(r"\\") and r.count(" & ") == ncols - 1 for r in rows)
+
+
+def test_tidy_csv_has_one_row_per_metric(results):
+    df = tables.tidy_frame(results, "vicreg")
+    ok = df[df.status == "ok"]
+    n_metrics = sum(len(r["metrics"]) for r in results.records.values() if r["status"] == "ok")
+    assert len(ok) == n_metrics and ok[["checkpoint", "task", "metric"]].duplicated().sum() == 0
+    row = ok[(ok.checkpoint == "mast") & (ok.task == "knn_shape") & (ok.metric == "top1_k20")].iloc[0]
+    assert row.value == 82.5 and row.delta == pytest.approx(1.25)
+    assert set(df[df.status != "ok"].task) == {"knn_side", "segmentation_scenes"}
+
+
+def test_unknown_baseline_is_refused(results, tmp_path, capsys):
+    with pytest.raises(ValueError, match="--baseline nope"):
+        tables.markdown_report(results, "nope")
+    assert build.main(["--results", str(tmp_path / "absent"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "results.jsonl" in err
+
+
+def test_sensitivity_statistics_follow_eq_1prime():
+    state = {"mask_logits": torch.tensor([[10.0, -10.0, -10.0, 10.0], [10.0, -10.0, -10.0, 10.0]]),
+             "u_bar": torch.tensor([2.0, 0.2])}
+    e = mast_plots.sensitivities(state)
+    np.testing.assert_allclose(e, 2.0 * (1 - torch.sigmoid(state["mask_logits"].double())).numpy() * [[1], [0.1]], rtol=1e-6)
+    stats = mast_plots.subspace_stats(e, tau=0.5)
+    # aug 0 disturbs dims 1, 2 (e ~ 2); aug 1's e ~ 0.2 < τ everywhere: it leaves all 4 invariant
+    assert stats["size"] == [2, 4] and stats["non_invariant"] == [2, 0]
+    assert stats["unique"] == [0, 2] and stats["unique_total"] == 2 and stats["shared_total"] == 2
+    corr, jac = mast_plots.relations(e, 0.5)
+    assert np.isnan(jac[1, 1]) and jac[0, 0] == 1.0 and jac[0, 1] == 0.0
+    assert corr[0, 1] == pytest.approx(1.0)  # same profile shape, different scale
+
+
+def test_uncertainty_curves_rank_correlation():
+    d = np.linspace(0, 1, 200)[:, None].repeat(2, 1)
+    u = np.stack([d[:, 0] ** 2, np.zeros(200)], 1)
+    curves = mast_plots.uncertainty_curves(d, u, bins=5)
+    assert curves[0]["rho"] == pytest.approx(1.0) and curves[1]["rho"] is None
+    assert curves[0]["median"] == sorted(curves[0]["median"]) and sum(curves[0]["count"]) == 200
+
+
+def _fixture_with_runs(tmp_path: Path) -> Path:
+    """The fixed results, pointed at run dirs that hold real (torch.save'd) mast_state.pth files."""
+    save_state(tmp_path / "pretrain/demo_mast/mast_state.pth", dim=96)
+    save_state(tmp_path / "pretrain/demo_vicreg/mast_state.pth", dim=96, method="vicreg")
+    lines = []
+    for line in (DATA / "results.jsonl").read_text().splitlines():
+        lines.append(line.replace('"/runs/pretrain/', f'"{tmp_path}/pretrain/'))
+    (tmp_path / "res").mkdir()
+    (tmp_path / "res/results.jsonl").write_text("\n".join(lines) + "\n")
+    return tmp_path / "res"
+
+
+def test_build_writes_tables_plots_and_index(tmp_path):
+    res = _fixture_with_runs(tmp_path)
+    with pytest.warns(UserWarning, match="corrupt line"):
+        index = build.build(res, tmp_path / "report", baseline="vicreg", command="pytest")
+    out = index.parent
+    text = index.read_text()
+    assert "`pytest`" in text and "## Tasks without a result" in text
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert sorted(images) == sorted(p.name for p in out.glob("*.png"))
+    assert {f"bars_{t}.png" for t in ("knn_shape", "linear_color", "fewshot_shape_color", "detection_scenes",
+                                      "knn_side")} <= set(images)
+    # MAST figures only for the MAST run, not for VICReg (no masks) nor the random-init floor
+    assert {"mast_mast_sensitivity.png", "mast_mast_subspaces.png", "mast_mast_relations.png",
+            "mast_mast_uncertainty.png"} <= set(images)
+    assert not [i for i in images if i.startswith(("mast_vicreg", "mast_random_init"))]
+    for name in images:
+        with Image.open(out / name) as im:
+            assert im.format == "PNG" and im.size[0] > 200
+    assert "Spearman" in text and "crop" in text
+    assert (out / "tables.md").read_text() == (DATA / "expected_tables.md").read_text()
+    df = pd.read_csv(out / "results.csv")
+    assert {"checkpoint", "task", "metric", "value", "std", "delta", "status"} <= set(df.columns)
+
+
+def test_fabricated_state_round_trips_weights_only(tmp_path):
+    path = save_state(tmp_path / "mast_state.pth", dim=32, pairs=64)
+    state = mast_plots.load_state(path)
+    assert state["mask_logits"].shape == (6, 32) and state["heldout"]["u"].shape == (64, 6)
+    assert json.dumps(state["aug_names"]) and make_state(method="vicreg").get("mask_logits") is None

@@ -1,0 +1,207 @@
+"""transfer/run_all.py: bad input refused in one line; failures recorded; kill + re-run resumes.
+
+The end-to-end test drives the real few-shot probe (transfer.fewshot) on the tiny synthetic data,
+with a real ResNet-18 checkpoint, in subprocesses exactly as a user would run them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from transfer import run_all
+from transfer.checkpoints import build_resnet
+from transfer.suite import SuiteError, load_suite
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """A pretraining-run-like folder: backbone.pth + backbone_init.pth + config.yaml (method vicreg)."""
+    run = tmp_path_factory.mktemp("pretrain") / "r18run"
+    run.mkdir()
+    torch.manual_seed(0)
+    state = build_resnet("resnet18").state_dict()
+    torch.save(state, run / "backbone.pth")
+    torch.save(state, run / "backbone_init.pth")
+    (run / "config.yaml").write_text("method: vicreg\n")
+    return run / "backbone.pth"
+
+
+def _suite(path: Path, tasks: list[dict], **top) -> Path:
+    path.write_text(yaml.safe_dump({"scale": "demo", **top, "tasks": tasks}, sort_keys=False))
+    return path
+
+
+def _one_line_error(capsys, code: int, *needles: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and err.startswith("run_all: error:"), err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_bad_input_is_refused_in_one_line(ckpt, tmp_path, capsys):
+    good = _suite(tmp_path / "s.yaml", [{"task": "knn", "args": {"data": "x"}}])
+    out = ["--out", str(tmp_path / "out"), "--no-report", "--suite", str(good)]
+    _one_line_error(capsys, run_all.main(["--ckpt", str(tmp_path / "nope.pth"), *out]), "nope.pth", "no such file")
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    _one_line_error(capsys, run_all.main(["--ckpt", str(tmp_path / "notes.pth"), *out]), "notes.pth")
+    _one_line_error(capsys, run_all.main(["--ckpt", str(ckpt), "--ckpt", str(ckpt), *out]), "'r18run'", "--name")
+    _one_line_error(capsys, run_all.main(["--ckpt", str(ckpt), "--ckpt", str(ckpt), "--name", "a", "--name", "a", *out]), "'a'")
+    _one_line_error(capsys, run_all.main(["--ckpt", str(ckpt), "--baseline", "zzz", *out]), "--baseline zzz")
+    bad_task = _suite(tmp_path / "t.yaml", [{"task": "knn"}, {"task": "clasification", "args": {}}])
+    _one_line_error(capsys, run_all.main(["--ckpt", str(ckpt), *out, "--suite", str(bad_task)]), "'clasification'")
+    bad_key = _suite(tmp_path / "k.yaml", [{"name": "kk", "task": "knn", "arg": {}}])
+    _one_line_error(capsys, run_all.main(["--ckpt", str(ckpt), *out, "--suite", str(bad_key)]), "(kk)", "'arg'")
+    dup = _suite(tmp_path / "d.yaml", [{"task": "knn"}, {"task": "knn"}])
+    _one_line_error(capsys, run_all.main(["--ckpt", str(ckpt), *out, "--suite", str(dup)]), "['knn']")
+    _one_line_error(capsys, run_all.main(["--ckpt", str(ckpt), *out, "--var", "nodata=1"]), "nodata")
+    _one_line_error(capsys, run_all.main(["--ckpt", str(ckpt), *out, "--suite", "nosuchsuite"]), "nosuchsuite")
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_shipped_suites_load_and_name_their_variables():
+    demo, paper = load_suite("demo"), load_suite("paper", {"datasets": "/d"})
+    assert {t.task for t in demo.tasks} == {"knn", "linear", "fewshot", "detection", "segmentation"}
+    assert all(t.scale == "paper" for t in paper.tasks)
+    assert any(t.args.get("data") == "/d/fc100" for t in paper.tasks)
+    with pytest.raises(SuiteError, match="--tasks knnn"):
+        load_suite("demo", tasks=["knnn"])
+    assert [t.task for t in load_suite("demo", tasks=["fewshot"]).tasks] == ["fewshot"]
+
+
+def test_plan_skips_done_retries_failed_and_keeps_the_floor_to_probes(ckpt, tmp_path):
+    suite = _suite(tmp_path / "s.yaml", [
+        {"name": "a", "task": "knn", "args": {"data": "x"}},
+        {"name": "b", "task": "knn", "args": {"data": "y"}},
+        {"name": "det", "task": "detection", "checkpoints": "trained"},
+    ])
+    s = load_suite(str(suite))
+    ckpts = run_all.resolve_checkpoints([str(ckpt), str(ckpt.with_name("backbone_init.pth"))], [])
+    assert [c.name for c in ckpts] == ["r18run", "r18run_init"] and ckpts[1].untrained
+    out = tmp_path / "out"
+    todo, done = run_all.plan(ckpts, s, out, force=False)
+    assert [(j.ckpt.name, j.spec.name) for j in todo] == [
+        ("r18run", "a"), ("r18run", "b"), ("r18run", "det"), ("r18run_init", "a"), ("r18run_init", "b")]
+    out.mkdir()
+    key = {"name": "r18run", "ckpt_sha256": ckpts[0].sha256}
+    lines = [dict(key, status="ok", task_config_hash=s.tasks[0].config_hash),
+             dict(key, status="failed", task_config_hash=s.tasks[1].config_hash)]
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"name": "r18')
+    with pytest.warns(UserWarning, match="corrupt line"):
+        todo, done = run_all.plan(ckpts, s, out, force=False)
+    assert [(j.ckpt.name, j.spec.name) for j in done] == [("r18run", "a")]
+    assert ("r18run", "b") in [(j.ckpt.name, j.spec.name) for j in todo]  # failed: retried
+    with pytest.warns(UserWarning):
+        assert len(run_all.plan(ckpts, s, out, force=True)[0]) == 5
+
+
+def _records(path: Path) -> list[dict]:
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def _children_of(marker: str) -> list[str]:
+    return [c for p in Path("/proc").glob("[0-9]*") if marker in (c := _cmdline(p)) and "transfer.fewshot" in c]
+
+
+def test_a_task_that_dies_without_a_record_gets_a_failed_one(ckpt, tmp_path):
+    spec = load_suite(str(_suite(tmp_path / "s.yaml", [{"name": "t", "task": "knn"}]))).tasks[0]
+    c = run_all.resolve_checkpoints([str(ckpt)], ["r18"])[0]
+    job = run_all.Job(c, spec, tmp_path / "out" / "r18" / "t")
+    job.out_dir.mkdir(parents=True)
+    (job.out_dir / "run_all.log").write_text("Traceback (most recent call last):\nMemoryError: boom\n")
+    job.log = open(job.out_dir / "run_all.log", "a")
+    record = run_all.finish(job, -9)
+    assert record["status"] == "failed" and record["metrics"] == {}
+    assert "exit code -9 without a record" in record["error"] and "MemoryError: boom" in record["error"]
+    assert record["checkpoint"]["sha256"] == c.sha256 and record["task_config_hash"] == spec.config_hash
+
+
+def test_sigterm_or_ctrl_c_stops_cleanly(ckpt, tmp_path, monkeypatch, capsys):
+    """The running task is terminated, nothing is appended, exit 130 (SIGTERM takes Ctrl-C's path)."""
+    marker = f"import time; time.sleep(120)  # {tmp_path.name}"
+    monkeypatch.setattr(run_all.TaskSpec, "command", lambda self, python, ck, out: [python, "-c", marker])
+    suite = _suite(tmp_path / "s.yaml", [{"name": "a", "task": "knn"}, {"name": "b", "task": "knn"}])
+    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    code = run_all.main(["--ckpt", str(ckpt), "--suite", str(suite), "--out", str(tmp_path / "out"), "--no-report"])
+    timer.cancel()
+    err = capsys.readouterr().err
+    assert code == 130 and "2 not" in err and "r18run/a" in err and "resume" in err, err
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+    assert not [p for p in Path("/proc").glob("[0-9]*") if _cmdline(p).find(marker) >= 0]
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_failures_are_recorded_and_a_killed_suite_resumes(ckpt, synthetic_root, tmp_path, capsys):
+    probe = {"data": "{data}/classification/shape_color", "episodes": 10, "image_size": 32,
+             "cache_dir": str(tmp_path / "cache"), "no_progress": True}
+    suite = _suite(tmp_path / "suite.yaml", [
+        {"name": "fs_1shot", "task": "fewshot", "args": {**probe, "shots": [1]}},
+        {"name": "fs_2shot", "task": "fewshot", "args": {**probe, "shots": [2]}},
+        {"name": "hangs", "task": "fewshot", "timeout_min": 0.001, "args": {**probe, "shots": [3]}},
+        {"name": "no_dataset", "task": "fewshot", "args": {**probe, "data": "{data}/no/such/dataset"}},
+    ], vars={"data": str(synthetic_root)})
+    out = tmp_path / "out"
+    args = ["--ckpt", str(ckpt), "--name", "r18", "--suite", str(suite), "--out", str(out), "--no-report"]
+    results = out / "results.jsonl"
+
+    # 1. kill -9 run_all (run as a script path) as soon as the first record is in: its running task dies too
+    first = subprocess.Popen([sys.executable, str(REPO / "transfer/run_all.py"), *args], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not (results.is_file() and results.read_text().strip()) and first.poll() is None:
+        assert time.monotonic() < deadline, "no record within 300 s"
+        time.sleep(0.2)
+    os.kill(first.pid, signal.SIGKILL)
+    log1 = first.communicate()[0]
+    time.sleep(1.0)
+    assert not _children_of(str(out)), "a task outlived the killed run_all"
+    before = _records(results)
+    assert [r["task_name"] for r in before] == ["fs_1shot"] and before[0]["status"] == "ok", log1
+    with open(results, "a") as f:  # a writer killed mid-line
+        f.write('{"name": "r18", "task_name": "fs_2shot", "sta')
+
+    # 2. re-run: only what is missing runs; a hung task and a missing dataset are recorded, not fatal
+    with pytest.warns(UserWarning, match="corrupt line"):
+        code = run_all.main(args + ["--jobs", "2"])
+    stdout = capsys.readouterr().out
+    assert code == 1, stdout  # 1: a task failed
+    assert "1 already done, 3 to run" in stdout, stdout
+    by_task: dict[str, list[dict]] = {}
+    for r in _records(results):
+        by_task.setdefault(r["task_name"], []).append(r)
+        assert r["name"] == "r18" and r["ckpt_sha256"] == r["checkpoint"]["sha256"] and r["task_config_hash"]
+    assert [r["status"] for r in by_task["fs_1shot"]] == ["ok"]  # not re-run
+    assert [r["status"] for r in by_task["fs_2shot"]] == ["ok"]
+    assert set(by_task["fs_2shot"][0]["metrics"]) == {"acc_5way_2shot", "acc_5way_2shot_ci95"}
+    assert [r["status"] for r in by_task["no_dataset"]] == ["skipped"]
+    assert "no/such/dataset" in by_task["no_dataset"][0]["error"]
+    assert [r["status"] for r in by_task["hangs"]] == ["failed"] and "timed out" in by_task["hangs"][0]["error"]
+    assert '"sta' in results.read_text()  # the corrupt line is kept, never lost
+    assert "| checkpoint" in stdout and "fs_2shot" in stdout  # final summary table

@@ -1,0 +1,365 @@
+"""Run an evaluation suite on one or more checkpoints, then build the paper-style report.
+
+    python transfer/run_all.py --ckpt runs/pretrain/demo_mast/backbone.pth --ckpt vicreg.pth \\
+        [--name mast --name vicreg] [--suite demo|paper|my.yaml] [--tasks knn linear] \\
+        [--out runs/transfer] [--force] [--jobs N] [--report reports/NAME] [--baseline vicreg]
+
+A thin orchestrator over the task CLIs (``python -m transfer.<task> --ckpt C --out D --scale S``):
+every task runs in its own process, writes ``D/record.json``, and run_all appends that record
+(with the checkpoint name and task-config hash) to ``OUT/results.jsonl``. A crash, NaN or missing
+dataset is one failed/skipped record and the suite goes on; a re-run skips every task that already
+has an ``ok`` record for the same checkpoint sha256 and task config, so an interrupted suite
+resumes where it stopped. ``D = OUT/<checkpoint name>/<task name>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if not __package__:  # run as a script path: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from transfer.suite import Suite, SuiteError, TaskSpec, load_suite, parse_vars  # noqa: E402
+
+UNTRAINED_STEM = "backbone_init"  # the pretraining run's network at initialisation: the random floor
+HEARTBEAT_S = 60.0
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+class UsageError(ValueError):
+    """Bad command-line input: printed as one line, exit code 2."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    name: str
+    path: Path
+    sha256: str
+    arch: str
+    method: str | None
+    untrained: bool
+
+
+@dataclass
+class Job:
+    ckpt: Checkpoint
+    spec: TaskSpec
+    out_dir: Path
+    index: int = 0
+    proc: subprocess.Popen | None = None
+    log: object = None
+    t0: float = 0.0
+    last_beat: float = 0.0
+    record: dict = field(default_factory=dict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_all", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", action="append", required=True,
+                   help=f"checkpoint file (repeat for several); a file named {UNTRAINED_STEM}.pth is the random-init "
+                        "floor: suite tasks marked 'checkpoints: trained' (fine-tuning) skip it")
+    p.add_argument("--name", action="append", default=[], help="display name per --ckpt, in order "
+                   "(default: the pretraining run's directory name, else the file stem)")
+    p.add_argument("--suite", default="demo", help="demo | paper | path to a suite YAML (default demo)")
+    p.add_argument("--tasks", nargs="+", default=None, help="only these task types")
+    p.add_argument("--var", action="append", default=[], help="override a suite variable: NAME=VALUE")
+    p.add_argument("--out", type=Path, default=Path("runs/transfer"), help="results root (default runs/transfer)")
+    p.add_argument("--force", action="store_true", help="re-run tasks that already have an ok record")
+    p.add_argument("--jobs", type=int, default=1, help="tasks run at the same time (default 1)")
+    p.add_argument("--report", type=Path, default=None, help="report folder (default reports/<basename of --out>)")
+    p.add_argument("--baseline", default=None, help="checkpoint name the tables compare against")
+    p.add_argument("--no-report", action="store_true", help="do not build the report at the end")
+    return p
+
+
+def default_name(path: Path) -> str:
+    """Run-directory name for a pretraining run's file (``<run>_init`` for backbone_init.pth), else the stem."""
+    if (path.parent / "config.yaml").is_file():
+        return path.parent.name + ("_init" if path.stem == UNTRAINED_STEM else "")
+    return path.stem
+
+
+def resolve_checkpoints(paths: list[str], names: list[str]) -> list[Checkpoint]:
+    """Validate every --ckpt before anything runs: it exists, maps onto a ResNet, names are unique."""
+    from transfer.checkpoints import CheckpointError, load_backbone
+
+    if names and len(names) != len(paths):
+        raise UsageError(f"--name given {len(names)} times for {len(paths)} --ckpt; give one per checkpoint or none")
+    out = []
+    for i, raw in enumerate(paths):
+        path = Path(raw)
+        if not path.is_file():
+            raise UsageError(f"--ckpt {raw}: no such file (expected a checkpoint .pth)")
+        try:
+            _, info = load_backbone(path)
+        except CheckpointError as e:
+            raise UsageError(f"--ckpt {raw}: {e}") from None
+        name = names[i] if names else default_name(path)
+        if not name or not set(name) <= _NAME_CHARS:
+            raise UsageError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (it names a directory)")
+        out.append(Checkpoint(name, path, info.sha256, info.arch, info.method, path.stem == UNTRAINED_STEM))
+    seen: dict[str, Path] = {}
+    for c in out:
+        if c.name in seen:
+            raise UsageError(f"checkpoint name {c.name!r} is used by {seen[c.name]} and {c.path}; pass distinct --name")
+        seen[c.name] = c.path
+    return out
+
+
+def plan(ckpts: list[Checkpoint], suite: Suite, out: Path, force: bool) -> tuple[list[Job], list[Job]]:
+    """(jobs to run, jobs already done). Done = an ok record with the same name, ckpt sha256, config hash."""
+    from transfer.records import read_jsonl
+
+    done_keys = {
+        (r.get("name"), r.get("ckpt_sha256"), r.get("task_config_hash"))
+        for r in read_jsonl(out / "results.jsonl") if r.get("status") == "ok"
+    }
+    todo, done = [], []
+    for ckpt in ckpts:
+        for spec in suite.tasks:
+            if spec.checkpoints == "trained" and ckpt.untrained:
+                continue
+            job = Job(ckpt, spec, out / ckpt.name / spec.name)
+            key = (ckpt.name, ckpt.sha256, spec.config_hash)
+            (done if key in done_keys and not force else todo).append(job)
+    for i, job in enumerate(todo, 1):
+        job.index = i
+    return todo, done
+
+
+def _libc_prctl():
+    try:
+        return ctypes.CDLL(None).prctl  # resolved once here: the forked child must not dlopen
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl() if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> None:
+    """Child side of fork: get SIGTERM if run_all dies (even by SIGKILL), so no orphan keeps writing."""
+    _PRCTL(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+
+
+def start(job: Job, total: int) -> None:
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    stale = job.out_dir / "record.json"
+    if stale.exists():  # from a failed or forced earlier run: keep it, but out of the task's way
+        os.replace(stale, job.out_dir / "record.prev.json")
+    cmd = job.spec.command(sys.executable, job.ckpt.path, job.out_dir)
+    job.log = open(job.out_dir / "run_all.log", "w")
+    job.log.write(" ".join(cmd) + "\n")
+    job.log.flush()
+    preexec = _die_with_parent if _PRCTL is not None else None
+    job.proc = subprocess.Popen(cmd, stdout=job.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=preexec)
+    job.t0 = job.last_beat = time.monotonic()
+    print(f"[{job.index}/{total}] {job.ckpt.name} · {job.spec.name} ({job.spec.task}) started", flush=True)
+
+
+def finish(job: Job, rc: int, timed_out: bool = False) -> dict:
+    """The task's record (or a failed one written here if the process left none), with run_all's keys."""
+    job.log.close()
+    path = job.out_dir / "record.json"
+    record = None
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            record = None
+    if timed_out:
+        record = _failed_record(job, f"timed out after {job.spec.timeout_min} min; " + _log_tail(job))
+    elif not isinstance(record, dict):
+        record = _failed_record(job, f"exit code {rc} without a record; " + _log_tail(job))
+    if not record.get("checkpoint"):  # a task that stopped before reading the checkpoint (e.g. skipped)
+        record["checkpoint"] = _failed_record(job, "")["checkpoint"]
+        record["method"] = record.get("method") or job.ckpt.method
+    record.update(name=job.ckpt.name, task_name=job.spec.name, task_config_hash=job.spec.config_hash,
+                  ckpt_sha256=job.ckpt.sha256, task_args=job.spec.args, run_dir=str(job.out_dir),
+                  exit_code=rc, wall_s=round(time.monotonic() - job.t0, 1) if job.t0 else None)
+    return record
+
+
+def _failed_record(job: Job, error: str) -> dict:
+    from transfer.records import code_version
+
+    return {
+        "task": job.spec.task, "dataset": str(job.spec.args.get("data", job.spec.args.get("config", ""))),
+        "scale": job.spec.scale, "metrics": {}, "metrics_std": {}, "seeds": [],
+        "checkpoint": {"path": str(job.ckpt.path.resolve()), "sha256": job.ckpt.sha256, "arch": job.ckpt.arch,
+                       "method": job.ckpt.method},
+        "method": job.ckpt.method, "config": {"args": job.spec.args}, "code_version": code_version(),
+        "versions": {}, "start": None, "end": None,
+        "elapsed_s": round(time.monotonic() - job.t0, 3) if job.t0 else None,
+        "status": "failed", "error": error,
+    }
+
+
+def _log_tail(job: Job, lines: int = 15, chars: int = 1500) -> str:
+    try:
+        text = (job.out_dir / "run_all.log").read_text(errors="replace")
+    except OSError:
+        return "no log"
+    tail = " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())
+    return ("log tail: " + tail)[-chars:]
+
+
+def _headline(record: dict) -> str:
+    metrics = {k: v for k, v in (record.get("metrics") or {}).items() if not k.endswith("_ci95")}
+    if record.get("status") != "ok":
+        return (record.get("error") or "")[:100]
+    return "  ".join(f"{k}={float(v):.1f}" for k, v in list(metrics.items())[:4])
+
+
+def _elapsed(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
+
+
+def execute(todo: list[Job], results: Path, jobs: int) -> list[dict]:
+    """Run the jobs, ``jobs`` at a time, appending each finished record; Ctrl-C terminates cleanly."""
+    from transfer.records import append_jsonl
+
+    pending, running, finished = list(todo), [], []
+    total = len(todo)
+    try:
+        while pending or running:
+            while pending and len(running) < max(1, jobs):
+                job = pending.pop(0)
+                start(job, total)
+                running.append(job)
+            time.sleep(0.2)
+            for job in list(running):
+                rc = job.proc.poll()
+                now = time.monotonic()
+                limit = job.spec.timeout_min
+                timed_out = rc is None and limit is not None and now - job.t0 > 60 * limit
+                if timed_out:
+                    _terminate(job.proc)
+                    rc = job.proc.returncode
+                if rc is None:
+                    if now - job.last_beat >= HEARTBEAT_S:
+                        job.last_beat = now
+                        print(f"[{job.index}/{total}] {job.ckpt.name} · {job.spec.name} running "
+                              f"{_elapsed(now - job.t0)}  {_last_line(job)}", flush=True)
+                    continue
+                running.remove(job)
+                record = finish(job, rc, timed_out)
+                append_jsonl(results, record)
+                job.record = record
+                finished.append(record)
+                print(f"[{job.index}/{total}] {job.ckpt.name} · {job.spec.name} {record['status']} "
+                      f"{_elapsed(now - job.t0)}  {_headline(record)}", flush=True)
+    except KeyboardInterrupt:
+        for job in running:
+            _terminate(job.proc)
+            job.log.close()
+        print(f"\ninterrupted: {len(finished)} task(s) recorded, {len(running) + len(pending)} not "
+              f"(stopped: {', '.join(f'{j.ckpt.name}/{j.spec.name}' for j in running) or 'none'}).",
+              file=sys.stderr, flush=True)
+        raise
+    return finished
+
+
+def _last_line(job: Job) -> str:
+    try:
+        with open(job.out_dir / "run_all.log", "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 2000))
+            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+        return ("| " + lines[-1][:120]) if lines else ""
+    except OSError:
+        return ""
+
+
+def _terminate(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def summary(records: list[dict]) -> str:
+    """The terminal's final table: one line per (checkpoint, task)."""
+    rows = [("checkpoint", "task", "status", "time", "result")]
+    for r in records:
+        elapsed = r.get("wall_s") or r.get("elapsed_s")  # wall time, process start included
+        rows.append((r["name"], r["task_name"], r["status"], _elapsed(elapsed) if elapsed else "-", _headline(r)))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
+    lines = []
+    for j, row in enumerate(rows):
+        lines.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + f" | {row[4]} |")
+        if j == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|---|")
+    return "\n".join(lines)
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point. SIGTERM (e.g. from a job scheduler) stops as cleanly as Ctrl-C."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before or between tasks: nothing is half-written
+        print("run_all: interrupted; re-run the same command to resume.", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.jobs < 1:
+            raise UsageError(f"--jobs {args.jobs}: expected a positive integer")
+        suite = load_suite(args.suite, parse_vars(args.var), args.tasks)
+        ckpts = resolve_checkpoints(args.ckpt, args.name)
+        if args.baseline is not None and args.baseline not in {c.name for c in ckpts}:
+            raise UsageError(f"--baseline {args.baseline}: not one of the checkpoint names {[c.name for c in ckpts]}")
+    except (UsageError, SuiteError) as e:
+        print(f"run_all: error: {e}", file=sys.stderr)
+        return 2
+    results = args.out / "results.jsonl"
+    todo, done = plan(ckpts, suite, args.out, args.force)
+    print(f"suite {suite.name} ({suite.path}): {len(suite.tasks)} task(s) x {len(ckpts)} checkpoint(s); "
+          f"{len(done)} already done, {len(todo)} to run; results -> {results}", flush=True)
+    t0 = time.monotonic()
+    finished = execute(todo, results, args.jobs)
+    if finished:
+        print(f"\n{len(finished)} task(s) in {_elapsed(time.monotonic() - t0)}:\n" + summary(finished), flush=True)
+    if not args.no_report:
+        _report(results, args.report or Path("reports") / args.out.name, args.baseline, argv)
+    return 1 if any(r["status"] == "failed" for r in finished) else 0
+
+
+def _report(results: Path, out: Path, baseline: str | None, argv: list[str] | None) -> None:
+    from reports.build import build
+
+    command = "python transfer/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    try:
+        index = build(results, out, baseline=baseline, command=command)
+        print(f"report: {index}", flush=True)
+    except Exception as e:  # noqa: BLE001 - the results are safe on disk; say how to rebuild
+        print(f"run_all: report not built ({type(e).__name__}: {e}); rebuild with "
+              f"python -m reports.build --results {results.parent} --out {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

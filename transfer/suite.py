@@ -1,0 +1,208 @@
+"""Evaluation suites: which tasks ``run_all`` runs, with which arguments (YAML, validated once).
+
+A suite file is either a list of task entries or a mapping with ``scale``, ``vars`` and ``tasks``::
+
+    scale: demo                          # default --scale for every task
+    vars: {data: data/synthetic}         # "{data}" in any argument is replaced (override: --var)
+    tasks:
+      - name: knn_shape                  # unique instance name (default: the task); names the output dir
+        task: knn                        # one of TASKS: runs `python -m transfer.knn`
+        checkpoints: all                 # all | trained (trained: not on the random-init floor)
+        timeout_min: 30                  # optional wall-clock limit
+        args: {data: "{data}/classification/shape"}   # -> --data data/synthetic/classification/shape
+        extra_args: [SOLVER.MAX_ITER, "100"]           # appended verbatim (e.g. detectron2 KEY VALUE)
+
+Every mistake a user can make here is one line naming the file, the entry and the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TASKS = ("detection", "segmentation", "fewshot", "linear", "knn")
+SCALES = ("demo", "paper")
+ENTRY_KEYS = ("name", "task", "args", "extra_args", "checkpoints", "scale", "timeout_min")
+SUITE_KEYS = ("scale", "vars", "tasks")
+CHECKPOINT_SETS = ("all", "trained")
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class SuiteError(ValueError):
+    """A suite file or a --var override that cannot be used (one-line message)."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task instance of a suite, with its arguments resolved."""
+
+    name: str
+    task: str
+    args: dict[str, Any]
+    scale: str
+    checkpoints: str = "all"
+    timeout_min: float | None = None
+    extra_args: tuple[str, ...] = ()
+
+    @property
+    def config_hash(self) -> str:
+        """Hash of everything that changes the result: task, scale and resolved arguments."""
+        blob = json.dumps({"task": self.task, "scale": self.scale, "args": self.args,
+                           "extra_args": list(self.extra_args)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def command(self, python: str, ckpt: str | Path, out_dir: str | Path) -> list[str]:
+        """``python -m transfer.<task> --ckpt C --out D --scale S --key value ...`` (task CLI contract)."""
+        cmd = [python, "-m", f"transfer.{self.task}", "--ckpt", str(ckpt), "--out", str(out_dir), "--scale", self.scale]
+        for key, value in self.args.items():
+            flag = "--" + key.replace("_", "-")
+            if value is True:
+                cmd.append(flag)
+            elif value is False or value is None:
+                continue
+            elif isinstance(value, (list, tuple)):
+                cmd += [flag, *map(str, value)]
+            else:
+                cmd += [flag, str(value)]
+        return cmd + list(self.extra_args)
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    tasks: list[TaskSpec] = field(default_factory=list)
+
+
+def resolve_suite_path(suite: str) -> Path:
+    """``demo`` / ``paper`` name a shipped suite; anything else is a path to a YAML file."""
+    if re.fullmatch(r"[A-Za-z0-9_-]+", suite) and (SUITES_DIR / f"{suite}.yaml").is_file():
+        return SUITES_DIR / f"{suite}.yaml"
+    path = Path(suite)
+    if not path.is_file():
+        shipped = sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+        raise SuiteError(f"--suite {suite}: no such file (expected a YAML path or one of {shipped})")
+    return path
+
+
+def load_suite(suite: str, overrides: dict[str, str] | None = None, tasks: list[str] | None = None) -> Suite:
+    """Read, validate and resolve a suite; ``tasks`` keeps only entries of those task types."""
+    path = resolve_suite_path(suite)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SuiteError(f"suite {path}: not valid YAML ({' '.join(str(e).split())[:200]})") from None
+    if isinstance(data, list):
+        data = {"tasks": data}
+    if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
+        raise SuiteError(f"suite {path}: expected a list of tasks or a mapping with a 'tasks' list")
+    _check_keys(data, SUITE_KEYS, f"suite {path}")
+    variables = {str(k): str(v) for k, v in (data.get("vars") or {}).items()}
+    for key in overrides or {}:
+        if key not in variables:
+            raise SuiteError(f"--var {key}: suite {path} has no variable {key!r} (it has {sorted(variables)})")
+    variables.update(overrides or {})
+    scale = data.get("scale", "demo")
+    specs = [_parse_entry(e, i, path, variables, scale) for i, e in enumerate(data["tasks"], 1)]
+    names = [s.name for s in specs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise SuiteError(f"suite {path}: task names must be unique; {dup} appear more than once (set 'name:')")
+    for wanted in tasks or []:
+        if wanted not in TASKS:
+            raise SuiteError(f"--tasks {wanted}: unknown task (expected some of {list(TASKS)})")
+    if tasks:
+        specs = [s for s in specs if s.task in tasks]
+    return Suite(name=path.stem, path=path, tasks=specs)
+
+
+def _parse_entry(entry: Any, index: int, path: Path, variables: dict[str, str], scale: str) -> TaskSpec:
+    where = f"suite {path}: task {index}"
+    if not isinstance(entry, dict):
+        raise SuiteError(f"{where}: expected a mapping with 'task:' and 'args:', got {type(entry).__name__}")
+    if "name" in entry:
+        where += f" ({entry['name']})"
+    _check_keys(entry, ENTRY_KEYS, where)
+    task = entry.get("task")
+    if task not in TASKS:
+        raise SuiteError(f"{where}: unknown task {task!r} (expected one of {list(TASKS)})")
+    name = str(entry.get("name", task))
+    if not _NAME.match(name):
+        raise SuiteError(f"{where}: name {name!r} must be letters, digits, '.', '_' or '-' (it names a directory)")
+    args = entry.get("args") or {}
+    if not isinstance(args, dict):
+        raise SuiteError(f"{where}: 'args' must be a mapping of option -> value")
+    for reserved in ("ckpt", "out", "scale", "force"):
+        if reserved in args:
+            raise SuiteError(f"{where}: args key {reserved!r} is set by run_all, remove it")
+    checkpoints = entry.get("checkpoints", "all")
+    if checkpoints not in CHECKPOINT_SETS:
+        raise SuiteError(f"{where}: checkpoints {checkpoints!r} (expected one of {list(CHECKPOINT_SETS)})")
+    task_scale = entry.get("scale", scale)
+    if task_scale not in SCALES:
+        raise SuiteError(f"{where}: scale {task_scale!r} (expected one of {list(SCALES)})")
+    timeout = entry.get("timeout_min")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise SuiteError(f"{where}: timeout_min {timeout!r} (expected a positive number of minutes)")
+    resolved = {str(k): _substitute(v, variables, f"{where}: args.{k}") for k, v in args.items()}
+    extra = entry.get("extra_args") or []
+    if not isinstance(extra, list):
+        raise SuiteError(f"{where}: 'extra_args' must be a list of strings")
+    extra = tuple(str(_substitute(str(v), variables, f"{where}: extra_args")) for v in extra)
+    _check_task_options(task, resolved, where)
+    return TaskSpec(name, task, resolved, task_scale, checkpoints, timeout, extra)
+
+
+def _substitute(value: Any, variables: dict[str, str], where: str) -> Any:
+    if isinstance(value, list):
+        return [_substitute(v, variables, where) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def repl(m: re.Match) -> str:
+        if m.group(1) not in variables:
+            raise SuiteError(f"{where}: unknown variable {{{m.group(1)}}} (defined: {sorted(variables)})")
+        return variables[m.group(1)]
+
+    return _VAR.sub(repl, value)
+
+
+def _check_keys(mapping: dict, allowed: tuple[str, ...], where: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            raise SuiteError(f"{where}: unknown key {key!r} (expected one of {list(allowed)})")
+
+
+def _check_task_options(task: str, args: dict[str, Any], where: str) -> None:
+    """Check args against the task's own argparse parser when the module exposes ``build_parser()``."""
+    try:
+        module = importlib.import_module(f"transfer.{task}")
+    except Exception:  # noqa: BLE001 - a task that cannot be imported fails later, as a recorded task
+        return
+    build = getattr(module, "build_parser", None)
+    if build is None:
+        return
+    options = {opt for opt in build()._option_string_actions if opt.startswith("--")}
+    for key in args:
+        if "--" + key.replace("_", "-") not in options:
+            raise SuiteError(f"{where}: args key {key!r} is not an option of transfer.{task} (it has {sorted(options)})")
+
+
+def parse_vars(items: list[str]) -> dict[str, str]:
+    """``["data=/x", ...]`` -> ``{"data": "/x"}`` (the --var option)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SuiteError(f"--var {item}: expected NAME=VALUE")
+        out[key] = value
+    return out
