@@ -1,0 +1,168 @@
+"""The segmentation backbone: torchvision-layout SSL weights into mmseg's ``ResNet``, verified.
+
+mmengine loads ``init_cfg=dict(type='Pretrained')`` with ``strict=False`` and only *warns* about
+keys it could not place (ENVIRONMENT.md, "MMSegmentation"). Two configurations are silently wrong
+for a torchvision checkpoint: ``ResNetV1c``/``deep_stem=True`` (the deep stem stays random) and
+``style='caffe'`` (every name matches, the stride sits on the 1x1 conv instead of the 3x3, so the
+network computes something else). This module refuses both before training:
+
+- :func:`check_backbone_cfg`: the config's backbone type, style and depth against the checkpoint;
+- :func:`verify_backbone_state`: every key of the built backbone is in the converted checkpoint
+  with the same shape, and nothing is left over (and, after mmengine's load, equal values);
+- :class:`BackboneLoadedHook`: runs that check on the Runner's model right before iteration 1.
+
+It also lets the Runner reload its *own* checkpoints (resume) under torch >= 2.6, where
+``torch.load`` defaults to ``weights_only=True``: the ``trusted://`` scheme loads with
+``weights_only=False`` and is used only for files the Runner wrote. User checkpoints keep going
+through :func:`transfer.checkpoints.load_backbone` (``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from transfer.checkpoints import CheckpointInfo
+
+MMSEG_PREFIX = "backbone."
+TRUSTED_SCHEME = "trusted://"
+# Backbone types that build a torchvision-like ResNet; only plain ResNet without deep stem matches.
+RESNET_TYPES = ("ResNet", "ResNetV1c", "ResNetV1d", "mmseg.ResNet", "mmseg.ResNetV1c", "mmseg.ResNetV1d")
+
+
+class BackboneMismatch(ValueError):
+    """The checkpoint and the config's backbone do not describe the same network (one line)."""
+
+
+def arch_depth(arch: str) -> int:
+    """``'resnet50'`` -> 50."""
+    return int(arch.removeprefix("resnet"))
+
+
+def check_backbone_cfg(backbone: dict, info: CheckpointInfo, config_name: str) -> None:
+    """Refuse a backbone config that cannot reproduce the torchvision network of ``info``.
+
+    Sets ``depth`` from ``info.arch`` when the config leaves it out; a different depth is refused,
+    since the heads' input channels are written for one depth.
+    """
+    btype = str(backbone.get("type"))
+    where = f"config {config_name}: model.backbone"
+    if btype not in RESNET_TYPES:
+        raise BackboneMismatch(
+            f"{where}.type={btype!r} cannot hold a torchvision ResNet checkpoint; use type='ResNet', style='pytorch'"
+        )
+    style = backbone.get("style", "pytorch")
+    if style != "pytorch":
+        raise BackboneMismatch(
+            f"{where}.style={style!r}: a torchvision ResNet strides in the 3x3 conv (style='pytorch'); "
+            "'caffe' matches every name but computes a different network"
+        )
+    if btype.endswith(("V1c", "V1d")) or backbone.get("deep_stem") or backbone.get("avg_down"):
+        raise BackboneMismatch(
+            f"{where}: type={btype!r} deep_stem={backbone.get('deep_stem', False)} "
+            f"avg_down={backbone.get('avg_down', False)} does not match a torchvision ResNet "
+            "(its deep stem would stay random); use type='ResNet', deep_stem=False, avg_down=False"
+        )
+    depth = arch_depth(info.arch)
+    if backbone.get("depth") is None:
+        backbone["depth"] = depth
+    elif int(backbone["depth"]) != depth:
+        raise BackboneMismatch(
+            f"checkpoint {info.path} is a {info.arch} but {where}.depth={backbone['depth']}; "
+            f"use a config written for depth {depth} (head in_channels depend on it)"
+        )
+
+
+def to_mmseg_file(state: Mapping[str, Tensor], info: CheckpointInfo, out_dir: Path) -> Path:
+    """Convert a canonical state_dict (``transfer.convert.to_mmseg``) into ``out_dir``, atomically."""
+    from transfer.convert import to_mmseg, write_torch_atomic
+
+    path = Path(out_dir) / "backbone_mmseg.pth"
+    write_torch_atomic(path, to_mmseg(state, info))
+    return path
+
+
+def read_converted(path: Path) -> dict[str, Tensor]:
+    """The backbone part of a converted file, prefix removed (user data: ``weights_only=True``)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k[len(MMSEG_PREFIX):]: v for k, v in state.items() if k.startswith(MMSEG_PREFIX)}
+
+
+def verify_backbone_state(backbone: nn.Module, expected: Mapping[str, Tensor], check_values: bool) -> None:
+    """Refuse unless ``backbone`` has exactly the keys and shapes of ``expected`` (and its values).
+
+    ``check_values`` compares every tensor, to prove that the engine's own load happened.
+    """
+    have = backbone.state_dict()
+    missing = sorted(set(have) - set(expected))
+    unexpected = sorted(set(expected) - set(have))
+    shapes = sorted(k for k in set(have) & set(expected) if have[k].shape != expected[k].shape)
+    if missing or unexpected or shapes:
+        hint = ""
+        if any(k.startswith("stem.") for k in missing):
+            hint = " (a deep stem: use type='ResNet', deep_stem=False)"
+        raise BackboneMismatch(
+            f"checkpoint does not fit {type(backbone).__name__}: {len(missing)} backbone keys missing "
+            f"{missing[:3]}{hint}, {len(unexpected)} unexpected {unexpected[:3]}, "
+            f"{len(shapes)} mis-shaped {shapes[:3]}"
+        )
+    if check_values:
+        differ = [k for k in have if not torch.equal(have[k].cpu(), expected[k].to(have[k].dtype))]
+        if differ:
+            raise BackboneMismatch(
+                f"{len(differ)} of {len(have)} backbone tensors differ from the checkpoint after "
+                f"mmengine's init_weights (e.g. {differ[:3]}): the pretrained weights were not loaded"
+            )
+
+
+def backbone_of(model: nn.Module) -> nn.Module:
+    """The segmentor's backbone, through a DDP-style wrapper if any."""
+    inner = getattr(model, "module", model)
+    if not hasattr(inner, "backbone"):
+        raise BackboneMismatch(f"{type(inner).__name__} has no .backbone to load the checkpoint into")
+    return inner.backbone
+
+
+def make_loaded_hook(expected_path: Path, resumed: bool) -> Any:
+    """An mmengine hook that verifies the backbone weights right before the first iteration.
+
+    A resumed run holds trained weights, not the checkpoint's: it is not checked.
+    """
+    from mmengine.hooks import Hook
+
+    class BackboneLoadedHook(Hook):
+        priority = "VERY_HIGH"
+
+        def before_train(self, runner) -> None:
+            if resumed:
+                return
+            verify_backbone_state(backbone_of(runner.model), read_converted(expected_path), check_values=True)
+            runner.logger.info(f"backbone: all weights of {expected_path} loaded (verified)")
+
+    return BackboneLoadedHook()
+
+
+def register_trusted_scheme() -> None:
+    """``trusted://PATH``: load a checkpoint the Runner itself wrote, with ``weights_only=False``.
+
+    mmengine's Runner saves its message hub (``HistoryBuffer``) and optimizer, which torch >= 2.6
+    refuses under the default ``weights_only=True``. Only :func:`trusted` paths use this loader.
+    """
+    from mmengine.runner import CheckpointLoader
+
+    def load_trusted(filename: str, map_location=None) -> Any:
+        path = filename[len(TRUSTED_SCHEME):]
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} can not be found.")
+        return torch.load(path, map_location=map_location, weights_only=False)
+
+    CheckpointLoader.register_scheme(prefixes=TRUSTED_SCHEME, loader=load_trusted, force=True)
+
+
+def trusted(path: str | Path) -> str:
+    """Mark a Runner-written checkpoint for :func:`register_trusted_scheme`'s loader."""
+    return TRUSTED_SCHEME + str(path)

@@ -1,0 +1,238 @@
+"""Semantic-segmentation transfer (PROTOCOLS.md "Semantic segmentation"): FCN-D8 with MMSegmentation.
+
+    python -m transfer.segmentation --ckpt X.pth --out DIR [--config FILE] [--scale demo|paper]
+        [--launcher none|pytorch|slurm] [--data-root ROOT] [--cfg-options k=v ...] [--seed N]
+        [--threads N] [--resume] [--force]
+
+One run: read the checkpoint (``transfer.checkpoints.load_backbone``, ``weights_only=True``), check
+the config's backbone against it and the dataset layout (one-line errors, before anything is
+built), convert it to ``DIR/backbone_mmseg.pth``, build mmengine's ``Runner`` (the existing
+distributed engine; SyncBN becomes BN in one process), verify that every backbone weight was
+loaded, train, evaluate with ``IoUMetric`` and write ``DIR/record.json`` (mIoU, mAcc, aAcc in
+percent), ``DIR/train.log`` and the resolved ``DIR/mmseg_config.py``. Exit codes follow the task
+contract: 0 ok, 1 failed, 2 usage, 3 skipped (dataset not on disk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from transfer.checkpoints import CheckpointInfo
+from transfer.records import EXIT_USAGE, TaskFailed, TaskRun, write_text_atomic
+
+CONFIG_DIR = Path(__file__).resolve().parent / "mmseg_configs"
+DEFAULT_CONFIGS = {
+    "demo": CONFIG_DIR / "fcn_r18_d8_synthetic_64x64_demo.py",
+    "paper": CONFIG_DIR / "fcn_r50_d8_voc12aug_512x512_20k.py",
+}
+METRICS = ("mIoU", "mAcc", "aAcc")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m transfer.segmentation", description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt", required=True, help="SSL checkpoint (any format transfer.checkpoints reads)")
+    p.add_argument("--out", required=True, help="output directory (record.json, train.log, mmseg_config.py)")
+    p.add_argument("--config", help="mmseg config file (default: the --scale's FCN config)")
+    p.add_argument("--scale", choices=sorted(DEFAULT_CONFIGS), default="demo")
+    p.add_argument("--launcher", choices=("none", "pytorch", "slurm"), default="none")
+    p.add_argument("--data-root", help="dataset root; replaces data_root of every dataset in the config")
+    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config entries, mmengine style (e.g. train_cfg.max_iters=100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0: torch's default); 1 is fastest on a shared 2-core machine")
+    p.add_argument("--resume", action="store_true", help="resume from the latest Runner checkpoint in DIR/work")
+    p.add_argument("--force", action="store_true", help="re-run even if DIR/record.json exists")
+    return p
+
+
+def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
+    """Read the config, apply the command line, and check its backbone against ``info``."""
+    from mmengine.config import Config, DictAction
+
+    from transfer.seg_backbone import check_backbone_cfg
+    from transfer.seg_data import set_data_root
+
+    path = Path(args.config) if args.config else DEFAULT_CONFIGS[args.scale]
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file (expected an mmseg config, e.g. {CONFIG_DIR}/*.py)")
+    cfg = Config.fromfile(str(path))
+    if args.cfg_options:
+        parsed = argparse.Namespace()
+        DictAction(option_strings=[], dest="opts")(None, parsed, args.cfg_options)
+        cfg.merge_from_dict(parsed.opts)
+    if args.data_root:
+        set_data_root(cfg, args.data_root)
+    check_backbone_cfg(cfg.model.backbone, info, path.name)
+    cfg.launcher = args.launcher
+    if args.launcher != "none":
+        import torch
+
+        if not torch.cuda.is_available():  # mmengine's init_dist calls torch.cuda.set_device
+            raise ValueError(f"--launcher {args.launcher} needs CUDA GPUs; use --launcher none on a CPU")
+    if _world_size(args.launcher) == 1:  # one process: SyncBN has nothing to sync with
+        _replace_norm(cfg.model, "SyncBN", "BN")
+        cfg.norm_cfg = dict(cfg.get("norm_cfg") or {}, type="BN")
+    cfg.randomness = dict(seed=args.seed)
+    cfg.work_dir = str(Path(args.out) / "work")
+    cfg.config_file = str(path)
+    return cfg
+
+
+def _replace_norm(node: Any, old: str, new: str) -> None:
+    if isinstance(node, dict):
+        if node.get("type") == old:
+            node["type"] = new
+        for value in node.values():
+            _replace_norm(value, old, new)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _replace_norm(value, old, new)
+
+
+def make_metrics_hook() -> Any:
+    """Hook that stops training on a non-finite loss and keeps the last validation metrics."""
+    from mmengine.hooks import Hook
+
+    class SegRecordHook(Hook):
+        priority = "LOW"
+
+        def __init__(self) -> None:
+            self.metrics: dict[str, float] = {}
+            self.val_iter = -1
+
+        def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+            loss = (outputs or {}).get("loss")
+            if loss is None:
+                return
+            value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
+            if not math.isfinite(value):
+                raise TaskFailed(
+                    f"loss is {value} at iteration {runner.iter + 1}; training diverged "
+                    "(lower the learning rate or check the labels)"
+                )
+
+        def after_val_epoch(self, runner, metrics=None) -> None:
+            self.metrics = dict(metrics or {})
+            self.val_iter = runner.iter
+
+    return SegRecordHook()
+
+
+def attach_checkpoint(cfg: Any, converted: Path) -> None:
+    """Load ``converted`` the mmseg way: the backbone's ``init_cfg`` (mmengine's PretrainedInit)."""
+    cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(converted), prefix="backbone.")
+
+
+def train_and_evaluate(cfg: Any, converted: Path) -> dict[str, float]:
+    """Build the Runner, verify the backbone load, train, and return the final IoUMetric values.
+
+    ``cfg`` already points its backbone at ``converted`` (:func:`attach_checkpoint`).
+    """
+    from mmengine.runner import Runner, find_latest_checkpoint
+
+    from transfer.seg_backbone import (backbone_of, make_loaded_hook, read_converted,
+                                       register_trusted_scheme, trusted, verify_backbone_state)
+
+    register_trusted_scheme()
+    if cfg.get("resume"):
+        latest = find_latest_checkpoint(cfg.work_dir)
+        if latest is None:
+            raise FileNotFoundError(f"--resume: no Runner checkpoint in {cfg.work_dir}")
+        cfg.load_from = trusted(latest)  # the Runner's own file: weights_only=False
+    runner = Runner.from_cfg(cfg)
+    # Before any data is read: names and shapes; BackboneLoadedHook then checks the loaded values.
+    verify_backbone_state(backbone_of(runner.model), read_converted(converted), check_values=False)
+    record_hook = make_metrics_hook()
+    runner.register_hook(make_loaded_hook(converted, resumed=bool(cfg.get("resume"))))
+    runner.register_hook(record_hook)
+    try:
+        runner.train()
+        if record_hook.val_iter != runner.iter:  # the schedule did not end on a validation
+            record_hook.metrics = dict(runner.val())
+    finally:
+        _copy_log(runner, Path(cfg.work_dir).parent)
+    missing = [m for m in METRICS if m not in record_hook.metrics]
+    if missing:
+        raise TaskFailed(f"IoUMetric returned {sorted(record_hook.metrics)}, missing {missing}")
+    return {m: round(float(record_hook.metrics[m]), 2) for m in METRICS}  # IoUMetric rounds to 0.01
+
+
+def _copy_log(runner: Any, out_dir: Path) -> None:
+    log = Path(runner.log_dir) / f"{runner.timestamp}.log"
+    if log.is_file():
+        shutil.copyfile(log, out_dir / "train.log")
+
+
+def _world_size(launcher: str) -> int:
+    if launcher == "none":
+        return 1
+    return int(os.environ.get("WORLD_SIZE" if launcher == "pytorch" else "SLURM_NTASKS", "1"))
+
+
+def _rank(launcher: str) -> int:
+    """This process's rank as the launcher will set it (before mmengine initialises the group)."""
+    if launcher == "none":
+        return 0
+    return int(os.environ.get("RANK" if launcher == "pytorch" else "SLURM_PROCID", "0"))
+
+
+def run(args: argparse.Namespace, task: TaskRun | None) -> None:
+    """The whole task; ``task`` is None on ranks > 0 (only rank 0 writes the record)."""
+    from dataclasses import asdict
+
+    from transfer.checkpoints import load_backbone
+    from transfer.engines import require_mmseg
+    from transfer.seg_backbone import to_mmseg_file
+    from transfer.seg_data import check_data_layout
+
+    require_mmseg()
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    state, info = load_backbone(args.ckpt)
+    cfg = load_config(args, info)
+    cfg.resume = bool(args.resume)
+    dataset = str(cfg.get("dataset_name") or Path(cfg.config_file).stem)
+    if task is not None:
+        task.record.update(dataset=dataset, checkpoint=asdict(info), method=info.method,
+                           config=cfg.to_dict())
+    check_data_layout(cfg, dataset)
+    out = Path(args.out)
+    converted = to_mmseg_file(state, info, out)
+    attach_checkpoint(cfg, converted)
+    if task is not None:
+        write_text_atomic(out / "mmseg_config.py", cfg.pretty_text)
+    metrics = train_and_evaluate(cfg, converted)
+    if task is not None:
+        task.metrics.update(metrics)
+        task.record["config"] = cfg.to_dict()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if _rank(args.launcher) != 0:
+        run(args, None)
+        return 0
+    scale_config = args.config or str(DEFAULT_CONFIGS[args.scale])
+    try:
+        task = TaskRun(task="segmentation", dataset=Path(scale_config).stem, scale=args.scale,
+                       out_dir=args.out, ckpt_info=None, config={"config_file": scale_config},
+                       seeds=[args.seed], force=args.force or args.resume)
+    except FileExistsError as e:
+        print(f"segmentation: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    with task:
+        run(args, task)
+    return task.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
