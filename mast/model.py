@@ -1,0 +1,225 @@
+"""Backbone, expander, subspace masks and uncertainty heads (METHOD.md §2); one model for VICReg and MAST.
+
+API (stable, the trainer codes against it)::
+
+    ModelConfig(arch, expander, zero_init_residual, method, uncertainty, mask_init_logit,
+                head_hidden, tau, u_bar_momentum)
+    model = MASTModel(ModelConfig, LossConfig, AugmentConfig)
+    out = model(batch: AugmentedBatch)   # dict: "loss" (eq. 6, backprop this); detached "inv", "var",
+                                         # "cov", "unc", "mask_prior"; MAST only: "u_mean" [K],
+                                         # "subspace_size" [K], "mask_mean" [K], "w_min", "w_max"
+    model.main_parameters()      # backbone + expander (LARS)
+    model.subspace_parameters()  # masks φ + uncertainty heads h (own Adam, METHOD §2); [] for vicreg
+    model.sensitivities() [K,d] (eq. 1'); model.subspaces() bool [K,d]; model.masks() [K,d]
+    model.uncertainty(theta1, theta2, delta) -> u [N,K] (eq. 1)
+    model.mast_state() -> dict for mast_state.pth (without "heldout"/"config")
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from mast.augment import AugmentConfig, AugmentedBatch, param_layout
+from mast.loss import LossConfig, float32_region, objective
+
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet50"
+    expander: tuple[int, ...] = (8192, 8192, 8192)
+    zero_init_residual: bool = True
+    method: str = "mast"  # "vicreg" | "mast"
+    uncertainty: str = "head"  # "head" (h_k MLPs) | "none" (one scalar a_k per augmentation)
+    mask_init_logit: float = 3.0  # m ≈ 0.95 at start, close to VICReg
+    head_hidden: int = 32
+    tau: float = 0.5  # subspace threshold of eq. (1')
+    u_bar_momentum: float = 0.99  # running mean ū_k of eq. (1')
+
+    def __post_init__(self) -> None:
+        self.expander = tuple(int(x) for x in self.expander)
+        if self.arch not in ARCHS:
+            raise ValueError(f"model.arch: expected one of {list(ARCHS)}, got {self.arch!r}")
+        if not self.expander or min(self.expander) < 1:
+            raise ValueError(f"model.expander: expected positive layer widths, got {list(self.expander)}")
+        if self.method not in ("vicreg", "mast"):
+            raise ValueError(f"model.method: expected 'vicreg' or 'mast', got {self.method!r}")
+        if self.uncertainty not in ("head", "none"):
+            raise ValueError(f"model.uncertainty: expected 'head' or 'none', got {self.uncertainty!r}")
+        if not (0.0 <= self.u_bar_momentum < 1.0 and self.tau > 0 and self.head_hidden >= 1):
+            raise ValueError("model: expected 0 <= u_bar_momentum < 1, tau > 0, head_hidden >= 1")
+
+
+def build_expander(in_dim: int, widths: tuple[int, ...]) -> nn.Sequential:
+    """VICReg projector: Linear-BN-ReLU blocks, last Linear without bias (METHOD §2)."""
+    dims = [in_dim, *widths]
+    layers: list[nn.Module] = []
+    for a, b in zip(dims[:-2], dims[1:-1]):
+        layers += [nn.Linear(a, b), nn.BatchNorm1d(b), nn.ReLU(True)]
+    layers.append(nn.Linear(dims[-2], dims[-1], bias=False))
+    return nn.Sequential(*layers)
+
+
+class UncertaintyHeads(nn.Module):
+    """All K heads h_k: [θ_k¹, θ_k², |θ_k¹ − θ_k²|] → hidden → 1, evaluated at once (no loop over k).
+
+    Each op's parameters are padded to P_max with zeros, so padded inputs never contribute.
+    """
+
+    def __init__(self, slices: dict[str, slice], hidden: int) -> None:
+        super().__init__()
+        sizes = [s.stop - s.start for s in slices.values()]
+        k, p = len(sizes), max(sizes)
+        total = sum(sizes)
+        index = torch.full((k, p), total, dtype=torch.long)  # ``total`` = the appended zero column
+        for i, s in enumerate(slices.values()):
+            index[i, : s.stop - s.start] = torch.arange(s.start, s.stop)
+        self.register_buffer("index", index, persistent=False)
+        self.w1 = nn.Parameter(torch.empty(k, 3 * p, hidden))
+        self.b1 = nn.Parameter(torch.empty(k, hidden))
+        self.w2 = nn.Parameter(torch.empty(k, hidden))
+        self.b2 = nn.Parameter(torch.zeros(k))
+        for i, size in enumerate(sizes):  # nn.Linear's default init, with each head's true fan-in
+            bound1, bound2 = 1 / math.sqrt(3 * size), 1 / math.sqrt(hidden)
+            nn.init.uniform_(self.w1.data[i], -bound1, bound1)
+            nn.init.uniform_(self.b1.data[i], -bound1, bound1)
+            nn.init.uniform_(self.w2.data[i], -bound2, bound2)
+
+    def forward(self, theta1: Tensor, theta2: Tensor) -> Tensor:
+        """Raw head outputs h_k(θ¹, θ²) [N, K] (before softplus)."""
+        pad = theta1.new_zeros(theta1.shape[0], 1)
+        a = torch.cat([theta1, pad], 1)[:, self.index]  # [N, K, P]
+        b = torch.cat([theta2, pad], 1)[:, self.index]
+        feats = torch.cat([a, b, (a - b).abs()], dim=2)
+        hidden = torch.relu(torch.einsum("nki,kih->nkh", feats, self.w1) + self.b1)
+        return torch.einsum("nkh,kh->nk", hidden, self.w2) + self.b2
+
+
+class ConstantUncertainty(nn.Module):
+    """Ablation ``uncertainty: none``: h_k ≡ a_k, one learned scalar per augmentation."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.zeros(k))
+
+    def forward(self, theta1: Tensor, theta2: Tensor) -> Tensor:
+        return self.a.expand(theta1.shape[0], -1)
+
+
+class SubspaceModule(nn.Module):
+    """Mask logits φ [K, d] and uncertainty heads h (METHOD §2), plus the running mean ū_k."""
+
+    def __init__(self, cfg: ModelConfig, slices: dict[str, slice], dim: int) -> None:
+        super().__init__()
+        self.tau, self.momentum = cfg.tau, cfg.u_bar_momentum
+        k = len(slices)
+        self.mask_logits = nn.Parameter(torch.full((k, dim), float(cfg.mask_init_logit)))
+        self.head = UncertaintyHeads(slices, cfg.head_hidden) if cfg.uncertainty == "head" else ConstantUncertainty(k)
+        self.register_buffer("u_bar", torch.zeros(k))
+        self.register_buffer("u_bar_count", torch.zeros((), dtype=torch.long))
+
+    def masks(self) -> Tensor:
+        """m_k = sigmoid(φ_k), [K, d]."""
+        return torch.sigmoid(self.mask_logits)
+
+    def uncertainty(self, theta1: Tensor, theta2: Tensor, delta: Tensor) -> Tensor:
+        """Eq. (1): u_ik = δ_ik · softplus(h_k(θ_ik¹, θ_ik²)) ≥ 0; exactly 0 where δ_ik = 0."""
+        return delta * nn.functional.softplus(self.head(theta1, theta2))
+
+    @torch.no_grad()
+    def update_u_bar(self, u: Tensor) -> None:
+        """Running mean of ū_k (eq. 1'); the first batch initialises it (no zero bias)."""
+        mean = u.detach().float().mean(dim=0)
+        first = (self.u_bar_count == 0).float()
+        self.u_bar.copy_(first * mean + (1 - first) * (self.momentum * self.u_bar + (1 - self.momentum) * mean))
+        self.u_bar_count.add_(1)
+
+    @torch.no_grad()
+    def sensitivities(self) -> Tensor:
+        """Eq. (1'): e_kj = ū_k · (1 − m_kj), [K, d]."""
+        return self.u_bar[:, None] * (1.0 - self.masks())
+
+    def subspaces(self) -> Tensor:
+        """S_k = {j : e_kj < τ} as a bool [K, d]."""
+        return self.sensitivities() < self.tau
+
+
+class MASTModel(nn.Module):
+    """f (torchvision ResNet, fc = Identity) + g (expander) + optional subspaces; forward = eq. (6)."""
+
+    def __init__(self, cfg: ModelConfig, loss: LossConfig, aug: AugmentConfig) -> None:
+        super().__init__()
+        self.cfg, self.loss_cfg, self.aug_cfg = cfg, loss, aug
+        self.backbone = torchvision.models.get_model(cfg.arch, weights=None, zero_init_residual=cfg.zero_init_residual)
+        feat_dim = self.backbone.fc.in_features
+        self.backbone.fc = nn.Identity()
+        self.expander = build_expander(feat_dim, cfg.expander)
+        self.param_slices = param_layout(aug.ops)
+        self.aug_names = list(aug.ops)
+        self.subspace = SubspaceModule(cfg, self.param_slices, cfg.expander[-1]) if cfg.method == "mast" else None
+
+    @property
+    def num_features(self) -> int:
+        return self.cfg.expander[-1]
+
+    def embed(self, x: Tensor) -> Tensor:
+        """z = g(f(x))."""
+        return self.expander(self.backbone(x))
+
+    def forward(self, batch: AugmentedBatch) -> dict[str, Tensor]:
+        # Two separate passes, as official VICReg (BatchNorm statistics per view).
+        z1, z2 = self.embed(batch.x1), self.embed(batch.x2)
+        if self.subspace is None:
+            return objective(z1, z2, self.loss_cfg)
+        with float32_region(z1.device):
+            u = self.uncertainty(batch.theta1, batch.theta2, batch.delta)
+            masks = self.subspace.masks()
+        if self.training:
+            self.subspace.update_u_bar(u)
+        out = objective(z1, z2, self.loss_cfg, u=u, masks=masks)
+        out["u_mean"] = u.detach().mean(dim=0)
+        out["mask_mean"] = masks.detach().mean(dim=1)
+        out["subspace_size"] = self.subspace.subspaces().sum(dim=1)
+        return out
+
+    def _require_subspace(self) -> SubspaceModule:
+        if self.subspace is None:
+            raise ValueError("model.method is 'vicreg': there are no subspaces, masks or uncertainties")
+        return self.subspace
+
+    def uncertainty(self, theta1: Tensor, theta2: Tensor, delta: Tensor) -> Tensor:
+        """u [N, K], eq. (1), in float32."""
+        return self._require_subspace().uncertainty(theta1.float(), theta2.float(), delta.float())
+
+    def masks(self) -> Tensor:
+        return self._require_subspace().masks()
+
+    def sensitivities(self) -> Tensor:
+        return self._require_subspace().sensitivities()
+
+    def subspaces(self) -> Tensor:
+        return self._require_subspace().subspaces()
+
+    def main_parameters(self) -> list[nn.Parameter]:
+        """Backbone + expander parameters (trained by L_inv, v and c; the LARS optimizer)."""
+        return list(self.backbone.parameters()) + list(self.expander.parameters())
+
+    def subspace_parameters(self) -> list[nn.Parameter]:
+        """Masks φ and heads h (trained by L_unc and L_mask only; their own Adam, METHOD §2)."""
+        return [] if self.subspace is None else list(self.subspace.parameters())
+
+    def mast_state(self) -> dict:
+        """mast_state.pth content (weights_only-loadable), without "heldout" and "config"."""
+        state: dict = {"method": self.cfg.method, "aug_names": list(self.aug_names), "tau": float(self.cfg.tau),
+                       "uncertainty": self.cfg.uncertainty, "aug_spec": self.aug_cfg.spec()}
+        if self.subspace is not None:
+            state.update(mask_logits=self.subspace.mask_logits.detach().cpu().clone(),
+                         u_bar=self.subspace.u_bar.detach().cpu().clone(),
+                         uncertainty_state={k: v.detach().cpu().clone()
+                                            for k, v in self.subspace.head.state_dict().items()})
+        return state
