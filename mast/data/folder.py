@@ -1,0 +1,175 @@
+"""Image folders for pretraining and for the kNN monitor.
+
+* :class:`TwoViewFolder`: every image below an ImageFolder-style root (``ROOT/<dir>/.../*.png``;
+  labels ignored), each returned as two spatially augmented uint8 views plus their parameters
+  (``mast.augment.SpatialTwoView``). Unreadable or corrupt files are replaced by a neighbour and
+  reported by index, so the trainer can count them and stop when too many are bad.
+* :class:`ResumableSampler`: the per-epoch seeded permutation of ``DistributedSampler``, that can
+  start mid-epoch and hands every sample its own augmentation seed (derived from seed, epoch and
+  image index), so a resumed run sees exactly the views an uninterrupted one would.
+* :func:`load_labeled_split`: a labeled ``ROOT/<class>/*`` split as one uint8 tensor (kNN monitor).
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+_MAX_FALLBACKS = 16
+
+
+class DatasetError(ValueError):
+    """A dataset path or layout the user can fix (one-line message)."""
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def list_images(root: str | Path, what: str = "data.root") -> list[Path]:
+    """All image files below ``root/<dir>/`` (sorted); one-line DatasetError on a wrong layout."""
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"{what}={root}: no such directory")
+    if not root.is_dir():
+        raise DatasetError(f"{what}={root}: not a directory (expected an ImageFolder root)")
+    top = sorted(os.scandir(root), key=lambda e: e.name)
+    files: list[Path] = []
+    for entry in top:
+        if entry.is_dir(follow_symlinks=True):
+            for dirpath, dirnames, names in os.walk(entry.path, followlinks=True):
+                dirnames.sort()
+                files.extend(Path(dirpath, n) for n in sorted(names) if _is_image(n))
+    if not files:
+        loose = sum(1 for e in top if e.is_file() and _is_image(e.name))
+        if loose:
+            raise DatasetError(f"{what}={root}: {loose} images lie directly in the root; expected "
+                               f"ImageFolder layout {root}/<class>/<image>")
+        raise DatasetError(f"{what}={root}: no images ({', '.join(IMG_EXTENSIONS[:3])}, ...) found; "
+                           f"expected ImageFolder layout {root}/<class>/<image>")
+    return files
+
+
+def sample_seed(*keys: int) -> int:
+    """A 32-bit seed derived from non-negative integer ``keys`` (e.g. stream, seed, epoch, index):
+    augmentations then do not depend on world size, worker count or resume point."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """Open and fully decode an image as RGB (raises on truncated/corrupt files)."""
+    with Image.open(path) as img:
+        img.load()
+        return img.convert("RGB")
+
+
+class TwoViewFolder(Dataset):
+    """Two spatial views of each image below ``root``; items are
+    ``(views uint8 [2,3,S,S], spatial [2,P_s], bad_index)`` with ``bad_index = -1`` when the
+    requested image decoded, else its index (a readable neighbour was used in its place)."""
+
+    def __init__(self, root: str | Path, transform: Callable, what: str = "data.root",
+                 files: list[Path] | None = None) -> None:
+        self.root = Path(root)
+        self.files = files if files is not None else list_images(root, what)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _load(self, index: int) -> tuple[Image.Image, int]:
+        for attempt in range(_MAX_FALLBACKS):
+            try:
+                return open_rgb(self.files[(index + attempt) % len(self.files)]), attempt
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+                continue
+        raise DatasetError(f"data.root={self.root}: {_MAX_FALLBACKS} consecutive unreadable images "
+                           f"from {self.files[index]}")
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        img, fallbacks = self._load(index)
+        if seed is None:
+            views, spatial = self.transform(img)
+        else:  # per-sample seed: the views do not depend on worker or resume point
+            outer = random.getstate()
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    random.seed(seed)
+                    torch.manual_seed(seed)
+                    views, spatial = self.transform(img)
+            finally:
+                random.setstate(outer)
+        return views, spatial, torch.tensor(index if fallbacks else -1)
+
+
+class ResumableSampler(Sampler):
+    """Shard ``rank`` of a per-epoch permutation (seed + epoch), tail dropped so every rank gets
+    the same count, yielding ``(index, sample_seed)``; ``set_epoch(e, start)`` skips the first
+    ``start`` samples of the shard (resume mid-epoch)."""
+
+    def __init__(self, n: int, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+        self.n, self.num_replicas, self.rank, self.seed = n, num_replicas, rank, seed
+        self.epoch, self.start = 0, 0
+        self.per_rank = n // num_replicas
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(self.n, generator=g)[: self.per_rank * self.num_replicas]
+        shard = perm[self.rank::self.num_replicas].tolist()
+        for index in shard[self.start:]:
+            yield index, sample_seed(0, self.seed, self.epoch, index)
+
+
+def _square(img: Image.Image, size: int) -> np.ndarray:
+    """Resize the shorter side to ``size`` (bicubic) and centre-crop a square: uint8 HWC."""
+    w, h = img.size
+    scale = size / min(w, h)
+    if (w, h) != (size, size):
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+        w, h = img.size
+        left, top = (w - size) // 2, (h - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, dtype=np.uint8)
+
+
+def load_labeled_split(root: str | Path, size: int, max_images: int = 0, seed: int = 0,
+                       classes: list[str] | None = None, what: str = "knn.root"
+                       ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[Path]]:
+    """``ROOT/<class>/*`` -> (uint8 [N,3,S,S], labels [N], class names, files). ``max_images``
+    keeps a seeded random subset; ``classes`` fixes the label order (test split uses train's)."""
+    root = Path(root)
+    files = list_images(root, what)
+    names = classes if classes is not None else sorted({f.relative_to(root).parts[0] for f in files})
+    lookup = {c: i for i, c in enumerate(names)}
+    unknown = sorted({f.relative_to(root).parts[0] for f in files} - set(lookup))
+    if unknown:
+        raise DatasetError(f"{what}={root}: classes {unknown[:3]} are not in the train split")
+    if max_images and len(files) > max_images:
+        keep = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:max_images]
+        files = [files[i] for i in sorted(keep.tolist())]
+    images, labels, kept = [], [], []
+    for f in files:
+        try:
+            images.append(_square(open_rgb(f), size))
+        except (OSError, ValueError, SyntaxError):
+            continue  # the monitor only reports; a bad labeled image is left out
+        labels.append(lookup[f.relative_to(root).parts[0]])
+        kept.append(f)
+    if not images:
+        raise DatasetError(f"{what}={root}: no readable images")
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    return x, torch.tensor(labels), list(names), kept

@@ -1,0 +1,204 @@
+"""``python -m mast.pretrain`` end to end on tiny settings (real torch, real images, CPU).
+
+Covers: every run-directory file, weights-only backbone export, kill-and-resume equality,
+refused resumes, non-finite loss, corrupt images and wrong dataset layouts.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+import yaml
+from PIL import Image
+
+from mast.checkpoint import atomic_save
+from mast.data.folder import ResumableSampler, TwoViewFolder
+from mast.augment import AugmentConfig, SpatialTwoView
+from mast.pretrain import main
+
+
+def tiny_args(root: Path, out: Path, *extra: str) -> list[str]:
+    """4 steps per epoch (64 images, batch 16), 2 epochs, ResNet-18 at 32 px, deterministic."""
+    return ["--config", "demo", f"out_dir={out}", f"data.root={root / 'unlabeled'}",
+            "data.synthetic=null", f"knn.root={root / 'classification' / 'shape'}",
+            "data.num_workers=0", "data.heldout_pairs=8", "model.expander=[32,32]",
+            "augment.size=32", "augment.blur_kernel_size=5", "optim.batch_size=16",
+            "optim.epochs=2", "optim.warmup_epochs=1", "runtime.threads=1",
+            "runtime.progress=false", "runtime.deterministic=true", *extra]
+
+
+@pytest.fixture(scope="module")
+def full_run(synthetic_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pretrain")
+    assert main(tiny_args(synthetic_root, out, "--name", "full")) == 0
+    return out / "full"
+
+
+def _backbone(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.mark.slow
+def test_run_writes_every_file(full_run):
+    cfg = yaml.safe_load((full_run / "config.yaml").read_text())
+    assert cfg["method"] == "mast" and cfg["model"]["arch"] == "resnet18"
+    assert "torch" in json.loads((full_run / "versions.json").read_text())
+
+    steps = [json.loads(ln) for ln in (full_run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in steps if "loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 9))
+    for key in ("loss", "inv", "var", "cov", "unc", "mask_prior", "lr", "img_per_s",
+                "u_mean/crop", "u_mean/solarize", "subspace_size/blur"):
+        assert key in train[-1], key
+    knn = [r for r in steps if "knn_top1" in r]
+    assert [r["step"] for r in knn] == [0, 4, 8]
+
+    rows = list(csv.DictReader((full_run / "summary.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert all(r["knn_top1"] for r in rows) and rows[2]["loss"]
+
+    # backbone.pth: plain torchvision layout, weights-only, no fc
+    state = _backbone(full_run / "backbone.pth")
+    net = torchvision.models.resnet18()
+    net.fc = torch.nn.Identity()
+    net.load_state_dict(state, strict=True)
+    init = _backbone(full_run / "backbone_init.pth")
+    assert init.keys() == state.keys()
+    assert not torch.equal(init["conv1.weight"], state["conv1.weight"])
+
+    mast_state = torch.load(full_run / "mast_state.pth", weights_only=True)
+    assert mast_state["method"] == "mast" and len(mast_state["aug_names"]) == 6
+    assert mast_state["mask_logits"].shape == (6, 32)
+    assert mast_state["heldout"]["delta"].shape == (8, 6) and mast_state["heldout"]["u"].shape == (8, 6)
+    assert (mast_state["heldout"]["u"] >= 0).all() and mast_state["config"]["method"] == "mast"
+    assert torch.load(full_run / "last.pth", weights_only=False)["step"] == 8
+
+
+def test_checkpoint_reader_sees_method(full_run):
+    checkpoints = pytest.importorskip("transfer.checkpoints")
+    if not hasattr(checkpoints, "load_backbone"):
+        pytest.skip("transfer.checkpoints.load_backbone not written yet")
+    _, info = checkpoints.load_backbone(str(full_run / "backbone.pth"))
+    assert info.arch == "resnet18" and info.method == "mast"
+
+
+@pytest.mark.slow
+def test_kill_and_resume_equals_uninterrupted(full_run, synthetic_root, tmp_path, capsys):
+    args = tiny_args(synthetic_root, tmp_path, "--name", "cut")
+    assert main(args + ["runtime.stop_after_steps=5"]) == 0  # stopped mid-epoch 2
+    cut = tmp_path / "cut"
+    assert torch.load(cut / "last.pth", weights_only=False)["step"] == 5
+    assert not (cut / "mast_state.pth").exists()
+    # a rerun without --resume must not silently overwrite the run
+    assert main(args) == 2
+    assert "--resume auto" in capsys.readouterr().err
+    assert main(["--resume", "auto"] + args) == 0
+    for name in ("backbone.pth",):
+        a, b = _backbone(full_run / name), _backbone(cut / name)
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    ma = torch.load(full_run / "mast_state.pth", weights_only=True)
+    mb = torch.load(cut / "mast_state.pth", weights_only=True)
+    assert torch.equal(ma["mask_logits"], mb["mask_logits"]) and torch.equal(ma["u_bar"], mb["u_bar"])
+    losses = lambda run: [json.loads(ln).get("loss") for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert losses(full_run) == losses(cut)  # same steps, logged once each, same values
+
+    # resuming with a different config is refused, naming the keys
+    assert main(["--resume", "auto"] + args + ["optim.base_lr=0.5", "model.tau=0.3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "optim.base_lr" in err and "model.tau" in err and "\n" not in err
+
+
+def test_vicreg_method_runs(synthetic_root, tmp_path):
+    assert main(tiny_args(synthetic_root, tmp_path, "--name", "v", "method=vicreg", "optim.epochs=1")) == 0
+    run = tmp_path / "v"
+    assert yaml.safe_load((run / "config.yaml").read_text())["method"] == "vicreg"
+    state = torch.load(run / "mast_state.pth", weights_only=True)
+    assert state["method"] == "vicreg" and "mask_logits" not in state
+    assert state["heldout"]["delta"].shape == (8, 6)
+    assert not any("u_mean/crop" in ln for ln in (run / "metrics.jsonl").read_text().splitlines())
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good(synthetic_root, tmp_path, capsys):
+    # an absurd lr blows the weights up after the warm-up's first non-zero step
+    args = tiny_args(synthetic_root, tmp_path, "--name", "nan", "optim.base_lr=1e37",
+                     "runtime.save_every_min=1e-9")
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert "NaN/Inf at step" in err and "\n" not in err
+    bad_step = int(err.split("at step ")[1].split(";")[0])
+    last = torch.load(tmp_path / "nan" / "last.pth", weights_only=False)
+    assert last["step"] == bad_step - 1
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+def _image_folder(root: Path, n: int, bad: int) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "a").mkdir(parents=True)
+    for i in range(n):
+        path = root / "a" / f"{i:03d}.png"
+        if i < bad:
+            path.write_bytes(b"not a png at all")
+        else:
+            Image.fromarray(rng.integers(0, 255, (36, 40, 3), dtype=np.uint8)).save(path)
+    return root
+
+
+def test_corrupt_images_are_counted_and_skipped(tmp_path):
+    root = _image_folder(tmp_path / "imgs", 20, 2)
+    ds = TwoViewFolder(root, SpatialTwoView(AugmentConfig(size=16)))
+    items = [ds[(i, 7)] for i in range(len(ds))]
+    assert [int(it[2]) for it in items] == [0, 1] + [-1] * 18
+    assert all(it[0].shape == (2, 3, 16, 16) for it in items)
+
+
+def test_too_many_corrupt_images_stop_the_run(synthetic_root, tmp_path, capsys):
+    root = _image_folder(tmp_path / "imgs", 48, 3)  # 6% bad > 1%
+    args = tiny_args(synthetic_root, tmp_path, "--name", "bad", f"data.root={root}")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "unreadable" in err and "data.max_bad_fraction" in err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("layout, fragment", [
+    ("missing", "no such directory"), ("empty", "no images"), ("loose", "directly in the root")])
+def test_bad_dataset_layouts_are_one_line_errors(synthetic_root, tmp_path, capsys, layout, fragment):
+    root = tmp_path / "d"
+    if layout != "missing":
+        root.mkdir()
+    if layout == "loose":
+        Image.new("RGB", (8, 8)).save(root / "x.png")
+    assert main(tiny_args(synthetic_root, tmp_path, f"data.root={root}")) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and "\n" not in err
+
+
+def test_sampler_resumes_mid_epoch_and_shards():
+    full = list(ResumableSampler(50, 2, 0, seed=3).__iter__())
+    s = ResumableSampler(50, 2, 0, seed=3)
+    s.set_epoch(0, start=10)
+    assert list(s) == full[10:]
+    other = ResumableSampler(50, 2, 1, seed=3)
+    assert not {i for i, _ in full} & {i for i, _ in other}
+    s.set_epoch(1)
+    assert [i for i, _ in s] != [i for i, _ in full]
+
+
+def test_atomic_save_keeps_previous_file_on_failure(tmp_path):
+    path = tmp_path / "x.pth"
+    atomic_save({"a": torch.ones(2)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        atomic_save({"a": Unpicklable()}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
+    assert os.listdir(tmp_path) == ["x.pth"]
