@@ -11,7 +11,7 @@ test: setup
 	@bash scripts/run_tests.sh
 
 demo: setup
-	@bash scripts/demo.sh
+	$(PY) -m transfer.demo
 
 bench: setup
 	$(PY) benchmarks/pretrain_step.py

@@ -1,0 +1,129 @@
+"""Load converted weights into a detectron2 model and prove that every backbone tensor arrived.
+
+Detectron2 matches checkpoint names to model names by suffix and only *warns* about what it could
+not place, so a wrong prefix trains silently from random weights (ENVIRONMENT.md). Here loading is
+followed by a check in both directions:
+
+1. every tensor of the converted pickle lands in exactly one model tensor, with the same values
+   after loading (``res5.*`` of a C4 model lives in ``roi_heads.res5``);
+2. every parameter and statistic of the model's ResNet (the backbone's ``ResNet`` module and, for
+   C4, the ROI head's res5 stage) came from the pickle, except the new layers the protocol adds
+   (``roi_heads.res5.norm``, see :mod:`transfer.d2_heads`) and BN step counters.
+
+Anything else raises :class:`WeightsNotLoaded` with a one-line summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from transfer.engines import require_detectron2
+
+__all__ = ["WeightsNotLoaded", "LoadReport", "backbone_keys", "load_verified"]
+
+log = logging.getLogger(__name__)
+# New layers a protocol adds on top of the pretrained ResNet; they start from their init.
+NEW_LAYERS = ("roi_heads.res5.norm.",)
+
+
+class WeightsNotLoaded(RuntimeError):
+    """Some backbone tensor was not loaded from the converted checkpoint (one-line message)."""
+
+
+@dataclass
+class LoadReport:
+    """What loading did: pickle name -> model name, and the model tensors left at their init."""
+
+    placed: dict[str, str] = field(default_factory=dict)
+    new_layers: list[str] = field(default_factory=list)
+    detectron2_missing: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"loaded {len(self.placed)} backbone tensors (all verified); "
+                f"{len(self.new_layers)} tensors of new layers left at init {self.new_layers[:4]}; "
+                f"{len(self.detectron2_missing)} non-backbone tensors (heads) start from init")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def backbone_keys(model: nn.Module) -> list[str]:
+    """State keys of the model's pretrained-ResNet part (without BN step counters)."""
+    require_detectron2()
+    from detectron2.modeling.backbone import ResNet
+    from detectron2.modeling.roi_heads import Res5ROIHeads
+
+    prefixes = [f"{name}." if name else "" for name, m in model.named_modules() if isinstance(m, ResNet)]
+    prefixes += [f"{name}.res5." for name, m in model.named_modules() if isinstance(m, Res5ROIHeads)]
+    if not prefixes:
+        raise WeightsNotLoaded("the detectron2 model has no ResNet backbone to load a ResNet checkpoint into")
+    return [k for k in model.state_dict()
+            if any(k.startswith(p) for p in prefixes) and not k.endswith("num_batches_tracked")]
+
+
+def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    with open(path, "rb") as f:
+        data = pickle.load(f, encoding="latin1")
+    if not (isinstance(data, dict) and isinstance(data.get("model"), dict) and data.get("matching_heuristics")):
+        raise WeightsNotLoaded(f"{path} is not a pickle written by transfer.convert --to detectron2")
+    return {k: torch.as_tensor(v) for k, v in data["model"].items()}
+
+
+def _place(converted: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> tuple[dict[str, str], list[str]]:
+    """Find the one model key each pickle key was loaded into; list the problems."""
+    placed, problems = {}, []
+    for key, value in converted.items():
+        hits = [m for m in state if m == key or m.endswith("." + key)]
+        if len(hits) != 1:
+            problems.append(f"{key} matches {len(hits)} model tensors {hits[:2]}")
+            continue
+        target = state[hits[0]]
+        if target.shape != value.shape or not torch.equal(target.detach().cpu().to(value.dtype), value):
+            problems.append(f"{key} -> {hits[0]} does not hold the checkpoint's values")
+            continue
+        placed[key] = hits[0]
+    return placed, problems
+
+
+def load_verified(model: nn.Module, weights: str | Path) -> LoadReport:
+    """Load a ``transfer.convert`` pickle into ``model`` and verify coverage (module docstring)."""
+    require_detectron2()
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    class _Recording(DetectionCheckpointer):
+        incompatible = None
+
+        def _load_model(self, checkpoint):
+            self.incompatible = super()._load_model(checkpoint)
+            return self.incompatible
+
+    weights = Path(weights)
+    converted = _read_pickle(weights)
+    net = _unwrap(model)
+    checkpointer = _Recording(net)
+    checkpointer.load(str(weights), checkpointables=[])
+    incompatible = checkpointer.incompatible
+    state = net.state_dict()
+    placed, problems = _place(converted, state)
+    expected = backbone_keys(net)
+    new_layers = [k for k in expected if k.startswith(NEW_LAYERS)]
+    loaded = set(placed.values())
+    never = [k for k in expected if k not in loaded and k not in new_layers]
+    if incompatible is not None and incompatible.incorrect_shapes:
+        problems += [f"{k}: checkpoint {a} vs model {b}" for k, a, b in incompatible.incorrect_shapes]
+    if never:
+        problems.append(f"{len(never)} backbone tensors not loaded from the checkpoint {never[:4]}")
+    if problems:
+        raise WeightsNotLoaded(f"{weights}: {len(problems)} problems: " + "; ".join(problems[:4]))
+    missing = list(incompatible.missing_keys) if incompatible is not None else []
+    report = LoadReport(placed=placed, new_layers=new_layers,
+                        detectron2_missing=[k for k in missing if k not in new_layers])
+    log.info("weights %s: %s", weights, report.summary())
+    return report

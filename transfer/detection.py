@@ -1,0 +1,285 @@
+"""Detection / instance-segmentation transfer on detectron2 (PROTOCOLS.md "Detection").
+
+    python -m transfer.detection --ckpt X --config detectron_configs/coco_R_50_C4_1x.yaml --out DIR
+        [--num-gpus N --num-machines M --machine-rank R --dist-url U] [--seeds 1 2 3]
+        [--data-root ROOT] [--scale demo|paper] [--force] [KEY VALUE ...]
+
+Steps: read the checkpoint (any accepted wrapping, :mod:`transfer.checkpoints`), convert it to a
+detectron2 pickle (cached by the checkpoint's sha256), resolve the config (``_BASE_`` chain, then
+``KEY VALUE`` overrides, then ``MODEL.RESNETS.DEPTH`` from the checkpoint and SyncBN -> BN when
+there is one process), check that every dataset is on disk, then for each seed train and evaluate
+with detectron2's ``DefaultTrainer`` under its ``launch``. Weights are verified after loading
+(:mod:`transfer.d2_weights`). ``DIR/record.json`` gets bbox/segm AP, AP50, AP75 (VOC: AP, AP50,
+AP75) as the mean over seeds, with their std; ``DIR/log.txt`` the log; ``DIR/config.yaml`` and
+``DIR/seed_S/config.yaml`` the resolved configs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pickle
+import re
+import statistics
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from transfer.checkpoints import CheckpointInfo, load_backbone
+from transfer.convert import MAPPING_VERSION, to_detectron2, write_pickle_atomic
+from transfer.d2_data import SYNTHETIC_SPLITS, prepare_datasets, synthetic_num_classes
+from transfer.d2_train import RESULT_FILE, setup_logging, train_and_evaluate
+from transfer.engines import require_detectron2
+from transfer.records import EXIT_USAGE, TaskFailed, TaskRun, write_text_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = {"demo": "detectron_configs/demo_synthetic_R_18_FPN.yaml",
+                  "paper": "detectron_configs/coco_R_50_C4_1x.yaml"}
+DEFAULT_CACHE = REPO / "runs" / ".cache" / "detectron2"
+SYNC_NORMS = ("SyncBN", "naiveSyncBN", "naiveSyncBN_N", "nnSyncBN")
+AP_KEYS = ("AP", "AP50", "AP75")
+_CFG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+log = logging.getLogger("transfer.detection")
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separate detectron2 ``KEY VALUE`` overrides (``SOLVER.MAX_ITER 100``) from the options.
+
+    Done before argparse so ``--seeds 1 2 3 SOLVER.MAX_ITER 100`` works: argparse would read the
+    key as a fourth seed.
+    """
+    rest, opts, i = [], [], 0
+    while i < len(argv):
+        if _CFG_KEY.match(argv[i]):
+            opts += argv[i:i + 2]
+            i += 2
+        else:
+            rest.append(argv[i])
+            i += 1
+    return rest, opts
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m transfer.detection", description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt", required=True, help="pretrained ResNet checkpoint (any accepted wrapping)")
+    p.add_argument("--out", required=True, help="output directory (record.json, log.txt, configs)")
+    p.add_argument("--config", help=f"detectron2 YAML (default by --scale: {DEFAULT_CONFIG})")
+    p.add_argument("--scale", choices=("demo", "paper"), default="demo")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed; mean and std recorded")
+    p.add_argument("--data-root", default="data/synthetic", help="synthetic data root (holds scenes/)")
+    p.add_argument("--num-gpus", type=int, default=1, help="processes per machine (GPUs, or CPU workers)")
+    p.add_argument("--num-machines", type=int, default=1)
+    p.add_argument("--machine-rank", type=int, default=0)
+    p.add_argument("--dist-url", default="auto", help="e.g. tcp://HOST:PORT; auto = free local port")
+    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="converted-weights cache (by sha256)")
+    p.add_argument("--save-model", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep detectron2's model_final.pth (default: paper yes, demo no)")
+    p.add_argument("--force", action="store_true", help="replace an existing DIR/record.json")
+    p.epilog = "KEY VALUE ...: detectron2 config overrides, anywhere on the line (e.g. SOLVER.MAX_ITER 100)"
+    args_only, opts = split_overrides(sys.argv[1:] if argv is None else list(argv))
+    args = p.parse_args(args_only)
+    args.opts = opts
+    args.config = args.config or str(REPO / DEFAULT_CONFIG[args.scale])
+    if not Path(args.config).is_file():
+        p.error(f"--config {args.config}: no such file (expected a YAML from detectron_configs/)")
+    if len(args.opts) % 2:
+        p.error(f"overrides must be KEY VALUE pairs, got {args.opts}")
+    if min(args.num_gpus, args.num_machines) < 1:
+        p.error("--num-gpus and --num-machines must be >= 1")
+    return args
+
+
+def load_config(path: str, opts: list[str]) -> Any:
+    """detectron2 ``CfgNode`` from ``path`` (with its ``_BASE_`` chain) and the overrides."""
+    require_detectron2()
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(path)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def converted_weights(state: dict, info: CheckpointInfo, cache_dir: Path) -> Path:
+    """The detectron2 pickle of ``info``'s checkpoint, converted once per sha256 and mapping version."""
+    slug = MAPPING_VERSION.replace(">", "").replace(" ", "_").replace("-", "")
+    path = Path(cache_dir) / f"{info.sha256}-{slug}.pkl"
+    if path.is_file():
+        try:
+            with open(path, "rb") as f:
+                cached = pickle.load(f)
+            if cached.get("source_sha256") == info.sha256 and cached.get("mapping_version") == MAPPING_VERSION:
+                log.info("converted weights (cached): %s", path)
+                return path
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
+            pass  # a damaged cache entry is simply rebuilt
+    write_pickle_atomic(path, to_detectron2(state, info))
+    log.info("converted %s (%s) -> %s", info.path, info.arch, path)
+    return path
+
+
+def sync_norm_fallback(cfg: Any) -> list[str]:
+    """Replace SyncBN-type norms by BN (one process has nothing to sync with); returns what changed."""
+    changed = []
+
+    def walk(node: Any, prefix: str) -> None:
+        for key, value in node.items():
+            if hasattr(value, "items"):
+                walk(value, f"{prefix}{key}.")
+            elif key == "NORM" and value in SYNC_NORMS:
+                node[key] = "BN"
+                changed.append(f"{prefix}{key}: {value} -> BN")
+
+    walk(cfg.MODEL, "MODEL.")
+    return changed
+
+
+def resolve_config(cfg: Any, args: argparse.Namespace, info: CheckpointInfo, weights: Path) -> list[str]:
+    """Fill in what comes from the checkpoint and the launch; returns notes for the record."""
+    depth = int(info.arch.removeprefix("resnet"))
+    opts = dict(zip(args.opts[::2], args.opts[1::2]))
+    if "MODEL.RESNETS.DEPTH" in opts and int(opts["MODEL.RESNETS.DEPTH"]) != depth:
+        raise ValueError(f"MODEL.RESNETS.DEPTH {opts['MODEL.RESNETS.DEPTH']} contradicts the checkpoint ({info.arch})")
+    if "MODEL.WEIGHTS" in opts:
+        raise ValueError("MODEL.WEIGHTS is set by the runner from --ckpt (converted and verified); drop the override")
+    if depth < 50 and cfg.MODEL.ROI_HEADS.NAME.startswith("Res5"):
+        raise ValueError(f"{args.config} puts a bottleneck res5 in its C4 ROI head; {info.arch} has basic "
+                         "blocks: use an FPN config (e.g. detectron_configs/demo_synthetic_R_18_FPN.yaml)")
+    cfg.MODEL.RESNETS.DEPTH = depth
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64 if depth < 50 else 256
+    cfg.MODEL.WEIGHTS = str(weights)
+    if "MODEL.DEVICE" not in opts:
+        import torch
+
+        cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+    notes = []
+    if args.num_gpus * args.num_machines == 1:
+        notes += sync_norm_fallback(cfg)
+    return notes
+
+
+def check_synthetic_config(cfg: Any, data_root: str) -> None:
+    """The config fits the synthetic scenes (class count, RLE masks); call after the data check."""
+    if not any(n in SYNTHETIC_SPLITS for n in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)):
+        return
+    n = synthetic_num_classes(data_root)
+    if cfg.MODEL.ROI_HEADS.NUM_CLASSES != n:
+        raise ValueError(f"MODEL.ROI_HEADS.NUM_CLASSES {cfg.MODEL.ROI_HEADS.NUM_CLASSES} != {n} "
+                         f"categories in {data_root}/scenes")
+    if cfg.MODEL.MASK_ON and cfg.INPUT.MASK_FORMAT != "bitmask":
+        raise ValueError("the synthetic scenes store RLE masks: set INPUT.MASK_FORMAT bitmask")
+
+
+def scene_metrics(results: dict, voc: bool) -> dict[str, float]:
+    """Record metric names (contract): COCO ``bbox_AP`` ... ``segm_AP75``; VOC ``AP AP50 AP75``."""
+    if voc:
+        return {k: float(results["bbox"][k]) for k in AP_KEYS}
+    return {f"{task}_{k}": float(results[task][k]) for task in ("bbox", "segm") if task in results for k in AP_KEYS}
+
+
+def run_seed(cfg: Any, seed: int, args: argparse.Namespace, out: Path, save_model: bool) -> dict:
+    """Train + evaluate one seed under detectron2's ``launch``; returns detectron2's results dict."""
+    from detectron2.engine import launch
+
+    cfg = cfg.clone()
+    cfg.SEED = seed
+    cfg.OUTPUT_DIR = str(out / f"seed_{seed}")
+    cfg.freeze()
+    seed_dir = Path(cfg.OUTPUT_DIR)
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    (seed_dir / RESULT_FILE).unlink(missing_ok=True)
+    write_text_atomic(seed_dir / "config.yaml", cfg.dump())
+    uses_synthetic = any(n in SYNTHETIC_SPLITS for n in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST))
+    data_root = str(Path(args.data_root).resolve()) if uses_synthetic else None
+    error = None
+    try:
+        launch(train_and_evaluate, args.num_gpus, num_machines=args.num_machines,
+               machine_rank=args.machine_rank, dist_url=args.dist_url,
+               args=(cfg, data_root, save_model, str(out / "log.txt")))
+    except Exception as exc:  # noqa: BLE001 - the worker's own one-line reason is preferred below
+        error = exc
+    result = _read_result(seed_dir)
+    if result.get("status") == "ok":
+        return result["results"]
+    if args.machine_rank != 0 and error is None:
+        return {}
+    reason = result.get("error") or (f"{type(error).__name__}: {error}" if error else "no result written")
+    raise TaskFailed(f"seed {seed}: " + " ".join(str(reason).split()))
+
+
+def _read_result(seed_dir: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((seed_dir / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _aggregate(per_seed: dict[int, dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    names = list(next(iter(per_seed.values())))
+    mean = {k: statistics.fmean(m[k] for m in per_seed.values()) for k in names}
+    std = {k: statistics.stdev(m[k] for m in per_seed.values()) for k in names} if len(per_seed) > 1 else {}
+    return mean, std
+
+
+def execute(run: TaskRun, cfg: Any, args: argparse.Namespace) -> None:
+    """Everything inside the record: checkpoint, conversion, datasets, seeds, metrics."""
+    out = Path(args.out)
+    setup_logging(out / "log.txt", rank=0)
+    state, info = load_backbone(args.ckpt)
+    run.extra.update(checkpoint=asdict(info), method=info.method)
+    weights = converted_weights(state, info, Path(args.cache_dir))
+    notes = resolve_config(cfg, args, info, weights)
+    prepare_datasets((*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST), args.data_root)
+    check_synthetic_config(cfg, args.data_root)
+    for note in notes:
+        log.info("one process: %s", note)
+    run.config.update(weights=str(weights), mapping_version=MAPPING_VERSION, norm_fallback=notes,
+                      detectron2=yaml.safe_load(cfg.dump()))
+    write_text_atomic(out / "detectron2_config.yaml", cfg.dump())
+    save_model = args.save_model if args.save_model is not None else args.scale == "paper"
+    voc = cfg.DATASETS.TEST[0].startswith("voc")
+    per_seed = {}
+    for seed in args.seeds:
+        results = run_seed(cfg, seed, args, out, save_model)
+        if not results:  # a non-zero machine rank: rank 0 writes the numbers
+            return
+        per_seed[seed] = scene_metrics(results, voc)
+        log.info("seed %d: %s", seed, per_seed[seed])
+    mean, std = _aggregate(per_seed)
+    run.metrics.update(mean)
+    run.metrics_std.update(std)
+    run.extra["per_seed"] = {str(s): m for s, m in per_seed.items()}
+
+
+def dataset_label(cfg: Any) -> str:
+    test = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "none"
+    return "synthetic/scenes" if test in SYNTHETIC_SPLITS else test
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.opts)
+    except Exception as exc:  # noqa: BLE001 - yacs raises KeyError/ValueError/AssertionError
+        print(f"error: --config {args.config} with overrides {args.opts}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_USAGE
+    config = {"config_file": str(Path(args.config).resolve()), "overrides": args.opts, "seeds": args.seeds,
+              "num_gpus": args.num_gpus, "num_machines": args.num_machines, "data_root": args.data_root}
+    try:
+        run = TaskRun(task="detection", dataset=dataset_label(cfg), scale=args.scale, out_dir=args.out,
+                      ckpt_info=None, config=config, seeds=args.seeds, force=args.force)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with run:
+        execute(run, cfg, args)
+    return run.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
