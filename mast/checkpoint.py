@@ -7,13 +7,14 @@ killed at any moment leaves the previous complete file (or the new one), never a
 """
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from mast.atomic import torch_save_atomic
 
 from mast.config import ConfigError, config_diff
 
@@ -24,16 +25,7 @@ class CheckpointError(RuntimeError):
 
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to ``path`` via a temp file + ``os.replace`` (crash-safe)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    torch_save_atomic(path, obj)
 
 
 def rng_state() -> dict:

@@ -17,6 +17,8 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from mast.atomic import write_text_atomic
+
 from mast.augment import AugmentConfig
 from mast.model import LossConfig, ModelConfig
 
@@ -340,10 +342,7 @@ def validate(cfg: PretrainConfig) -> None:
 
 def write_yaml(cfg: PretrainConfig, path: Path) -> None:
     """Write the resolved config atomically (temp file + os.replace)."""
-    import os
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def config_diff(a: dict, b: dict, ignore: tuple[str, ...] = RESUME_MAY_DIFFER) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from mast.atomic import write_text_atomic
 
 from mast.config import PretrainConfig, write_yaml
 from mast.data.folder import DatasetError, TwoViewFolder, sample_seed
@@ -35,10 +36,7 @@ class TrainingError(RuntimeError):
     """Training cannot continue (e.g. non-finite loss); one-line message."""
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+_write_atomic = write_text_atomic
 
 
 def versions() -> dict[str, Any]:

@@ -19,17 +19,16 @@ prefix ends up as one canonical torchvision state_dict). From there:
 from __future__ import annotations
 
 import argparse
-import os
-import pickle
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from mast.atomic import pickle_atomic, torch_save_atomic
 
 from transfer.checkpoints import CheckpointError, CheckpointInfo, canonical_keys, load_backbone
 
@@ -132,28 +131,14 @@ def to_mmseg(state: Mapping[str, Tensor], info: CheckpointInfo) -> dict[str, Ten
     return {f"backbone.{k}": state[k].detach().cpu().clone() for k in order + counters}
 
 
-def _atomic(path: Path, write: Callable[[Any], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_pickle_atomic(path: str | Path, obj: Any) -> None:
     """Pickle ``obj`` to ``path`` via a temp file and ``os.replace`` (no half-written pkl)."""
-    _atomic(Path(path), lambda f: pickle.dump(obj, f, protocol=4))
+    pickle_atomic(path, obj)
 
 
 def write_torch_atomic(path: str | Path, obj: Any) -> None:
     """``torch.save`` ``obj`` to ``path`` atomically."""
-    _atomic(Path(path), lambda f: torch.save(obj, f))
+    torch_save_atomic(path, obj)
 
 
 def convert_file(ckpt: str | Path, to: str, out: str | Path) -> CheckpointInfo:

@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,6 +30,8 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from mast.atomic import torch_save_atomic
 
 from transfer.checkpoints import CheckpointError, CheckpointInfo, build_resnet, load_backbone
 
@@ -226,15 +226,7 @@ def _read_cache(path: Path, key: str, n: int) -> dict | None:
 
 
 def _write_cache(path: Path, entry: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(entry, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    torch_save_atomic(path, entry)
 
 
 # ---------------------------------------------------------------- the probes' shared CLI frame
@@ -272,7 +264,7 @@ def run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[in
     any error in ``body``, is ``failed`` (exit 1) with a one-line error; an existing record is a
     usage error (exit 2) unless ``--force``.
     """
-    from transfer.records import EXIT_USAGE, TaskRun, TaskSkipped
+    from transfer.records import EXIT_USAGE
 
     if args.image_size is not None and args.image_size < 1:
         print(f"{task}: --image-size must be a positive number of pixels, got {args.image_size}", file=sys.stderr)

@@ -21,7 +21,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 import warnings
@@ -31,6 +30,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from mast.atomic import write_text_atomic
 from transfer.checkpoints import CheckpointInfo, sha256_file
 
 __all__ = [
@@ -49,22 +49,6 @@ class TaskSkipped(Exception):
 
 class TaskFailed(Exception):
     """The task ran and failed for a reason it can name (NaN loss, unloaded weights...)."""
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

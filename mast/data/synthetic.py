@@ -34,6 +34,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from mast.atomic import write_text_atomic
+
 from mast.data import scenes
 from mast.data.scenes import COLORS, SHAPES, TASKS
 
@@ -189,11 +191,6 @@ def _run_jobs(root: Path, spec: SyntheticSpec, jobs: list[tuple]) -> list[Any]:
 # ---------------------------------------------------------------- files
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temp file + os.replace so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _coco_json(jobs: list[tuple], results: list[Any], split: str, size: int) -> dict[str, Any]:
