@@ -78,6 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--save-model", action=argparse.BooleanOptionalAction, default=None,
                    help="keep detectron2's model_final.pth (default: paper yes, demo no)")
     p.add_argument("--force", action="store_true", help="replace an existing DIR/record.json")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads per process (0: torch's default); 1 is fastest on a shared 2-core machine")
     p.epilog = "KEY VALUE ...: detectron2 config overrides, anywhere on the line (e.g. SOLVER.MAX_ITER 100)"
     args_only, opts = split_overrides(sys.argv[1:] if argv is None else list(argv))
     args = p.parse_args(args_only)
@@ -276,6 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.threads > 0:  # CPU runs only; spawned workers inherit it through OMP_NUM_THREADS
+        import os
+
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        torch.set_num_threads(args.threads)
     with run:
         execute(run, cfg, args)
     return run.exit_code
