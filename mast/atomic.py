@@ -12,6 +12,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process umask once: mkstemp's 0600 must not leak into results
+
 __all__ = ["atomic_write", "write_bytes_atomic", "write_text_atomic", "torch_save_atomic", "pickle_atomic"]
 
 
@@ -22,6 +25,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             write(f)
             f.flush()
             os.fsync(f.fileno())

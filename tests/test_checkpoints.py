@@ -62,6 +62,8 @@ def test_detects_resnet50_and_reads_method_from_run_config(tmp_path):
     state, info = load_backbone(run / "backbone.pth")
     assert info.arch == "resnet50" and info.method == "vicreg" and info.run_dir == str(run.resolve())
     assert len(info.sha256) == 64
+    torch.save(build_resnet("resnet50").state_dict(), run / "backbone_init.pth")
+    assert load_backbone(run / "backbone_init.pth")[1].method == "init"  # never trained, whatever the run
 
 
 def _one_line_error(path):

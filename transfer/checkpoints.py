@@ -198,8 +198,16 @@ def _canonicalise(state: Mapping[str, Tensor], arch: str, path: Path) -> dict[st
     return out
 
 
+INIT_CHECKPOINT = "backbone_init.pth"  # a run's network before step 1 (mast.pretrain writes it)
+
+
 def _find_method(obj: Any, path: Path) -> str | None:
-    """The pretraining method, from an embedded config or the run's ``config.yaml``."""
+    """The pretraining method, from an embedded config or the run's ``config.yaml``.
+
+    A run's ``backbone_init.pth`` was never trained: its method is ``"init"``, whatever the run's.
+    """
+    if path.name == INIT_CHECKPOINT and (path.parent / "config.yaml").is_file():
+        return "init"
     if isinstance(obj, Mapping) and isinstance(obj.get("config"), Mapping):
         method = obj["config"].get("method")
         if isinstance(method, str):
