@@ -81,6 +81,15 @@ def test_shipped_suites_load_and_name_their_variables():
     assert [t.task for t in load_suite("demo", tasks=["fewshot"]).tasks] == ["fewshot"]
 
 
+@pytest.mark.parametrize("task, key", [("knn", "temprature"), ("linear", "max_iters"), ("fewshot", "shot"),
+                                       ("detection", "num_gpu"), ("segmentation", "thread")])
+def test_misspelled_task_option_is_refused_when_the_suite_loads(tmp_path, task, key):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"scale": "demo", "tasks": [{"name": "t", "task": task, "args": {key: 1}}]}))
+    with pytest.raises(SuiteError, match=f"args key '{key}' is not an option of transfer.{task}"):
+        load_suite(str(suite))
+
+
 def test_plan_skips_done_retries_failed_and_keeps_the_floor_to_probes(ckpt, tmp_path):
     suite = _suite(tmp_path / "s.yaml", [
         {"name": "a", "task": "knn", "args": {"data": "x"}},

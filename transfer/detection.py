@@ -62,7 +62,8 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return rest, opts
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``python -m transfer.detection`` (run_all checks suite args against them)."""
     p = argparse.ArgumentParser(prog="python -m transfer.detection", description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True, help="pretrained ResNet checkpoint (any accepted wrapping)")
     p.add_argument("--out", required=True, help="output directory (record.json, log.txt, configs)")
@@ -81,6 +82,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads per process (0: torch's default); 1 is fastest on a shared 2-core machine")
     p.epilog = "KEY VALUE ...: detectron2 config overrides, anywhere on the line (e.g. SOLVER.MAX_ITER 100)"
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = build_parser()
     args_only, opts = split_overrides(sys.argv[1:] if argv is None else list(argv))
     args = p.parse_args(args_only)
     args.opts = opts

@@ -252,9 +252,9 @@ def summarize(accs: np.ndarray) -> tuple[float, float]:
     return 100.0 * float(np.mean(accs)), 100.0 * 1.96 * float(np.std(accs)) / math.sqrt(len(accs))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m transfer.fewshot --ckpt X --data DIR --out OUT [...]`` (see the module docstring)."""
-    from transfer.features import add_common_args, run_task
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``python -m transfer.fewshot`` (run_all checks suite args against them)."""
+    from transfer.features import add_common_args
 
     parser = argparse.ArgumentParser(prog="python -m transfer.fewshot", description=__doc__.splitlines()[0])
     add_common_args(parser)
@@ -265,6 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--solver", choices=["torch", "sklearn"], default="torch")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m transfer.fewshot --ckpt X --data DIR --out OUT [...]`` (see the module docstring)."""
+    from transfer.features import run_task
+
+    parser = build_parser()
     args = parser.parse_args(argv)
     for name in ("ways", "queries", "episodes"):
         if getattr(args, name) < 1:

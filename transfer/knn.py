@@ -32,9 +32,9 @@ def knn_predict(train: Tensor, train_labels: Tensor, query: Tensor, k: int, num_
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m transfer.knn --ckpt X --data DIR --out OUT [--k 20 200 --temperature 0.07]``."""
-    from transfer.features import add_common_args, run_task
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``python -m transfer.knn`` (run_all checks suite args against them)."""
+    from transfer.features import add_common_args
 
     parser = argparse.ArgumentParser(prog="python -m transfer.knn", description=__doc__.splitlines()[0])
     add_common_args(parser)
@@ -42,6 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=0.07)
     parser.add_argument("--train-split", default="train", help="the neighbour bank ('+' pools, e.g. train+val)")
     parser.add_argument("--test-split", default="test")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m transfer.knn --ckpt X --data DIR --out OUT [--k 20 200 --temperature 0.07]``."""
+    from transfer.features import run_task
+
+    parser = build_parser()
     args = parser.parse_args(argv)
     if min(args.k) < 1 or args.temperature <= 0:
         parser.error(f"--k must be >= 1 and --temperature > 0, got {args.k} and {args.temperature}")

@@ -110,9 +110,9 @@ def sweep(train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor], num_classes:
     return best, best_wd, best_acc, history[::-1]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m transfer.linear --ckpt X --data DIR --out OUT [--metric top1|class_avg]``."""
-    from transfer.features import add_common_args, run_task
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``python -m transfer.linear`` (run_all checks suite args against them)."""
+    from transfer.features import add_common_args
 
     parser = argparse.ArgumentParser(prog="python -m transfer.linear", description=__doc__.splitlines()[0])
     add_common_args(parser)
@@ -125,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="L-BFGS iterations per fit (default: 5000 = AugSelf at --scale paper, 50 at demo)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation of the classifier")
     parser.add_argument("--verbose", action="store_true", help="print the validation accuracy of every λ")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m transfer.linear --ckpt X --data DIR --out OUT [--metric top1|class_avg]``."""
+    from transfer.features import run_task
+
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.max_iter is None:
         args.max_iter = 5000 if args.scale == "paper" else 50
