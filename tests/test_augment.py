@@ -105,6 +105,10 @@ def test_pipeline_reproduces_functional_ops_from_recorded_params():
     assert len(checked_orders) > 3  # colour-jitter order really is random per sample
     again = PhotometricAugment(cfg)(views, spatial, generator=torch.Generator().manual_seed(1))
     assert torch.equal(again.x2, batch.x2) and torch.equal(again.theta2, batch.theta2)
+    for pixels in (1, 5 * 24 * 24):  # CPU chunking (1 view, 5 views per chunk) does not change the result
+        chunked = PhotometricAugment(cfg, cpu_chunk_pixels=pixels)(views, spatial, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(chunked.x1, batch.x1, atol=1e-6, rtol=0)
+        torch.testing.assert_close(chunked.x2, batch.x2, atol=1e-6, rtol=0)
 
 
 def test_spatial_views_reproduce_resized_crop_and_flip():

@@ -1,0 +1,35 @@
+"""The benchmark scripts run end to end on tiny inputs and print the JSON the README quotes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(*args: str) -> dict:
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def test_pretrain_step_benchmark_reports_both_ratios():
+    result = run_script("benchmarks/pretrain_step.py", "--device", "cpu", "--size", "16", "--batch", "8",
+                        "--expander", "64-64", "--steps", "1", "--repeats", "1", "--warmup", "0",
+                        "--workers", "0", "--aug-images", "16")
+    step, aug = result["step"], result["augment"]
+    assert step["vicreg_img_s"] > 0 and step["mast_img_s"] > 0
+    assert abs(step["ratio_mast_over_vicreg"] - step["mast_img_s"] / step["vicreg_img_s"]) < 1e-3
+    assert aug["torchvision_reference_img_s"] > 0
+    assert abs(aug["speedup"] - aug["mast_pipeline_img_s"] / aug["torchvision_reference_img_s"]) < 1e-2
+
+
+def test_shape_ceiling_trains_with_labels_and_reports_knn(synthetic_root):
+    result = run_script("benchmarks/shape_ceiling.py", "--data", str(synthetic_root), "--epochs", "2",
+                        "--size", "32", "--threads", "1")
+    assert [h["epoch"] for h in result["history"]] == [1, 2]
+    assert result["train_images"] == 32 and result["test_images"] == 24  # tiny spec: 4 and 3 per class
+    assert 0.0 <= result["knn_top1_init"] <= 100.0
+    assert result["best_knn_top1"] == max(h["knn_top1"] for h in result["history"])
