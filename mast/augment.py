@@ -129,11 +129,9 @@ class AugmentedBatch:
 
 # ----------------------------------------------------------------------------- spatial (per image)
 class SpatialTwoView:
-    """RandomResizedCrop + flip, twice, on a PIL image; records (cx, cy, w, h, flip) per view.
-
-    Samples with Python's ``random`` (torchvision's ``RandomResizedCrop.get_params`` algorithm, without its
-    per-call tensor overhead); DataLoader seeds ``random`` per worker, so runs are reproducible.
-    """
+    """RandomResizedCrop + flip, twice, on a PIL image; records (cx, cy, w, h, flip) per view. Samples with
+    Python's ``random`` (torchvision's ``RandomResizedCrop.get_params`` algorithm, without its per-call
+    tensor overhead); DataLoader seeds ``random`` per worker, so runs are reproducible."""
 
     def __init__(self, cfg: AugmentConfig) -> None:
         self.cfg = cfg
@@ -308,9 +306,8 @@ class PhotometricAugment(nn.Module):
     """Colour jitter, grayscale, blur, solarize with per-sample parameters, batched (METHOD §1).
 
     All parameters are drawn first for the whole batch (:meth:`sample`), then applied (:meth:`apply`);
-    on the CPU in chunks of about ``cpu_chunk_pixels`` pixels (64 views at 32 px, 1 at 224 px), so
-    intermediate tensors stay in cache while per-op overhead is amortised (measured: chunks of 64
-    views at 32 px are 1.6x faster than chunks of 16). The result does not depend on the chunking.
+    on the CPU in chunks of ~``cpu_chunk_pixels`` pixels (64 views at 32 px, 1 at 224 px): tensors stay in
+    cache, per-op overhead is amortised. The result does not depend on the chunking.
     """
 
     def __init__(self, cfg: AugmentConfig, cpu_chunk_pixels: int = 2 ** 16) -> None:
@@ -373,7 +370,7 @@ class PhotometricAugment(nn.Module):
             n, device = views.shape[0], views.device
             p = self.sample(n, device, generator)
             x8 = views.transpose(0, 1).reshape(2 * n, *views.shape[2:])  # view-major
-            if device.type == "cpu" and self.cpu_chunk:
+            if device.type == "cpu":
                 x = torch.empty(x8.shape, dtype=torch.float32)
                 for i in range(0, 2 * n, self.cpu_chunk):
                     rows = slice(i, i + self.cpu_chunk)
