@@ -2,7 +2,7 @@
 
     python -m reports.build --results runs/transfer --out reports/NAME [--baseline NAME]
 
-Also called by ``transfer/run_all.py`` at the end of a suite. For every checkpoint that comes from
+Also run by ``transfer/run_all.py`` (as a subprocess) at the end of a suite. For every checkpoint that comes from
 a MAST pretraining run (its folder holds ``mast_state.pth``), index.md adds the METHOD.md §5
 figures: sensitivity heat map, subspace sizes, augmentation relations, uncertainty vs. strength.
 """
@@ -134,9 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, required=True, help="results.jsonl or the folder holding it")
     p.add_argument("--out", type=Path, required=True, help="report folder, e.g. reports/NAME")
     p.add_argument("--baseline", default=None, help="checkpoint name the tables compare against")
+    p.add_argument("--command", default=None, help="the command index.md says made the report (default: this one)")
     args = p.parse_args(argv)
     try:
-        index = build(args.results, args.out, args.baseline)
+        index = build(args.results, args.out, args.baseline, args.command)
     except (FileNotFoundError, ValueError) as e:
         print(f"reports.build: error: {e}", file=sys.stderr)
         return 2

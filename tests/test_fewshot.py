@@ -10,8 +10,8 @@ import pytest
 import torch
 import torchvision
 
-from transfer import fewshot
-from transfer.fewshot import (FewShotError, episode_accuracies, fit_ovr_logreg, sample_episodes,
+from transfer.probes import fewshot
+from transfer.probes.fewshot import (FewShotError, episode_accuracies, fit_ovr_logreg, sample_episodes,
                               sklearn_episode_accuracies, summarize)
 
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torchvision
 
-from transfer import knn, linear
-from transfer.features import FeatureError, FeatureExtractor
-from transfer.knn import knn_predict
-from transfer.linear import LinearModel, accuracy, fit_linear, sweep
+from transfer.probes import knn, linear
+from transfer.probes.features import FeatureError, FeatureExtractor
+from transfer.probes.knn import knn_predict
+from transfer.probes.linear import LinearModel, accuracy, fit_linear, sweep
 
 
 @pytest.fixture(autouse=True)

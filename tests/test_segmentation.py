@@ -15,9 +15,9 @@ from torch import nn
 from transfer.checkpoints import load_backbone
 from transfer.engines import require_mmseg
 from transfer.records import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED
-from transfer.seg_backbone import (BackboneMismatch, read_converted, register_trusted_scheme, to_mmseg_file,
+from transfer.segmentation.backbone import (BackboneMismatch, read_converted, register_trusted_scheme, to_mmseg_file,
                                    trusted, verify_backbone_state)
-from transfer.segmentation import DEFAULT_CONFIGS, attach_checkpoint, build_parser, load_config, main
+from transfer.segmentation.runner import DEFAULT_CONFIGS, attach_checkpoint, build_parser, load_config, main
 
 PAPER = str(DEFAULT_CONFIGS["paper"])
 DEMO = str(DEFAULT_CONFIGS["demo"])

@@ -5,8 +5,8 @@ Everything in this project that needs detectron2 or mmseg calls :func:`require_d
 
 - fail with one line naming the missing package and the install command, instead of an
   ``ImportError`` from deep inside a dependency;
-- register what the project adds to the engine (detectron2: the ``Res5ROIHeadsExtraNorm`` ROI head,
-  so a stock training script cannot miss it; mmseg: all of mmseg's modules);
+- register what the engine needs registered (mmseg: all of its modules; the detection package adds
+  its own ROI head in :func:`transfer.detection.heads.require_detectron2`);
 - make mmseg importable on ``mmcv-lite`` (no compiled ops) with a small ``mmcv.ops`` shim, which
   does nothing when a full mmcv is installed.
 """
@@ -35,10 +35,9 @@ def _import(name: str, package: str) -> ModuleType:
 
 
 def require_detectron2() -> ModuleType:
-    """Import detectron2 and register the project's custom heads (idempotent)."""
+    """Import detectron2 (one-line :class:`EngineMissing` when it is not installed)."""
     detectron2 = _import("detectron2", "detectron2 (registry package sal-detectron2==0.7.2)")
     _import("detectron2.modeling", "detectron2")
-    importlib.import_module("transfer.d2_heads")  # registers Res5ROIHeadsExtraNorm
     return detectron2
 
 

@@ -350,15 +350,16 @@ def _main(argv: list[str] | None) -> int:
 
 
 def _report(results: Path, out: Path, baseline: str | None, argv: list[str] | None) -> None:
-    from reports.build import build
-
+    """Build the report in its own process (``python -m reports.build``), like every task."""
     command = "python transfer/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    try:
-        index = build(results, out, baseline=baseline, command=command)
-        print(f"report: {index}", flush=True)
-    except Exception as e:  # noqa: BLE001 - the results are safe on disk; say how to rebuild
-        print(f"run_all: report not built ({type(e).__name__}: {e}); rebuild with "
-              f"python -m reports.build --results {results.parent} --out {out}", file=sys.stderr)
+    rebuild = ["-m", "reports.build", "--results", str(results), "--out", str(out)]
+    rebuild += ["--baseline", baseline] if baseline else []
+    done = subprocess.run([sys.executable, *rebuild, "--command", command], capture_output=True, text=True)
+    if done.returncode == 0:
+        print(f"report: {done.stdout.strip()}", flush=True)
+    else:  # the results are safe on disk; say how to rebuild
+        reason = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        print(f"run_all: report not built ({reason}); rebuild with python {' '.join(rebuild)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

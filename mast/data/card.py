@@ -18,6 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from mast.atomic import write_text_atomic
 from mast.data.scenes import SHAPES, TASKS
 
 C_GRID = (0.001, 0.01, 0.1, 1.0)
@@ -114,7 +115,5 @@ def card_markdown(card: dict[str, Any]) -> str:
 
 def write_card(out: Path, card: dict[str, Any]) -> None:
     """Write card.json and CARD.md atomically."""
-    from mast.data.synthetic import write_text_atomic
-
     write_text_atomic(Path(out) / "card.json", json.dumps(card, indent=1) + "\n")
     write_text_atomic(Path(out) / "CARD.md", card_markdown(card))

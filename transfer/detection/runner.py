@@ -9,7 +9,7 @@ detectron2 pickle (cached by the checkpoint's sha256), resolve the config (``_BA
 ``KEY VALUE`` overrides, then ``MODEL.RESNETS.DEPTH`` from the checkpoint and SyncBN -> BN when
 there is one process), check that every dataset is on disk, then for each seed train and evaluate
 with detectron2's ``DefaultTrainer`` under its ``launch``. Weights are verified after loading
-(:mod:`transfer.d2_weights`). ``DIR/record.json`` gets bbox/segm AP, AP50, AP75 (VOC: AP, AP50,
+(:mod:`transfer.detection.weights`). ``DIR/record.json`` gets bbox/segm AP, AP50, AP75 (VOC: AP, AP50,
 AP75) as the mean over seeds, with their std; ``DIR/log.txt`` the log; ``DIR/config.yaml`` and
 ``DIR/seed_S/config.yaml`` the resolved configs.
 """
@@ -30,12 +30,12 @@ import yaml
 
 from transfer.checkpoints import CheckpointInfo, load_backbone
 from transfer.convert import MAPPING_VERSION, to_detectron2, write_pickle_atomic
-from transfer.d2_data import SYNTHETIC_SPLITS, prepare_datasets, synthetic_num_classes
-from transfer.d2_train import RESULT_FILE, setup_logging, train_and_evaluate
-from transfer.engines import require_detectron2
+from transfer.detection.data import SYNTHETIC_SPLITS, prepare_datasets, synthetic_num_classes
+from transfer.detection.train import RESULT_FILE, setup_logging, train_and_evaluate
+from transfer.detection.heads import require_detectron2
 from transfer.records import EXIT_USAGE, TaskFailed, TaskRun, write_text_atomic
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = {"demo": "detectron_configs/demo_synthetic_R_18_FPN.yaml",
                   "paper": "detectron_configs/coco_R_50_C4_1x.yaml"}
 DEFAULT_CACHE = REPO / "runs" / ".cache" / "detectron2"
@@ -294,7 +294,3 @@ def main(argv: list[str] | None = None) -> int:
     with run:
         execute(run, cfg, args)
     return run.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

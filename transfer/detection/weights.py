@@ -8,7 +8,7 @@ followed by a check in both directions:
    after loading (``res5.*`` of a C4 model lives in ``roi_heads.res5``);
 2. every parameter and statistic of the model's ResNet (the backbone's ``ResNet`` module and, for
    C4, the ROI head's res5 stage) came from the pickle, except the new layers the protocol adds
-   (``roi_heads.res5.norm``, see :mod:`transfer.d2_heads`) and BN step counters.
+   (``roi_heads.res5.norm``, see :mod:`transfer.detection.heads`) and BN step counters.
 
 Anything else raises :class:`WeightsNotLoaded` with a one-line summary.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from transfer.engines import require_detectron2
+from transfer.detection.heads import require_detectron2
 
 __all__ = ["WeightsNotLoaded", "LoadReport", "backbone_keys", "load_verified"]
 

@@ -26,7 +26,7 @@ from typing import Any
 from transfer.checkpoints import CheckpointInfo
 from transfer.records import EXIT_USAGE, TaskFailed, TaskRun, write_text_atomic
 
-CONFIG_DIR = Path(__file__).resolve().parent / "mmseg_configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "mmseg_configs"
 DEFAULT_CONFIGS = {
     "demo": CONFIG_DIR / "fcn_r18_d8_synthetic_64x64_demo.py",
     "paper": CONFIG_DIR / "fcn_r50_d8_voc12aug_512x512_20k.py",
@@ -56,8 +56,8 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
     """Read the config, apply the command line, and check its backbone against ``info``."""
     from mmengine.config import Config, DictAction
 
-    from transfer.seg_backbone import check_backbone_cfg
-    from transfer.seg_data import set_data_root
+    from transfer.segmentation.backbone import check_backbone_cfg
+    from transfer.segmentation.data import set_data_root
 
     path = Path(args.config) if args.config else DEFAULT_CONFIGS[args.scale]
     if not path.is_file():
@@ -137,7 +137,7 @@ def train_and_evaluate(cfg: Any, converted: Path) -> dict[str, float]:
     """
     from mmengine.runner import Runner, find_latest_checkpoint
 
-    from transfer.seg_backbone import (backbone_of, make_loaded_hook, read_converted,
+    from transfer.segmentation.backbone import (backbone_of, make_loaded_hook, read_converted,
                                        register_trusted_scheme, trusted, verify_backbone_state)
 
     register_trusted_scheme()
@@ -189,8 +189,8 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
 
     from transfer.checkpoints import load_backbone
     from transfer.engines import require_mmseg
-    from transfer.seg_backbone import to_mmseg_file
-    from transfer.seg_data import check_data_layout
+    from transfer.segmentation.backbone import to_mmseg_file
+    from transfer.segmentation.data import check_data_layout
 
     require_mmseg()
     if args.threads > 0:
@@ -232,7 +232,3 @@ def main(argv: list[str] | None = None) -> int:
     with task:
         run(args, task)
     return task.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

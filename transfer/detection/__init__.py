@@ -1,0 +1,4 @@
+"""Detection / instance-segmentation transfer on detectron2 (``python -m transfer.detection``)."""
+from transfer.detection.runner import build_parser, main
+
+__all__ = ["build_parser", "main"]

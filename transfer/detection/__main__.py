@@ -1,0 +1,5 @@
+import sys
+
+from transfer.detection.runner import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from transfer.segmentation.runner import main
+
+sys.exit(main())
