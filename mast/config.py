@@ -56,10 +56,10 @@ class KnnConfig:
     labeled images are resized to (null: ``augment.size``)."""
     root: Optional[str] = None
     size: Optional[int] = None
-    every: int = 1
+    every: int = 1  # epochs between evaluations (0: only after the last epoch)
     k: int = 20
     temperature: float = 0.07
-    max_train: int = 10000
+    max_train: int = 10000  # at most this many train images (a seeded random subset); max_test: test
     max_test: int = 5000
     batch_size: int = 256
 

@@ -15,18 +15,19 @@ import shlex
 import sys
 from pathlib import Path
 
+from mast import rundir
+from mast.atomic import write_text_atomic
+from mast.provenance import code_version
 from reports import mast_plots, plots, tables
 from reports.results import Results, load_results
-from transfer.records import code_version, write_text_atomic
-
 
 
 def mast_state_path(results: Results, name: str) -> Path | None:
     """``mast_state.pth`` next to the checkpoint of ``name``; None for the random-init floor or other files."""
     for (n, _), record in results.records.items():
         path = (record.get("checkpoint") or {}).get("path")
-        if n == name and path and Path(path).stem != "backbone_init":
-            candidate = Path(path).parent / "mast_state.pth"
+        if n == name and path and Path(path).name != rundir.BACKBONE_INIT:
+            candidate = Path(path).parent / rundir.MAST_STATE
             if candidate.is_file():
                 return candidate
     return None

@@ -15,9 +15,9 @@ import pytest
 import torch
 import torchvision
 
+from mast.atomic import pickle_atomic
 from transfer.checkpoints import CheckpointInfo, load_backbone, sha256_file
-from transfer.convert import (MAPPING_VERSION, ConversionError, detectron2_name, main, to_detectron2,
-                              to_mmseg, write_pickle_atomic)
+from transfer.convert import MAPPING_VERSION, ConversionError, detectron2_name, main, to_detectron2, to_mmseg
 from transfer.detection.heads import require_detectron2
 
 CONFIGS = Path(__file__).resolve().parents[1] / "detectron_configs"
@@ -76,7 +76,7 @@ def convert_to_pkl(tv_model, tmp_path: Path) -> Path:
     torch.save(tv_model.state_dict(), ckpt)
     state, info = load_backbone(ckpt)
     pkl = tmp_path / "tv.pkl"
-    write_pickle_atomic(pkl, to_detectron2(state, info))
+    pickle_atomic(pkl, to_detectron2(state, info))
     return pkl
 
 

@@ -138,7 +138,7 @@ def _converted(r18_ckpt: Path) -> dict:
 
 def test_weights_that_do_not_load_are_refused(r18_ckpt, tmp_path):
     """detectron2 only warns about unmatched names; load_verified refuses."""
-    from transfer.convert import write_pickle_atomic
+    from mast.atomic import pickle_atomic
     from transfer.detection.weights import WeightsNotLoaded, load_verified
 
     good = _converted(r18_ckpt)
@@ -146,10 +146,10 @@ def test_weights_that_do_not_load_are_refused(r18_ckpt, tmp_path):
     gap = {**good, "model": {k: v for k, v in good["model"].items() if k != "res3.1.conv2.weight"}}
     for name, data, expected in [("prefix", wrong_prefix, "matches 0 model tensors"),
                                  ("gap", gap, "1 backbone tensors not loaded")]:
-        write_pickle_atomic(tmp_path / f"{name}.pkl", data)
+        pickle_atomic(tmp_path / f"{name}.pkl", data)
         with pytest.raises(WeightsNotLoaded, match=expected):
             load_verified(_build_demo_model(), tmp_path / f"{name}.pkl")
-    write_pickle_atomic(tmp_path / "good.pkl", good)
+    pickle_atomic(tmp_path / "good.pkl", good)
     report = load_verified(_build_demo_model(), tmp_path / "good.pkl")
     assert len(report.placed) == len(good["model"]) and not report.new_layers
 

@@ -1,4 +1,4 @@
-"""The layers of docs/ARCHITECTURE (README "Layout"): no import goes up, none goes in a circle.
+"""The layers of README "Layout": no import goes up, none goes in a circle.
 
 mast/ (core) <- transfer/ floor (checkpoints, convert, records, engines, suite) <- transfer tasks
 (detection/, segmentation/, probes/) <- reports/ <- orchestration (run_all, demo: subprocesses).
@@ -16,11 +16,15 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("mast", "transfer", "reports")
 TASKS = ("transfer.detection", "transfer.segmentation", "transfer.probes",
          "transfer.fewshot", "transfer.linear", "transfer.knn")
+ORCHESTRATION = ("transfer.run_all", "transfer.demo")
+FLOOR = ("checkpoints", "convert", "records", "engines", "suite")
 # (importer prefix, forbidden prefixes): a module under the first must not import the others.
 FORBIDDEN = (
     ("mast", ("transfer", "reports")),
     ("transfer", ("reports",)),
-    *((f"transfer.{floor}", TASKS) for floor in ("checkpoints", "convert", "records", "engines", "suite")),
+    ("reports", TASKS + ORCHESTRATION),
+    *((task, ORCHESTRATION) for task in TASKS),
+    *((f"transfer.{floor}", TASKS + ORCHESTRATION) for floor in FLOOR),
 )
 
 

@@ -17,7 +17,7 @@ import torchvision
 import yaml
 from PIL import Image
 
-from mast.checkpoint import atomic_save
+from mast.atomic import torch_save_atomic
 from mast.data.folder import ResumableSampler, TwoViewFolder
 from mast.augment import AugmentConfig, SpatialTwoView
 from mast.pretrain import main
@@ -192,13 +192,13 @@ def test_sampler_resumes_mid_epoch_and_shards():
 
 def test_atomic_save_keeps_previous_file_on_failure(tmp_path):
     path = tmp_path / "x.pth"
-    atomic_save({"a": torch.ones(2)}, path)
+    torch_save_atomic(path, {"a": torch.ones(2)})
 
     class Unpicklable:
         def __reduce__(self):
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        atomic_save({"a": Unpicklable()}, path)
+        torch_save_atomic(path, {"a": Unpicklable()})
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
     assert os.listdir(tmp_path) == ["x.pth"]

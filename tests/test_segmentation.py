@@ -27,7 +27,7 @@ TINY_RUN = ["train_cfg.max_iters=2", "train_cfg.val_interval=2", "param_schedule
 
 @pytest.fixture(scope="module", autouse=True)
 def mmseg():
-    # One thread: on the shared 2-core machine two threads per process mostly wait on each other.
+    # One thread: with tiny tensors, two threads per process mostly wait on each other.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield require_mmseg()

@@ -19,8 +19,10 @@ import sys
 import types
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 INSTALL_HINT = "run `make setup` (scripts/setup_env.sh) to install the pinned stack"
+SYNC_NORMS = ("SyncBN", "naiveSyncBN", "naiveSyncBN_N", "nnSyncBN")
 
 
 class EngineMissing(ImportError):
@@ -53,13 +55,29 @@ def require_mmseg() -> ModuleType:
     return mmseg
 
 
+def sync_norms_to_bn(node: Any, key: str, prefix: str = "") -> list[str]:
+    """Set every SyncBN-type ``node[key]`` of a nested config to BN: one process has nothing to sync with.
+
+    Walks detectron2's ``CfgNode`` (``key="NORM"``) and mmengine's config dicts and lists
+    (``key="type"``); returns one ``"PATH: OLD -> BN"`` per change.
+    """
+    changed = []
+    for k, value in node.items() if hasattr(node, "items") else enumerate(node):
+        if hasattr(value, "items") or isinstance(value, (list, tuple)):
+            changed += sync_norms_to_bn(value, key, f"{prefix}{k}.")
+        elif k == key and value in SYNC_NORMS:
+            node[k] = "BN"
+            changed.append(f"{prefix}{k}: {value} -> BN")
+    return changed
+
+
 def has_compiled_mmcv_ops() -> bool:
     """True when mmcv ships its compiled extension (full mmcv, not mmcv-lite)."""
     return importlib.util.find_spec("mmcv._ext") is not None
 
 
 def install_mmcv_ops_shim() -> None:
-    """Make ``import mmcv.ops`` work on mmcv-lite (ENVIRONMENT.md, "MMSegmentation").
+    """Make ``import mmcv.ops`` work on mmcv-lite (docs/ENVIRONMENT.md, "MMSegmentation").
 
     mmseg 1.2.2 imports ``mmcv.ops`` unconditionally in four places (``point_sample`` three times,
     ``sigmoid_focal_loss`` once), and mmcv-lite's ``mmcv/ops/__init__.py`` loads the compiled

@@ -1,9 +1,5 @@
 """``python -m transfer.knn``: the command of :mod:`transfer.probes.knn`."""
-import sys
-
-from transfer.probes.knn import build_parser, main
-
-__all__ = ["build_parser", "main"]
+from transfer.probes.knn import build_parser, main  # noqa: F401
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -28,9 +28,10 @@ from pathlib import Path
 if not __package__:  # run as a script path: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mast import rundir  # noqa: E402
 from transfer.suite import Suite, SuiteError, TaskSpec, load_suite, parse_vars  # noqa: E402
 
-UNTRAINED_STEM = "backbone_init"  # the pretraining run's network at initialisation: the random floor
+UNTRAINED_STEM = Path(rundir.BACKBONE_INIT).stem  # a pretraining run's network at initialisation: the floor
 HEARTBEAT_S = 60.0
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_name(path: Path) -> str:
     """Run-directory name for a pretraining run's file (``<run>_init`` for backbone_init.pth), else the stem."""
-    if (path.parent / "config.yaml").is_file():
+    if (path.parent / rundir.CONFIG).is_file():
         return path.parent.name + ("_init" if path.stem == UNTRAINED_STEM else "")
     return path.stem
 
@@ -191,18 +192,14 @@ def finish(job: Job, rc: int, timed_out: bool = False) -> dict:
 
 
 def _failed_record(job: Job, error: str) -> dict:
-    from transfer.records import code_version
+    from transfer.records import new_record
 
-    return {
-        "task": job.spec.task, "dataset": str(job.spec.args.get("data", job.spec.args.get("config", ""))),
-        "scale": job.spec.scale, "metrics": {}, "metrics_std": {}, "seeds": [],
-        "checkpoint": {"path": str(job.ckpt.path.resolve()), "sha256": job.ckpt.sha256, "arch": job.ckpt.arch,
-                       "method": job.ckpt.method},
-        "method": job.ckpt.method, "config": {"args": job.spec.args}, "code_version": code_version(),
-        "versions": {}, "start": None, "end": None,
-        "elapsed_s": round(time.monotonic() - job.t0, 3) if job.t0 else None,
-        "status": "failed", "error": error,
-    }
+    ckpt = job.ckpt
+    record = new_record(job.spec.task, str(job.spec.args.get("data", job.spec.args.get("config", ""))),
+                        job.spec.scale, {"path": str(ckpt.path.resolve()), "sha256": ckpt.sha256, "arch": ckpt.arch,
+                                         "method": ckpt.method}, ckpt.method, {"args": job.spec.args})
+    record.update(elapsed_s=round(time.monotonic() - job.t0, 3) if job.t0 else None, status="failed", error=error)
+    return record
 
 
 def _log_tail(job: Job, lines: int = 15, chars: int = 1500) -> str:

@@ -27,6 +27,11 @@ from typing import Any
 
 import yaml
 
+
+class SuiteError(ValueError):
+    """A suite file or a --var override that cannot be used (one-line message)."""
+
+
 # Task type -> the module of its command (``python -m MODULE``); each exposes ``build_parser()``.
 TASK_MODULES = {"detection": "transfer.detection", "segmentation": "transfer.segmentation",
                 "fewshot": "transfer.fewshot", "linear": "transfer.linear", "knn": "transfer.knn"}
@@ -38,10 +43,6 @@ CHECKPOINT_SETS = ("all", "trained")
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-class SuiteError(ValueError):
-    """A suite file or a --var override that cannot be used (one-line message)."""
 
 
 @dataclass(frozen=True)

@@ -70,8 +70,8 @@ def build_card(spec: Any, jobs: list[tuple], results: list[Any]) -> dict[str, An
         scene_counts[split] = {"images": per_stream[f"scenes/{split}"], "instances": len(anns),
                                "instances_per_category": {s: cats.get(s, 0) for s in SHAPES}}
     accuracy, details = {}, {}
-    # limits the BLAS libraries loaded by now (sklearn/scipy are imported above): threads only
-    # oversubscribe a small shared machine, and one thread keeps the fits reproducible
+    # limits the BLAS libraries loaded by now (sklearn/scipy are imported above): more threads
+    # only oversubscribe the CPU these small fits share, and one thread keeps the fits reproducible
     with threadpool_limits(limits=1):
         for task in TASKS if spec.card_baseline else ():
             data = _split_features(jobs, results, task)

@@ -42,7 +42,6 @@ from mast.data.scenes import COLORS, SHAPES, TASKS
 GENERATOR_VERSION = 2  # bump whenever the pixels or annotations a spec produces change
 SPLITS = ("train", "val", "test")
 CARD_THUMB = 16  # raw-pixel baselines read a 16x16 box-filtered copy of each image
-COCO_MASK_FORMAT = "bitmask"  # RLE masks: detectron2 needs cfg.INPUT.MASK_FORMAT = "bitmask"
 _PNG = {"compress_level": 0, "optimize": False}  # fixed encoder settings => byte-identical files
 _STREAMS = ("unlabeled", "scenes/train", "scenes/val") + tuple(f"{t}/{s}" for t in TASKS for s in SPLITS)
 

@@ -1,7 +1,7 @@
 """Load converted weights into a detectron2 model and prove that every backbone tensor arrived.
 
 Detectron2 matches checkpoint names to model names by suffix and only *warns* about what it could
-not place, so a wrong prefix trains silently from random weights (ENVIRONMENT.md). Here loading is
+not place, so a wrong prefix trains silently from random weights (docs/ENVIRONMENT.md). Here loading is
 followed by a check in both directions:
 
 1. every tensor of the converted pickle lands in exactly one model tensor, with the same values

@@ -29,8 +29,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: the probes' solvers are many small ops, and on a "
-                             "shared CPU one thread per process measured 2-30x faster than two)")
+                        help="torch CPU threads (default 1: the probes' solvers are many small ops, where one "
+                             "thread per process measured 2-30x faster than two)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--force", action="store_true", help="replace an existing record.json in --out")
 

@@ -1,9 +1,11 @@
 """Frozen-backbone features for the probes (few-shot, linear, kNN), cached on disk.
 
 Images come from an ImageFolder-style split (``DATA/<split>/<class>/<image>``; ``a+b`` pools
-splits by class name), go through Resize(bicubic) + CenterCrop at the pretraining resolution and
-ImageNet normalisation, and then through the checkpoint's ResNet (``fc = Identity``, eval mode,
-no grad, channels_last, batched). The output is the un-normalised pooled feature, as in AugSelf.
+splits by class name), are read and cropped as the pretraining kNN monitor reads them (shorter side
+resized, bicubic, then the centre square at the pretraining resolution:
+:func:`mast.data.folder.center_square`), ImageNet-normalised, and then go through the
+checkpoint's ResNet (``fc = Identity``, eval mode, no grad, channels_last, batched). The output
+is the un-normalised pooled feature, as in AugSelf.
 
 Cache: one file per (checkpoint sha256, backbone arch, dataset path + split + every image's
 relative path/size/mtime, transform) under ``--cache-dir`` (default ``.cache/features``), written
@@ -18,25 +20,21 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
 import torch
 import yaml
-from PIL import Image
 from torch import Tensor, nn
-from torchvision import transforms as T
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from mast import rundir
 from mast.atomic import torch_save_atomic
+from mast.data.folder import DatasetError, center_square, list_images, open_rgb
 
 from transfer.checkpoints import CheckpointInfo, build_resnet, load_backbone
 
-__all__ = ["FeatureError", "SplitFeatures", "FeatureExtractor", "list_samples", "image_transform",
-           "pretrain_resolution"]
+__all__ = ["FeatureError", "SplitFeatures", "FeatureExtractor", "list_samples", "pretrain_resolution"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CACHE_FORMAT = 1  # bump when the stored content or the feature definition changes
+CACHE_FORMAT = 2  # bump when the stored content or the feature definition changes
 DEFAULT_RESOLUTION = 224  # ImageNet models; used when the checkpoint's run config gives none
 
 
@@ -67,31 +65,22 @@ def list_samples(root: str | Path, split: str) -> tuple[list[tuple[Path, int]], 
             raise FeatureError(f"dataset split {folder} does not exist (expected {root}/<split>/<class>/<image>)")
     classes = sorted({d.name for f in folders for d in f.iterdir() if d.is_dir()})
     index = {c: i for i, c in enumerate(classes)}
-    samples = [
-        (path, index[cls.name])
-        for folder in folders
-        for cls in sorted(d for d in folder.iterdir() if d.is_dir())
-        for path in sorted(cls.iterdir())
-        if path.suffix.lower() in IMG_EXTENSIONS and path.is_file()
-    ]
+    samples = [(path, index[path.relative_to(f).parts[0]]) for f in folders for path in _images(f)]
     if not samples:
         where = " + ".join(str(f) for f in folders)
         raise FeatureError(f"dataset split {where} is empty: no images in <class>/ folders ({len(classes)} class folders)")
     return samples, classes
 
 
-def image_transform(size: int) -> T.Compose:
-    """Resize (bicubic, shorter side) + CenterCrop at ``size`` px, ImageNet normalisation."""
-    return T.Compose([
-        T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(size),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+def _images(folder: Path) -> list[Path]:
+    try:
+        return list_images(folder, what="--data")
+    except DatasetError:  # an empty split of a pooled pair; all of them empty is refused above
+        return []
 
 
 def _transform_id(size: int) -> str:
-    return f"resize{size}-bicubic/centercrop{size}/imagenet-norm/fc-identity-avgpool/v{CACHE_FORMAT}"
+    return f"square{size}-bicubic/imagenet-norm/fc-identity-avgpool/v{CACHE_FORMAT}"
 
 
 def pretrain_resolution(info: CheckpointInfo) -> int | None:
@@ -99,7 +88,7 @@ def pretrain_resolution(info: CheckpointInfo) -> int | None:
     if not info.run_dir:
         return None
     try:
-        config = yaml.safe_load((Path(info.run_dir) / "config.yaml").read_text())
+        config = yaml.safe_load((Path(info.run_dir) / rundir.CONFIG).read_text())
     except (OSError, yaml.YAMLError):
         return None
     size = (config or {}).get("augment", {}).get("size") if isinstance(config, dict) else None
@@ -107,8 +96,11 @@ def pretrain_resolution(info: CheckpointInfo) -> int | None:
 
 
 class _ImageList(torch.utils.data.Dataset):
-    def __init__(self, samples: list[tuple[Path, int]], transform: Callable) -> None:
-        self.samples, self.transform = samples, transform
+    """Images as the kNN monitor sees them (:func:`mast.data.folder.center_square`), ImageNet-normalised."""
+
+    def __init__(self, samples: list[tuple[Path, int]], size: int) -> None:
+        self.samples, self.size = samples, size
+        self.mean, self.std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -116,10 +108,10 @@ class _ImageList(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> Tensor:
         path = self.samples[i][0]
         try:
-            with Image.open(path) as img:
-                return self.transform(img.convert("RGB"))
+            pixels = center_square(open_rgb(path), self.size)
         except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for truncated/corrupt files
             raise FeatureError(f"image {path} cannot be read as an image ({type(e).__name__}: {str(e)[:120]})") from None
+        return (torch.tensor(pixels).permute(2, 0, 1).float() / 255 - self.mean) / self.std
 
 
 class FeatureExtractor:
@@ -163,7 +155,7 @@ class FeatureExtractor:
             return SplitFeatures(cached["features"], cached["labels"], list(cached["classes"]), True, path)
         feats = self._embed(samples, desc=f"features {root.name}/{split}")
         labels = torch.tensor([label for _, label in samples], dtype=torch.long)
-        _write_cache(path, {"key": key, "features": feats, "labels": labels, "classes": classes,
+        torch_save_atomic(path, {"key": key, "features": feats, "labels": labels, "classes": classes,
                             "ckpt_sha256": self.info.sha256, "root": str(root.resolve()), "split": split,
                             "image_size": self.image_size})
         return SplitFeatures(feats, labels, classes, False, path)
@@ -180,7 +172,7 @@ class FeatureExtractor:
         from tqdm import tqdm
 
         model = self._network()
-        loader = torch.utils.data.DataLoader(_ImageList(samples, image_transform(self.image_size)),
+        loader = torch.utils.data.DataLoader(_ImageList(samples, self.image_size),
                                              batch_size=self.batch_size, num_workers=self.num_workers)
         out = []
         with tqdm(total=len(samples), desc=desc, unit="img", disable=not self.progress, file=sys.stderr) as bar:
@@ -219,7 +211,3 @@ def _read_cache(path: Path, key: str, n: int) -> dict | None:
         return None
     ok = isinstance(entry, dict) and entry.get("key") == key and len(entry.get("labels", ())) == n
     return entry if ok else None
-
-
-def _write_cache(path: Path, entry: dict) -> None:
-    torch_save_atomic(path, entry)

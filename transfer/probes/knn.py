@@ -10,25 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from mast.knn_monitor import knn_predict
 
-__all__ = ["knn_predict", "main"]
-
-
-def knn_predict(train: Tensor, train_labels: Tensor, query: Tensor, k: int, num_classes: int,
-                temperature: float = 0.07, chunk: int = 1024) -> Tensor:
-    """Predicted class [M] of each query: Σ over the k nearest (cosine) of exp(sim/T)·onehot(label)."""
-    bank = F.normalize(train.float(), dim=1)
-    k = min(k, len(bank))
-    preds = []
-    for start in range(0, len(query), chunk):
-        q = F.normalize(query[start:start + chunk].float(), dim=1)
-        sim, idx = (q @ bank.T).topk(k, dim=1)
-        votes = torch.zeros(len(q), num_classes).scatter_add_(1, train_labels[idx], (sim / temperature).exp())
-        preds.append(votes.argmax(1))
-    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+__all__ = ["knn_predict", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:

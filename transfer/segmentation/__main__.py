@@ -1,5 +1,3 @@
-import sys
-
 from transfer.segmentation.runner import main
 
-sys.exit(main())
+raise SystemExit(main())

@@ -23,8 +23,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mast.atomic import write_text_atomic
 from transfer.checkpoints import CheckpointInfo
-from transfer.records import EXIT_USAGE, TaskFailed, TaskRun, write_text_atomic
+from transfer.engines import sync_norms_to_bn
+from transfer.records import EXIT_USAGE, TaskFailed, TaskRun
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "mmseg_configs"
 DEFAULT_CONFIGS = {
@@ -46,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override config entries, mmengine style (e.g. train_cfg.max_iters=100)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (0: torch's default); 1 is fastest on a shared 2-core machine")
+                   help="torch CPU threads (0: torch's default); 1 avoids oversubscribing a CPU shared with data workers")
     p.add_argument("--resume", action="store_true", help="resume from the latest Runner checkpoint in DIR/work")
     p.add_argument("--force", action="store_true", help="re-run even if DIR/record.json exists")
     return p
@@ -77,23 +79,12 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
         if not torch.cuda.is_available():  # mmengine's init_dist calls torch.cuda.set_device
             raise ValueError(f"--launcher {args.launcher} needs CUDA GPUs; use --launcher none on a CPU")
     if _world_size(args.launcher) == 1:  # one process: SyncBN has nothing to sync with
-        _replace_norm(cfg.model, "SyncBN", "BN")
+        sync_norms_to_bn(cfg.model, "type")
         cfg.norm_cfg = dict(cfg.get("norm_cfg") or {}, type="BN")
     cfg.randomness = dict(seed=args.seed)
     cfg.work_dir = str(Path(args.out) / "work")
     cfg.config_file = str(path)
     return cfg
-
-
-def _replace_norm(node: Any, old: str, new: str) -> None:
-    if isinstance(node, dict):
-        if node.get("type") == old:
-            node["type"] = new
-        for value in node.values():
-            _replace_norm(value, old, new)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            _replace_norm(value, old, new)
 
 
 def make_metrics_hook() -> Any:
