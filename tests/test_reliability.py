@@ -164,3 +164,35 @@ def test_stale_temps_are_only_our_writer_s(tmp_path):
     (tmp_path / ".hidden").write_text("a user's file")
     assert [p.name for p in remove_stale_temps(tmp_path)] == [".last.pth.k2j3h4.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "notes.tmp"]
+
+
+def test_symlink_loops_are_listed_once(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from mast.data.folder import list_images
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / c / f"{i}.png")
+    (tmp_path / "a" / "loop").symlink_to(tmp_path / "a")  # a -> a
+    (tmp_path / "b" / "up").symlink_to(tmp_path)          # b -> root -> a, b
+    files = list_images(tmp_path)
+    assert len(files) == 6 and len({f.resolve() for f in files}) == 6
+
+
+def test_16bit_and_float_images_keep_their_content(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from mast.data.folder import open_rgb
+
+    ramp = np.linspace(0, 1, 64).reshape(8, 8)
+    Image.fromarray((ramp * 65535).astype(np.uint16)).save(tmp_path / "deep.png")
+    Image.fromarray(ramp.astype(np.float32), mode="F").save(tmp_path / "float.tiff")
+    for name in ("deep.png", "float.tiff"):
+        img = np.asarray(open_rgb(tmp_path / name))
+        assert img.dtype == np.uint8 and img.shape == (8, 8, 3)
+        assert img.min() == 0 and img.max() == 255, name  # not all-white, not all-black
+        assert np.abs(img[..., 0].astype(float) - ramp * 255).max() <= 1, name
