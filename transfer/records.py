@@ -14,10 +14,8 @@ A task wraps its work in :class:`TaskRun`; whatever happens inside, exactly one 
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import json
 import math
-import os
 import sys
 import time
 import traceback
@@ -28,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from mast.atomic import write_text_atomic
+from mast.atomic import append_line_atomic, write_text_atomic
 from mast.provenance import code_version, library_versions
 from transfer.checkpoints import CheckpointInfo
 
@@ -51,26 +49,8 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
-    """Append one record as one line: one ``write`` under an exclusive lock, then ``fsync``.
-
-    A killed writer can at worst leave a truncated last line, which :func:`read_jsonl` skips.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(_jsonable(record), sort_keys=False) + "\n"
-    with open(path, "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            f.seek(0, os.SEEK_END)
-            if f.tell() > 0:  # a killed writer may have left a line without its newline
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    f.write(b"\n")
-            f.write(line.encode())
-            f.flush()
-            os.fsync(f.fileno())
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    """Append one record as one line (:func:`mast.atomic.append_line_atomic`: locked, never torn)."""
+    append_line_atomic(path, json.dumps(_jsonable(record), sort_keys=False))
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

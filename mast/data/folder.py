@@ -43,10 +43,16 @@ def list_images(root: str | Path, what: str = "data.root") -> list[Path]:
         raise DatasetError(f"{what}={root}: not a directory (expected an ImageFolder root)")
     top = sorted(os.scandir(root), key=lambda e: e.name)
     files: list[Path] = []
+    seen: set[str] = set()  # real paths of the folders walked: a symlink loop is entered once
     for entry in top:
         if entry.is_dir(follow_symlinks=True):
             for dirpath, dirnames, names in os.walk(entry.path, followlinks=True):
-                dirnames.sort()
+                real = os.path.realpath(dirpath)
+                if real in seen:
+                    dirnames.clear()
+                    continue
+                seen.add(real)
+                dirnames[:] = sorted(d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) not in seen)
                 files.extend(Path(dirpath, n) for n in sorted(names) if _is_image(n))
     if not files:
         loose = sum(1 for e in top if e.is_file() and _is_image(e.name))
@@ -65,10 +71,26 @@ def sample_seed(*keys: int) -> int:
 
 
 def open_rgb(path: Path) -> Image.Image:
-    """Open and fully decode an image as RGB (raises on truncated/corrupt files)."""
+    """Open and fully decode an image as 8-bit RGB (raises on truncated/corrupt files).
+
+    PIL's own conversion clips 16-bit and float images to 0..255 (a 16-bit PNG turns white, a
+    [0, 1] float TIFF black); they are scaled to 8 bits here instead.
+    """
     with Image.open(path) as img:
         img.load()
+        if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+            img = Image.fromarray(_to_uint8(np.asarray(img), img.mode))
         return img.convert("RGB")
+
+
+def _to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit integers -> /257; floats in [0, 1] -> x255; anything else is clipped to 0..255."""
+    a = a.astype(np.float64)
+    if mode == "F" and np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1:
+        a = a * 255
+    elif mode != "F" and a.max() > 255:
+        a = a / 257
+    return np.clip(np.nan_to_num(a), 0, 255).round().astype(np.uint8)
 
 
 class TwoViewFolder(Dataset):
