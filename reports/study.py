@@ -335,6 +335,7 @@ def write_report(results: Path, runs_root: Path, out: Path) -> list[str]:
             "v2) with one control on one task, by the 95% t-interval of the per-seed differences (paired by "
             "seed); † in the tables marks an interval that excludes 0.", ""]
     write_text_atomic(out / "summary.md", "\n".join(head + summary) + "\n")
+    iters = sorted({str((r.get("config") or {}).get("max_iter")) for r in used if r.get("task") == "linear"})
     lam = [f"{n}: λ = {f['config'].get('loss', {}).get('inv_coeff', float('nan')):.2f}"
            for n, f in runs.items() if n.startswith("vicreg_matched")]
     text = [
@@ -345,7 +346,7 @@ def write_report(results: Path, runs_root: Path, out: Path) -> list[str]:
         settings_line(runs) + " Arms: VICReg (λ = 25); VICReg with λ matched to the same-seed MAST run's mean "
         "invariance weight (λ = 25 × mean w over its last epoch; " + ("; ".join(lam) or "none") + "); MAST with "
         "`model.uncertainty=none`; MAST. Probes (transfer/suites/study.yaml): kNN (k = 20) and linear (L-BFGS "
-        "sweep, ≤ 1000 iterations per fit) on the color, side and shape tasks, 5-way few-shot on held-out "
+        f"sweep, ≤ {'/'.join(iters) or '?'} iterations per fit) on the color, side and shape tasks, 5-way few-shot on held-out "
         "shape×color classes (2000 episodes). All numbers are accuracies in percent.", "",
         "## Summary (generated)", "", *head, *summary,
         "## How the intervals are computed", "", *[ln.strip() for ln in STATS_METHOD.strip().splitlines()], "",

@@ -24,6 +24,7 @@ records are kept, an interrupted pretraining continues from its last.pth.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -79,11 +80,21 @@ def count_steps(data: Path, overrides: list[str]) -> int:
     return max(images // cfg.optim.batch_size, 1) * cfg.optim.epochs
 
 
-def probes_done(out: Path, name: str) -> bool:
-    """Whether every suite task already left a record for checkpoint ``name`` (estimate only; run_all decides)."""
+def probes_done(out: Path, name: str, suite: Path, backbone: Path) -> bool:
+    """Every suite task has an ok record for ``name``, written after ``backbone`` (so not of an older run)."""
     from transfer.suite import load_suite
 
-    return all((out / name / t.name / "record.json").is_file() for t in load_suite(str(SUITE)).tasks)
+    if not backbone.is_file():
+        return False
+    for task in load_suite(str(suite)).tasks:
+        path = out / name / task.name / "record.json"
+        try:
+            ok = json.loads(path.read_text()).get("status") == "ok"
+        except (OSError, ValueError, AttributeError):
+            return False
+        if not ok or path.stat().st_mtime < backbone.stat().st_mtime:
+            return False
+    return True
 
 
 def plan_jobs(args: argparse.Namespace, overrides: list[str]) -> list[Job]:
@@ -108,8 +119,10 @@ def plan_jobs(args: argparse.Namespace, overrides: list[str]) -> list[Job]:
                          "--name", name, "--suite", str(args.suite), "--var", f"data={args.data}",
                          "--out", str(args.out), "--no-report", "--jobs", "1"]
             probe_cmd += ["--tasks", *args.tasks] if args.tasks else []
-            probes.append(Job(f"probes:{name}", probe_cmd, logs / f"probes_{name}.log", [job.name],
-                              0.0 if probes_done(args.out, name) else PROBES_S))
+            probe = Job(f"probes:{name}", probe_cmd, logs / f"probes_{name}.log", [job.name], PROBES_S)
+            if job.state == "ok" and probes_done(args.out, name, args.suite, run_dir / "backbone.pth"):
+                probe.state, probe.estimate_s = "ok", 0.0  # kept; run_all would skip every task anyway
+            probes.append(probe)
     order = {arm: i for i, arm in enumerate(["mast", "vicreg", "mast_unc_none", "vicreg_matched"])}
     pretrain.sort(key=lambda j: (args.seeds.index(int(j.name.rsplit("_s", 1)[1])),
                                  order.get(j.name.split(":")[1].rsplit("_s", 1)[0], 9)))
@@ -202,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     serial = sum(j.estimate_s for j in todo)
     print(f"{len(args.arms)} arms x {len(args.seeds)} seeds, {args.epochs} epochs ({count_steps(args.data, overrides)} "
           f"steps) each; {sum(j.name.startswith('pretrain:') for j in todo)} pretraining runs and "
-          f"{sum(j.estimate_s > 0 for j in todo if j.name.startswith('probes:'))} probe suites to run.\n"
+          f"{sum(j.name.startswith('probes:') for j in todo)} probe suites to run.\n"
           f"Expected duration: ~{serial / args.jobs / 60:.0f} min with --jobs {args.jobs} "
           f"({serial / 60:.0f} min of one-thread work, measured rates of a 2-core CPU: "
           f"{STEP_S['vicreg']} / {STEP_S['mast']} s per VICReg / MAST step, {PROBES_S:.0f} s of probes per "
