@@ -64,6 +64,7 @@ def test_execute_runs_dependencies_first_and_skips_dependents_of_a_failure(tmp_p
     assert "skip probes:c" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # 13 short subprocesses (pretraining, run_all, kNN, report): ~1 CPU-minute
 def test_study_smoke_tiny(synthetic_root, tmp_path, capsys):
     """The whole pipeline on tiny data: 2 arms x 2 seeds, 1 epoch, one probe; then a resumed re-run does nothing."""
     suite = tmp_path / "suite.yaml"

@@ -102,8 +102,10 @@ def plan_jobs(args: argparse.Namespace, overrides: list[str]) -> list[Job]:
     steps = count_steps(args.data, overrides)
     logs = args.runs / "logs"
     pretrain, probes = [], []
+    # priority: per seed, MAST first (its matched run waits for it), VICReg beside it
+    priority = [a for a in ("mast", "vicreg", "mast_unc_none", "vicreg_matched") if a in args.arms]
     for seed in args.seeds:
-        for arm in args.arms:
+        for arm in priority:
             name = run_name(arm, seed)
             run_dir = args.runs / f"study_{name}"
             arm_overrides = [o.format(mast_run=args.runs / f"study_{run_name('mast', seed)}") for o in ARMS[arm]]
@@ -123,9 +125,6 @@ def plan_jobs(args: argparse.Namespace, overrides: list[str]) -> list[Job]:
             if job.state == "ok" and probes_done(args.out, name, args.suite, run_dir / "backbone.pth"):
                 probe.state, probe.estimate_s = "ok", 0.0  # kept; run_all would skip every task anyway
             probes.append(probe)
-    order = {arm: i for i, arm in enumerate(["mast", "vicreg", "mast_unc_none", "vicreg_matched"])}
-    pretrain.sort(key=lambda j: (args.seeds.index(int(j.name.rsplit("_s", 1)[1])),
-                                 order.get(j.name.split(":")[1].rsplit("_s", 1)[0], 9)))
     return pretrain + probes  # list order = priority: pretraining first, probes fill idle slots
 
 
