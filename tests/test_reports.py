@@ -146,3 +146,13 @@ def test_fabricated_state_round_trips_weights_only(tmp_path):
     state = mast_plots.load_state(path)
     assert state["mask_logits"].shape == (6, 32) and state["heldout"]["u"].shape == (64, 6)
     assert json.dumps(state["aug_names"]) and make_state(method="vicreg").get("mask_logits") is None
+
+
+def test_heldout_mean_w_reaches_the_mast_section(tmp_path):
+    """eq. (4) v2: the held-out pass's mean invariance weight is printed with the MAST figures."""
+    state = make_state()
+    assert "w_mean_heldout" not in mast_plots.mast_figures(state, tmp_path, "m")
+    state["heldout"]["w_mean"] = 0.297
+    res = mast_plots.mast_figures(state, tmp_path, "m")
+    assert res["w_mean_heldout"] == 0.297
+    assert any("held-out pairs: 0.297" in line for line in build._mast_numbers(res))
