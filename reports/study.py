@@ -1,6 +1,6 @@
 """The MAST study report (``make study``, issue 14): ``python -m reports.study``.
 
-    python -m reports.study --results runs/study/transfer/results.jsonl --runs runs/study/pretrain \\
+    python -m reports.study --results runs/study/transfer --runs runs/study/pretrain \\
         --out reports/study
 
 Reads the probe records of checkpoints named ``<arm>_s<seed>`` (transfer/study.py) and the
@@ -318,9 +318,15 @@ def settings_line(runs: dict[str, dict]) -> str:
             "in all (one thread each).")
 
 
+def read_results(results: Path) -> list[dict]:
+    """Records of ``results``: one results.jsonl, or every results.jsonl below a folder (one per run)."""
+    files = [results] if results.is_file() else sorted(results.rglob("results.jsonl"))
+    return [r for f in files for r in read_jsonl(f)]
+
+
 def write_report(results: Path, runs_root: Path, out: Path) -> list[str]:
     """Build every file of the report; returns the generated summary lines."""
-    records = read_jsonl(results)
+    records = read_results(results)
     values, used = collect(records)
     names = sorted({r["name"] for r in used}, key=lambda n: (int(_NAME.match(n)["seed"]), ARMS.index(_NAME.match(n)["arm"])))
     runs = {n: run_fact for n in names if (run_fact := run_facts(runs_root / f"study_{n}"))["config"]}
@@ -363,12 +369,14 @@ def write_report(results: Path, runs_root: Path, out: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m reports.study", description=__doc__.splitlines()[0])
-    p.add_argument("--results", type=Path, default=Path("runs/study/transfer/results.jsonl"))
+    p.add_argument("--results", type=Path, default=Path("runs/study/transfer"),
+                   help="a results.jsonl, or the folder holding one per run (transfer.study's --out)")
     p.add_argument("--runs", type=Path, default=Path("runs/study/pretrain"), help="the study's pretraining runs")
     p.add_argument("--out", type=Path, default=Path("reports/study"))
     args = p.parse_args(argv)
-    if not args.results.is_file():
-        print(f"error: --results {args.results}: no such file (run python -m transfer.study first)", file=sys.stderr)
+    if not (args.results.is_file() or any(args.results.rglob("results.jsonl"))):
+        print(f"error: --results {args.results}: no results.jsonl there (run python -m transfer.study first)",
+              file=sys.stderr)
         return 2
     lines = write_report(args.results, args.runs, args.out)
     print("\n".join(lines))

@@ -246,3 +246,40 @@ def test_convert_never_overwrites_its_input_or_an_existing_file(tmp_path, capsys
     assert convert_main(["--ckpt", str(ckpt), "--to", "mmseg", "--out", str(tmp_path / "taken.pth")]) == 1
     assert "--force" in capsys.readouterr().err and (tmp_path / "taken.pth").read_text() == "a user's file"
     assert convert_main(["--ckpt", str(ckpt), "--to", "mmseg", "--out", str(tmp_path / "taken.pth"), "--force"]) == 0
+
+
+def test_full_disk_in_a_probe_is_one_line_and_a_full_cache_is_skipped(tmp_path, synthetic_root, monkeypatch, capsys):
+    from transfer.checkpoints import build_resnet
+    from transfer.probes import features
+    from transfer.probes.knn import main as knn_main
+
+    torch.manual_seed(0)
+    torch.save(build_resnet("resnet18").state_dict(), tmp_path / "r18.pth")
+    args = ["--ckpt", str(tmp_path / "r18.pth"), "--data", str(synthetic_root / "classification" / "color"),
+            "--image-size", "32", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+
+    def full(path, obj):
+        raise DiskFullError(errno.ENOSPC, f"{path}: no space left on the device")
+
+    monkeypatch.setattr(features, "torch_save_atomic", full)  # the cache's disk is full: the task goes on
+    assert knn_main([*args, "--out", str(tmp_path / "ok")]) == 0
+    assert "cache not written" in capsys.readouterr().err
+    monkeypatch.setattr("transfer.records.write_text_atomic", lambda path, text: full(path, text))
+    code = knn_main([*args, "--out", str(tmp_path / "full")])  # the output's disk is full too
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and err and "no space left" in err[-1] and "None" not in err[-1]
+
+
+def test_nan_weights_are_refused_not_reported_at_chance(tmp_path, synthetic_root, capsys):
+    from transfer.checkpoints import build_resnet
+    from transfer.probes.knn import main as knn_main
+
+    state = build_resnet("resnet18").state_dict()
+    state["layer2.0.bn1.weight"][3] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")
+    code = knn_main(["--ckpt", str(tmp_path / "nan.pth"), "--data", str(synthetic_root / "classification" / "color"),
+                     "--image-size", "32", "--no-progress", "--cache-dir", str(tmp_path / "cache"),
+                     "--out", str(tmp_path / "o")])
+    record = json.loads((tmp_path / "o" / "record.json").read_text())
+    assert code == 1 and record["status"] == "failed"
+    assert "layer2.0.bn1.weight" in record["error"] or "NaN/Inf" in record["error"]

@@ -119,10 +119,10 @@ def plan_jobs(args: argparse.Namespace, overrides: list[str]) -> list[Job]:
             pretrain.append(job)
             probe_cmd = [sys.executable, str(Path(__file__).resolve().parent / "run_all.py"), "--ckpt", str(run_dir / "backbone.pth"),
                          "--name", name, "--suite", str(args.suite), "--var", f"data={args.data}",
-                         "--out", str(args.out), "--no-report", "--jobs", "1"]
+                         "--out", str(args.out / name), "--no-report", "--jobs", "1"]  # one run_all per folder
             probe_cmd += ["--tasks", *args.tasks] if args.tasks else []
             probe = Job(f"probes:{name}", probe_cmd, logs / f"probes_{name}.log", [job.name], PROBES_S)
-            if job.state == "ok" and probes_done(args.out, name, args.suite, run_dir / "backbone.pth"):
+            if job.state == "ok" and probes_done(args.out / name, name, args.suite, run_dir / "backbone.pth"):
                 probe.state, probe.estimate_s = "ok", 0.0  # kept; run_all would skip every task anyway
             probes.append(probe)
     return pretrain + probes  # list order = priority: pretraining first, probes fill idle slots
@@ -227,8 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     execute(jobs, args.jobs)
     failed = [j.name for j in jobs if j.state in ("failed", "skipped")]
     _step(f"3/3 report -> {args.report}")
-    results = args.out / "results.jsonl"
-    code = subprocess.call([sys.executable, "-m", "reports.study", "--results", str(results),
+    code = subprocess.call([sys.executable, "-m", "reports.study", "--results", str(args.out),
                             "--runs", str(args.runs), "--out", str(args.report)])
     minutes = (time.monotonic() - t_all) / 60
     print(f"\nstudy finished in {minutes:.1f} min; {len(failed)} job(s) failed or skipped{': ' if failed else ''}"
