@@ -30,7 +30,7 @@ from torch import Tensor
 
 from mast.atomic import pickle_atomic, torch_save_atomic
 
-from transfer.checkpoints import CheckpointError, CheckpointInfo, canonical_keys, load_backbone
+from transfer.checkpoints import CheckpointError, CheckpointInfo, add_backbone_arg, canonical_keys, load_backbone
 
 __all__ = ["ConversionError", "MAPPING_VERSION", "detectron2_name", "to_detectron2", "to_mmseg",
            "write_pickle_atomic", "write_torch_atomic", "convert_file", "main"]
@@ -117,6 +117,8 @@ def to_detectron2(state: Mapping[str, Tensor], info: CheckpointInfo) -> dict[str
         "arch": info.arch,
         "method": info.method,
         "source_format": info.source_format,
+        "source_backbone": info.backbone,
+        "backbone_choice": info.backbone_choice,
     }
 
 
@@ -141,9 +143,10 @@ def write_torch_atomic(path: str | Path, obj: Any) -> None:
     torch_save_atomic(path, obj)
 
 
-def convert_file(ckpt: str | Path, to: str, out: str | Path) -> CheckpointInfo:
-    """Read ``ckpt``, convert it for engine ``to`` and write ``out`` atomically."""
-    state, info = load_backbone(ckpt)
+def convert_file(ckpt: str | Path, to: str, out: str | Path, backbone: str | None = None) -> CheckpointInfo:
+    """Read ``ckpt`` (its backbone ``backbone`` when it holds several), convert it for engine ``to``
+    and write ``out`` atomically."""
+    state, info = load_backbone(ckpt, backbone)
     if to == "detectron2":
         write_pickle_atomic(out, to_detectron2(state, info))
     elif to == "mmseg":
@@ -158,13 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt", required=True, help="pretrained checkpoint (.pth); any accepted wrapping")
     parser.add_argument("--to", required=True, choices=("detectron2", "mmseg"))
     parser.add_argument("--out", required=True, help="output file (.pkl for detectron2, .pth for mmseg)")
+    add_backbone_arg(parser)
     args = parser.parse_args(argv)
     try:
-        info = convert_file(args.ckpt, args.to, args.out)
+        info = convert_file(args.ckpt, args.to, args.out, args.backbone)
     except (CheckpointError, ConversionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{args.out}: {info.arch} from {info.path} (sha256 {info.sha256[:12]}, {info.source_format}) for {args.to}")
+    print(f"{args.out}: {info.arch} from {info.path} (sha256 {info.sha256[:12]}, backbone "
+          f"'{info.source_format}': {info.backbone_choice}) for {args.to}")
     return 0
 
 

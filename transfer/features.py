@@ -33,7 +33,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from mast.atomic import torch_save_atomic
 
-from transfer.checkpoints import CheckpointError, CheckpointInfo, build_resnet, load_backbone
+from transfer.checkpoints import (CheckpointError, CheckpointInfo, add_backbone_arg, build_resnet, load_backbone,
+                                  weights_id)
 
 __all__ = ["FeatureError", "SplitFeatures", "FeatureExtractor", "list_samples", "image_transform",
            "pretrain_resolution", "add_common_args", "run_task", "dataset_name"]
@@ -134,8 +135,9 @@ class FeatureExtractor:
     """
 
     def __init__(self, ckpt: str | Path, image_size: int | None = None, cache_dir: str | Path = ".cache/features",
-                 batch_size: int = 128, num_workers: int = 0, device: str = "auto", progress: bool = True) -> None:
-        self.state, self.info = load_backbone(ckpt)
+                 batch_size: int = 128, num_workers: int = 0, device: str = "auto", progress: bool = True,
+                 backbone: str | None = None) -> None:
+        self.state, self.info = load_backbone(ckpt, backbone)
         self.image_size = image_size or pretrain_resolution(self.info) or DEFAULT_RESOLUTION
         if image_size is None and pretrain_resolution(self.info) is None:
             print(f"features: no pretraining resolution found for {ckpt}; using {self.image_size} px "
@@ -148,7 +150,7 @@ class FeatureExtractor:
 
     def cache_key(self, root: Path, split: str, samples: list[tuple[Path, int]]) -> str:
         h = hashlib.sha256()
-        head = {"ckpt_sha256": self.info.sha256, "arch": self.info.arch, "root": str(root.resolve()),
+        head = {"ckpt_sha256": weights_id(self.info), "arch": self.info.arch, "root": str(root.resolve()),
                 "split": split, "transform": _transform_id(self.image_size)}
         h.update(json.dumps(head, sort_keys=True).encode())
         for path, label in samples:
@@ -249,6 +251,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                              "shared CPU one thread per process measured 2-30x faster than two)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--force", action="store_true", help="replace an existing record.json in --out")
+    add_backbone_arg(parser)
 
 
 def dataset_name(data: str | Path) -> str:
@@ -288,7 +291,7 @@ def _run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[i
     if Path(args.data).is_dir():
         try:
             extractor = FeatureExtractor(args.ckpt, args.image_size, args.cache_dir, args.batch_size,
-                                         args.num_workers, args.device, not args.no_progress)
+                                         args.num_workers, args.device, not args.no_progress, args.backbone)
             config["image_size"] = extractor.image_size
         except (CheckpointError, FeatureError, OSError) as e:
             load_error = e

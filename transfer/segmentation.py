@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from transfer.checkpoints import CheckpointInfo
+from transfer.checkpoints import CheckpointInfo, add_backbone_arg
 from transfer.records import EXIT_USAGE, TaskFailed, TaskRun, write_text_atomic
 
 CONFIG_DIR = Path(__file__).resolve().parent / "mmseg_configs"
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch CPU threads (0: torch's default); 1 is fastest on a shared 2-core machine")
     p.add_argument("--resume", action="store_true", help="resume from the latest Runner checkpoint in DIR/work")
     p.add_argument("--force", action="store_true", help="re-run even if DIR/record.json exists")
+    add_backbone_arg(p)
     return p
 
 
@@ -69,7 +70,8 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
         cfg.merge_from_dict(parsed.opts)
     if args.data_root:
         set_data_root(cfg, args.data_root)
-    check_backbone_cfg(cfg.model.backbone, info, path.name)
+    heads = (cfg.model.get("decode_head"), cfg.model.get("auxiliary_head"))
+    cfg.depth_notes = check_backbone_cfg(cfg.model.backbone, info, path.name, heads)
     cfg.launcher = args.launcher
     if args.launcher != "none":
         import torch
@@ -197,7 +199,7 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    state, info = load_backbone(args.ckpt)
+    state, info = load_backbone(args.ckpt, args.backbone)
     cfg = load_config(args, info)
     cfg.resume = bool(args.resume)
     dataset = str(cfg.get("dataset_name") or Path(cfg.config_file).stem)
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     scale_config = args.config or str(DEFAULT_CONFIGS[args.scale])
     try:
         task = TaskRun(task="segmentation", dataset=Path(scale_config).stem, scale=args.scale,
-                       out_dir=args.out, ckpt_info=None, config={"config_file": scale_config},
+                       out_dir=args.out, ckpt_info=None, config={"config_file": scale_config, "backbone": args.backbone},
                        seeds=[args.seed], force=args.force or args.resume)
     except FileExistsError as e:
         print(f"segmentation: {e}", file=sys.stderr)
