@@ -121,7 +121,8 @@ def converted_weights(state: dict, info: CheckpointInfo, cache_dir: Path) -> Pat
         try:
             with open(path, "rb") as f:
                 cached = pickle.load(f)
-            if cached.get("source_sha256") == info.sha256 and cached.get("mapping_version") == MAPPING_VERSION:
+            if (cached.get("source_sha256") == info.sha256 and cached.get("mapping_version") == MAPPING_VERSION
+                    and cached.get("source_backbone", info.backbone) == info.backbone):
                 log.info("converted weights (cached): %s", path)
                 return path
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError):

@@ -225,12 +225,12 @@ def guess_codebase(obj: Any, cands: list[Candidate], chosen: Candidate) -> str:
         return "Lightning"
     if {"teacher", "student"} & top:
         return "DINO"
+    if "encoder_q" in names:
+        return "MoCo"
     if "arch" in top and "state_dict" in top:
         return "timm"
     if "config" in top and "model" in top:
         return "MAST"
     if re.search(r"(online|target)_(network|encoder|net)", names):
         return "BYOL"
-    if "encoder_q" in names:
-        return "MoCo"
     return "torchvision state_dict" if chosen.prefix == "" else "state_dict"

@@ -163,14 +163,18 @@ def _die_with_parent() -> None:
     _PRCTL(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
 
+def job_command(job: Job) -> list[str]:
+    """The task's command line: the suite entry's, plus the checkpoint's --backbone if one was given."""
+    cmd = job.spec.command(sys.executable, job.ckpt.path, job.out_dir)
+    return cmd + (["--backbone", job.ckpt.backbone] if job.ckpt.backbone else [])
+
+
 def start(job: Job, total: int) -> None:
     job.out_dir.mkdir(parents=True, exist_ok=True)
     stale = job.out_dir / "record.json"
     if stale.exists():  # from a failed or forced earlier run: keep it, but out of the task's way
         os.replace(stale, job.out_dir / "record.prev.json")
-    cmd = job.spec.command(sys.executable, job.ckpt.path, job.out_dir)
-    if job.ckpt.backbone:
-        cmd += ["--backbone", job.ckpt.backbone]
+    cmd = job_command(job)
     job.log = open(job.out_dir / "run_all.log", "w")
     job.log.write(" ".join(cmd) + "\n")
     job.log.flush()
@@ -212,7 +216,7 @@ def _failed_record(job: Job, error: str) -> dict:
         "task": job.spec.task, "dataset": str(job.spec.args.get("data", job.spec.args.get("config", ""))),
         "scale": job.spec.scale, "metrics": {}, "metrics_std": {}, "seeds": [],
         "checkpoint": {"path": str(job.ckpt.path.resolve()), "sha256": job.ckpt.sha256, "arch": job.ckpt.arch,
-                       "method": job.ckpt.method},
+                       "method": job.ckpt.method, "backbone": job.ckpt.chosen},
         "method": job.ckpt.method, "config": {"args": job.spec.args}, "code_version": code_version(),
         "versions": {}, "start": None, "end": None,
         "elapsed_s": round(time.monotonic() - job.t0, 3) if job.t0 else None,
