@@ -186,6 +186,38 @@ def test_layout_converts_to_torchvision_equivalent_engines(layout, depth, tv_mod
     assert max(seg_err.values()) <= 1e-5, seg_err
 
 
+@pytest.mark.parametrize("depth", [34, 152])
+def test_other_depths_reach_both_engines_through_the_task_configs(depth, tmp_path):
+    """R34 / R152 (R18/50/101 above) through the runners' own config resolution: detectron2's FPN
+    config gets DEPTH and RES2_OUT_CHANNELS from the checkpoint, mmseg's R50 config depth and head widths."""
+    from detectron2.modeling import build_backbone
+
+    from transfer import detection
+    from transfer.d2_weights import load_verified
+
+    tv = random_resnet(f"resnet{depth}", seed=depth)
+    ckpt = tmp_path / "c.pth"
+    torch.save(tv.state_dict(), ckpt)
+    state, info = load_backbone(ckpt)
+    pkl = tmp_path / "d2.pkl"
+    write_pickle_atomic(pkl, to_detectron2(state, info))
+    args = detection.parse_args(["--ckpt", str(ckpt), "--out", str(tmp_path / "o"),
+                                 "--config", str(Path(detection.REPO) / "detectron_configs/coco_R_50_FPN_1x.yaml")])
+    cfg = detection.load_config(args.config, args.opts)
+    detection.resolve_config(cfg, args, info, pkl)
+    assert (cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.RES2_OUT_CHANNELS) == (depth, 64 if depth < 50 else 256)
+    cfg.MODEL.DEVICE = "cpu"
+    backbone = build_backbone(cfg).eval()
+    load_verified(backbone, pkl)
+    x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref, ours = tv_stages(tv, x), backbone.bottom_up(x)
+        seg = _mmseg_stages(ckpt, to_mmseg_file(state, info, tmp_path), info, tmp_path / "out", x)
+    for i, name in enumerate(("res2", "res3", "res4", "res5")):
+        assert max_rel_err(ours[name], ref[name]) <= 1e-4, name
+        assert max_rel_err(seg[i], ref[name]) <= 1e-5, name
+
+
 def test_mmcls_resnet_names_are_torchvision():
     """mmcls/mmpretrain/mmselfsup ResNet(style='pytorch') is mmseg's: the names are torchvision's."""
     require_mmseg()
@@ -299,6 +331,9 @@ def test_inspect_every_layout(layout, tmp_path, capsys):
     assert inspect_cli.main([str(path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["chosen"] == expected_prefix.rstrip(".") and report["error"] is None
+    codebase = {"torchvision": "torchvision state_dict", "vissl": "VISSL", "byol": "BYOL", "moco": "MoCo",
+                "dino": "DINO", "mmselfsup": "mmselfsup/mmpretrain (mmengine)", "lightning": "Lightning"}
+    assert report["codebase"] == codebase.get(layout, layout)
     assert report["parameters"] == sum(p.numel() for n, p in tv.named_parameters() if not n.startswith("fc."))
     assert report["layout"] == ("sequential" if layout in ("lightly", "byol") else "torchvision")
     names = [c["name"] for c in report["candidates"]]

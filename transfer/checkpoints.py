@@ -144,13 +144,13 @@ def load_backbone(path: str | Path, backbone: str | None = None) -> tuple[dict[s
     flat, cands, chosen, how = locate_backbone(obj, path, backbone)
     stripped = backbone_tensors(chosen, flat)
     where = f"{path} [{chosen.name}]" if len(cands) > 1 else str(path)
-    arch = _detect_arch(stripped, where)
-    canonical = _canonicalise(stripped, arch, where)
+    arch = detect_arch(stripped, where)
+    canonical = canonicalise(stripped, arch, where)
     info = CheckpointInfo(
         path=str(path.resolve()),
         sha256=sha256_file(path),
         arch=arch,
-        method=_find_method(obj, path),
+        method=find_method(obj, path),
         source_format=chosen.name or "torchvision",
         run_dir=str(path.resolve().parent) if (path.parent / "config.yaml").is_file() else None,
         backbone=chosen.prefix,
@@ -162,7 +162,8 @@ def load_backbone(path: str | Path, backbone: str | None = None) -> tuple[dict[s
     return canonical, info
 
 
-def _detect_arch(state: Mapping[str, Tensor], path: Path | str) -> str:
+def detect_arch(state: Mapping[str, Tensor], path: Path | str) -> str:
+    """The torchvision ResNet whose blocks per stage and block type ``state`` has (``path`` names it in errors)."""
     blocks = Counter()
     bottleneck = False
     for key in state:
@@ -182,7 +183,8 @@ def _detect_arch(state: Mapping[str, Tensor], path: Path | str) -> str:
     )
 
 
-def _canonicalise(state: Mapping[str, Tensor], arch: str, path: Path | str) -> dict[str, Tensor]:
+def canonicalise(state: Mapping[str, Tensor], arch: str, path: Path | str) -> dict[str, Tensor]:
+    """``state`` as exactly ``arch``'s canonical keys; missing, mis-shaped or left-over tensors are refused."""
     expected = canonical_keys(arch)
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     bad_shape = [k for k in expected if k in state and state[k].shape != expected[k]]
@@ -206,7 +208,7 @@ def _canonicalise(state: Mapping[str, Tensor], arch: str, path: Path | str) -> d
 INIT_CHECKPOINT = "backbone_init.pth"  # a run's network before step 1 (mast.pretrain writes it)
 
 
-def _find_method(obj: Any, path: Path) -> str | None:
+def find_method(obj: Any, path: Path) -> str | None:
     """The pretraining method, from an embedded config or the run's ``config.yaml``.
 
     A run's ``backbone_init.pth`` was never trained: its method is ``"init"``, whatever the run's.

@@ -92,7 +92,8 @@ def to_detectron2(state: Mapping[str, Tensor], info: CheckpointInfo) -> dict[str
     """Detectron2 model-zoo pickle of a canonical torchvision ResNet state_dict.
 
     Returns ``{"model": {d2 name: float32 ndarray}, "__author__", "matching_heuristics": True,
-    "mapping_version", "source_path", "source_sha256", "arch", "method", "source_format"}``;
+    "mapping_version", "source_path", "source_sha256", "arch", "method", "source_format",
+    "source_backbone", "backbone_choice"}``;
     ``matching_heuristics`` lets detectron2 place ``res5.*`` in the C4 ROI head. Coverage is
     checked both ways: every kept input tensor maps to exactly one new name and no two inputs
     share one.

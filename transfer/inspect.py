@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
-from transfer.checkpoints import (CheckpointError, _canonicalise, _detect_arch, _find_method, add_backbone_arg,
+from transfer.checkpoints import (CheckpointError, canonicalise, detect_arch, find_method, add_backbone_arg,
                                   read_checkpoint, sha256_file)
 from transfer.layouts import Candidate, LayoutError, backbone_tensors, choose, find_candidates, flatten, guess_codebase
 
@@ -48,8 +48,8 @@ def inspect_checkpoint(path: str | Path, backbone: str | None = None) -> dict[st
         chosen, report["choice"] = choose(cands, backbone, f"checkpoint {path}")
         report.update(chosen=chosen.name, codebase=guess_codebase(obj, cands, chosen), layout=chosen.layout)
         tensors = backbone_tensors(chosen, flat)
-        report["arch"] = arch = _detect_arch(tensors, path)
-        state = _canonicalise(tensors, arch, path)
+        report["arch"] = arch = detect_arch(tensors, path)
+        state = canonicalise(tensors, arch, path)
         report["parameters"] = sum(v.numel() for k, v in state.items() if not k.endswith(_BUFFERS))
     except (CheckpointError, LayoutError) as e:
         report["error"] = str(e)
@@ -63,7 +63,7 @@ _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 def _describe(c: Candidate, flat: Mapping) -> dict[str, Any]:
     tensors = backbone_tensors(c, flat)
     try:
-        arch = _detect_arch(tensors, c.name)
+        arch = detect_arch(tensors, c.name)
     except CheckpointError:
         arch = "not a torchvision ResNet"
     return {"name": c.name, "role": c.role, "layout": c.layout, "arch": arch, "tensors": len(c.keys),
@@ -104,7 +104,7 @@ def metadata(obj: Mapping, path: Path) -> dict[str, Any]:
             value = source.get(key)
             if isinstance(value, (int, float, str, bool)) and key not in out:
                 out[key] = value
-    method = _find_method(obj, path)
+    method = find_method(obj, path)
     if method:
         out["method"] = method
     return out

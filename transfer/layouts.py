@@ -111,8 +111,10 @@ def find_candidates(flat: Mapping[str, Tensor]) -> list[Candidate]:
     """Every backbone in ``flat`` (identical ones merged), in key order."""
     found: list[tuple[str, str]] = []
     for key, t in flat.items():
-        if key.endswith("conv1.weight") and _is_stem(t) and not re.search(r"layer\d\.\d+\.conv1\.weight$", key):
-            found.append((key[: -len("conv1.weight")], "torchvision"))
+        p = key[: -len("conv1.weight")]
+        if key.endswith("conv1.weight") and (p == "" or p.endswith(".")) and _is_stem(t) \
+                and not re.search(r"layer\d\.\d+\.$", p):
+            found.append((p, "torchvision"))
         elif key.endswith("0.weight") and _is_stem(t):
             p = key[: -len("0.weight")]
             if (p == "" or p.endswith(".")) and f"{p}4.0.conv1.weight" in flat and f"{p}1.running_mean" in flat:
@@ -219,6 +221,8 @@ def guess_codebase(obj: Any, cands: list[Candidate], chosen: Candidate) -> str:
         return "mmselfsup/mmpretrain (mmengine)"
     if "momentum_backbone" in names:
         return "solo-learn"
+    if re.search(r"(online|target)_(network|encoder|net)", names):
+        return "BYOL"
     if chosen.layout == "sequential" or "backbone_momentum" in names:
         return "lightly"
     if "pytorch-lightning_version" in top or "global_step" in top:
@@ -231,6 +235,4 @@ def guess_codebase(obj: Any, cands: list[Candidate], chosen: Candidate) -> str:
         return "timm"
     if "config" in top and "model" in top:
         return "MAST"
-    if re.search(r"(online|target)_(network|encoder|net)", names):
-        return "BYOL"
     return "torchvision state_dict" if chosen.prefix == "" else "state_dict"

@@ -14,19 +14,22 @@ resumes where it stopped. ``D = OUT/<checkpoint name>/<task name>``.
 
 from __future__ import annotations
 
+import sys
+
+if not __package__:  # run as a script path: the repository, not transfer/, is the first import root,
+    import os.path   # so that transfer/inspect.py never shadows the standard library's inspect
+
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 import argparse
 import ctypes
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-if not __package__:  # run as a script path: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transfer.suite import Suite, SuiteError, TaskSpec, load_suite, parse_vars  # noqa: E402
 
