@@ -355,3 +355,23 @@ def test_inspect_explains_a_refusal(tmp_path, capsys):
     assert "refused:" in text and "--backbone" in text and "'state_dict.encoder' (online, resnet18)" in text
     assert inspect_cli.main([str(path), "--backbone", "encoder"]) == 0
     assert "backbone: 'state_dict.encoder' (--backbone encoder)" in capsys.readouterr().out
+
+
+def test_the_choice_is_in_the_task_record_and_features_are_cached_per_choice(synthetic_root, tmp_path):
+    from transfer import knn
+
+    path = tmp_path / "solo.pth"
+    torch.save(LAYOUTS["solo-learn"][0](random_resnet("resnet18", seed=6)), path)
+    common = ["--ckpt", str(path), "--data", str(synthetic_root / "classification" / "color"), "--k", "5",
+              "--cache-dir", str(tmp_path / "cache"), "--image-size", "32", "--no-progress"]
+    records = {}
+    for option in (None, "momentum_backbone"):
+        out = tmp_path / f"knn_{option}"
+        assert knn.main([*common, "--out", str(out), *(["--backbone", option] if option else [])]) == 0
+        records[option] = json.loads((out / "record.json").read_text())
+    default, momentum = records[None]["checkpoint"], records["momentum_backbone"]["checkpoint"]
+    assert default["backbone"] == "state_dict.backbone." and default["backbone_choice"].startswith("default: online")
+    assert momentum["backbone"] == "state_dict.momentum_backbone."
+    assert momentum["backbone_choice"] == "--backbone momentum_backbone"
+    assert records["momentum_backbone"]["config"]["backbone"] == "momentum_backbone"
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 4  # train + test features for each backbone
