@@ -122,7 +122,7 @@ def format_report(r: dict[str, Any]) -> str:
     if r["chosen"] is not None:
         lines.append(f"backbone: '{r['chosen']}' ({r['choice']})")
     if r["arch"]:
-        layout = "lightly nn.Sequential child indices" if r["layout"] == "sequential" else "torchvision names"
+        layout = "nn.Sequential child indices" if r["layout"] == "sequential" else "torchvision names"
         params = f", {r['parameters']:,} parameters without fc" if r["parameters"] else ""
         lines.append(f"architecture: {r['arch']} ({layout}{params})")
     if r["unused"]:

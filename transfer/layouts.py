@@ -43,8 +43,10 @@ KNOWN_PARTS = frozenset({
 # (preferred role, roles it wins over, why: the codebase convention it follows).
 CONVENTIONS = (
     ("teacher", {"student"}, "DINO evaluates the teacher"),
-    ("online", {"momentum", "ema"}, "the online network, as MoCo (encoder_q), BYOL, solo-learn, lightly and "
-                                    "mmselfsup evaluate, and timm's state_dict over state_dict_ema"),
+    ("online", {"momentum"}, "the online network, which MoCo (encoder_q), BYOL, solo-learn, lightly and mmselfsup "
+                             "evaluate"),
+    ("online", {"ema"}, "timm's load_checkpoint reads state_dict unless use_ema"),
+    ("online", {"momentum", "ema"}, "the online network, not its momentum/EMA copies"),
 )
 _MAX_DEPTH = 8
 
@@ -159,8 +161,8 @@ def _merge_identical(cands: list[Candidate], flat: Mapping[str, Tensor]) -> list
             group.append(c)
     merged = []
     for g in groups:
-        # Name the group by its most conventional prefix: known parts first, then the shortest.
-        g.sort(key=lambda c: (not _known(c.prefix), len(c.prefix)))
+        # Name the group by its most conventional prefix: known parts, then the evaluated role, then the shortest.
+        g.sort(key=lambda c: (not _known(c.prefix), c.role not in ("online", "teacher"), len(c.prefix)))
         merged.append(Candidate(g[0].prefix, g[0].layout, g[0].keys, tuple(c.prefix for c in g[1:])))
     return merged
 
@@ -206,7 +208,7 @@ def _by_convention(cands: list[Candidate], where: str) -> tuple[Candidate, str]:
         winners = [c for c in cands if c.role == preferred]
         if len(winners) == 1 and all(r in over for r in roles if r != preferred) and roles.count(preferred) == 1:
             others = [c.name for c in cands if c is not winners[0]]
-            return winners[0], f"default: {preferred} over {others} ({why})"
+            return winners[0], f"default: {preferred} over {others}: {why}"
     raise LayoutError(f"{where}: found {len(cands)} candidate backbones {describe(cands)} and no convention "
                       f"picks one; choose with --backbone NAME (e.g. --backbone {cands[0].name or '.'})")
 
