@@ -375,3 +375,28 @@ def test_the_choice_is_in_the_task_record_and_features_are_cached_per_choice(syn
     assert momentum["backbone_choice"] == "--backbone momentum_backbone"
     assert records["momentum_backbone"]["config"]["backbone"] == "momentum_backbone"
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 4  # train + test features for each backbone
+
+
+# More conventions, checked on the canonical weights only (the engines see the same canonical dict).
+MORE = {
+    "byol-pytorch (lucidrains)": (lambda s, o: {**_pre("net.", s), **_pre("online_encoder.net.", s),
+                                                **_pre("target_encoder.net.", o),
+                                                "online_predictor.net.0.weight": _zeros(8, 4)}, "net."),
+    "MoCo v3": (lambda s, o: {"state_dict": {**_pre("module.base_encoder.", s), **_pre("module.momentum_encoder.", o)}},
+                "state_dict.module.base_encoder."),
+    "lightly DINO": (lambda s, o: {**_pre("student_backbone.", o), **_pre("teacher_backbone.", s)}, "teacher_backbone."),
+    "mmselfsup 0.x": (lambda s, o: {"state_dict": {**_pre("backbone.", s), **_pre("encoder_q.0.", s),
+                                                   **_pre("encoder_k.0.", o)}}, "state_dict.backbone."),
+    "MoCo at initialisation": (lambda s, o: {"state_dict": {**_pre("module.encoder_q.", s),
+                                                            **_pre("module.encoder_k.", s)}}, "state_dict.module.encoder_q."),
+}
+
+
+@pytest.mark.parametrize("name", list(MORE))
+def test_more_conventions(name, tmp_path):
+    state = _no_fc(random_resnet("resnet18", seed=7).state_dict())
+    write, expected = MORE[name]
+    torch.save(write(state, _other(state)), tmp_path / "c.pth")
+    canonical, info = load_backbone(tmp_path / "c.pth")
+    assert info.backbone == expected, info
+    assert all(torch.equal(canonical[k], state[k]) for k in state)
