@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from transfer.fewshot import episode_accuracies, sample_episodes, sklearn_episode_accuracies, summarize
+from transfer.probes.fewshot import episode_accuracies, sample_episodes, sklearn_episode_accuracies, summarize
 
 
 def clustered_features(classes: int, per_class: int, dim: int, spread: float, seed: int) -> tuple[torch.Tensor, np.ndarray]:

@@ -6,7 +6,7 @@
 2. ``augment``: images/s of this project's pipeline (SpatialTwoView in DataLoader workers +
    batched PhotometricAugment, either on the device in the main process or, on a CPU, inside the
    workers' collate) against VICReg's per-image torchvision pipeline (two views per image) at the same
-   resolution and worker count; target ≥ 2x on the 2-core CPU. On a CPU the main process runs with one
+   resolution and worker count; target ≥ 2x on a 2-core CPU. On a CPU the main process runs with one
    torch thread while workers are busy: two OpenMP threads competing with the workers for two cores
    made the batched ops ~10x slower.
 

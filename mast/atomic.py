@@ -2,20 +2,53 @@
 
 Every writer goes through :func:`atomic_write`: the content goes to a temp file in the target's
 folder, is flushed and fsynced, then ``os.replace`` moves it into place (atomic on POSIX). A
-process killed at any moment leaves either the old file or the new one, never a mix.
+process killed at any moment leaves either the old file or the new one, never a mix; the temp
+files such a kill leaves behind are removed by :func:`remove_stale_temps` when the folder's owner
+starts again. A full disk is a one-line :class:`DiskFullError` naming the path.
 """
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read the process umask once: mkstemp's 0600 must not leak into results
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
-__all__ = ["atomic_write", "write_bytes_atomic", "write_text_atomic", "torch_save_atomic", "pickle_atomic"]
+__all__ = ["DiskFullError", "atomic_write", "write_bytes_atomic", "write_text_atomic", "torch_save_atomic",
+           "pickle_atomic", "append_line_atomic", "remove_stale_temps"]
+
+
+class DiskFullError(OSError):
+    """No space left where a result was being written (one line: path, bytes needed, bytes free)."""
+
+
+def _disk_full(path: Path, needed: int) -> DiskFullError:
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = 0
+    return DiskFullError(errno.ENOSPC, f"{path}: no space left on the device (needs at least "
+                         f"{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free); nothing was changed")
+
+
+class _Counting:
+    """File wrapper that counts the bytes written (for the disk-full message)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.n = f, 0
+
+    def write(self, data: bytes) -> int:
+        self.n += len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.f, name)
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
@@ -23,16 +56,30 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    counted = None
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o666 & ~_UMASK)
-            write(f)
+            counted = _Counting(f)
+            write(counted)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if _is_disk_full(exc):
+            raise _disk_full(path, counted.n if counted else 0) from None
         raise
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC raised directly, or wrapped by torch.save (a RuntimeError naming the write failure)."""
+    if isinstance(exc, OSError):
+        return exc.errno in _FULL
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and cause is not exc:
+        return _is_disk_full(cause)
+    return isinstance(exc, RuntimeError) and ("No space left" in str(exc) or "file write failed" in str(exc))
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -51,3 +98,46 @@ def torch_save_atomic(path: str | Path, obj: Any) -> None:
 
 def pickle_atomic(path: str | Path, obj: Any) -> None:
     atomic_write(path, lambda f: pickle.dump(obj, f, protocol=4))
+
+
+def append_line_atomic(path: str | Path, line: str) -> None:
+    """Append one line to ``path`` under an exclusive lock, in one ``write``, then ``fsync``. On any
+    failure the file is cut back to its old length, so readers never see a torn line (a full disk
+    becomes a :class:`DiskFullError`). A line a killed writer left without its newline is closed first."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (line.rstrip("\n") + "\n").encode()
+    with open(path, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            size = f.seek(0, os.SEEK_END)
+            if size:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    data = b"\n" + data
+            try:
+                if os.write(f.fileno(), data) != len(data):
+                    raise OSError(errno.ENOSPC, "short write")
+                os.fsync(f.fileno())
+            except OSError as exc:
+                os.ftruncate(f.fileno(), size)
+                if exc.errno in _FULL:
+                    raise _disk_full(path, len(data)) from None
+                raise
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Remove the temp files a killed :func:`atomic_write` left in ``folder`` (``.NAME.XXXX.tmp``).
+    Call it only while holding the folder (see :mod:`mast.lock`): a live writer's temp looks the same."""
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for tmp in folder.glob(".*.tmp"):
+            if tmp.is_file() and tmp.name.count(".") >= 3:
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed

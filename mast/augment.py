@@ -92,6 +92,9 @@ class AugmentConfig:
             raise ValueError(f"augment: expected size >= 8 and an odd blur_kernel_size, got {self.size}, {self.blur_kernel_size}")
         if not 0 < self.blur_sigma[0] <= self.blur_sigma[1] or self.interpolation not in _RESAMPLE:
             raise ValueError(f"augment: bad blur_sigma {self.blur_sigma} or interpolation {self.interpolation!r}")
+        if not (0 < self.crop_scale[0] <= self.crop_scale[1] <= 1 and 0 < self.crop_ratio[0] <= self.crop_ratio[1]):
+            raise ValueError(f"augment: expected 0 < crop_scale[0] <= crop_scale[1] <= 1 and 0 < crop_ratio[0] <= "
+                             f"crop_ratio[1], got {list(self.crop_scale)}, {list(self.crop_ratio)}")
         if not (0 <= self.hue <= 0.5 and min(self.brightness, self.contrast, self.saturation) >= 0):
             raise ValueError("augment: colour jitter strengths must be >= 0 and hue <= 0.5")
 

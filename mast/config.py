@@ -56,10 +56,10 @@ class KnnConfig:
     labeled images are resized to (null: ``augment.size``)."""
     root: Optional[str] = None
     size: Optional[int] = None
-    every: int = 1
+    every: int = 1  # epochs between evaluations (0: only after the last epoch)
     k: int = 20
     temperature: float = 0.07
-    max_train: int = 10000
+    max_train: int = 10000  # at most this many train images (a seeded random subset); max_test: test
     max_test: int = 5000
     batch_size: int = 256
 
@@ -275,7 +275,9 @@ def load_config(config: str = "demo", overrides: list[str] | tuple[str, ...] = (
     """Resolve preset ``config`` (name or YAML path) with ``key=value`` overrides, validated."""
     path = preset_path(config)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path}: not UTF-8 text (expected a YAML file)") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -313,6 +315,7 @@ def validate(cfg: PretrainConfig) -> None:
     o, r, d, k = cfg.optim, cfg.runtime, cfg.data, cfg.knn
     _check(bool(cfg.name) and "/" not in cfg.name and cfg.name not in (".", ".."),
            f"name={cfg.name!r} must be a non-empty directory name without '/'")
+    _check(0 <= cfg.seed < 2**32, f"seed={cfg.seed} must be in [0, 2**32)")
     _check(o.batch_size >= 2, f"optim.batch_size={o.batch_size} must be >= 2 (variance needs pairs)")
     _check(o.base_lr > 0, f"optim.base_lr={o.base_lr} must be > 0")
     _check(o.epochs >= 1, f"optim.epochs={o.epochs} must be >= 1")

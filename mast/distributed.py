@@ -19,10 +19,6 @@ def get_world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def is_main_process() -> bool:
-    return get_rank() == 0
-
-
 class FullGatherLayer(torch.autograd.Function):
     """all_gather whose backward all-reduces the incoming gradients and returns this rank's slice.
 

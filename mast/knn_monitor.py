@@ -1,14 +1,13 @@
 """Online kNN monitor: how well frozen backbone features separate a labeled task, during training.
 
-Weighted kNN as in InstDisc/DINO (and PROTOCOLS.md's kNN probe): cosine similarity of
-L2-normalised backbone features, the k nearest train features vote with weight
+Weighted kNN as in InstDisc/DINO (:func:`knn_predict`, also PROTOCOLS.md's kNN probe): cosine
+similarity of L2-normalised backbone features, the k nearest train features vote with weight
 ``exp(sim / T)``; top-1 accuracy on the test split, in percent. The labeled images are decoded
 once (``ROOT/train/<class>/*``, ``ROOT/test/<class>/*``, resized to the pretraining size), so an
 evaluation costs two forward passes over small tensors.
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
@@ -19,19 +18,20 @@ from mast.config import KnnConfig
 from mast.data.folder import DatasetError, load_labeled_split
 
 
-def knn_predict(train_feat: Tensor, train_labels: Tensor, test_feat: Tensor, k: int,
-                temperature: float, num_classes: int, chunk: int = 1024) -> Tensor:
-    """Predicted class per test feature (features already L2-normalised)."""
-    k = min(k, train_feat.shape[0])
+def knn_predict(train: Tensor, train_labels: Tensor, query: Tensor, k: int, num_classes: int,
+                temperature: float = 0.07, chunk: int = 1024) -> Tensor:
+    """Predicted class [M] of each query: Σ over the k nearest (cosine) of exp(sim/T)·onehot(label).
+
+    k is capped at the size of the bank; features need not be normalised.
+    """
+    bank = F.normalize(train.float(), dim=1)
+    k = min(k, len(bank))
     preds = []
-    for start in range(0, test_feat.shape[0], chunk):
-        sim = test_feat[start:start + chunk] @ train_feat.T
-        top_sim, top_idx = sim.topk(k, dim=1)
-        weights = (top_sim / temperature).exp()
-        votes = torch.zeros(sim.shape[0], num_classes, device=sim.device, dtype=weights.dtype)
-        votes.scatter_add_(1, train_labels[top_idx], weights)
-        preds.append(votes.argmax(dim=1))
-    return torch.cat(preds)
+    for start in range(0, len(query), chunk):
+        sim, idx = (F.normalize(query[start:start + chunk].float(), dim=1) @ bank.T).topk(k, dim=1)
+        votes = torch.zeros(len(sim), num_classes, device=sim.device)
+        preds.append(votes.scatter_add_(1, train_labels[idx], (sim / temperature).exp()).argmax(1))
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
 
 class KnnMonitor:
@@ -53,9 +53,8 @@ class KnnMonitor:
 
     @torch.no_grad()
     def features(self, backbone: nn.Module, images: Tensor, device: torch.device,
-                 autocast: contextlib.AbstractContextManager | None = None,
                  channels_last: bool = False) -> Tensor:
-        """L2-normalised backbone features of uint8 images (backbone put in eval mode)."""
+        """Backbone features of uint8 images (backbone put in eval mode)."""
         was_training = backbone.training
         backbone.eval()
         mean, std = self.mean.to(device), self.std.to(device)
@@ -64,18 +63,14 @@ class KnnMonitor:
             x = images[start:start + self.cfg.batch_size].to(device).float().div_(255).sub_(mean).div_(std)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast or contextlib.nullcontext():
-                f = backbone(x)
-            out.append(F.normalize(f.float().flatten(1), dim=1))
+            out.append(backbone(x).float().flatten(1))
         backbone.train(was_training)
         return torch.cat(out)
 
-    def evaluate(self, backbone: nn.Module, device: torch.device,
-                 autocast: contextlib.AbstractContextManager | None = None,
-                 channels_last: bool = False) -> float:
+    def evaluate(self, backbone: nn.Module, device: torch.device, channels_last: bool = False) -> float:
         """kNN top-1 accuracy (%) of ``backbone`` on the test split."""
-        f_train = self.features(backbone, self.x_train, device, autocast, channels_last)
-        f_test = self.features(backbone, self.x_test, device, autocast, channels_last)
-        pred = knn_predict(f_train, self.y_train.to(device), f_test, self.cfg.k,
-                           self.cfg.temperature, len(self.classes))
+        f_train = self.features(backbone, self.x_train, device, channels_last)
+        f_test = self.features(backbone, self.x_test, device, channels_last)
+        pred = knn_predict(f_train, self.y_train.to(device), f_test, self.cfg.k, len(self.classes),
+                           self.cfg.temperature)
         return 100.0 * (pred.cpu() == self.y_test).float().mean().item()

@@ -26,7 +26,9 @@ from torch import Tensor, nn
 from mast.augment import AugmentConfig, AugmentedBatch, param_layout
 from mast.loss import LossConfig, float32_region, objective
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# torchvision's ResNets; their block table lives in transfer.checkpoints.RESNET_LAYERS, not here.
+ARCHS = tuple(sorted((n for n in torchvision.models.list_models(torchvision.models) if n.startswith("resnet")),
+                     key=lambda n: int(n.removeprefix("resnet"))))
 
 
 @dataclass
@@ -111,6 +113,11 @@ class ConstantUncertainty(nn.Module):
         return self.a.expand(theta1.shape[0], -1)
 
 
+def sensitivities(u_bar: Tensor, mask_logits: Tensor) -> Tensor:
+    """Eq. (1'): e_kj = ū_k · (1 − m_kj) with m = sigmoid(φ), [K, d] (also read by reports/ from mast_state.pth)."""
+    return u_bar[:, None] * (1.0 - torch.sigmoid(mask_logits))
+
+
 class SubspaceModule(nn.Module):
     """Mask logits φ [K, d] and uncertainty heads h (METHOD §2), plus the running mean ū_k."""
 
@@ -141,8 +148,8 @@ class SubspaceModule(nn.Module):
 
     @torch.no_grad()
     def sensitivities(self) -> Tensor:
-        """Eq. (1'): e_kj = ū_k · (1 − m_kj), [K, d]."""
-        return self.u_bar[:, None] * (1.0 - self.masks())
+        """Eq. (1') on this module's ū and masks, [K, d]."""
+        return sensitivities(self.u_bar, self.mask_logits)
 
     def subspaces(self) -> Tensor:
         """S_k = {j : e_kj < τ} as a bool [K, d]."""
@@ -162,10 +169,6 @@ class MASTModel(nn.Module):
         self.param_slices = param_layout(aug.ops)
         self.aug_names = list(aug.ops)
         self.subspace = SubspaceModule(cfg, self.param_slices, cfg.expander[-1]) if cfg.method == "mast" else None
-
-    @property
-    def num_features(self) -> int:
-        return self.cfg.expander[-1]
 
     def embed(self, x: Tensor) -> Tensor:
         """z = g(f(x))."""

@@ -11,7 +11,6 @@ import math
 from typing import Iterable
 
 import torch
-from torch import nn
 
 from mast.config import OptimConfig
 
@@ -116,9 +115,3 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set ``lr`` on every parameter group."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-
-
-def trainable(module: nn.Module, exclude: Iterable[torch.Tensor] = ()) -> list[torch.Tensor]:
-    """Parameters of ``module`` not in ``exclude`` (by identity)."""
-    skip = {id(p) for p in exclude}
-    return [p for p in module.parameters() if id(p) not in skip]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,13 +29,21 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mast import checkpoint as ckpt_io
+from mast import rundir
+from mast.atomic import DiskFullError, remove_stale_temps, torch_save_atomic
 from mast.augment import PhotometricAugment, SpatialTwoView
 from mast.config import ConfigError, PretrainConfig, load_config, to_dict
-from mast.data.folder import DatasetError, ResumableSampler, TwoViewFolder, sample_seed
+from mast.data.folder import BadImageBudget, DatasetError, ResumableSampler, TwoViewFolder, sample_seed
+from mast.heldout import heldout_pass
 from mast.knn_monitor import KnnMonitor
+from mast.lock import FolderBusyError, FolderLock
 from mast.model import MASTModel
 from mast.optim import build_optimizer, build_subspace_optimizer, learning_rate, set_lr
-from mast.run_log import RunLog, TrainingError, heldout_pass, versions
+from mast.run_log import RunLog
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (e.g. non-finite loss); one-line message."""
 
 
 @dataclass
@@ -56,8 +65,13 @@ class Context:
     steps_per_epoch: int
     knn: KnnMonitor | None
     log: RunLog
+    bad_images: BadImageBudget
     step: int = 0
+    saved_step: int = 0
+    first_nonfinite: torch.Tensor | None = None  # on the device: checked only when logging or saving
     extra: dict = field(default_factory=dict)
+    lock: FolderLock | None = None
+    interrupted: int = 0               # the signal number once SIGINT/SIGTERM arrived
 
     def autocast(self) -> contextlib.AbstractContextManager:
         precision = self.cfg.runtime.precision
@@ -93,7 +107,10 @@ def build_data(cfg: PretrainConfig, rank: int, world: int, device: torch.device)
     if cfg.data.synthetic:
         from mast.data.synthetic import SyntheticSpec, ensure_dataset
         if rank == 0:
-            ensure_dataset(Path(cfg.data.synthetic_dir), getattr(SyntheticSpec, cfg.data.synthetic)())
+            try:
+                ensure_dataset(Path(cfg.data.synthetic_dir), getattr(SyntheticSpec, cfg.data.synthetic)())
+            except ValueError as exc:
+                raise DatasetError(f"data.synthetic_dir: {exc}") from None
         if world > 1:
             dist.barrier()
     dataset = TwoViewFolder(cfg.data.root, SpatialTwoView(cfg.augment))
@@ -122,9 +139,17 @@ def setup(cfg: PretrainConfig, resume: str | None) -> Context:
     else:
         torch.backends.cudnn.benchmark = True
     run_dir = Path(cfg.out_dir) / cfg.name
-    last = Path(resume) if resume not in (None, "auto") else run_dir / "last.pth"
+    last = Path(resume) if resume not in (None, "auto") else run_dir / rundir.LAST
     if resume not in (None, "auto") and not last.is_file():
         raise ConfigError(f"--resume {resume}: no such checkpoint file")
+    if resume not in (None, "auto") and (run_dir / rundir.CONFIG).exists() \
+            and last.resolve().parent != run_dir.resolve():
+        raise ConfigError(f"--resume {resume} --name {cfg.name}: {run_dir} is another existing run; "
+                          f"continue {resume} into a new --name (or use --resume auto for {run_dir})")
+    lock = None
+    if rank == 0:  # one process writes the run folder; a second one is refused, naming the holder
+        lock = FolderLock(run_dir, "mast.pretrain")
+        remove_stale_temps(run_dir)  # what a killed save left; ours alone while we hold the folder
     if resume is None and last.exists():
         raise ConfigError(f"{last} exists: pass --resume auto to continue that run, or --name NEW")
     loader, sampler, steps_per_epoch = build_data(cfg, rank, world, device)
@@ -151,32 +176,44 @@ def setup(cfg: PretrainConfig, resume: str | None) -> Context:
 
     ctx = Context(cfg, run_dir, device, rank, world, model, forward, PhotometricAugment(cfg.augment).to(device),
                   optimizer, subspace_optimizer, scaler, loader, sampler, steps_per_epoch, knn,
-                  RunLog(run_dir, enabled=rank == 0))
+                  RunLog(run_dir, enabled=rank == 0),
+                  BadImageBudget(loader.dataset, cfg.data.max_bad_fraction, sampler.per_rank), lock=lock)
     config = to_dict(cfg)
     if resume is not None and last.exists():
         state = ckpt_io.load_training_state(last, config, world)
         ckpt_io.restore(state, model=model, optimizer=optimizer,
                         subspace_optimizer=subspace_optimizer, scaler=scaler)
-        ctx.step, ctx.extra = state["step"], state["extra"]
-        if rank == 0 and not (run_dir / "config.yaml").exists():  # --resume PATH into a new run
-            ctx.log.start(cfg, versions())
+        ctx.step = ctx.saved_step = state["step"]
+        ctx.extra = state["extra"]
+        ctx.bad_images.seen = set(ctx.extra.get("bad_seen", []))
+        if rank == 0 and not (run_dir / rundir.CONFIG).exists():  # --resume PATH into a new run
+            ctx.log.start(cfg)
         ctx.log.truncate(ctx.step, ctx.extra)
     elif rank == 0:
-        ctx.log.start(cfg, versions())
-        ckpt_io.atomic_save(ckpt_io.backbone_state(model.backbone), run_dir / "backbone_init.pth")
+        ctx.log.start(cfg)
+        torch_save_atomic(run_dir / rundir.BACKBONE_INIT, ckpt_io.backbone_state(model.backbone))
     return ctx
+
+
+def check_finite(ctx: Context) -> None:
+    """Raise TrainingError naming the first step whose loss was NaN/Inf (nothing is saved)."""
+    if ctx.first_nonfinite is not None and int(ctx.first_nonfinite) >= 0:
+        last = ctx.run_dir / rundir.LAST
+        kept = f"last good checkpoint: {last} (step {ctx.saved_step})" if last.is_file() else "no checkpoint was saved before it"
+        raise TrainingError(f"loss became NaN/Inf at step {int(ctx.first_nonfinite)}; stopped without saving; {kept}")
 
 
 def save(ctx: Context, path: Path | None = None) -> None:
     """Write last.pth (rank 0) after checking every loss so far was finite."""
-    ctx.log.check_finite(ctx.step)
+    check_finite(ctx)
     if ctx.rank == 0:
         ckpt_io.save_training_state(
-            path or ctx.run_dir / "last.pth", model=ctx.model, optimizer=ctx.optimizer,
+            path or ctx.run_dir / rundir.LAST, model=ctx.model, optimizer=ctx.optimizer,
             subspace_optimizer=ctx.subspace_optimizer, scaler=ctx.scaler, step=ctx.step,
             epoch=ctx.step // ctx.steps_per_epoch, config=to_dict(ctx.cfg), world_size=ctx.world,
-            extra=ctx.log.state())
-    ctx.log.saved(ctx.step)
+            extra={**ctx.log.state(), "bad_seen": sorted(ctx.bad_images.seen)})
+    ctx.log.saved()
+    ctx.saved_step = ctx.step
 
 
 def knn_eval(ctx: Context) -> float | None:
@@ -214,8 +251,36 @@ def train_step(ctx: Context, views: torch.Tensor, spatial: torch.Tensor) -> dict
         for opt in optimizers:
             opt.step()
     ctx.step += 1
+    # the first non-finite step, kept on the device: a .item() per step would sync the GPU
+    step = torch.full((), ctx.step, device=ctx.device)
+    first = ctx.first_nonfinite if ctx.first_nonfinite is not None else torch.full_like(step, -1)
+    ctx.first_nonfinite = torch.where((first < 0) & ~torch.isfinite(out["loss"].detach()), step, first)
     out["lr"] = lr
     return out
+
+
+@contextlib.contextmanager
+def stop_on_signals(ctx: Context):
+    """SIGINT/SIGTERM set ``ctx.interrupted``; the loop then stops at the next step boundary, saves
+    and exits 128 + signal (130/143) instead of losing the work since the last save."""
+    def handle(signum: int, _frame) -> None:
+        ctx.interrupted = signum
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def interrupted(ctx: Context) -> bool:
+    """True once any process got a stop signal (all ranks agree, so DDP steps stay matched)."""
+    if ctx.world > 1:
+        flag = torch.tensor([ctx.interrupted], device=ctx.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        ctx.interrupted = int(flag.item())
+    return bool(ctx.interrupted)
 
 
 def train(ctx: Context) -> None:
@@ -226,37 +291,61 @@ def train(ctx: Context) -> None:
         ctx.log.knn(0, 0, knn_eval(ctx))  # the random-initialisation floor
     stop_at = min(total, cfg.runtime.stop_after_steps or total)
     ctx.model.train()
-    while ctx.step < stop_at:
-        epoch, offset = divmod(ctx.step, spe)
-        ctx.sampler.set_epoch(epoch, start=offset * (cfg.optim.batch_size // ctx.world))
-        bar = tqdm(total=spe, initial=offset, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
-                   disable=ctx.rank != 0 or not cfg.runtime.progress, dynamic_ncols=True, leave=False)
-        ctx.log.begin_epoch(epoch, ctx.loader.dataset, ctx.sampler.per_rank, cfg.data.max_bad_fraction)
+    with stop_on_signals(ctx):
+        while ctx.step < stop_at and not interrupted(ctx):
+            _train_epoch(ctx, stop_at)
+    if ctx.interrupted:
+        save(ctx)
+        if ctx.rank == 0:
+            print(f"interrupted at step {ctx.step}; resume with --resume auto", file=sys.stderr, flush=True)
+
+
+def _train_epoch(ctx: Context, stop_at: int) -> None:
+    """Steps until the epoch ends, ``stop_at`` or a signal; then the epoch-end kNN, summary and saves."""
+    cfg, spe = ctx.cfg, ctx.steps_per_epoch
+    epoch, offset = divmod(ctx.step, spe)
+    ctx.sampler.set_epoch(epoch, start=offset * (cfg.optim.batch_size // ctx.world))
+    bar = tqdm(total=spe, initial=offset, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+               disable=ctx.rank != 0 or not cfg.runtime.progress, dynamic_ncols=True, leave=False)
+    ctx.log.begin_epoch()
+    try:
         for views, spatial, bad in ctx.loader:
             out = train_step(ctx, views, spatial)
-            ctx.log.step(ctx.step, epoch, out, views.shape[0] * ctx.world, bad,
-                         ctx.model.aug_names, cfg.runtime.log_every, bar)
+            ctx.bad_images.count(bad)
+            if ctx.step % cfg.runtime.log_every == 0:
+                check_finite(ctx)
+            ctx.log.step(ctx.step, epoch, out, views.shape[0] * ctx.world, ctx.model.aug_names,
+                         cfg.runtime.log_every, bar)
+            if ctx.step % spe and interrupted(ctx):  # at an epoch end, the epoch's work comes first
+                break
             due = ctx.log.minutes_since_save() >= cfg.runtime.save_every_min or ctx.step == stop_at
             if due and ctx.step % spe:  # at an epoch end the save follows the epoch's summary row
                 save(ctx)
             if ctx.step >= stop_at:
                 break
-        bar.close()
-        if ctx.step % spe == 0:  # a full epoch ended
-            done = ctx.step // spe
-            every = cfg.knn.every
-            acc = knn_eval(ctx) if (every and done % every == 0) or done == cfg.optim.epochs else None
-            ctx.log.end_epoch(done, ctx.step, learning_rate(cfg.optim, ctx.step - 1, spe), acc)
-            save(ctx)
-            if ctx.rank == 0:
-                ckpt_io.atomic_save(ckpt_io.backbone_state(ctx.model.backbone), ctx.run_dir / "backbone.pth")
+    except RuntimeError:
+        if not ctx.interrupted:  # Ctrl-C also reaches the DataLoader workers, which then exit
+            raise
+    bar.close()
+    if ctx.interrupted:
+        return
+    if ctx.step % spe == 0:  # a full epoch ended
+        done = ctx.step // spe
+        every = cfg.knn.every
+        acc = knn_eval(ctx) if (every and done % every == 0) or done == cfg.optim.epochs else None
+        ctx.log.end_epoch(done, ctx.step, learning_rate(cfg.optim, ctx.step - 1, spe), acc,
+                          len(ctx.bad_images.seen))
+        ctx.bad_images.seen.clear()
+        save(ctx)
+        if ctx.rank == 0:
+            torch_save_atomic(ctx.run_dir / rundir.BACKBONE, ckpt_io.backbone_state(ctx.model.backbone))
 
 
 def finish(ctx: Context) -> None:
     """Exports at the end of training: backbone.pth and mast_state.pth (with the held-out pass)."""
     if ctx.rank != 0:
         return
-    ckpt_io.atomic_save(ckpt_io.backbone_state(ctx.model.backbone), ctx.run_dir / "backbone.pth")
+    torch_save_atomic(ctx.run_dir / rundir.BACKBONE, ckpt_io.backbone_state(ctx.model.backbone))
     state = ctx.model.mast_state()
     if ctx.knn is not None:
         files, root, source = ctx.knn.test_files, Path(ctx.cfg.knn.root) / "test", "knn.root test split"
@@ -265,7 +354,7 @@ def finish(ctx: Context) -> None:
     state["heldout"] = heldout_pass(ctx.model, ctx.photometric, files, root, SpatialTwoView(ctx.cfg.augment),
                                     ctx.cfg.data.heldout_pairs, ctx.cfg.seed, ctx.device, source)
     state["config"] = to_dict(ctx.cfg)
-    ckpt_io.atomic_save(state, ctx.run_dir / "mast_state.pth")
+    torch_save_atomic(ctx.run_dir / rundir.MAST_STATE, state)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -287,17 +376,22 @@ def main(argv: list[str] | None = None) -> int:
         ctx = setup(cfg, args.resume)
         start = time.time()
         train(ctx)
+        if ctx.interrupted:
+            return 128 + ctx.interrupted
         if ctx.step >= cfg.optim.epochs * ctx.steps_per_epoch:
             finish(ctx)
         if ctx.rank == 0:
             print(f"{ctx.run_dir}: {ctx.step} steps in {time.time() - start:.0f}s; {ctx.log.describe()}")
         return 0
-    except (ConfigError, DatasetError, ckpt_io.CheckpointError) as exc:
+    except (ConfigError, DatasetError, ckpt_io.ResumeError, FolderBusyError, DiskFullError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # outside the loop (setup, exports): last.pth is as it was
+        print("interrupted outside the training loop; the last saved checkpoint is kept", file=sys.stderr)
+        return 130
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

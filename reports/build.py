@@ -2,7 +2,7 @@
 
     python -m reports.build --results runs/transfer --out reports/NAME [--baseline NAME]
 
-Also called by ``transfer/run_all.py`` at the end of a suite. For every checkpoint that comes from
+Also run by ``transfer/run_all.py`` (as a subprocess) at the end of a suite. For every checkpoint that comes from
 a MAST pretraining run (its folder holds ``mast_state.pth``), index.md adds the METHOD.md §5
 figures: sensitivity heat map, subspace sizes, augmentation relations, uncertainty vs. strength.
 """
@@ -11,52 +11,73 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import shlex
 import sys
 from pathlib import Path
 
+from mast import rundir
+from mast.atomic import write_text_atomic
+from mast.lock import LOCK_NAME, FolderBusyError, FolderLock
+from mast.provenance import code_version
 from reports import mast_plots, plots, tables
 from reports.results import Results, load_results
-from transfer.records import code_version, write_text_atomic
-
 
 
 def mast_state_path(results: Results, name: str) -> Path | None:
     """``mast_state.pth`` next to the checkpoint of ``name``; None for the random-init floor or other files."""
     for (n, _), record in results.records.items():
         path = (record.get("checkpoint") or {}).get("path")
-        if n == name and path and Path(path).stem != "backbone_init":
-            candidate = Path(path).parent / "mast_state.pth"
+        if n == name and path and Path(path).name != rundir.BACKBONE_INIT:
+            candidate = Path(path).parent / rundir.MAST_STATE
             if candidate.is_file():
                 return candidate
     return None
 
 
+MANIFEST = ".report-files"  # what the last build wrote: the only files a rebuild may remove
+
+
 def build(results_path: str | Path, out: str | Path, baseline: str | None = None, command: str | None = None) -> Path:
-    """Write the whole report into ``out``; returns the path of index.md."""
+    """Write the whole report into ``out``; returns the path of index.md. Files in ``out`` that an
+    earlier build did not write (a user's notes, a logo) are never touched; one build at a time."""
     results = load_results(results_path)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "index.md").is_file():  # a report of ours: drop its old figures so none goes stale
-        for png in out.glob("*.png"):
-            png.unlink()
-    tables.ordered_names(results, baseline)  # checks the baseline before anything is written
-    md = tables.markdown_report(results, baseline)
-    write_text_atomic(out / "tables.md", md)
-    write_text_atomic(out / "tables.tex", tables.latex_report(results, baseline))
-    write_text_atomic(out / "results.csv", tables.tidy_frame(results, baseline).to_csv(index=False))
-    bars = [(t, plots.task_bars(results, t, baseline, out / f"bars_{t}.png")) for t in results.tasks]
-    mast = {}
-    for name in results.names:
-        state_path = mast_state_path(results, name)
-        if state_path is not None:
-            state = mast_plots.load_state(state_path)
-            mast[name] = (state_path, mast_plots.mast_figures(state, out, f"mast_{name}"))
-    if command is None:
-        command = "python -m reports.build " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    index = _index(results, results_path, out, baseline, command, md, bars, mast)
-    write_text_atomic(out / "index.md", index)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder (expected the report folder)")
+    with FolderLock(out, "reports.build"):
+        tables.ordered_names(results, baseline)  # checks the baseline before anything is written
+        md = tables.markdown_report(results, baseline)
+        write_text_atomic(out / "tables.md", md)
+        write_text_atomic(out / "tables.tex", tables.latex_report(results, baseline))
+        write_text_atomic(out / "results.csv", tables.tidy_frame(results, baseline).to_csv(index=False))
+        bars = [(t, plots.task_bars(results, t, baseline, out / f"bars_{t}.png")) for t in results.tasks]
+        mast = {}
+        for name in results.names:
+            state_path = mast_state_path(results, name)
+            if state_path is not None:
+                state = mast_plots.load_state(state_path)
+                mast[name] = (state_path, mast_plots.mast_figures(state, out, f"mast_{name}"))
+        if command is None:
+            command = "python -m reports.build " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        write_text_atomic(out / "index.md", _index(results, results_path, out, baseline, command, md, bars, mast))
+        written = {"index.md", "tables.md", "tables.tex", "results.csv"}
+        written |= {p.name for _, p in bars if p is not None}
+        written |= {p.name for _, (_, res) in mast.items() for _, p in res["figures"]}
+        _replace_manifest(out, written)
     return out / "index.md"
+
+
+def _replace_manifest(out: Path, written: set[str]) -> None:
+    """Remove what the previous build wrote and this one did not (stale figures); record this build's files."""
+    try:
+        previous = set(json.loads((out / MANIFEST).read_text()))
+    except (OSError, ValueError, TypeError):
+        previous = set()
+    for name in previous - written:
+        if "/" not in name and name not in (MANIFEST, LOCK_NAME):
+            (out / name).unlink(missing_ok=True)
+    write_text_atomic(out / MANIFEST, json.dumps(sorted(written), indent=0) + "\n")
 
 
 def _index(results: Results, results_path, out: Path, baseline, command: str, md: str, bars, mast) -> str:
@@ -134,10 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, required=True, help="results.jsonl or the folder holding it")
     p.add_argument("--out", type=Path, required=True, help="report folder, e.g. reports/NAME")
     p.add_argument("--baseline", default=None, help="checkpoint name the tables compare against")
+    p.add_argument("--command", default=None, help="the command index.md says made the report (default: this one)")
     args = p.parse_args(argv)
     try:
-        index = build(args.results, args.out, args.baseline)
-    except (FileNotFoundError, ValueError) as e:
+        index = build(args.results, args.out, args.baseline, args.command)
+    except (FileNotFoundError, ValueError, FolderBusyError, OSError) as e:
         print(f"reports.build: error: {e}", file=sys.stderr)
         return 2
     print(index)

@@ -22,6 +22,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
+from mast import model  # noqa: E402
+
 
 def load_state(path: str | Path) -> dict[str, Any]:
     """A ``mast_state.pth`` (weights_only: it is data)."""
@@ -33,9 +35,8 @@ def has_masks(state: dict) -> bool:
 
 
 def sensitivities(state: dict) -> np.ndarray:
-    """e_kj = ū_k · (1 − sigmoid(φ_kj))  (eq. 1'), shape [K, d]."""
-    m = torch.sigmoid(state["mask_logits"].double())
-    return (state["u_bar"].double()[:, None] * (1.0 - m)).numpy()
+    """e_kj of a run (eq. 1', :func:`mast.model.sensitivities`), shape [K, d]."""
+    return model.sensitivities(state["u_bar"].double(), state["mask_logits"].double()).numpy()
 
 
 def subspace_stats(e: np.ndarray, tau: float) -> dict[str, Any]:

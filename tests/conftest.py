@@ -33,3 +33,22 @@ def make_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
 def synthetic_root(make_synthetic: Callable[..., Path]) -> Path:
     """ROOT of ``SyntheticSpec.tiny()`` (64 px): see mast/data/README.md for the layout."""
     return make_synthetic()
+
+
+def tiny_args(root: Path, out: Path, *extra: str) -> list[str]:
+    """4 steps per epoch (64 images, batch 16), 2 epochs, ResNet-18 at 32 px, deterministic."""
+    return ["--config", "demo", f"out_dir={out}", f"data.root={root / 'unlabeled'}",
+            "data.synthetic=null", f"knn.root={root / 'classification' / 'shape'}",
+            "data.num_workers=0", "data.heldout_pairs=8", "model.expander=[32,32]",
+            "augment.size=32", "augment.blur_kernel_size=5", "optim.batch_size=16",
+            "optim.epochs=2", "optim.warmup_epochs=1", "runtime.threads=1",
+            "runtime.progress=false", "runtime.deterministic=true", *extra]
+
+
+@pytest.fixture(scope="session")
+def full_run(synthetic_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pretrain")
+    from mast.pretrain import main
+
+    assert main(tiny_args(synthetic_root, out, "--name", "full")) == 0
+    return out / "full"

@@ -21,7 +21,9 @@ def test_pretrain_step_benchmark_reports_both_ratios():
                         "--workers", "0", "--aug-images", "16")
     step, aug = result["step"], result["augment"]
     assert step["vicreg_img_s"] > 0 and step["mast_img_s"] > 0
-    assert abs(step["ratio_mast_over_vicreg"] - step["mast_img_s"] / step["vicreg_img_s"]) < 1e-3
+    vic, mast = step["vicreg_img_s"], step["mast_img_s"]
+    rounding = 0.005 / vic * (1 + mast / vic) + 5e-5  # the rates are printed to 0.01 img/s, the ratio to 1e-4
+    assert abs(step["ratio_mast_over_vicreg"] - mast / vic) <= rounding
     assert aug["torchvision_reference_img_s"] > 0
     assert abs(aug["speedup"] - aug["mast_pipeline_img_s"] / aug["torchvision_reference_img_s"]) < 1e-2
 

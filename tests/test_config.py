@@ -59,12 +59,23 @@ def test_overrides_are_typed():
     ("runtime.device=tpu", "runtime.device='tpu'"),
     ("optim.warmup_epochs=500", "optim.warmup_epochs=500.0 must be in [0, optim.epochs"),
     ("noequals", "expected key=value"),
+    ("seed=-1", "seed=-1 must be in [0, 2**32)"),
+    ("augment.crop_scale=[0.5,0.1]", "0 < crop_scale[0] <= crop_scale[1] <= 1"),
+    ("augment.crop_scale=[0,1]", "0 < crop_scale[0] <= crop_scale[1] <= 1"),
 ])
 def test_bad_values_are_one_line_errors(override, fragment):
     with pytest.raises(ConfigError) as info:
         load_config("demo", [override])
     message = str(info.value)
     assert fragment in message and "\n" not in message
+
+
+def test_non_utf8_config_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"seed: 0\nname: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="not UTF-8") as info:
+        load_config(str(bad))
+    assert "\n" not in str(info.value)
 
 
 def test_unknown_preset_and_missing_file(tmp_path):

@@ -15,10 +15,10 @@ import pytest
 import torch
 import torchvision
 
+from mast.atomic import pickle_atomic
 from transfer.checkpoints import CheckpointInfo, load_backbone, sha256_file
-from transfer.convert import (MAPPING_VERSION, ConversionError, detectron2_name, main, to_detectron2,
-                              to_mmseg, write_pickle_atomic)
-from transfer.engines import require_detectron2
+from transfer.convert import MAPPING_VERSION, ConversionError, detectron2_name, main, to_detectron2, to_mmseg
+from transfer.detection.heads import require_detectron2
 
 CONFIGS = Path(__file__).resolve().parents[1] / "detectron_configs"
 
@@ -76,7 +76,7 @@ def convert_to_pkl(tv_model, tmp_path: Path) -> Path:
     torch.save(tv_model.state_dict(), ckpt)
     state, info = load_backbone(ckpt)
     pkl = tmp_path / "tv.pkl"
-    write_pickle_atomic(pkl, to_detectron2(state, info))
+    pickle_atomic(pkl, to_detectron2(state, info))
     return pkl
 
 
@@ -93,7 +93,7 @@ EQUIVALENCE = [
 
 @pytest.mark.parametrize("arch,config", EQUIVALENCE)
 def test_converted_backbone_matches_torchvision(arch, config, tmp_path):
-    from transfer.d2_weights import backbone_keys, load_verified
+    from transfer.detection.weights import backbone_keys, load_verified
 
     tv = random_resnet(arch)
     pkl = convert_to_pkl(tv, tmp_path)
@@ -114,7 +114,7 @@ def test_converted_backbone_matches_torchvision(arch, config, tmp_path):
 @pytest.mark.slow
 def test_equivalence_check_catches_stride_in_1x1(tmp_path):
     """The comparison above is sensitive: the classic STRIDE_IN_1X1 True mistake fails it."""
-    from transfer.d2_weights import load_verified
+    from transfer.detection.weights import load_verified
 
     tv = random_resnet("resnet50")
     model = build_d2("coco_R_50_FPN_1x.yaml", depth=50, stride_in_1x1=True)

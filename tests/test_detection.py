@@ -18,7 +18,7 @@ import torchvision
 import yaml
 
 from transfer.detection import main
-from transfer.engines import require_detectron2
+from transfer.detection.heads import require_detectron2
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "detectron_configs" / "demo_synthetic_R_18_FPN.yaml")
@@ -138,24 +138,24 @@ def _converted(r18_ckpt: Path) -> dict:
 
 def test_weights_that_do_not_load_are_refused(r18_ckpt, tmp_path):
     """detectron2 only warns about unmatched names; load_verified refuses."""
-    from transfer.convert import write_pickle_atomic
-    from transfer.d2_weights import WeightsNotLoaded, load_verified
+    from mast.atomic import pickle_atomic
+    from transfer.detection.weights import WeightsNotLoaded, load_verified
 
     good = _converted(r18_ckpt)
     wrong_prefix = {**good, "model": {f"encoder.{k}": v for k, v in good["model"].items()}}
     gap = {**good, "model": {k: v for k, v in good["model"].items() if k != "res3.1.conv2.weight"}}
     for name, data, expected in [("prefix", wrong_prefix, "matches 0 model tensors"),
                                  ("gap", gap, "1 backbone tensors not loaded")]:
-        write_pickle_atomic(tmp_path / f"{name}.pkl", data)
+        pickle_atomic(tmp_path / f"{name}.pkl", data)
         with pytest.raises(WeightsNotLoaded, match=expected):
             load_verified(_build_demo_model(), tmp_path / f"{name}.pkl")
-    write_pickle_atomic(tmp_path / "good.pkl", good)
+    pickle_atomic(tmp_path / "good.pkl", good)
     report = load_verified(_build_demo_model(), tmp_path / "good.pkl")
     assert len(report.placed) == len(good["model"]) and not report.new_layers
 
 
 def test_sync_norms_fall_back_to_bn_with_one_process():
-    from transfer.detection import load_config, sync_norm_fallback
+    from transfer.detection.runner import load_config, sync_norm_fallback
 
     fpn = load_config(str(REPO / "detectron_configs" / "coco_R_50_FPN_1x.yaml"), [])
     assert sorted(sync_norm_fallback(fpn)) == ["MODEL.FPN.NORM: SyncBN -> BN", "MODEL.RESNETS.NORM: SyncBN -> BN"]

@@ -30,6 +30,8 @@ def test_detectron2_mask_rcnn_fpn_forward_from_model_zoo():
 
 
 def test_detectron2_registers_project_head():
+    from transfer.detection.heads import require_detectron2
+
     require_detectron2()
     from detectron2.modeling import ROI_HEADS_REGISTRY
 

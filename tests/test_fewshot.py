@@ -10,14 +10,14 @@ import pytest
 import torch
 import torchvision
 
-from transfer import fewshot
-from transfer.fewshot import (FewShotError, episode_accuracies, fit_ovr_logreg, sample_episodes,
+from transfer.probes import fewshot
+from transfer.probes.fewshot import (FewShotError, episode_accuracies, fit_ovr_logreg, sample_episodes,
                               sklearn_episode_accuracies, summarize)
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """The probes' tensors are small: on the shared 2-core CI machine one torch thread is much faster."""
+    """The probes' tensors are small: one torch thread is much faster than several."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -20,12 +20,13 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from mast.atomic import pickle_atomic
 from test_convert import build_d2, d2_stages, max_rel_err, random_resnet, tv_stages
 from transfer import inspect as inspect_cli
 from transfer.checkpoints import load_backbone
-from transfer.convert import main as convert_main, to_detectron2, write_pickle_atomic
+from transfer.convert import main as convert_main, to_detectron2
 from transfer.engines import require_mmseg
-from transfer.seg_backbone import to_mmseg_file
+from transfer.segmentation.backbone import to_mmseg_file
 
 SIZE = 64  # input pixels: res5 is 2x2, enough for every tensor to matter
 
@@ -141,8 +142,8 @@ def _mmseg_stages(ckpt: Path, converted: Path, info, out: Path, x: Tensor) -> li
     """The segmentation task's backbone (paper config, plain strides) loaded the Runner's way."""
     from mmseg.registry import MODELS
 
-    from transfer.seg_backbone import read_converted, verify_backbone_state
-    from transfer.segmentation import DEFAULT_CONFIGS, attach_checkpoint, build_parser, load_config
+    from transfer.segmentation.backbone import read_converted, verify_backbone_state
+    from transfer.segmentation.runner import DEFAULT_CONFIGS, attach_checkpoint, build_parser, load_config
 
     require_mmseg()
     args = build_parser().parse_args(["--ckpt", str(ckpt), "--out", str(out), "--config", str(DEFAULT_CONFIGS["paper"]),
@@ -160,7 +161,7 @@ def _mmseg_stages(ckpt: Path, converted: Path, info, out: Path, x: Tensor) -> li
 
 @pytest.mark.parametrize("layout,depth", CASES)
 def test_layout_converts_to_torchvision_equivalent_engines(layout, depth, tv_models, d2_models, tmp_path):
-    from transfer.d2_weights import load_verified
+    from transfer.detection.weights import load_verified
 
     write, expected_prefix = LAYOUTS[layout]
     tv, x, ref = tv_models(depth)
@@ -171,7 +172,7 @@ def test_layout_converts_to_torchvision_equivalent_engines(layout, depth, tv_mod
     reference = _no_fc(tv.state_dict())
     assert set(state) == set(reference) and all(torch.equal(state[k], reference[k]) for k in state)
 
-    write_pickle_atomic(tmp_path / "d2.pkl", to_detectron2(state, info))  # what convert_file does, file read once
+    pickle_atomic(tmp_path / "d2.pkl", to_detectron2(state, info))  # what convert_file does, file read once
     model = d2_models(depth)
     load_verified(model, tmp_path / "d2.pkl")
     with torch.no_grad():
@@ -192,15 +193,15 @@ def test_other_depths_reach_both_engines_through_the_task_configs(depth, tmp_pat
     config gets DEPTH and RES2_OUT_CHANNELS from the checkpoint, mmseg's R50 config depth and head widths."""
     from detectron2.modeling import build_backbone
 
-    from transfer import detection
-    from transfer.d2_weights import load_verified
+    from transfer.detection import runner as detection
+    from transfer.detection.weights import load_verified
 
     tv = random_resnet(f"resnet{depth}", seed=depth)
     ckpt = tmp_path / "c.pth"
     torch.save(tv.state_dict(), ckpt)
     state, info = load_backbone(ckpt)
     pkl = tmp_path / "d2.pkl"
-    write_pickle_atomic(pkl, to_detectron2(state, info))
+    pickle_atomic(pkl, to_detectron2(state, info))
     args = detection.parse_args(["--ckpt", str(ckpt), "--out", str(tmp_path / "o"),
                                  "--config", str(Path(detection.REPO) / "detectron_configs/coco_R_50_FPN_1x.yaml")])
     cfg = detection.load_config(args.config, args.opts)

@@ -17,27 +17,11 @@ import torchvision
 import yaml
 from PIL import Image
 
-from mast.checkpoint import atomic_save
+from mast.atomic import torch_save_atomic
 from mast.data.folder import ResumableSampler, TwoViewFolder
 from mast.augment import AugmentConfig, SpatialTwoView
 from mast.pretrain import main
-
-
-def tiny_args(root: Path, out: Path, *extra: str) -> list[str]:
-    """4 steps per epoch (64 images, batch 16), 2 epochs, ResNet-18 at 32 px, deterministic."""
-    return ["--config", "demo", f"out_dir={out}", f"data.root={root / 'unlabeled'}",
-            "data.synthetic=null", f"knn.root={root / 'classification' / 'shape'}",
-            "data.num_workers=0", "data.heldout_pairs=8", "model.expander=[32,32]",
-            "augment.size=32", "augment.blur_kernel_size=5", "optim.batch_size=16",
-            "optim.epochs=2", "optim.warmup_epochs=1", "runtime.threads=1",
-            "runtime.progress=false", "runtime.deterministic=true", *extra]
-
-
-@pytest.fixture(scope="module")
-def full_run(synthetic_root, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("pretrain")
-    assert main(tiny_args(synthetic_root, out, "--name", "full")) == 0
-    return out / "full"
+from conftest import tiny_args  # noqa: F401 - shared with test_reliability.py
 
 
 def _backbone(path: Path) -> dict:
@@ -77,7 +61,7 @@ def test_run_writes_every_file(full_run):
     assert mast_state["mask_logits"].shape == (6, 32)
     assert mast_state["heldout"]["delta"].shape == (8, 6) and mast_state["heldout"]["u"].shape == (8, 6)
     assert (mast_state["heldout"]["u"] >= 0).all() and mast_state["config"]["method"] == "mast"
-    assert torch.load(full_run / "last.pth", weights_only=False)["step"] == 8
+    assert torch.load(full_run / "last.pth", weights_only=True)["step"] == 8
 
 
 def test_checkpoint_reader_sees_method(full_run):
@@ -93,7 +77,7 @@ def test_kill_and_resume_equals_uninterrupted(full_run, synthetic_root, tmp_path
     args = tiny_args(synthetic_root, tmp_path, "--name", "cut")
     assert main(args + ["runtime.stop_after_steps=5"]) == 0  # stopped mid-epoch 2
     cut = tmp_path / "cut"
-    assert torch.load(cut / "last.pth", weights_only=False)["step"] == 5
+    assert torch.load(cut / "last.pth", weights_only=True)["step"] == 5
     assert not (cut / "mast_state.pth").exists()
     # a rerun without --resume must not silently overwrite the run
     assert main(args) == 2
@@ -133,7 +117,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good(synthetic_root, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert "NaN/Inf at step" in err and "\n" not in err
     bad_step = int(err.split("at step ")[1].split(";")[0])
-    last = torch.load(tmp_path / "nan" / "last.pth", weights_only=False)
+    last = torch.load(tmp_path / "nan" / "last.pth", weights_only=True)
     assert last["step"] == bad_step - 1
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
 
@@ -192,13 +176,13 @@ def test_sampler_resumes_mid_epoch_and_shards():
 
 def test_atomic_save_keeps_previous_file_on_failure(tmp_path):
     path = tmp_path / "x.pth"
-    atomic_save({"a": torch.ones(2)}, path)
+    torch_save_atomic(path, {"a": torch.ones(2)})
 
     class Unpicklable:
         def __reduce__(self):
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        atomic_save({"a": Unpicklable()}, path)
+        torch_save_atomic(path, {"a": Unpicklable()})
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
     assert os.listdir(tmp_path) == ["x.pth"]

@@ -11,15 +11,15 @@ import pytest
 import torch
 import torchvision
 
-from transfer import knn, linear
-from transfer.features import FeatureError, FeatureExtractor
-from transfer.knn import knn_predict
-from transfer.linear import LinearModel, accuracy, fit_linear, sweep
+from transfer.probes import knn, linear
+from transfer.probes.features import FeatureError, FeatureExtractor
+from transfer.probes.knn import knn_predict
+from transfer.probes.linear import LinearModel, accuracy, fit_linear, sweep
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """The probes' tensors are small: on the shared 2-core CI machine one torch thread is much faster."""
+    """The probes' tensors are small: one torch thread is much faster than several."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -122,7 +122,7 @@ def test_linear_probe_matches_sklearn_on_digits(C):
     rng = np.random.default_rng(0)
     order = rng.permutation(len(y))
     tr, te = order[:1000], order[1000:]
-    with threadpool_limits(1):  # BLAS threads fight the other test processes on a 2-core machine
+    with threadpool_limits(1):  # BLAS threads would fight the other test processes
         ref = LogisticRegression(C=C, max_iter=5000, tol=1e-6).fit(x[tr], y[tr])
     ref_acc = 100.0 * ref.score(x[te], y[te])
     xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y)

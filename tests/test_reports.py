@@ -146,3 +146,31 @@ def test_fabricated_state_round_trips_weights_only(tmp_path):
     state = mast_plots.load_state(path)
     assert state["mask_logits"].shape == (6, 32) and state["heldout"]["u"].shape == (64, 6)
     assert json.dumps(state["aug_names"]) and make_state(method="vicreg").get("mask_logits") is None
+
+
+def test_rebuild_keeps_foreign_files_and_drops_only_its_own_stale_ones(tmp_path):
+    res = _fixture_with_runs(tmp_path)
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "logo.png").write_bytes(b"a user's picture")
+    (out / "notes.md").write_text("mine")
+    with pytest.warns(UserWarning):
+        build.build(res, out, baseline="vicreg", command="pytest")
+    ours = json.loads((out / build.MANIFEST).read_text())
+    assert "index.md" in ours and "bars_knn_shape.png" in ours and "logo.png" not in ours
+    # the next results lack knn_shape: its figure goes, the user's files stay
+    lines = [ln for ln in (res / "results.jsonl").read_text().splitlines() if '"knn_shape"' not in ln]
+    (res / "results.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning):
+        build.build(res, out, baseline="vicreg", command="pytest")
+    assert not (out / "bars_knn_shape.png").exists() and (out / "bars_knn_side.png").exists()
+    assert (out / "logo.png").read_bytes() == b"a user's picture" and (out / "notes.md").read_text() == "mine"
+
+
+def test_report_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    res = _fixture_with_runs(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    with pytest.warns(UserWarning):
+        assert build.main(["--results", str(res), "--out", str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a folder" in err and "\n" not in err

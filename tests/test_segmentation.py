@@ -15,9 +15,9 @@ from torch import nn
 from transfer.checkpoints import load_backbone
 from transfer.engines import require_mmseg
 from transfer.records import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED
-from transfer.seg_backbone import (BackboneMismatch, read_converted, register_trusted_scheme, to_mmseg_file,
+from transfer.segmentation.backbone import (BackboneMismatch, read_converted, register_trusted_scheme, to_mmseg_file,
                                    trusted, verify_backbone_state)
-from transfer.segmentation import DEFAULT_CONFIGS, attach_checkpoint, build_parser, load_config, main
+from transfer.segmentation.runner import DEFAULT_CONFIGS, attach_checkpoint, build_parser, load_config, main
 
 PAPER = str(DEFAULT_CONFIGS["paper"])
 DEMO = str(DEFAULT_CONFIGS["demo"])
@@ -27,7 +27,7 @@ TINY_RUN = ["train_cfg.max_iters=2", "train_cfg.val_interval=2", "param_schedule
 
 @pytest.fixture(scope="module", autouse=True)
 def mmseg():
-    # One thread: on the shared 2-core machine two threads per process mostly wait on each other.
+    # One thread: with tiny tensors, two threads per process mostly wait on each other.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield require_mmseg()

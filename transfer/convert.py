@@ -32,8 +32,7 @@ from mast.atomic import pickle_atomic, torch_save_atomic
 
 from transfer.checkpoints import CheckpointError, CheckpointInfo, add_backbone_arg, canonical_keys, load_backbone
 
-__all__ = ["ConversionError", "MAPPING_VERSION", "detectron2_name", "to_detectron2", "to_mmseg",
-           "write_pickle_atomic", "write_torch_atomic", "convert_file", "main"]
+__all__ = ["ConversionError", "MAPPING_VERSION", "detectron2_name", "to_detectron2", "to_mmseg", "convert_file", "main"]
 
 MAPPING_VERSION = "torchvision->detectron2 v1"
 AUTHOR = "MAST transfer.convert (torchvision ResNet -> detectron2)"
@@ -134,24 +133,14 @@ def to_mmseg(state: Mapping[str, Tensor], info: CheckpointInfo) -> dict[str, Ten
     return {f"backbone.{k}": state[k].detach().cpu().clone() for k in order + counters}
 
 
-def write_pickle_atomic(path: str | Path, obj: Any) -> None:
-    """Pickle ``obj`` to ``path`` via a temp file and ``os.replace`` (no half-written pkl)."""
-    pickle_atomic(path, obj)
-
-
-def write_torch_atomic(path: str | Path, obj: Any) -> None:
-    """``torch.save`` ``obj`` to ``path`` atomically."""
-    torch_save_atomic(path, obj)
-
-
 def convert_file(ckpt: str | Path, to: str, out: str | Path, backbone: str | None = None) -> CheckpointInfo:
     """Read ``ckpt`` (its backbone ``backbone`` when it holds several), convert it for engine ``to``
     and write ``out`` atomically."""
     state, info = load_backbone(ckpt, backbone)
     if to == "detectron2":
-        write_pickle_atomic(out, to_detectron2(state, info))
+        pickle_atomic(out, to_detectron2(state, info))
     elif to == "mmseg":
-        write_torch_atomic(out, to_mmseg(state, info))
+        torch_save_atomic(out, to_mmseg(state, info))
     else:
         raise ConversionError(f"--to {to!r}: expected 'detectron2' or 'mmseg'")
     return info

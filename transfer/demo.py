@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from mast import rundir
+
 METHODS = ("vicreg", "mast")
 
 
@@ -81,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{method} ready in {time.monotonic() - t:.0f}s", flush=True)
 
     t = _step("4/4 demo suite on vicreg, mast and the random-init floor, then the report")
-    floor = run_dirs["mast"] / "backbone_init.pth"
+    floor = run_dirs["mast"] / rundir.BACKBONE_INIT
     cmd = [sys.executable, "-m", "transfer.run_all",
-           "--ckpt", str(run_dirs["vicreg"] / "backbone.pth"), "--name", "vicreg",
-           "--ckpt", str(run_dirs["mast"] / "backbone.pth"), "--name", "mast",
+           "--ckpt", str(run_dirs["vicreg"] / rundir.BACKBONE), "--name", "vicreg",
+           "--ckpt", str(run_dirs["mast"] / rundir.BACKBONE), "--name", "mast",
            "--ckpt", str(floor), "--name", "random_init",
            "--suite", "demo", "--var", f"data={args.data}", "--out", str(args.out),
            "--report", str(args.report), "--baseline", "vicreg", "--jobs", str(args.jobs)]

@@ -5,8 +5,8 @@ Everything in this project that needs detectron2 or mmseg calls :func:`require_d
 
 - fail with one line naming the missing package and the install command, instead of an
   ``ImportError`` from deep inside a dependency;
-- register what the project adds to the engine (detectron2: the ``Res5ROIHeadsExtraNorm`` ROI head,
-  so a stock training script cannot miss it; mmseg: all of mmseg's modules);
+- register what the engine needs registered (mmseg: all of its modules; the detection package adds
+  its own ROI head in :func:`transfer.detection.heads.require_detectron2`);
 - make mmseg importable on ``mmcv-lite`` (no compiled ops) with a small ``mmcv.ops`` shim, which
   does nothing when a full mmcv is installed.
 """
@@ -19,8 +19,10 @@ import sys
 import types
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 INSTALL_HINT = "run `make setup` (scripts/setup_env.sh) to install the pinned stack"
+SYNC_NORMS = ("SyncBN", "naiveSyncBN", "naiveSyncBN_N", "nnSyncBN")
 
 
 class EngineMissing(ImportError):
@@ -35,10 +37,9 @@ def _import(name: str, package: str) -> ModuleType:
 
 
 def require_detectron2() -> ModuleType:
-    """Import detectron2 and register the project's custom heads (idempotent)."""
+    """Import detectron2 (one-line :class:`EngineMissing` when it is not installed)."""
     detectron2 = _import("detectron2", "detectron2 (registry package sal-detectron2==0.7.2)")
     _import("detectron2.modeling", "detectron2")
-    importlib.import_module("transfer.d2_heads")  # registers Res5ROIHeadsExtraNorm
     return detectron2
 
 
@@ -54,13 +55,29 @@ def require_mmseg() -> ModuleType:
     return mmseg
 
 
+def sync_norms_to_bn(node: Any, key: str, prefix: str = "") -> list[str]:
+    """Set every SyncBN-type ``node[key]`` of a nested config to BN: one process has nothing to sync with.
+
+    Walks detectron2's ``CfgNode`` (``key="NORM"``) and mmengine's config dicts and lists
+    (``key="type"``); returns one ``"PATH: OLD -> BN"`` per change.
+    """
+    changed = []
+    for k, value in node.items() if hasattr(node, "items") else enumerate(node):
+        if hasattr(value, "items") or isinstance(value, (list, tuple)):
+            changed += sync_norms_to_bn(value, key, f"{prefix}{k}.")
+        elif k == key and value in SYNC_NORMS:
+            node[k] = "BN"
+            changed.append(f"{prefix}{k}: {value} -> BN")
+    return changed
+
+
 def has_compiled_mmcv_ops() -> bool:
     """True when mmcv ships its compiled extension (full mmcv, not mmcv-lite)."""
     return importlib.util.find_spec("mmcv._ext") is not None
 
 
 def install_mmcv_ops_shim() -> None:
-    """Make ``import mmcv.ops`` work on mmcv-lite (ENVIRONMENT.md, "MMSegmentation").
+    """Make ``import mmcv.ops`` work on mmcv-lite (docs/ENVIRONMENT.md, "MMSegmentation").
 
     mmseg 1.2.2 imports ``mmcv.ops`` unconditionally in four places (``point_sample`` three times,
     ``sigmoid_focal_loss`` once), and mmcv-lite's ``mmcv/ops/__init__.py`` loads the compiled

@@ -14,33 +14,26 @@ A task wraps its work in :class:`TaskRun`; whatever happens inside, exactly one 
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import json
 import math
-import os
-import platform
-import subprocess
 import sys
 import time
 import traceback
 import warnings
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
-from mast.atomic import write_text_atomic
-from transfer.checkpoints import CheckpointInfo, sha256_file
+from mast.atomic import append_line_atomic, write_text_atomic
+from mast.provenance import code_version, library_versions
+from transfer.checkpoints import CheckpointInfo
 
-__all__ = [
-    "TaskRun", "TaskSkipped", "TaskFailed", "write_json_atomic", "write_text_atomic", "append_jsonl",
-    "read_jsonl", "sha256_file", "code_version", "library_versions", "EXIT_OK", "EXIT_FAILED",
-    "EXIT_USAGE", "EXIT_SKIPPED",
-]
+__all__ = ["TaskRun", "TaskSkipped", "TaskFailed", "new_record", "write_json_atomic", "append_jsonl", "read_jsonl",
+           "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_SKIPPED"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED = 0, 1, 2, 3
-_REPO = Path(__file__).resolve().parents[1]
 
 
 class TaskSkipped(Exception):
@@ -56,26 +49,8 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
-    """Append one record as one line: one ``write`` under an exclusive lock, then ``fsync``.
-
-    A killed writer can at worst leave a truncated last line, which :func:`read_jsonl` skips.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(_jsonable(record), sort_keys=False) + "\n"
-    with open(path, "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            f.seek(0, os.SEEK_END)
-            if f.tell() > 0:  # a killed writer may have left a line without its newline
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    f.write(b"\n")
-            f.write(line.encode())
-            f.flush()
-            os.fsync(f.fileno())
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    """Append one record as one line (:func:`mast.atomic.append_line_atomic`: locked, never torn)."""
+    append_line_atomic(path, json.dumps(_jsonable(record), sort_keys=False))
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -99,39 +74,13 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return records
 
 
-def code_version() -> str:
-    """``git describe`` of this checkout (with ``-dirty``), else the package version."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(_REPO), "describe", "--always", "--dirty", "--abbrev=12"],
-            capture_output=True, text=True, timeout=5, check=True,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            return f"mast-ssl {version('mast-ssl')}"
-        except PackageNotFoundError:
-            return "unknown"
-
-
-def library_versions(extra: Iterable[str] = ()) -> dict[str, str]:
-    """Versions of Python, torch and whichever engines are already imported."""
-    versions = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in ("torch", "torchvision", "numpy", "detectron2", "mmseg", "mmengine", "mmcv", "sklearn", *extra):
-        module = sys.modules.get(name)
-        if module is not None:
-            versions[name] = str(getattr(module, "__version__", "?"))
-    try:
-        import torch
-
-        versions["cuda"] = torch.version.cuda or "none"
-        if torch.cuda.is_available():
-            versions["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    return versions
+def new_record(task: str, dataset: str, scale: str, checkpoint: dict | None, method: str | None,
+               config: dict | None = None, seeds: list[int] | None = None) -> dict[str, Any]:
+    """A record with every field of the schema (PROTOCOLS.md "Results"), status ``running``."""
+    return {"task": task, "dataset": dataset, "scale": scale, "metrics": {}, "metrics_std": {},
+            "seeds": list(seeds or []), "checkpoint": checkpoint, "method": method, "config": config or {},
+            "code_version": code_version(), "versions": {}, "start": None, "end": None, "elapsed_s": None,
+            "status": "running", "error": None}
 
 
 class TaskRun:
@@ -162,27 +111,11 @@ class TaskRun:
             raise FileExistsError(
                 f"{self.record_path} already exists; pass --force to re-run (or choose another --out)"
             )
-        self.metrics: dict[str, float] = {}
-        self.metrics_std: dict[str, float] = {}
+        self.record = new_record(task, dataset, scale, asdict(ckpt_info) if ckpt_info else None,
+                                 ckpt_info.method if ckpt_info else None, config, seeds)
+        self.metrics: dict[str, float] = self.record["metrics"]
+        self.metrics_std: dict[str, float] = self.record["metrics_std"]
         self.extra: dict[str, Any] = {}
-        self.record: dict[str, Any] = {
-            "task": task,
-            "dataset": dataset,
-            "scale": scale,
-            "metrics": self.metrics,
-            "metrics_std": self.metrics_std,
-            "seeds": list(seeds or []),
-            "checkpoint": _ckpt_dict(ckpt_info),
-            "method": ckpt_info.method if ckpt_info else None,
-            "config": config or {},
-            "code_version": code_version(),
-            "versions": {},
-            "start": None,
-            "end": None,
-            "elapsed_s": None,
-            "status": "running",
-            "error": None,
-        }
 
     @property
     def config(self) -> dict:
@@ -228,10 +161,6 @@ class TaskRun:
     @property
     def exit_code(self) -> int:
         return {"ok": EXIT_OK, "skipped": EXIT_SKIPPED}.get(self.record["status"], EXIT_FAILED)
-
-
-def _ckpt_dict(info: CheckpointInfo | None) -> dict | None:
-    return asdict(info) if info is not None else None
 
 
 def _now() -> str:

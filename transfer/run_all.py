@@ -31,9 +31,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mast import rundir  # noqa: E402
 from transfer.suite import Suite, SuiteError, TaskSpec, load_suite, parse_vars  # noqa: E402
 
-UNTRAINED_STEM = "backbone_init"  # the pretraining run's network at initialisation: the random floor
+UNTRAINED_STEM = Path(rundir.BACKBONE_INIT).stem  # a pretraining run's network at initialisation: the floor
 HEARTBEAT_S = 60.0
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_name(path: Path) -> str:
     """Run-directory name for a pretraining run's file (``<run>_init`` for backbone_init.pth), else the stem."""
-    if (path.parent / "config.yaml").is_file():
+    if (path.parent / rundir.CONFIG).is_file():
         return path.parent.name + ("_init" if path.stem == UNTRAINED_STEM else "")
     return path.stem
 
@@ -213,18 +214,14 @@ def finish(job: Job, rc: int, timed_out: bool = False) -> dict:
 
 
 def _failed_record(job: Job, error: str) -> dict:
-    from transfer.records import code_version
+    from transfer.records import new_record
 
-    return {
-        "task": job.spec.task, "dataset": str(job.spec.args.get("data", job.spec.args.get("config", ""))),
-        "scale": job.spec.scale, "metrics": {}, "metrics_std": {}, "seeds": [],
-        "checkpoint": {"path": str(job.ckpt.path.resolve()), "sha256": job.ckpt.sha256, "arch": job.ckpt.arch,
-                       "method": job.ckpt.method, "backbone": job.ckpt.chosen},
-        "method": job.ckpt.method, "config": {"args": job.spec.args}, "code_version": code_version(),
-        "versions": {}, "start": None, "end": None,
-        "elapsed_s": round(time.monotonic() - job.t0, 3) if job.t0 else None,
-        "status": "failed", "error": error,
-    }
+    ckpt = job.ckpt
+    record = new_record(job.spec.task, str(job.spec.args.get("data", job.spec.args.get("config", ""))),
+                        job.spec.scale, {"path": str(ckpt.path.resolve()), "sha256": ckpt.sha256, "arch": ckpt.arch,
+                                         "method": ckpt.method, "backbone": ckpt.chosen}, ckpt.method, {"args": job.spec.args})
+    record.update(elapsed_s=round(time.monotonic() - job.t0, 3) if job.t0 else None, status="failed", error=error)
+    return record
 
 
 def _log_tail(job: Job, lines: int = 15, chars: int = 1500) -> str:
@@ -372,15 +369,16 @@ def _main(argv: list[str] | None) -> int:
 
 
 def _report(results: Path, out: Path, baseline: str | None, argv: list[str] | None) -> None:
-    from reports.build import build
-
+    """Build the report in its own process (``python -m reports.build``), like every task."""
     command = "python transfer/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    try:
-        index = build(results, out, baseline=baseline, command=command)
-        print(f"report: {index}", flush=True)
-    except Exception as e:  # noqa: BLE001 - the results are safe on disk; say how to rebuild
-        print(f"run_all: report not built ({type(e).__name__}: {e}); rebuild with "
-              f"python -m reports.build --results {results.parent} --out {out}", file=sys.stderr)
+    rebuild = ["-m", "reports.build", "--results", str(results), "--out", str(out)]
+    rebuild += ["--baseline", baseline] if baseline else []
+    done = subprocess.run([sys.executable, *rebuild, "--command", command], capture_output=True, text=True)
+    if done.returncode == 0:
+        print(f"report: {done.stdout.strip()}", flush=True)
+    else:  # the results are safe on disk; say how to rebuild
+        reason = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        print(f"run_all: report not built ({reason}); rebuild with python {' '.join(rebuild)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ A suite file is either a list of task entries or a mapping with ``scale``, ``var
     vars: {data: data/synthetic}         # "{data}" in any argument is replaced (override: --var)
     tasks:
       - name: knn_shape                  # unique instance name (default: the task); names the output dir
-        task: knn                        # one of TASKS: runs `python -m transfer.knn`
+        task: knn                        # one of TASK_MODULES: runs `python -m transfer.knn`
         checkpoints: all                 # all | trained (trained: not on the random-init floor)
         timeout_min: 30                  # optional wall-clock limit
         args: {data: "{data}/classification/shape"}   # -> --data data/synthetic/classification/shape
@@ -27,7 +27,15 @@ from typing import Any
 
 import yaml
 
-TASKS = ("detection", "segmentation", "fewshot", "linear", "knn")
+
+class SuiteError(ValueError):
+    """A suite file or a --var override that cannot be used (one-line message)."""
+
+
+# Task type -> the module of its command (``python -m MODULE``); each exposes ``build_parser()``.
+TASK_MODULES = {"detection": "transfer.detection", "segmentation": "transfer.segmentation",
+                "fewshot": "transfer.fewshot", "linear": "transfer.linear", "knn": "transfer.knn"}
+TASKS = tuple(TASK_MODULES)
 SCALES = ("demo", "paper")
 ENTRY_KEYS = ("name", "task", "args", "extra_args", "checkpoints", "scale", "timeout_min")
 SUITE_KEYS = ("scale", "vars", "tasks")
@@ -35,10 +43,6 @@ CHECKPOINT_SETS = ("all", "trained")
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-class SuiteError(ValueError):
-    """A suite file or a --var override that cannot be used (one-line message)."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ class TaskSpec:
 
     def command(self, python: str, ckpt: str | Path, out_dir: str | Path) -> list[str]:
         """``python -m transfer.<task> --ckpt C --out D --scale S --key value ...`` (task CLI contract)."""
-        cmd = [python, "-m", f"transfer.{self.task}", "--ckpt", str(ckpt), "--out", str(out_dir), "--scale", self.scale]
+        cmd = [python, "-m", TASK_MODULES[self.task], "--ckpt", str(ckpt), "--out", str(out_dir), "--scale", self.scale]
         for key, value in self.args.items():
             flag = "--" + key.replace("_", "-")
             if value is True:
@@ -183,18 +187,18 @@ def _check_keys(mapping: dict, allowed: tuple[str, ...], where: str) -> None:
 
 
 def _check_task_options(task: str, args: dict[str, Any], where: str) -> None:
-    """Check args against the task's own argparse parser when the module exposes ``build_parser()``."""
+    """Check args against the options of the task's own parser (``build_parser()`` of its module)."""
+    module = TASK_MODULES[task]
     try:
-        module = importlib.import_module(f"transfer.{task}")
+        parser = importlib.import_module(module).build_parser()
     except Exception:  # noqa: BLE001 - a task that cannot be imported fails later, as a recorded task
         return
-    build = getattr(module, "build_parser", None)
-    if build is None:
-        return
-    options = {opt for opt in build()._option_string_actions if opt.startswith("--")}
+    # argparse has no public list of option strings; parsing cannot stand in (it accepts prefixes
+    # such as --shot for --shots, and refuses a suite that leaves a required option to --var).
+    options = {opt for action in parser._actions for opt in action.option_strings if opt.startswith("--")}
     for key in args:
         if "--" + key.replace("_", "-") not in options:
-            raise SuiteError(f"{where}: args key {key!r} is not an option of transfer.{task} (it has {sorted(options)})")
+            raise SuiteError(f"{where}: args key {key!r} is not an option of {module} (it has {sorted(options)})")
 
 
 def parse_vars(items: list[str]) -> dict[str, str]:

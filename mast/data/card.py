@@ -18,6 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from mast.atomic import write_text_atomic
 from mast.data.scenes import SHAPES, TASKS
 
 C_GRID = (0.001, 0.01, 0.1, 1.0)
@@ -69,8 +70,8 @@ def build_card(spec: Any, jobs: list[tuple], results: list[Any]) -> dict[str, An
         scene_counts[split] = {"images": per_stream[f"scenes/{split}"], "instances": len(anns),
                                "instances_per_category": {s: cats.get(s, 0) for s in SHAPES}}
     accuracy, details = {}, {}
-    # limits the BLAS libraries loaded by now (sklearn/scipy are imported above): threads only
-    # oversubscribe a small shared machine, and one thread keeps the fits reproducible
+    # limits the BLAS libraries loaded by now (sklearn/scipy are imported above): more threads
+    # only oversubscribe the CPU these small fits share, and one thread keeps the fits reproducible
     with threadpool_limits(limits=1):
         for task in TASKS if spec.card_baseline else ():
             data = _split_features(jobs, results, task)
@@ -114,7 +115,5 @@ def card_markdown(card: dict[str, Any]) -> str:
 
 def write_card(out: Path, card: dict[str, Any]) -> None:
     """Write card.json and CARD.md atomically."""
-    from mast.data.synthetic import write_text_atomic
-
     write_text_atomic(Path(out) / "card.json", json.dumps(card, indent=1) + "\n")
     write_text_atomic(Path(out) / "CARD.md", card_markdown(card))

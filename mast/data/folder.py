@@ -3,7 +3,7 @@
 * :class:`TwoViewFolder`: every image below an ImageFolder-style root (``ROOT/<dir>/.../*.png``;
   labels ignored), each returned as two spatially augmented uint8 views plus their parameters
   (``mast.augment.SpatialTwoView``). Unreadable or corrupt files are replaced by a neighbour and
-  reported by index, so the trainer can count them and stop when too many are bad.
+  reported by index; :class:`BadImageBudget` counts them and stops the run when too many are bad.
 * :class:`ResumableSampler`: the per-epoch seeded permutation of ``DistributedSampler``, that can
   start mid-epoch and hands every sample its own augmentation seed (derived from seed, epoch and
   image index), so a resumed run sees exactly the views an uninterrupted one would.
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
+from tqdm import tqdm
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _MAX_FALLBACKS = 16
@@ -42,10 +43,16 @@ def list_images(root: str | Path, what: str = "data.root") -> list[Path]:
         raise DatasetError(f"{what}={root}: not a directory (expected an ImageFolder root)")
     top = sorted(os.scandir(root), key=lambda e: e.name)
     files: list[Path] = []
+    seen: set[str] = set()  # real paths of the folders walked: a symlink loop is entered once
     for entry in top:
         if entry.is_dir(follow_symlinks=True):
             for dirpath, dirnames, names in os.walk(entry.path, followlinks=True):
-                dirnames.sort()
+                real = os.path.realpath(dirpath)
+                if real in seen:
+                    dirnames.clear()
+                    continue
+                seen.add(real)
+                dirnames[:] = sorted(d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) not in seen)
                 files.extend(Path(dirpath, n) for n in sorted(names) if _is_image(n))
     if not files:
         loose = sum(1 for e in top if e.is_file() and _is_image(e.name))
@@ -64,10 +71,26 @@ def sample_seed(*keys: int) -> int:
 
 
 def open_rgb(path: Path) -> Image.Image:
-    """Open and fully decode an image as RGB (raises on truncated/corrupt files)."""
+    """Open and fully decode an image as 8-bit RGB (raises on truncated/corrupt files).
+
+    PIL's own conversion clips 16-bit and float images to 0..255 (a 16-bit PNG turns white, a
+    [0, 1] float TIFF black); they are scaled to 8 bits here instead.
+    """
     with Image.open(path) as img:
         img.load()
+        if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+            img = Image.fromarray(_to_uint8(np.asarray(img), img.mode))
         return img.convert("RGB")
+
+
+def _to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit integers -> /257; floats in [0, 1] -> x255; anything else is clipped to 0..255."""
+    a = a.astype(np.float64)
+    if mode == "F" and np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1:
+        a = a * 255
+    elif mode != "F" and a.max() > 255:
+        a = a / 257
+    return np.clip(np.nan_to_num(a), 0, 255).round().astype(np.uint8)
 
 
 class TwoViewFolder(Dataset):
@@ -110,6 +133,30 @@ class TwoViewFolder(Dataset):
         return views, spatial, torch.tensor(index if fallbacks else -1)
 
 
+class BadImageBudget:
+    """Unreadable images of the current epoch (each replaced by a neighbour in :class:`TwoViewFolder`):
+    the first ten are named, more than ``max_fraction`` of a rank's samples stop the run."""
+
+    def __init__(self, dataset: TwoViewFolder, max_fraction: float, per_rank: int, seen: list[int] = ()) -> None:
+        self.dataset, self.max_fraction, self.limit = dataset, max_fraction, max_fraction * per_rank
+        self.seen: set[int] = set(seen)
+
+    def count(self, bad: torch.Tensor) -> None:
+        """Take a batch's ``bad_index`` column (-1 = the image decoded)."""
+        for index in bad[bad >= 0].tolist():
+            if index in self.seen:
+                continue
+            self.seen.add(index)
+            path = self.dataset.files[index]
+            if len(self.seen) <= 10:
+                tqdm.write(f"warning: unreadable image skipped: {path} "
+                           f"({len(self.seen)} this epoch, limit {int(self.limit)})")
+            if len(self.seen) > self.limit:
+                raise DatasetError(f"data.root={self.dataset.root}: more than {100 * self.max_fraction:.2g}% of the "
+                                   f"images are unreadable ({len(self.seen)} so far, e.g. {path}); "
+                                   "fix or remove them (data.max_bad_fraction)")
+
+
 class ResumableSampler(Sampler):
     """Shard ``rank`` of a per-epoch permutation (seed + epoch), tail dropped so every rank gets
     the same count, yielding ``(index, sample_seed)``; ``set_epoch(e, start)`` skips the first
@@ -134,8 +181,11 @@ class ResumableSampler(Sampler):
             yield index, sample_seed(0, self.seed, self.epoch, index)
 
 
-def _square(img: Image.Image, size: int) -> np.ndarray:
-    """Resize the shorter side to ``size`` (bicubic) and centre-crop a square: uint8 HWC."""
+def center_square(img: Image.Image, size: int) -> np.ndarray:
+    """Resize the shorter side to ``size`` (bicubic) and centre-crop a square: uint8 HWC.
+
+    The one preprocessing of labeled images: the kNN monitor and the transfer probes both use it.
+    """
     w, h = img.size
     scale = size / min(w, h)
     if (w, h) != (size, size):
@@ -164,7 +214,7 @@ def load_labeled_split(root: str | Path, size: int, max_images: int = 0, seed: i
     images, labels, kept = [], [], []
     for f in files:
         try:
-            images.append(_square(open_rgb(f), size))
+            images.append(center_square(open_rgb(f), size))
         except (OSError, ValueError, SyntaxError):
             continue  # the monitor only reports; a bad labeled image is left out
         labels.append(lookup[f.relative_to(root).parts[0]])

@@ -42,7 +42,6 @@ from mast.data.scenes import COLORS, SHAPES, TASKS
 GENERATOR_VERSION = 2  # bump whenever the pixels or annotations a spec produces change
 SPLITS = ("train", "val", "test")
 CARD_THUMB = 16  # raw-pixel baselines read a 16x16 box-filtered copy of each image
-COCO_MASK_FORMAT = "bitmask"  # RLE masks: detectron2 needs cfg.INPUT.MASK_FORMAT = "bitmask"
 _PNG = {"compress_level": 0, "optimize": False}  # fixed encoder settings => byte-identical files
 _STREAMS = ("unlabeled", "scenes/train", "scenes/val") + tuple(f"{t}/{s}" for t in TASKS for s in SPLITS)
 
@@ -259,17 +258,20 @@ def is_complete(out: Path, spec: SyntheticSpec) -> bool:
 
 
 def ensure_dataset(out: Path, spec: SyntheticSpec) -> Path:
-    """Reuse ``out`` if it holds a COMPLETE dataset for ``spec``; otherwise (re)generate it.
+    """Reuse ``out`` if it holds a COMPLETE dataset for ``spec``; otherwise generate it.
 
-    A directory that is ours (COMPLETE or an in-progress marker) is replaced; any other non-empty
-    directory is left alone with a one-line error.
+    Only a generation this code left unfinished (its ``.generating`` marker, no COMPLETE) is
+    replaced. A finished dataset of another spec, or any other non-empty folder, is never deleted
+    (the CLI's rule without ``--overwrite``): a one-line ValueError says what to do.
     """
     out = Path(out)
     spec.validate()
     if is_complete(out, spec):
         return out
-    ours = (out / "COMPLETE").exists() or (out / ".generating").exists()
-    return generate(out, spec, overwrite=ours)
+    if (out / "COMPLETE").exists():
+        raise ValueError(f"{out} holds a synthetic dataset built from another spec or generator version; "
+                         f"choose another folder, or delete it to regenerate")
+    return generate(out, spec, overwrite=(out / ".generating").exists())
 
 
 # ---------------------------------------------------------------- CLI

@@ -9,7 +9,7 @@ detectron2 pickle (cached by the checkpoint's sha256), resolve the config (``_BA
 ``KEY VALUE`` overrides, then ``MODEL.RESNETS.DEPTH`` from the checkpoint and SyncBN -> BN when
 there is one process), check that every dataset is on disk, then for each seed train and evaluate
 with detectron2's ``DefaultTrainer`` under its ``launch``. Weights are verified after loading
-(:mod:`transfer.d2_weights`). ``DIR/record.json`` gets bbox/segm AP, AP50, AP75 (VOC: AP, AP50,
+(:mod:`transfer.detection.weights`). ``DIR/record.json`` gets bbox/segm AP, AP50, AP75 (VOC: AP, AP50,
 AP75) as the mean over seeds, with their std; ``DIR/log.txt`` the log; ``DIR/config.yaml`` and
 ``DIR/seed_S/config.yaml`` the resolved configs.
 """
@@ -28,18 +28,19 @@ from typing import Any
 
 import yaml
 
+from mast.atomic import pickle_atomic, write_text_atomic
 from transfer.checkpoints import CheckpointInfo, add_backbone_arg, load_backbone, weights_id
-from transfer.convert import MAPPING_VERSION, to_detectron2, write_pickle_atomic
-from transfer.d2_data import SYNTHETIC_SPLITS, prepare_datasets, synthetic_num_classes
-from transfer.d2_train import RESULT_FILE, setup_logging, train_and_evaluate
-from transfer.engines import require_detectron2
-from transfer.records import EXIT_USAGE, TaskFailed, TaskRun, write_text_atomic
+from transfer.convert import MAPPING_VERSION, to_detectron2
+from transfer.detection.data import SYNTHETIC_SPLITS, prepare_datasets, synthetic_num_classes
+from transfer.detection.train import RESULT_FILE, setup_logging, train_and_evaluate
+from transfer.detection.heads import require_detectron2
+from transfer.engines import sync_norms_to_bn
+from transfer.records import EXIT_USAGE, TaskFailed, TaskRun
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = {"demo": "detectron_configs/demo_synthetic_R_18_FPN.yaml",
                   "paper": "detectron_configs/coco_R_50_C4_1x.yaml"}
 DEFAULT_CACHE = REPO / "runs" / ".cache" / "detectron2"
-SYNC_NORMS = ("SyncBN", "naiveSyncBN", "naiveSyncBN_N", "nnSyncBN")
 AP_KEYS = ("AP", "AP50", "AP75")
 _CFG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 log = logging.getLogger("transfer.detection")
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing DIR/record.json")
     add_backbone_arg(p)
     p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads per process (0: torch's default); 1 is fastest on a shared 2-core machine")
+                   help="torch CPU threads per process (0: torch's default); 1 avoids oversubscribing a small CPU")
     p.epilog = "KEY VALUE ...: detectron2 config overrides, anywhere on the line (e.g. SOLVER.MAX_ITER 100)"
     return p
 
@@ -127,25 +128,14 @@ def converted_weights(state: dict, info: CheckpointInfo, cache_dir: Path) -> Pat
                 return path
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
             pass  # a damaged cache entry is simply rebuilt
-    write_pickle_atomic(path, to_detectron2(state, info))
+    pickle_atomic(path, to_detectron2(state, info))
     log.info("converted %s (%s) -> %s", info.path, info.arch, path)
     return path
 
 
 def sync_norm_fallback(cfg: Any) -> list[str]:
-    """Replace SyncBN-type norms by BN (one process has nothing to sync with); returns what changed."""
-    changed = []
-
-    def walk(node: Any, prefix: str) -> None:
-        for key, value in node.items():
-            if hasattr(value, "items"):
-                walk(value, f"{prefix}{key}.")
-            elif key == "NORM" and value in SYNC_NORMS:
-                node[key] = "BN"
-                changed.append(f"{prefix}{key}: {value} -> BN")
-
-    walk(cfg.MODEL, "MODEL.")
-    return changed
+    """Replace SyncBN-type norms of ``cfg.MODEL`` by BN; returns what changed."""
+    return sync_norms_to_bn(cfg.MODEL, "NORM", "MODEL.")
 
 
 def resolve_config(cfg: Any, args: argparse.Namespace, info: CheckpointInfo, weights: Path) -> list[str]:
@@ -298,7 +288,3 @@ def main(argv: list[str] | None = None) -> int:
     with run:
         execute(run, cfg, args)
     return run.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """The segmentation backbone: torchvision-layout SSL weights into mmseg's ``ResNet``, verified.
 
 mmengine loads ``init_cfg=dict(type='Pretrained')`` with ``strict=False`` and only *warns* about
-keys it could not place (ENVIRONMENT.md, "MMSegmentation"). Two configurations are silently wrong
+keys it could not place (docs/ENVIRONMENT.md, "MMSegmentation"). Two configurations are silently wrong
 for a torchvision checkpoint: ``ResNetV1c``/``deep_stem=True`` (the deep stem stays random) and
 ``style='caffe'`` (every name matches, the stride sits on the 1x1 conv instead of the 3x3, so the
 network computes something else). This module refuses both before training:
@@ -97,10 +97,11 @@ def check_backbone_cfg(backbone: dict, info: CheckpointInfo, config_name: str, h
 
 def to_mmseg_file(state: Mapping[str, Tensor], info: CheckpointInfo, out_dir: Path) -> Path:
     """Convert a canonical state_dict (``transfer.convert.to_mmseg``) into ``out_dir``, atomically."""
-    from transfer.convert import to_mmseg, write_torch_atomic
+    from mast.atomic import torch_save_atomic
+    from transfer.convert import to_mmseg
 
     path = Path(out_dir) / "backbone_mmseg.pth"
-    write_torch_atomic(path, to_mmseg(state, info))
+    torch_save_atomic(path, to_mmseg(state, info))
     return path
 
 

@@ -4,7 +4,7 @@ Uses detectron2's own ``DefaultTrainer`` (optimizer, schedule, PreciseBN, data l
 hook) with three changes: evaluators are chosen from the dataset's ``evaluator_type``; the writers
 are the console and ``metrics.json`` (no TensorBoard, which this stack does not install); and the
 final model checkpoint is optional (demo runs skip the ~100 MB file). Weights are loaded with
-:func:`transfer.d2_weights.load_verified` instead of ``resume_or_load``, so a backbone tensor that
+:func:`transfer.detection.weights.load_verified` instead of ``resume_or_load``, so a backbone tensor that
 was not loaded stops the run.
 
 Rank 0 writes ``OUTPUT_DIR/result.json`` (``status``, ``results`` or ``error``) so the parent
@@ -17,9 +17,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from transfer.d2_data import evaluator_type, register_synthetic
-from transfer.d2_weights import load_verified
-from transfer.engines import require_detectron2
+from transfer.detection.data import evaluator_type, register_synthetic
+from transfer.detection.weights import load_verified
+from transfer.detection.heads import require_detectron2
 from transfer.records import TaskFailed, write_json_atomic
 
 __all__ = ["RESULT_FILE", "setup_logging", "train_and_evaluate", "make_trainer"]

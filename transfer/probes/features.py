@@ -1,47 +1,40 @@
 """Frozen-backbone features for the probes (few-shot, linear, kNN), cached on disk.
 
 Images come from an ImageFolder-style split (``DATA/<split>/<class>/<image>``; ``a+b`` pools
-splits by class name), go through Resize(bicubic) + CenterCrop at the pretraining resolution and
-ImageNet normalisation, and then through the checkpoint's ResNet (``fc = Identity``, eval mode,
-no grad, channels_last, batched). The output is the un-normalised pooled feature, as in AugSelf.
+splits by class name), are read and cropped as the pretraining kNN monitor reads them (shorter side
+resized, bicubic, then the centre square at the pretraining resolution:
+:func:`mast.data.folder.center_square`), ImageNet-normalised, and then go through the
+checkpoint's ResNet (``fc = Identity``, eval mode, no grad, channels_last, batched). The output
+is the un-normalised pooled feature, as in AugSelf.
 
-Cache: one file per (checkpoint sha256, backbone arch, dataset path + split + every image's
+Cache: one file per (checkpoint sha256 and, in a file with several, the chosen backbone; arch, dataset path + split + every image's
 relative path/size/mtime, transform) under ``--cache-dir`` (default ``.cache/features``), written
 atomically. Any change of the checkpoint's bytes or of the image files gives another key, so a
 stale entry is never read. The network is built only on a cache miss.
-
-This module also holds the small CLI frame the three probes share (:func:`add_common_args`,
-:func:`run_task`): arguments, the result record, exit codes (contract "Task CLI").
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
 import torch
 import yaml
-from PIL import Image
 from torch import Tensor, nn
-from torchvision import transforms as T
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from mast import rundir
 from mast.atomic import torch_save_atomic
+from mast.data.folder import DatasetError, center_square, list_images, open_rgb
 
-from transfer.checkpoints import (CheckpointError, CheckpointInfo, add_backbone_arg, build_resnet, load_backbone,
-                                  weights_id)
+from transfer.checkpoints import CheckpointInfo, build_resnet, load_backbone, weights_id
 
-__all__ = ["FeatureError", "SplitFeatures", "FeatureExtractor", "list_samples", "image_transform",
-           "pretrain_resolution", "add_common_args", "run_task", "dataset_name"]
+__all__ = ["FeatureError", "SplitFeatures", "FeatureExtractor", "list_samples", "pretrain_resolution"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CACHE_FORMAT = 1  # bump when the stored content or the feature definition changes
+CACHE_FORMAT = 2  # bump when the stored content or the feature definition changes
 DEFAULT_RESOLUTION = 224  # ImageNet models; used when the checkpoint's run config gives none
 
 
@@ -72,31 +65,22 @@ def list_samples(root: str | Path, split: str) -> tuple[list[tuple[Path, int]], 
             raise FeatureError(f"dataset split {folder} does not exist (expected {root}/<split>/<class>/<image>)")
     classes = sorted({d.name for f in folders for d in f.iterdir() if d.is_dir()})
     index = {c: i for i, c in enumerate(classes)}
-    samples = [
-        (path, index[cls.name])
-        for folder in folders
-        for cls in sorted(d for d in folder.iterdir() if d.is_dir())
-        for path in sorted(cls.iterdir())
-        if path.suffix.lower() in IMG_EXTENSIONS and path.is_file()
-    ]
+    samples = [(path, index[path.relative_to(f).parts[0]]) for f in folders for path in _images(f)]
     if not samples:
         where = " + ".join(str(f) for f in folders)
         raise FeatureError(f"dataset split {where} is empty: no images in <class>/ folders ({len(classes)} class folders)")
     return samples, classes
 
 
-def image_transform(size: int) -> T.Compose:
-    """Resize (bicubic, shorter side) + CenterCrop at ``size`` px, ImageNet normalisation."""
-    return T.Compose([
-        T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(size),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+def _images(folder: Path) -> list[Path]:
+    try:
+        return list_images(folder, what="--data")
+    except DatasetError:  # an empty split of a pooled pair; all of them empty is refused above
+        return []
 
 
 def _transform_id(size: int) -> str:
-    return f"resize{size}-bicubic/centercrop{size}/imagenet-norm/fc-identity-avgpool/v{CACHE_FORMAT}"
+    return f"square{size}-bicubic/imagenet-norm/fc-identity-avgpool/v{CACHE_FORMAT}"
 
 
 def pretrain_resolution(info: CheckpointInfo) -> int | None:
@@ -104,7 +88,7 @@ def pretrain_resolution(info: CheckpointInfo) -> int | None:
     if not info.run_dir:
         return None
     try:
-        config = yaml.safe_load((Path(info.run_dir) / "config.yaml").read_text())
+        config = yaml.safe_load((Path(info.run_dir) / rundir.CONFIG).read_text())
     except (OSError, yaml.YAMLError):
         return None
     size = (config or {}).get("augment", {}).get("size") if isinstance(config, dict) else None
@@ -112,8 +96,11 @@ def pretrain_resolution(info: CheckpointInfo) -> int | None:
 
 
 class _ImageList(torch.utils.data.Dataset):
-    def __init__(self, samples: list[tuple[Path, int]], transform: Callable) -> None:
-        self.samples, self.transform = samples, transform
+    """Images as the kNN monitor sees them (:func:`mast.data.folder.center_square`), ImageNet-normalised."""
+
+    def __init__(self, samples: list[tuple[Path, int]], size: int) -> None:
+        self.samples, self.size = samples, size
+        self.mean, self.std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -121,10 +108,10 @@ class _ImageList(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> Tensor:
         path = self.samples[i][0]
         try:
-            with Image.open(path) as img:
-                return self.transform(img.convert("RGB"))
+            pixels = center_square(open_rgb(path), self.size)
         except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for truncated/corrupt files
             raise FeatureError(f"image {path} cannot be read as an image ({type(e).__name__}: {str(e)[:120]})") from None
+        return (torch.tensor(pixels).permute(2, 0, 1).float() / 255 - self.mean) / self.std
 
 
 class FeatureExtractor:
@@ -169,7 +156,7 @@ class FeatureExtractor:
             return SplitFeatures(cached["features"], cached["labels"], list(cached["classes"]), True, path)
         feats = self._embed(samples, desc=f"features {root.name}/{split}")
         labels = torch.tensor([label for _, label in samples], dtype=torch.long)
-        _write_cache(path, {"key": key, "features": feats, "labels": labels, "classes": classes,
+        torch_save_atomic(path, {"key": key, "features": feats, "labels": labels, "classes": classes,
                             "ckpt_sha256": self.info.sha256, "root": str(root.resolve()), "split": split,
                             "image_size": self.image_size})
         return SplitFeatures(feats, labels, classes, False, path)
@@ -186,7 +173,7 @@ class FeatureExtractor:
         from tqdm import tqdm
 
         model = self._network()
-        loader = torch.utils.data.DataLoader(_ImageList(samples, image_transform(self.image_size)),
+        loader = torch.utils.data.DataLoader(_ImageList(samples, self.image_size),
                                              batch_size=self.batch_size, num_workers=self.num_workers)
         out = []
         with tqdm(total=len(samples), desc=desc, unit="img", disable=not self.progress, file=sys.stderr) as bar:
@@ -225,90 +212,3 @@ def _read_cache(path: Path, key: str, n: int) -> dict | None:
         return None
     ok = isinstance(entry, dict) and entry.get("key") == key and len(entry.get("labels", ())) == n
     return entry if ok else None
-
-
-def _write_cache(path: Path, entry: dict) -> None:
-    torch_save_atomic(path, entry)
-
-
-# ---------------------------------------------------------------- the probes' shared CLI frame
-
-
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="backbone checkpoint (any format transfer.checkpoints reads)")
-    parser.add_argument("--data", required=True, help="dataset root holding <split>/<class>/<image> folders")
-    parser.add_argument("--out", required=True, help="output directory for record.json and config.yaml")
-    parser.add_argument("--scale", choices=["demo", "paper"], default="demo")
-    parser.add_argument("--dataset", default=None, help="dataset name in the record (default: from --data)")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="Resize+CenterCrop size (default: the checkpoint's pretraining resolution, else 224)")
-    parser.add_argument("--cache-dir", default=".cache/features")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: the probes' solvers are many small ops, and on a "
-                             "shared CPU one thread per process measured 2-30x faster than two)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--force", action="store_true", help="replace an existing record.json in --out")
-    add_backbone_arg(parser)
-
-
-def dataset_name(data: str | Path) -> str:
-    """``synthetic/<task>`` for a task of the synthetic benchmark (ROOT/classification/<task>), else the folder name."""
-    data = Path(data).resolve()
-    return f"synthetic/{data.name}" if (data.parent.parent / "card.json").is_file() else data.name
-
-
-def run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[int] | None = None) -> int:
-    """Run ``body(run, extractor)`` inside a :class:`transfer.records.TaskRun`; return the exit code.
-
-    A missing ``--data`` folder is ``skipped`` (exit 3); an unreadable checkpoint or dataset, or
-    any error in ``body``, is ``failed`` (exit 1) with a one-line error; an existing record is a
-    usage error (exit 2) unless ``--force``.
-    """
-    from transfer.records import EXIT_USAGE
-
-    if args.image_size is not None and args.image_size < 1:
-        print(f"{task}: --image-size must be a positive number of pixels, got {args.image_size}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.threads < 1:
-        print(f"{task}: --threads must be >= 1, got {args.threads}", file=sys.stderr)
-        return EXIT_USAGE
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        return _run_task(task, args, body, seeds)
-    finally:
-        torch.set_num_threads(previous_threads)  # callers in the same process (tests) keep their setting
-
-
-def _run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[int] | None) -> int:
-    from transfer.records import EXIT_USAGE, TaskRun, TaskSkipped
-
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    extractor, load_error = None, None
-    if Path(args.data).is_dir():
-        try:
-            extractor = FeatureExtractor(args.ckpt, args.image_size, args.cache_dir, args.batch_size,
-                                         args.num_workers, args.device, not args.no_progress, args.backbone)
-            config["image_size"] = extractor.image_size
-        except (CheckpointError, FeatureError, OSError) as e:
-            load_error = e
-    try:
-        run = TaskRun(task=task, dataset=args.dataset or dataset_name(args.data), scale=args.scale,
-                      out_dir=args.out, ckpt_info=extractor.info if extractor else None, config=config,
-                      seeds=seeds, force=args.force)
-    except FileExistsError as e:
-        print(f"{task}: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        with run:
-            if not Path(args.data).is_dir():
-                raise TaskSkipped(f"dataset folder {args.data} not found (expected <split>/<class>/<image> folders)")
-            if load_error is not None:
-                raise load_error
-            body(run, extractor)
-    except Exception:  # noqa: BLE001 - TaskRun recorded it; the CLI reports one line and an exit code
-        print(f"{task}: {run.record['status']}: {run.record['error']}", file=sys.stderr)
-    return run.exit_code

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from transfer.engines import require_detectron2
+from transfer.detection.heads import require_detectron2
 from transfer.records import TaskSkipped
 
 __all__ = ["SYNTHETIC_SPLITS", "LAYOUT", "datasets_root", "prepare_datasets", "register_synthetic",

@@ -1,14 +1,14 @@
 """Load converted weights into a detectron2 model and prove that every backbone tensor arrived.
 
 Detectron2 matches checkpoint names to model names by suffix and only *warns* about what it could
-not place, so a wrong prefix trains silently from random weights (ENVIRONMENT.md). Here loading is
+not place, so a wrong prefix trains silently from random weights (docs/ENVIRONMENT.md). Here loading is
 followed by a check in both directions:
 
 1. every tensor of the converted pickle lands in exactly one model tensor, with the same values
    after loading (``res5.*`` of a C4 model lives in ``roi_heads.res5``);
 2. every parameter and statistic of the model's ResNet (the backbone's ``ResNet`` module and, for
    C4, the ROI head's res5 stage) came from the pickle, except the new layers the protocol adds
-   (``roi_heads.res5.norm``, see :mod:`transfer.d2_heads`) and BN step counters.
+   (``roi_heads.res5.norm``, see :mod:`transfer.detection.heads`) and BN step counters.
 
 Anything else raises :class:`WeightsNotLoaded` with a one-line summary.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from transfer.engines import require_detectron2
+from transfer.detection.heads import require_detectron2
 
 __all__ = ["WeightsNotLoaded", "LoadReport", "backbone_keys", "load_verified"]
 

@@ -23,10 +23,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mast.atomic import write_text_atomic
 from transfer.checkpoints import CheckpointInfo, add_backbone_arg
-from transfer.records import EXIT_USAGE, TaskFailed, TaskRun, write_text_atomic
+from transfer.engines import sync_norms_to_bn
+from transfer.records import EXIT_USAGE, TaskFailed, TaskRun
 
-CONFIG_DIR = Path(__file__).resolve().parent / "mmseg_configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "mmseg_configs"
 DEFAULT_CONFIGS = {
     "demo": CONFIG_DIR / "fcn_r18_d8_synthetic_64x64_demo.py",
     "paper": CONFIG_DIR / "fcn_r50_d8_voc12aug_512x512_20k.py",
@@ -46,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override config entries, mmengine style (e.g. train_cfg.max_iters=100)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (0: torch's default); 1 is fastest on a shared 2-core machine")
+                   help="torch CPU threads (0: torch's default); 1 avoids oversubscribing a CPU shared with data workers")
     p.add_argument("--resume", action="store_true", help="resume from the latest Runner checkpoint in DIR/work")
     p.add_argument("--force", action="store_true", help="re-run even if DIR/record.json exists")
     add_backbone_arg(p)
@@ -57,8 +59,8 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
     """Read the config, apply the command line, and check its backbone against ``info``."""
     from mmengine.config import Config, DictAction
 
-    from transfer.seg_backbone import check_backbone_cfg
-    from transfer.seg_data import set_data_root
+    from transfer.segmentation.backbone import check_backbone_cfg
+    from transfer.segmentation.data import set_data_root
 
     path = Path(args.config) if args.config else DEFAULT_CONFIGS[args.scale]
     if not path.is_file():
@@ -79,23 +81,12 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
         if not torch.cuda.is_available():  # mmengine's init_dist calls torch.cuda.set_device
             raise ValueError(f"--launcher {args.launcher} needs CUDA GPUs; use --launcher none on a CPU")
     if _world_size(args.launcher) == 1:  # one process: SyncBN has nothing to sync with
-        _replace_norm(cfg.model, "SyncBN", "BN")
+        sync_norms_to_bn(cfg.model, "type")
         cfg.norm_cfg = dict(cfg.get("norm_cfg") or {}, type="BN")
     cfg.randomness = dict(seed=args.seed)
     cfg.work_dir = str(Path(args.out) / "work")
     cfg.config_file = str(path)
     return cfg
-
-
-def _replace_norm(node: Any, old: str, new: str) -> None:
-    if isinstance(node, dict):
-        if node.get("type") == old:
-            node["type"] = new
-        for value in node.values():
-            _replace_norm(value, old, new)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            _replace_norm(value, old, new)
 
 
 def make_metrics_hook() -> Any:
@@ -139,7 +130,7 @@ def train_and_evaluate(cfg: Any, converted: Path) -> dict[str, float]:
     """
     from mmengine.runner import Runner, find_latest_checkpoint
 
-    from transfer.seg_backbone import (backbone_of, make_loaded_hook, read_converted,
+    from transfer.segmentation.backbone import (backbone_of, make_loaded_hook, read_converted,
                                        register_trusted_scheme, trusted, verify_backbone_state)
 
     register_trusted_scheme()
@@ -191,8 +182,8 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
 
     from transfer.checkpoints import load_backbone
     from transfer.engines import require_mmseg
-    from transfer.seg_backbone import to_mmseg_file
-    from transfer.seg_data import check_data_layout
+    from transfer.segmentation.backbone import to_mmseg_file
+    from transfer.segmentation.data import check_data_layout
 
     require_mmseg()
     if args.threads > 0:
@@ -234,7 +225,3 @@ def main(argv: list[str] | None = None) -> int:
     with task:
         run(args, task)
     return task.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

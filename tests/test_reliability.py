@@ -1,0 +1,198 @@
+"""What a hostile or careless user cannot break (issue: safe loading, locked folders, signals, full disk).
+
+Each test plants the real thing: a pickle payload that would create a marker file, a second live
+process, a real SIGINT, a writer whose disk fills up mid-write.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mast import atomic
+from mast.atomic import DiskFullError, append_line_atomic, atomic_write, remove_stale_temps, write_text_atomic
+from mast.lock import FolderBusyError, FolderLock
+from mast.pretrain import main
+from conftest import tiny_args
+from test_pretrain import _backbone
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Payload:
+    """Unpickling this object runs ``open(marker, 'w')``: the marker proves code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_never_unpickles_code(synthetic_root, tmp_path, capsys):
+    marker = tmp_path / "PWNED"
+    planted = tmp_path / "runs" / "evil" / "last.pth"
+    planted.parent.mkdir(parents=True)
+    torch.save({"model": Payload(marker), "config": {}}, planted)
+    for resume in (str(planted), "auto"):
+        code = main(["--resume", resume] + tiny_args(synthetic_root, tmp_path / "runs", "--name", "evil"))
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "tensors only" in err and "\n" not in err
+        assert not marker.exists()
+
+
+def test_folder_lock_names_the_holder_and_dies_with_it(tmp_path):
+    with FolderLock(tmp_path / "run", "job"):
+        with pytest.raises(FolderBusyError, match=f"PID {os.getpid()}"):
+            FolderLock(tmp_path / "run", "job")
+    FolderLock(tmp_path / "run", "job").release()  # released: free again
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mast.lock import FolderLock; "
+                               f"held = FolderLock({str(tmp_path / 'run')!r}, 'job'); print('held', flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderBusyError, match=f"PID {holder.pid}"):
+            FolderLock(tmp_path / "run", "job")
+    finally:
+        holder.kill()  # kill -9: the OS releases the lock
+        holder.wait()
+    FolderLock(tmp_path / "run", "job").release()
+
+
+def _wait_for_step(metrics: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metrics.exists() and any('"loss"' in ln for ln in metrics.read_text().splitlines()):
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    raise AssertionError("pretraining logged no step in time")
+
+
+@pytest.mark.slow
+def test_second_run_refused_sigint_saves_and_resume_equals_uninterrupted(full_run, synthetic_root, tmp_path,
+                                                                         capsys):
+    args = tiny_args(synthetic_root, tmp_path, "--name", "cut")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "mast.pretrain", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "cut"
+    _wait_for_step(run / "metrics.jsonl", proc)
+    proc.send_signal(signal.SIGSTOP)  # hold it mid-epoch while the second run tries the folder
+    try:
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"PID {proc.pid}" in err and "\n" not in err
+        proc.send_signal(signal.SIGINT)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    line = [ln for ln in stderr.splitlines() if ln.startswith("interrupted at step")]
+    assert line and "--resume auto" in line[0]
+    step = int(line[0].split()[3].rstrip(";"))
+    assert 1 <= step < 8 and torch.load(run / "last.pth", weights_only=True)["step"] == step
+    (run / ".last.pth.x1y2z3.tmp").write_bytes(b"left by a killed save")
+
+    assert main(["--resume", "auto"] + args) == 0
+    assert not (run / ".last.pth.x1y2z3.tmp").exists()
+    a, b = _backbone(full_run / "backbone.pth"), _backbone(run / "backbone.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = lambda r: [json.loads(ln).get("loss") for ln in (r / "metrics.jsonl").read_text().splitlines()]
+    assert losses(full_run) == losses(run)
+
+
+def test_resume_into_another_existing_run_is_refused(full_run, synthetic_root, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.yaml").write_text("method: mast\n")
+    code = main(["--resume", str(full_run / "last.pth")] + tiny_args(synthetic_root, tmp_path, "--name", "other"))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "another existing run" in err and "\n" not in err
+    assert (other / "config.yaml").read_text() == "method: mast\n"
+
+
+def _full_disk(*_args, **_kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_full_disk_is_one_line_and_leaves_the_old_file(tmp_path):
+    target = tmp_path / "result.json"
+    write_text_atomic(target, "old")
+    with pytest.raises(DiskFullError) as err:
+        atomic_write(target, _full_disk)
+    assert str(target) in str(err.value) and "no space" in str(err.value) and "\n" not in str(err.value)
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+
+    def torch_full(f):  # torch.save wraps the failed write in its own RuntimeError
+        f.write = _full_disk
+        torch.save({"w": torch.zeros(1000)}, f)
+
+    with pytest.raises(DiskFullError):
+        atomic_write(target, torch_full)
+    assert target.read_text() == "old"
+
+
+def test_append_never_leaves_a_torn_line(tmp_path, monkeypatch):
+    log = tmp_path / "results.jsonl"
+    append_line_atomic(log, json.dumps({"task": "a"}))
+    real_write = os.write
+
+    def half_then_full(fd, data):  # the disk fills up half-way through the line
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "write", half_then_full)
+    with pytest.raises(DiskFullError, match="results.jsonl"):
+        append_line_atomic(log, json.dumps({"task": "b", "metrics": list(range(100))}))
+    monkeypatch.undo()
+    append_line_atomic(log, json.dumps({"task": "c"}))
+    assert [json.loads(ln)["task"] for ln in log.read_text().splitlines()] == ["a", "c"]
+
+
+def test_stale_temps_are_only_our_writer_s(tmp_path):
+    (tmp_path / ".last.pth.k2j3h4.tmp").write_bytes(b"x")
+    (tmp_path / "notes.tmp").write_text("a user's file")
+    (tmp_path / ".hidden").write_text("a user's file")
+    assert [p.name for p in remove_stale_temps(tmp_path)] == [".last.pth.k2j3h4.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "notes.tmp"]
+
+
+def test_symlink_loops_are_listed_once(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from mast.data.folder import list_images
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / c / f"{i}.png")
+    (tmp_path / "a" / "loop").symlink_to(tmp_path / "a")  # a -> a
+    (tmp_path / "b" / "up").symlink_to(tmp_path)          # b -> root -> a, b
+    files = list_images(tmp_path)
+    assert len(files) == 6 and len({f.resolve() for f in files}) == 6
+
+
+def test_16bit_and_float_images_keep_their_content(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from mast.data.folder import open_rgb
+
+    ramp = np.linspace(0, 1, 64).reshape(8, 8)
+    Image.fromarray((ramp * 65535).astype(np.uint16)).save(tmp_path / "deep.png")
+    Image.fromarray(ramp.astype(np.float32), mode="F").save(tmp_path / "float.tiff")
+    for name in ("deep.png", "float.tiff"):
+        img = np.asarray(open_rgb(tmp_path / name))
+        assert img.dtype == np.uint8 and img.shape == (8, 8, 3)
+        assert img.min() == 0 and img.max() == 255, name  # not all-white, not all-black
+        assert np.abs(img[..., 0].astype(float) - ramp * 255).max() <= 1, name

@@ -1,0 +1,54 @@
+"""Weighted k-nearest-neighbour classification on frozen features (PROTOCOLS.md "kNN").
+
+InstDisc / DINO ``eval_knn``: features are L2-normalised, the k most cosine-similar training
+features vote for their class with weight exp(s / T), T = 0.07, and the class with the largest
+vote is the prediction. Reported: top-1 in percent for k ∈ {20, 200} (k is capped at the size of
+the training set; the cap is written to the record's details).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from mast.knn_monitor import knn_predict
+
+__all__ = ["knn_predict", "build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``python -m transfer.knn`` (run_all checks suite args against them)."""
+    from transfer.probes.cli import add_common_args
+
+    parser = argparse.ArgumentParser(prog="python -m transfer.knn", description=__doc__.splitlines()[0])
+    add_common_args(parser)
+    parser.add_argument("--k", type=int, nargs="+", default=[20, 200])
+    parser.add_argument("--temperature", type=float, default=0.07)
+    parser.add_argument("--train-split", default="train", help="the neighbour bank ('+' pools, e.g. train+val)")
+    parser.add_argument("--test-split", default="test")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m transfer.knn --ckpt X --data DIR --out OUT [--k 20 200 --temperature 0.07]``."""
+    from transfer.probes.cli import run_task
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if min(args.k) < 1 or args.temperature <= 0:
+        parser.error(f"--k must be >= 1 and --temperature > 0, got {args.k} and {args.temperature}")
+
+    def body(run, extractor) -> None:
+        train = extractor.features(args.data, args.train_split)
+        test = extractor.features(args.data, args.test_split)
+        if test.classes != train.classes:
+            raise ValueError(f"dataset {args.data}: split {args.test_split} has classes {test.classes[:5]}..., "
+                             f"expected the {len(train.classes)} classes of {args.train_split}")
+        used = {}
+        for k in args.k:
+            pred = knn_predict(train.features, train.labels, test.features, k, len(train.classes), args.temperature)
+            run.metrics[f"top1_k{k}"] = 100.0 * (pred == test.labels).double().mean().item()
+            used[f"k{k}"] = min(k, len(train.labels))
+            print(f"knn: top1_k{k} = {run.metrics[f'top1_k{k}']:.2f} (bank {len(train.labels)})")
+        run.extra["details"] = {"k_used": used, "n_bank": len(train.labels), "n_test": len(test.labels)}
+
+    return run_task("knn", args, body)
