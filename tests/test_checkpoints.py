@@ -99,8 +99,14 @@ def test_missing_and_misshaped_tensors(tmp_path, resnet18_state):
 
 
 def test_two_candidate_backbones(tmp_path, resnet18_state):
-    both = {**_prefixed(resnet18_state, "backbone."), **_prefixed(resnet18_state, "encoder.")}
-    assert "found 2 candidate prefixes" in _one_line_error(_save(tmp_path, "two.pth", both))
+    torch.manual_seed(1)
+    other = torchvision.models.resnet18(weights=None).state_dict()
+    both = {**_prefixed(resnet18_state, "backbone."), **_prefixed(other, "encoder.")}
+    message = _one_line_error(_save(tmp_path, "two.pth", both))
+    assert "found 2 candidate backbones" in message and "--backbone" in message
+    # the same tensors under two names (one module registered twice) are one backbone
+    same = {**_prefixed(resnet18_state, "backbone."), **_prefixed(resnet18_state, "encoder_q.0.")}
+    assert load_backbone(_save(tmp_path, "same.pth", same))[1].backbone == "backbone."
 
 
 def test_missing_file_and_non_dict(tmp_path):

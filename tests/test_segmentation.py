@@ -117,8 +117,14 @@ def test_caffe_style_and_deep_stem_are_refused(tmp_path: Path) -> None:
                              ("model.backbone.deep_stem=True", "deep stem")):
         with pytest.raises(BackboneMismatch, match=expected):
             load_config(_args(tmp_path / "r18.pth", tmp_path / "o", "--cfg-options", option), info)
-    with pytest.raises(BackboneMismatch, match="resnet18 but .*depth=50"):
-        load_config(_args(tmp_path / "r18.pth", tmp_path / "o", "--config", PAPER), info)
+    # The paper config (R50) takes its depth from the checkpoint, heads included...
+    cfg = load_config(_args(tmp_path / "r18.pth", tmp_path / "o", "--config", PAPER), info)
+    assert cfg.model.backbone.depth == 18
+    assert (cfg.model.decode_head.in_channels, cfg.model.auxiliary_head.in_channels) == (512, 256)
+    # ...unless a head reads a width that is no stage of the config's depth.
+    with pytest.raises(BackboneMismatch, match="resnet18 but .*depth=50.*in_channels=999"):
+        load_config(_args(tmp_path / "r18.pth", tmp_path / "o", "--config", PAPER, "--cfg-options",
+                          "model.decode_head.in_channels=999"), info)
     # The load check alone catches a deep stem: its keys are missing from a torchvision checkpoint.
     converted = read_converted(to_mmseg_file(state, info, tmp_path / "o"))
     v1c = MODELS.build(dict(type="ResNetV1c", depth=18))

@@ -1,23 +1,25 @@
 """Read any supported SSL checkpoint into one canonical torchvision-layout ResNet state_dict.
 
 Every transfer task goes through :func:`load_backbone`, so a checkpoint is understood in exactly one
-place. Accepted inputs:
+place. Accepted inputs (README "Accepted checkpoint layouts"):
 
 - this project's ``backbone.pth`` (plain torchvision layout) and ``last.pth``
   (``{"model": {"backbone.*": ...}, "config": ...}``);
-- a plain torchvision ResNet state_dict (``fc.*`` is dropped deliberately);
-- the common SSL wrappings: a top-level ``state_dict`` / ``model`` / ``teacher`` key, and key
-  prefixes such as ``module.``, ``backbone.``, ``module.backbone.``, ``module.encoder_q.``,
-  ``encoder.``.
+- a plain torchvision / timm ResNet state_dict (``fc.*`` is dropped deliberately);
+- any nesting of wrapper dicts and key prefixes (solo-learn, lightly, VISSL, mmselfsup/mmpretrain,
+  timm, MoCo, BYOL, DINO, Lightning), including lightly's ``nn.Sequential`` child indices: where
+  the ResNet is found, and which one is taken when there are several, is :mod:`transfer.layouts`.
+  ``backbone=`` (the tasks' ``--backbone``) names the one to take.
 
 The canonical state_dict holds every key of ``torchvision.models.resnetX()`` except ``fc.*``, with
 the exact shapes torchvision uses. Anything that cannot be mapped onto that (another architecture,
-missing or mis-shaped tensors, two candidate backbones in one file) raises :class:`CheckpointError`
-with a one-line message that lists what was found.
+missing or mis-shaped tensors, several candidate backbones and no way to choose) raises
+:class:`CheckpointError` with a one-line message that lists what was found.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import re
 from collections import Counter
@@ -29,6 +31,9 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from transfer.layouts import (Candidate, LayoutError, backbone_tensors, choose, find_candidates, flatten,
+                              guess_codebase)
+
 # torchvision ResNet depth -> blocks per stage; the block type follows from the depth.
 RESNET_LAYERS = {
     "resnet18": (2, 2, 2, 2),
@@ -37,17 +42,12 @@ RESNET_LAYERS = {
     "resnet101": (3, 4, 23, 3),
     "resnet152": (3, 8, 36, 3),
 }
-WRAPPER_KEYS = ("state_dict", "model", "teacher", "student", "online_network")
-# Dot-separated prefix segments that SSL codebases put in front of the backbone's names.
-KNOWN_PREFIX_PARTS = frozenset(
-    {"module", "backbone", "encoder", "encoder_q", "base_encoder", "model", "teacher", "student",
-     "online_network", "net", "trunk", "network", "resnet", "body", "_orig_mod"}
-)
-# When a file holds a query and a key (momentum) encoder, the query one is the pretrained backbone.
-_MOMENTUM_PARTS = ("encoder_k", "momentum_encoder", "target_network", "momentum")
-# The stem's first conv: present in every torchvision ResNet, so it anchors prefix detection.
+# The stem's first conv: present in every torchvision ResNet.
 _ANCHOR = "conv1.weight"
 _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.(conv3|conv1)\.weight$")
+# Plain classes some trainers pickle next to the weights (timm and DINO save their argparse
+# ``args``); allowed to be rebuilt under weights_only=True, which still never runs code.
+SAFE_GLOBALS = [argparse.Namespace]
 
 
 class CheckpointError(ValueError):
@@ -60,8 +60,19 @@ class CheckpointInfo:
     sha256: str
     arch: str
     method: str | None
-    source_format: str  # e.g. "torchvision", "mast-last", "state_dict+module.encoder_q."
+    source_format: str  # the chosen backbone's key prefix, e.g. "state_dict.module.encoder_q" ("torchvision": none)
     run_dir: str | None
+    backbone: str = ""  # the chosen candidate's flattened key prefix ("" for a plain state_dict)
+    backbone_choice: str = "the only candidate"  # how it was chosen (--backbone, the only one, a convention)
+    candidates: tuple[str, ...] = ()  # every candidate backbone found (identical copies merged)
+    layout: str = "torchvision"  # "torchvision" names or lightly's "sequential" child indices
+    codebase: str | None = None  # best guess of the writer, for people reading the record
+
+
+def weights_id(info: CheckpointInfo) -> str:
+    """Cache key of the weights a task uses: the file's sha256, plus the chosen backbone when the
+    file holds several (two choices from one file must never share converted weights or features)."""
+    return info.sha256 if len(info.candidates) <= 1 else f"{info.sha256}@{info.backbone}"
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -86,78 +97,73 @@ def canonical_keys(arch: str) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in build_resnet(arch).state_dict().items()}
 
 
-def load_backbone(path: str | Path) -> tuple[dict[str, Tensor], CheckpointInfo]:
-    """Load ``path`` and return ``(canonical torchvision state_dict, info)``.
+def add_backbone_arg(parser: argparse.ArgumentParser) -> None:
+    """``--backbone NAME``, shared by transfer.convert, transfer.inspect and every task."""
+    parser.add_argument("--backbone", default=None, metavar="NAME",
+                        help="which backbone to use when the checkpoint holds several (e.g. momentum_backbone, "
+                             "student, encoder_k): whole parts of its key prefix; see python -m transfer.inspect")
 
-    Tensors are loaded with ``weights_only=True``: a checkpoint is data, never code.
-    """
+
+def read_checkpoint(path: str | Path) -> Any:
+    """The object in ``path``, loaded with ``weights_only=True``: a checkpoint is data, never code."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (expected a .pth/.pt/.pkl file)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is one user-facing error
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"checkpoint {path} cannot be read as a torch file ({msg[:200]})") from None
-    state, wrapper = _unwrap(obj, path)
-    prefix = _find_prefix(state, path)
-    stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    arch = _detect_arch(stripped, path)
-    canonical = _canonicalise(stripped, arch, path)
-    fmt = "+".join(p for p in (wrapper, prefix or None) if p) or "torchvision"
+
+
+def locate_backbone(obj: Any, path: Path, backbone: str | None = None) -> tuple[dict[str, Tensor], list[Candidate], Candidate, str]:
+    """``(flat tensors, candidates, chosen, how it was chosen)`` of a loaded checkpoint object."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a state_dict (a dict of tensors)")
+    flat = flatten(obj)
+    cands = find_candidates(flat)
+    if not cands:
+        raise CheckpointError(f"checkpoint {path}: no ResNet weights found (no 3-channel stem conv such as "
+                              f"{_ANCHOR!r}; top-level keys: {', '.join(map(str, list(obj)[:8]))})")
+    try:
+        chosen, how = choose(cands, backbone, f"checkpoint {path}")
+    except LayoutError as e:
+        raise CheckpointError(str(e)) from None
+    return flat, cands, chosen, how
+
+
+def load_backbone(path: str | Path, backbone: str | None = None) -> tuple[dict[str, Tensor], CheckpointInfo]:
+    """Load ``path`` and return ``(canonical torchvision state_dict, info)``.
+
+    ``backbone`` picks one of several candidate backbones by name (``--backbone``; any run of
+    whole key-path parts of its prefix, e.g. ``momentum_backbone`` or ``student.module.backbone``).
+    """
+    path = Path(path)
+    obj = read_checkpoint(path)
+    flat, cands, chosen, how = locate_backbone(obj, path, backbone)
+    stripped = backbone_tensors(chosen, flat)
+    where = f"{path} [{chosen.name}]" if len(cands) > 1 else str(path)
+    arch = detect_arch(stripped, where)
+    canonical = canonicalise(stripped, arch, where)
     info = CheckpointInfo(
         path=str(path.resolve()),
         sha256=sha256_file(path),
         arch=arch,
-        method=_find_method(obj, path),
-        source_format=fmt,
+        method=find_method(obj, path),
+        source_format=chosen.name or "torchvision",
         run_dir=str(path.resolve().parent) if (path.parent / "config.yaml").is_file() else None,
+        backbone=chosen.prefix,
+        backbone_choice=how,
+        candidates=tuple(c.name for c in cands),
+        layout=chosen.layout,
+        codebase=guess_codebase(obj, cands, chosen),
     )
     return canonical, info
 
 
-def _unwrap(obj: Any, path: Path) -> tuple[dict[str, Tensor], str | None]:
-    """Descend through the usual wrapper keys until a flat name -> tensor mapping is reached."""
-    wrapper: list[str] = []
-    for _ in range(3):
-        if not isinstance(obj, Mapping):
-            raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a state_dict (a dict of tensors)")
-        tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
-        if tensors and any(k.endswith(_ANCHOR) for k in tensors):
-            return tensors, ".".join(wrapper) or None
-        inner = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            break
-        wrapper.append(inner)
-        obj = obj[inner]
-    found = ", ".join(list(obj)[:8]) if isinstance(obj, Mapping) else type(obj).__name__
-    raise CheckpointError(
-        f"checkpoint {path}: no ResNet weights found (no key ending in {_ANCHOR!r}; top-level keys: {found})"
-    )
-
-
-def _find_prefix(state: Mapping[str, Tensor], path: Path) -> str:
-    """The one prefix in front of ``conv1.weight``; two candidate backbones is an error."""
-    prefixes = sorted({k[: -len(_ANCHOR)] for k in state if k.endswith(_ANCHOR)})
-    # ``layer1.0.conv1.weight`` also ends in ``conv1.weight``: keep only stem candidates.
-    stems = [p for p in prefixes if not re.search(r"layer\d\.\d+\.$", p)]
-    if len(stems) > 1:
-        online = [p for p in stems if not any(part in p.split(".") for part in _MOMENTUM_PARTS)]
-        stems = online if len(online) == 1 else stems
-    if len(stems) != 1:
-        raise CheckpointError(
-            f"checkpoint {path}: expected one ResNet backbone, found {len(stems)} candidate prefixes {stems}"
-        )
-    unknown = [part for part in stems[0].split(".")[:-1] if part not in KNOWN_PREFIX_PARTS]
-    if unknown:
-        raise CheckpointError(
-            f"checkpoint {path}: unrecognised key prefix {stems[0]!r} (parts {unknown}); "
-            f"expected parts from {sorted(KNOWN_PREFIX_PARTS)}"
-        )
-    return stems[0]
-
-
-def _detect_arch(state: Mapping[str, Tensor], path: Path) -> str:
+def detect_arch(state: Mapping[str, Tensor], path: Path | str) -> str:
+    """The torchvision ResNet whose blocks per stage and block type ``state`` has (``path`` names it in errors)."""
     blocks = Counter()
     bottleneck = False
     for key in state:
@@ -177,7 +183,8 @@ def _detect_arch(state: Mapping[str, Tensor], path: Path) -> str:
     )
 
 
-def _canonicalise(state: Mapping[str, Tensor], arch: str, path: Path) -> dict[str, Tensor]:
+def canonicalise(state: Mapping[str, Tensor], arch: str, path: Path | str) -> dict[str, Tensor]:
+    """``state`` as exactly ``arch``'s canonical keys; missing, mis-shaped or left-over tensors are refused."""
     expected = canonical_keys(arch)
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     bad_shape = [k for k in expected if k in state and state[k].shape != expected[k]]
@@ -201,7 +208,7 @@ def _canonicalise(state: Mapping[str, Tensor], arch: str, path: Path) -> dict[st
 INIT_CHECKPOINT = "backbone_init.pth"  # a run's network before step 1 (mast.pretrain writes it)
 
 
-def _find_method(obj: Any, path: Path) -> str | None:
+def find_method(obj: Any, path: Path) -> str | None:
     """The pretraining method, from an embedded config or the run's ``config.yaml``.
 
     A run's ``backbone_init.pth`` was never trained: its method is ``"init"``, whatever the run's.

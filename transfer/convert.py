@@ -30,7 +30,7 @@ from torch import Tensor
 
 from mast.atomic import DiskFullError, pickle_atomic, torch_save_atomic
 
-from transfer.checkpoints import CheckpointError, CheckpointInfo, canonical_keys, load_backbone
+from transfer.checkpoints import CheckpointError, CheckpointInfo, add_backbone_arg, canonical_keys, load_backbone
 
 __all__ = ["ConversionError", "MAPPING_VERSION", "detectron2_name", "to_detectron2", "to_mmseg", "convert_file", "main"]
 
@@ -91,7 +91,8 @@ def to_detectron2(state: Mapping[str, Tensor], info: CheckpointInfo) -> dict[str
     """Detectron2 model-zoo pickle of a canonical torchvision ResNet state_dict.
 
     Returns ``{"model": {d2 name: float32 ndarray}, "__author__", "matching_heuristics": True,
-    "mapping_version", "source_path", "source_sha256", "arch", "method", "source_format"}``;
+    "mapping_version", "source_path", "source_sha256", "arch", "method", "source_format",
+    "source_backbone", "backbone_choice"}``;
     ``matching_heuristics`` lets detectron2 place ``res5.*`` in the C4 ROI head. Coverage is
     checked both ways: every kept input tensor maps to exactly one new name and no two inputs
     share one.
@@ -116,6 +117,8 @@ def to_detectron2(state: Mapping[str, Tensor], info: CheckpointInfo) -> dict[str
         "arch": info.arch,
         "method": info.method,
         "source_format": info.source_format,
+        "source_backbone": info.backbone,
+        "backbone_choice": info.backbone_choice,
     }
 
 
@@ -130,9 +133,10 @@ def to_mmseg(state: Mapping[str, Tensor], info: CheckpointInfo) -> dict[str, Ten
     return {f"backbone.{k}": state[k].detach().cpu().clone() for k in order + counters}
 
 
-def convert_file(ckpt: str | Path, to: str, out: str | Path) -> CheckpointInfo:
-    """Read ``ckpt``, convert it for engine ``to`` and write ``out`` atomically."""
-    state, info = load_backbone(ckpt)
+def convert_file(ckpt: str | Path, to: str, out: str | Path, backbone: str | None = None) -> CheckpointInfo:
+    """Read ``ckpt`` (its backbone ``backbone`` when it holds several), convert it for engine ``to``
+    and write ``out`` atomically."""
+    state, info = load_backbone(ckpt, backbone)
     if to == "detectron2":
         pickle_atomic(out, to_detectron2(state, info))
     elif to == "mmseg":
@@ -158,14 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", required=True, choices=("detectron2", "mmseg"))
     parser.add_argument("--out", required=True, help="output file (.pkl for detectron2, .pth for mmseg)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out (never the --ckpt itself)")
+    add_backbone_arg(parser)
     args = parser.parse_args(argv)
     try:
         check_out(Path(args.ckpt), Path(args.out), args.force)
-        info = convert_file(args.ckpt, args.to, args.out)
+        info = convert_file(args.ckpt, args.to, args.out, args.backbone)
     except (CheckpointError, ConversionError, DiskFullError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{args.out}: {info.arch} from {info.path} (sha256 {info.sha256[:12]}, {info.source_format}) for {args.to}")
+    print(f"{args.out}: {info.arch} from {info.path} (sha256 {info.sha256[:12]}, backbone "
+          f"'{info.source_format}': {info.backbone_choice}) for {args.to}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """Run an evaluation suite on one or more checkpoints, then build the paper-style report.
 
     python transfer/run_all.py --ckpt runs/pretrain/demo_mast/backbone.pth --ckpt vicreg.pth \\
-        [--name mast --name vicreg] [--suite demo|paper|my.yaml] [--tasks knn linear] \\
+        [--name mast --name vicreg] [--backbone NAME ...] [--suite demo|paper|my.yaml] [--tasks knn linear] \\
         [--out runs/transfer] [--force] [--jobs N] [--report reports/NAME] [--baseline vicreg]
 
 A thin orchestrator over the task CLIs (``python -m transfer.<task> --ckpt C --out D --scale S``):
@@ -14,19 +14,22 @@ resumes where it stopped. ``D = OUT/<checkpoint name>/<task name>``.
 
 from __future__ import annotations
 
+import sys
+
+if not __package__:  # run as a script path: the repository, not transfer/, is the first import root,
+    import os.path   # so that transfer/inspect.py never shadows the standard library's inspect
+
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 import argparse
 import ctypes
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-if not __package__:  # run as a script path: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mast import rundir  # noqa: E402
 from mast.atomic import DiskFullError  # noqa: E402
@@ -50,6 +53,8 @@ class Checkpoint:
     arch: str
     method: str | None
     untrained: bool
+    backbone: str | None = None  # the --backbone passed to every task (None: each file's default choice)
+    chosen: str = ""  # the backbone prefix that choice resolves to (for the record)
 
 
 @dataclass
@@ -72,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "floor: suite tasks marked 'checkpoints: trained' (fine-tuning) skip it")
     p.add_argument("--name", action="append", default=[], help="display name per --ckpt, in order "
                    "(default: the pretraining run's directory name, else the file stem)")
+    p.add_argument("--backbone", action="append", default=[], metavar="NAME",
+                   help="backbone to use in a checkpoint holding several (see python -m transfer.inspect): once for "
+                        "every --ckpt, or once per --ckpt in order ('auto' keeps that file's default choice)")
     p.add_argument("--suite", default="demo", help="demo | paper | path to a suite YAML (default demo)")
     p.add_argument("--tasks", nargs="+", default=None, help="only these task types")
     p.add_argument("--var", action="append", default=[], help="override a suite variable: NAME=VALUE")
@@ -91,25 +99,31 @@ def default_name(path: Path) -> str:
     return path.stem
 
 
-def resolve_checkpoints(paths: list[str], names: list[str]) -> list[Checkpoint]:
+def resolve_checkpoints(paths: list[str], names: list[str], backbones: list[str] | None = None) -> list[Checkpoint]:
     """Validate every --ckpt before anything runs: it exists, maps onto a ResNet, names are unique."""
     from transfer.checkpoints import CheckpointError, load_backbone
 
     if names and len(names) != len(paths):
         raise UsageError(f"--name given {len(names)} times for {len(paths)} --ckpt; give one per checkpoint or none")
+    backbones = list(backbones or [])
+    if len(backbones) not in (0, 1, len(paths)):
+        raise UsageError(f"--backbone given {len(backbones)} times for {len(paths)} --ckpt; give it once (for every "
+                         "checkpoint) or once per --ckpt ('auto' for the default choice)")
+    choices = [None if b in (None, "auto") else b for b in (backbones * len(paths) if len(backbones) == 1 else backbones)]
     out = []
     for i, raw in enumerate(paths):
         path = Path(raw)
         if not path.is_file():
             raise UsageError(f"--ckpt {raw}: no such file (expected a checkpoint .pth)")
         try:
-            _, info = load_backbone(path)
+            _, info = load_backbone(path, choices[i] if choices else None)
         except CheckpointError as e:
             raise UsageError(f"--ckpt {raw}: {e}") from None
         name = names[i] if names else default_name(path)
         if not name or not set(name) <= _NAME_CHARS or set(name) == {"."}:
             raise UsageError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (it names a directory)")
-        out.append(Checkpoint(name, path, info.sha256, info.arch, info.method, path.stem == UNTRAINED_STEM))
+        out.append(Checkpoint(name, path, info.sha256, info.arch, info.method, path.stem == UNTRAINED_STEM,
+                              choices[i] if choices else None, info.backbone))
     seen: dict[str, Path] = {}
     for c in out:
         if c.name in seen:
@@ -119,11 +133,12 @@ def resolve_checkpoints(paths: list[str], names: list[str]) -> list[Checkpoint]:
 
 
 def plan(ckpts: list[Checkpoint], suite: Suite, out: Path, force: bool) -> tuple[list[Job], list[Job]]:
-    """(jobs to run, jobs already done). Done = an ok record with the same name, ckpt sha256, config hash."""
+    """(jobs to run, jobs already done). Done = an ok record with the same name, ckpt sha256, config hash
+    and --backbone."""
     from transfer.records import read_jsonl
 
     done_keys = {
-        (r.get("name"), r.get("ckpt_sha256"), r.get("task_config_hash"))
+        (r.get("name"), r.get("ckpt_sha256"), r.get("task_config_hash"), r.get("backbone_option"))
         for r in read_jsonl(out / "results.jsonl") if r.get("status") == "ok"
     }
     todo, done = [], []
@@ -132,7 +147,7 @@ def plan(ckpts: list[Checkpoint], suite: Suite, out: Path, force: bool) -> tuple
             if spec.checkpoints == "trained" and ckpt.untrained:
                 continue
             job = Job(ckpt, spec, out / ckpt.name / spec.name)
-            key = (ckpt.name, ckpt.sha256, spec.config_hash)
+            key = (ckpt.name, ckpt.sha256, spec.config_hash, ckpt.backbone)
             (done if key in done_keys and not force else todo).append(job)
     for i, job in enumerate(todo, 1):
         job.index = i
@@ -154,12 +169,18 @@ def _die_with_parent() -> None:
     _PRCTL(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
 
+def job_command(job: Job) -> list[str]:
+    """The task's command line: the suite entry's, plus the checkpoint's --backbone if one was given."""
+    cmd = job.spec.command(sys.executable, job.ckpt.path, job.out_dir)
+    return cmd + (["--backbone", job.ckpt.backbone] if job.ckpt.backbone else [])
+
+
 def start(job: Job, total: int) -> None:
     job.out_dir.mkdir(parents=True, exist_ok=True)
     stale = job.out_dir / "record.json"
     if stale.exists():  # from a failed or forced earlier run: keep it, but out of the task's way
         os.replace(stale, job.out_dir / "record.prev.json")
-    cmd = job.spec.command(sys.executable, job.ckpt.path, job.out_dir)
+    cmd = job_command(job)
     job.log = open(job.out_dir / "run_all.log", "w")
     job.log.write(" ".join(cmd) + "\n")
     job.log.flush()
@@ -188,7 +209,8 @@ def finish(job: Job, rc: int, timed_out: bool = False) -> dict:
         record["checkpoint"] = _failed_record(job, "")["checkpoint"]
         record["method"] = record.get("method") or job.ckpt.method
     record.update(name=job.ckpt.name, task_name=job.spec.name, task_config_hash=job.spec.config_hash,
-                  ckpt_sha256=job.ckpt.sha256, task_args=job.spec.args, run_dir=str(job.out_dir),
+                  ckpt_sha256=job.ckpt.sha256, backbone_option=job.ckpt.backbone, ckpt_backbone=job.ckpt.chosen,
+                  task_args=job.spec.args, run_dir=str(job.out_dir),
                   exit_code=rc, wall_s=round(time.monotonic() - job.t0, 1) if job.t0 else None)
     return record
 
@@ -199,7 +221,7 @@ def _failed_record(job: Job, error: str) -> dict:
     ckpt = job.ckpt
     record = new_record(job.spec.task, str(job.spec.args.get("data", job.spec.args.get("config", ""))),
                         job.spec.scale, {"path": str(ckpt.path.resolve()), "sha256": ckpt.sha256, "arch": ckpt.arch,
-                                         "method": ckpt.method}, ckpt.method, {"args": job.spec.args})
+                                         "method": ckpt.method, "backbone": ckpt.chosen}, ckpt.method, {"args": job.spec.args})
     record.update(elapsed_s=round(time.monotonic() - job.t0, 3) if job.t0 else None, status="failed", error=error)
     return record
 
@@ -329,7 +351,7 @@ def _main(argv: list[str] | None) -> int:
         if args.jobs < 1:
             raise UsageError(f"--jobs {args.jobs}: expected a positive integer")
         suite = load_suite(args.suite, parse_vars(args.var), args.tasks)
-        ckpts = resolve_checkpoints(args.ckpt, args.name)
+        ckpts = resolve_checkpoints(args.ckpt, args.name, args.backbone)
         if args.baseline is not None and args.baseline not in {c.name for c in ckpts}:
             raise UsageError(f"--baseline {args.baseline}: not one of the checkpoint names {[c.name for c in ckpts]}")
     except (UsageError, SuiteError) as e:

@@ -149,7 +149,7 @@ def _parse_entry(entry: Any, index: int, path: Path, variables: dict[str, str], 
     args = entry.get("args") or {}
     if not isinstance(args, dict):
         raise SuiteError(f"{where}: 'args' must be a mapping of option -> value")
-    for reserved in ("ckpt", "out", "scale", "force"):
+    for reserved in ("ckpt", "out", "scale", "force", "backbone"):
         if reserved in args:
             raise SuiteError(f"{where}: args key {reserved!r} is set by run_all, remove it")
     checkpoints = entry.get("checkpoints", "all")

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from mast.atomic import pickle_atomic, write_text_atomic
-from transfer.checkpoints import CheckpointInfo, load_backbone
+from transfer.checkpoints import CheckpointInfo, add_backbone_arg, load_backbone, weights_id
 from transfer.convert import MAPPING_VERSION, to_detectron2
 from transfer.detection.data import SYNTHETIC_SPLITS, prepare_datasets, synthetic_num_classes
 from transfer.detection.train import RESULT_FILE, setup_logging, train_and_evaluate
@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-model", action=argparse.BooleanOptionalAction, default=None,
                    help="keep detectron2's model_final.pth (default: paper yes, demo no)")
     p.add_argument("--force", action="store_true", help="replace an existing DIR/record.json")
+    add_backbone_arg(p)
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads per process (0: torch's default); 1 avoids oversubscribing a small CPU")
     p.epilog = "KEY VALUE ...: detectron2 config overrides, anywhere on the line (e.g. SOLVER.MAX_ITER 100)"
@@ -115,12 +116,14 @@ def load_config(path: str, opts: list[str]) -> Any:
 def converted_weights(state: dict, info: CheckpointInfo, cache_dir: Path) -> Path:
     """The detectron2 pickle of ``info``'s checkpoint, converted once per sha256 and mapping version."""
     slug = MAPPING_VERSION.replace(">", "").replace(" ", "_").replace("-", "")
-    path = Path(cache_dir) / f"{info.sha256}-{slug}.pkl"
+    key = weights_id(info).replace("@", "-").replace("/", "_").rstrip(".")
+    path = Path(cache_dir) / f"{key}-{slug}.pkl"
     if path.is_file():
         try:
             with open(path, "rb") as f:
                 cached = pickle.load(f)
-            if cached.get("source_sha256") == info.sha256 and cached.get("mapping_version") == MAPPING_VERSION:
+            if (cached.get("source_sha256") == info.sha256 and cached.get("mapping_version") == MAPPING_VERSION
+                    and cached.get("source_backbone", info.backbone) == info.backbone):
                 log.info("converted weights (cached): %s", path)
                 return path
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
@@ -228,7 +231,7 @@ def execute(run: TaskRun, cfg: Any, args: argparse.Namespace) -> None:
     """Everything inside the record: checkpoint, conversion, datasets, seeds, metrics."""
     out = Path(args.out)
     setup_logging(out / "log.txt", rank=0)
-    state, info = load_backbone(args.ckpt)
+    state, info = load_backbone(args.ckpt, args.backbone)
     run.extra.update(checkpoint=asdict(info), method=info.method)
     weights = converted_weights(state, info, Path(args.cache_dir))
     notes = resolve_config(cfg, args, info, weights)
@@ -267,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --config {args.config} with overrides {args.opts}: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE
     config = {"config_file": str(Path(args.config).resolve()), "overrides": args.opts, "seeds": args.seeds,
-              "num_gpus": args.num_gpus, "num_machines": args.num_machines, "data_root": args.data_root}
+              "num_gpus": args.num_gpus, "num_machines": args.num_machines, "data_root": args.data_root,
+              "backbone": args.backbone}
     try:
         run = TaskRun(task="detection", dataset=dataset_label(cfg), scale=args.scale, out_dir=args.out,
                       ckpt_info=None, config=config, seeds=args.seeds, force=args.force)

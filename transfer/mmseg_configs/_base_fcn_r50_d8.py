@@ -3,7 +3,8 @@
 # mmseg `ResNet` with style='pytorch' and no deep stem (the torchvision layout an SSL checkpoint
 # has), never `ResNetV1c`, whose deep stem would stay random. `contract_dilation=True` makes the
 # first block of a dilated stage use half the dilation, which is exactly what torchvision's
-# `replace_stride_with_dilation` does. transfer/segmentation/runner.py fills `init_cfg.checkpoint`.
+# `replace_stride_with_dilation` does. transfer/segmentation/runner.py fills `init_cfg.checkpoint`, and
+# sets `depth` from the checkpoint (any torchvision depth) with the heads' `in_channels` to match.
 # Self-contained: no `mmseg::` lookups.
 norm_cfg = dict(type='SyncBN', requires_grad=True)  # BN when the runner uses one process
 crop_size = (512, 512)

@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from transfer.checkpoints import CheckpointError
+from transfer.checkpoints import CheckpointError, add_backbone_arg
 from transfer.probes.features import FeatureError, FeatureExtractor
 from transfer.records import EXIT_USAGE, TaskRun, TaskSkipped
 
@@ -33,6 +33,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                              "thread per process measured 2-30x faster than two)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--force", action="store_true", help="replace an existing record.json in --out")
+    add_backbone_arg(parser)
 
 
 def dataset_name(data: str | Path) -> str:
@@ -68,7 +69,7 @@ def _run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[i
     if Path(args.data).is_dir():
         try:
             extractor = FeatureExtractor(args.ckpt, args.image_size, args.cache_dir, args.batch_size,
-                                         args.num_workers, args.device, not args.no_progress)
+                                         args.num_workers, args.device, not args.no_progress, args.backbone)
             config["image_size"] = extractor.image_size
         except (CheckpointError, FeatureError, OSError) as e:
             load_error = e

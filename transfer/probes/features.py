@@ -7,7 +7,7 @@ resized, bicubic, then the centre square at the pretraining resolution:
 checkpoint's ResNet (``fc = Identity``, eval mode, no grad, channels_last, batched). The output
 is the un-normalised pooled feature, as in AugSelf.
 
-Cache: one file per (checkpoint sha256, backbone arch, dataset path + split + every image's
+Cache: one file per (checkpoint sha256 and, in a file with several, the chosen backbone; arch, dataset path + split + every image's
 relative path/size/mtime, transform) under ``--cache-dir`` (default ``.cache/features``), written
 atomically. Any change of the checkpoint's bytes or of the image files gives another key, so a
 stale entry is never read. The network is built only on a cache miss.
@@ -28,7 +28,7 @@ from mast import rundir
 from mast.atomic import torch_save_atomic
 from mast.data.folder import DatasetError, center_square, list_images, open_rgb
 
-from transfer.checkpoints import CheckpointInfo, build_resnet, load_backbone
+from transfer.checkpoints import CheckpointInfo, build_resnet, load_backbone, weights_id
 
 __all__ = ["FeatureError", "SplitFeatures", "FeatureExtractor", "list_samples", "pretrain_resolution"]
 
@@ -122,8 +122,9 @@ class FeatureExtractor:
     """
 
     def __init__(self, ckpt: str | Path, image_size: int | None = None, cache_dir: str | Path = ".cache/features",
-                 batch_size: int = 128, num_workers: int = 0, device: str = "auto", progress: bool = True) -> None:
-        self.state, self.info = load_backbone(ckpt)
+                 batch_size: int = 128, num_workers: int = 0, device: str = "auto", progress: bool = True,
+                 backbone: str | None = None) -> None:
+        self.state, self.info = load_backbone(ckpt, backbone)
         self.image_size = image_size or pretrain_resolution(self.info) or DEFAULT_RESOLUTION
         if image_size is None and pretrain_resolution(self.info) is None:
             print(f"features: no pretraining resolution found for {ckpt}; using {self.image_size} px "
@@ -136,7 +137,7 @@ class FeatureExtractor:
 
     def cache_key(self, root: Path, split: str, samples: list[tuple[Path, int]]) -> str:
         h = hashlib.sha256()
-        head = {"ckpt_sha256": self.info.sha256, "arch": self.info.arch, "root": str(root.resolve()),
+        head = {"ckpt_sha256": weights_id(self.info), "arch": self.info.arch, "root": str(root.resolve()),
                 "split": split, "transform": _transform_id(self.image_size)}
         h.update(json.dumps(head, sort_keys=True).encode())
         for path, label in samples:

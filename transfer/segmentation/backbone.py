@@ -43,11 +43,19 @@ def arch_depth(arch: str) -> int:
     return int(arch.removeprefix("resnet"))
 
 
-def check_backbone_cfg(backbone: dict, info: CheckpointInfo, config_name: str) -> None:
+def stage_channels(depth: int) -> tuple[int, ...]:
+    """Output channels of the four ResNet stages (basic blocks for 18/34, bottlenecks from 50)."""
+    expansion = 1 if depth < 50 else 4
+    return tuple(64 * 2 ** i * expansion for i in range(4))
+
+
+def check_backbone_cfg(backbone: dict, info: CheckpointInfo, config_name: str, heads: tuple = ()) -> list[str]:
     """Refuse a backbone config that cannot reproduce the torchvision network of ``info``.
 
-    Sets ``depth`` from ``info.arch`` when the config leaves it out; a different depth is refused,
-    since the heads' input channels are written for one depth.
+    The depth comes from the checkpoint: a config written for another depth is adapted when each
+    of ``heads`` (decode/auxiliary head configs) reads a stage at that depth's width (``in_channels``
+    = the stage's channels at ``in_index``): depth and those widths are set for the checkpoint.
+    A head with other widths is refused. Returns notes on what was changed.
     """
     btype = str(backbone.get("type"))
     where = f"config {config_name}: model.backbone"
@@ -68,13 +76,23 @@ def check_backbone_cfg(backbone: dict, info: CheckpointInfo, config_name: str) -
             "(its deep stem would stay random); use type='ResNet', deep_stem=False, avg_down=False"
         )
     depth = arch_depth(info.arch)
-    if backbone.get("depth") is None:
+    if backbone.get("depth") is None or int(backbone["depth"]) == depth:
         backbone["depth"] = depth
-    elif int(backbone["depth"]) != depth:
-        raise BackboneMismatch(
-            f"checkpoint {info.path} is a {info.arch} but {where}.depth={backbone['depth']}; "
-            f"use a config written for depth {depth} (head in_channels depend on it)"
-        )
+        return []
+    old = int(backbone["depth"])
+    notes = [f"model.backbone.depth {old} -> {depth} (from the checkpoint)"]
+    for head in (h for h in heads if h):
+        index, width = head.get("in_index", -1), head.get("in_channels")
+        if not isinstance(index, int) or width != stage_channels(old)[index]:
+            raise BackboneMismatch(
+                f"checkpoint {info.path} is a {info.arch} but {where}.depth={old}, and head {head.get('type')} "
+                f"in_channels={width} (in_index={index}) is not a depth-{old} stage width; use a config written "
+                f"for depth {depth}"
+            )
+        head["in_channels"] = stage_channels(depth)[index]
+        notes.append(f"{head.get('type')} in_channels {width} -> {head['in_channels']}")
+    backbone["depth"] = depth
+    return notes
 
 
 def to_mmseg_file(state: Mapping[str, Tensor], info: CheckpointInfo, out_dir: Path) -> Path:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mast.atomic import write_text_atomic
-from transfer.checkpoints import CheckpointInfo
+from transfer.checkpoints import CheckpointInfo, add_backbone_arg
 from transfer.engines import sync_norms_to_bn
 from transfer.records import EXIT_USAGE, TaskFailed, TaskRun
 
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch CPU threads (0: torch's default); 1 avoids oversubscribing a CPU shared with data workers")
     p.add_argument("--resume", action="store_true", help="resume from the latest Runner checkpoint in DIR/work")
     p.add_argument("--force", action="store_true", help="re-run even if DIR/record.json exists")
+    add_backbone_arg(p)
     return p
 
 
@@ -71,7 +72,8 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
         cfg.merge_from_dict(parsed.opts)
     if args.data_root:
         set_data_root(cfg, args.data_root)
-    check_backbone_cfg(cfg.model.backbone, info, path.name)
+    heads = (cfg.model.get("decode_head"), cfg.model.get("auxiliary_head"))
+    cfg.depth_notes = check_backbone_cfg(cfg.model.backbone, info, path.name, heads)
     cfg.launcher = args.launcher
     if args.launcher != "none":
         import torch
@@ -192,7 +194,7 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    state, info = load_backbone(args.ckpt)
+    state, info = load_backbone(args.ckpt, args.backbone)
     cfg = load_config(args, info)
     cfg.resume = bool(args.resume)
     dataset = str(cfg.get("dataset_name") or Path(cfg.config_file).stem)
@@ -219,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     scale_config = args.config or str(DEFAULT_CONFIGS[args.scale])
     try:
         task = TaskRun(task="segmentation", dataset=Path(scale_config).stem, scale=args.scale,
-                       out_dir=args.out, ckpt_info=None, config={"config_file": scale_config},
+                       out_dir=args.out, ckpt_info=None, config={"config_file": scale_config, "backbone": args.backbone},
                        seeds=[args.seed], force=args.force or args.resume)
     except FileExistsError as e:
         print(f"segmentation: {e}", file=sys.stderr)

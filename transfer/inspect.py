@@ -1,0 +1,151 @@
+"""What a checkpoint holds, as the transfer tasks will read it.
+
+    python -m transfer.inspect CKPT [--backbone NAME] [--json]
+
+A few lines: the file, the codebase that most likely wrote it, every candidate backbone (its role
+and architecture), the one the tasks would use and why, its architecture and parameter count, the
+tensors left unused and why, and training metadata (epoch, method...) when the file has some.
+Exit code 0 when a backbone can be used, 1 when the tasks would refuse the file (the reason is
+printed), 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Mapping
+
+from transfer.checkpoints import (CheckpointError, canonicalise, detect_arch, find_method, add_backbone_arg,
+                                  read_checkpoint, sha256_file)
+from transfer.layouts import Candidate, LayoutError, backbone_tensors, choose, find_candidates, flatten, guess_codebase
+
+METADATA_KEYS = ("epoch", "epochs", "global_step", "iteration", "iter", "phase_idx", "train_phase_idx", "arch",
+                 "model", "method", "version", "pytorch-lightning_version", "mmselfsup_version", "mmpretrain_version",
+                 "mmengine_version", "mmcls_version", "loss", "metric")
+
+
+def inspect_checkpoint(path: str | Path, backbone: str | None = None) -> dict[str, Any]:
+    """Everything :func:`main` prints, as a JSON-ready dict (``error`` set when the tasks would refuse)."""
+    path = Path(path)
+    obj = read_checkpoint(path)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a state_dict (a dict of tensors)")
+    flat = flatten(obj)
+    cands = find_candidates(flat)
+    report: dict[str, Any] = {
+        "path": str(path), "sha256": sha256_file(path), "size_mb": round(path.stat().st_size / 2**20, 1),
+        "tensors": len(flat), "candidates": [_describe(c, flat) for c in cands], "metadata": metadata(obj, path),
+        "codebase": None, "chosen": None, "choice": None, "arch": None, "layout": None, "parameters": None,
+        "unused": [], "error": None,
+    }
+    chosen = None
+    try:
+        if not cands:
+            raise LayoutError(f"checkpoint {path}: no ResNet weights found (no 3-channel stem conv)")
+        chosen, report["choice"] = choose(cands, backbone, f"checkpoint {path}")
+        report.update(chosen=chosen.name, codebase=guess_codebase(obj, cands, chosen), layout=chosen.layout)
+        tensors = backbone_tensors(chosen, flat)
+        report["arch"] = arch = detect_arch(tensors, path)
+        state = canonicalise(tensors, arch, path)
+        report["parameters"] = sum(v.numel() for k, v in state.items() if not k.endswith(_BUFFERS))
+    except (CheckpointError, LayoutError) as e:
+        report["error"] = str(e)
+    report["unused"] = unused(flat, cands, chosen)
+    return report
+
+
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _describe(c: Candidate, flat: Mapping) -> dict[str, Any]:
+    tensors = backbone_tensors(c, flat)
+    try:
+        arch = detect_arch(tensors, c.name)
+    except CheckpointError:
+        arch = "not a torchvision ResNet"
+    return {"name": c.name, "role": c.role, "layout": c.layout, "arch": arch, "tensors": len(c.keys),
+            "aliases": [a.rstrip(".") for a in c.aliases]}
+
+
+def unused(flat: Mapping, cands: list[Candidate], chosen: Candidate | None) -> list[dict[str, Any]]:
+    """Tensors the tasks do not read, grouped, with the reason."""
+    owner = {k: c for c in cands for k in c.keys}
+    groups: Counter = Counter()
+    for key in flat:
+        c = owner.get(key)
+        if c is not None and c is chosen:
+            rest = key[len(c.prefix):]
+            if rest.startswith("fc."):
+                groups[(c.prefix + "fc.*", "classifier (dropped)")] += 1
+            continue
+        if c is not None:
+            groups[(c.prefix + "*", f"another candidate backbone ({c.role})")] += 1
+        elif any(key.startswith(a) for other in cands for a in other.aliases):
+            groups[(next(a for o in cands for a in o.aliases if key.startswith(a)) + "*", "identical copy of a candidate")] += 1
+        else:
+            parts = key.split(".")
+            group = ".".join(parts[:2 if len(parts) > 2 else 1]) + ".*"
+            why = "optimizer state" if parts[0].startswith("optim") else "not part of the backbone (head, projector, ...)"
+            groups[(group, why)] += 1
+    return [{"group": g, "count": n, "reason": why} for (g, why), n in groups.items()]
+
+
+def metadata(obj: Mapping, path: Path) -> dict[str, Any]:
+    """Training metadata found next to the weights (top level, mmengine ``meta``, argparse ``args``)."""
+    out: dict[str, Any] = {}
+    sources = [obj, obj.get("meta"), vars(obj["args"]) if isinstance(obj.get("args"), argparse.Namespace) else None]
+    for source in sources:
+        if not isinstance(source, Mapping):
+            continue
+        for key in METADATA_KEYS:
+            value = source.get(key)
+            if isinstance(value, (int, float, str, bool)) and key not in out:
+                out[key] = value
+    method = find_method(obj, path)
+    if method:
+        out["method"] = method
+    return out
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The human-readable form: a few lines."""
+    cands = ", ".join(f"'{c['name']}' ({c['role']}, {c['arch']}"
+                      + (f", same as {c['aliases']}" if c["aliases"] else "") + ")" for c in r["candidates"])
+    lines = [f"checkpoint: {r['path']} ({r['size_mb']} MB, {r['tensors']} tensors, sha256 {r['sha256'][:12]})",
+             f"written by: {r['codebase'] or 'unknown'}",
+             f"candidates: {cands or 'none'}"]
+    if r["error"]:
+        lines.append(f"refused: {r['error']}")
+    if r["chosen"] is not None:
+        lines.append(f"backbone: '{r['chosen']}' ({r['choice']})")
+    if r["arch"]:
+        layout = "nn.Sequential child indices" if r["layout"] == "sequential" else "torchvision names"
+        params = f", {r['parameters']:,} parameters without fc" if r["parameters"] else ""
+        lines.append(f"architecture: {r['arch']} ({layout}{params})")
+    if r["unused"]:
+        lines.append("unused: " + "; ".join(f"{u['group']} {u['count']} ({u['reason']})" for u in r["unused"]))
+    meta = ", ".join(f"{k}={v}" for k, v in r["metadata"].items())
+    lines.append(f"metadata: {meta or 'none'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m transfer.inspect", description=__doc__.split("\n")[0])
+    parser.add_argument("ckpt", help="checkpoint file (.pth/.pt/.pkl)")
+    add_backbone_arg(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
+    args = parser.parse_args(argv)
+    try:
+        report = inspect_checkpoint(args.ckpt, args.backbone)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=1) if args.json else format_report(report))
+    return 1 if report["error"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

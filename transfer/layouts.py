@@ -1,0 +1,240 @@
+"""Where the ResNet sits in a checkpoint, whichever SSL codebase wrote it.
+
+A checkpoint is first *flattened*: nested dicts become dotted names (VISSL's ``classy_state_dict``
+-> ``base_model`` -> ``model`` -> ``trunk`` is just the prefix
+``classy_state_dict.base_model.model.trunk._feature_blocks.``), so every wrapper and every key
+prefix is handled the same way. A *candidate backbone* is then found by its stem, a 4-D conv
+weight with 3 input channels:
+
+- ``P + conv1.weight``: torchvision names, which torchvision, timm, mmcls/mmpretrain/mmselfsup
+  (``ResNet(style='pytorch')``: ``bn1``, ``downsample.0/.1`` like torchvision), VISSL
+  (``_feature_blocks.*``), solo-learn, MoCo, DINO and BYOL codebases all use;
+- ``P + 0.weight`` with ``P + 4.0.conv1.weight``: lightly's ``nn.Sequential(*list(resnet.children())[:-1])``,
+  whose child indices 0, 1, 4-7 are conv1, bn1, layer1-4 (2, 3 and 8 are relu, maxpool, avgpool:
+  no tensors).
+
+Candidates holding identical tensors (one module registered under two names, e.g. mmselfsup 0.x
+``backbone`` and ``encoder_q.0``, or a momentum encoder at initialisation) count as one. The
+backbone is then the one ``--backbone`` names, else the only candidate, else the one a documented
+convention picks (:data:`CONVENTIONS`); anything else is refused with the list of candidates.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from torch import Tensor
+
+# Children of torchvision's ResNet in order; lightly keeps them as nn.Sequential indices.
+SEQUENTIAL_CHILDREN = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
+# Key-path parts that wrappers and SSL codebases put in front of the backbone's names; a candidate
+# chosen without --backbone must consist of these (or Sequential indices), so that an unknown
+# network that happens to contain a ResNet stem is never taken for the backbone silently.
+KNOWN_PARTS = frozenset({
+    "module", "backbone", "encoder", "encoder_q", "encoder_k", "base_encoder", "model", "teacher", "student",
+    "online_network", "target_network", "net", "trunk", "network", "resnet", "body", "_orig_mod", "state_dict",
+    "state_dict_ema", "model_ema", "ema", "classy_state_dict", "base_model", "_feature_blocks", "momentum_backbone",
+    "backbone_momentum", "momentum_encoder", "target_net", "online_net", "online_encoder", "target_encoder",
+    "teacher_backbone", "student_backbone", "online_network_state_dict", "target_network_state_dict",
+    "feature_extractor", "features",
+})
+# (preferred role, roles it wins over, why: the codebase convention it follows).
+CONVENTIONS = (
+    ("teacher", {"student"}, "DINO evaluates the teacher"),
+    ("online", {"momentum"}, "the online network, which MoCo (encoder_q), BYOL, solo-learn, lightly and mmselfsup "
+                             "evaluate"),
+    ("online", {"ema"}, "timm's load_checkpoint reads state_dict unless use_ema"),
+    ("online", {"momentum", "ema"}, "the online network, not its momentum/EMA copies"),
+)
+_MAX_DEPTH = 8
+
+
+class LayoutError(ValueError):
+    """No unique backbone can be chosen (one-line message)."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One backbone found in a flattened checkpoint."""
+
+    prefix: str                 # e.g. "state_dict.momentum_backbone." ("" for a plain state_dict)
+    layout: str                 # "torchvision" (names) or "sequential" (lightly child indices)
+    keys: tuple[str, ...]       # its flattened keys
+    aliases: tuple[str, ...] = ()  # other prefixes holding the identical tensors
+
+    @property
+    def role(self) -> str:
+        return role(self.prefix)
+
+    @property
+    def name(self) -> str:
+        """The prefix as a user would type it for ``--backbone`` (``''`` for top level)."""
+        return self.prefix.rstrip(".")
+
+
+def flatten(obj: Any) -> dict[str, Tensor]:
+    """Every tensor reachable through nested mappings, under its dot-joined key path."""
+    out: dict[str, Tensor] = {}
+
+    def walk(node: Mapping, prefix: str, depth: int) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, Tensor):
+                out[name] = value
+            elif isinstance(value, Mapping) and depth < _MAX_DEPTH:
+                walk(value, name + ".", depth + 1)
+
+    if isinstance(obj, Mapping):
+        walk(obj, "", 0)
+    return out
+
+
+def role(prefix: str) -> str:
+    """``teacher``, ``student``, ``momentum``, ``ema`` or ``online``, from the prefix's parts."""
+    for part in prefix.rstrip(".").split("."):
+        if "teacher" in part:
+            return "teacher"
+        if "student" in part:
+            return "student"
+        if "momentum" in part or part.startswith("target") or part in ("encoder_k", "key_encoder", "model_k"):
+            return "momentum"
+        if part in ("ema", "model_ema", "ema_model") or part.endswith("_ema"):
+            return "ema"
+    return "online"
+
+
+def _is_stem(t: Tensor) -> bool:
+    return t.ndim == 4 and t.shape[1] == 3
+
+
+def find_candidates(flat: Mapping[str, Tensor]) -> list[Candidate]:
+    """Every backbone in ``flat`` (identical ones merged), in key order."""
+    found: list[tuple[str, str]] = []
+    for key, t in flat.items():
+        p = key[: -len("conv1.weight")]
+        if key.endswith("conv1.weight") and (p == "" or p.endswith(".")) and _is_stem(t) \
+                and not re.search(r"layer\d\.\d+\.$", p):
+            found.append((p, "torchvision"))
+        elif key.endswith("0.weight") and _is_stem(t):
+            p = key[: -len("0.weight")]
+            if (p == "" or p.endswith(".")) and f"{p}4.0.conv1.weight" in flat and f"{p}1.running_mean" in flat:
+                found.append((p, "sequential"))
+    prefixes = [p for p, _ in found]
+    cands = []
+    for p, layout in found:
+        # A longer candidate under this prefix owns its keys (a plain state_dict + encoder_k.* copy).
+        inner = [q for q in prefixes if q != p and q.startswith(p)]
+        keys = tuple(k for k in flat if k.startswith(p) and not any(k.startswith(q) for q in inner))
+        cands.append(Candidate(p, layout, keys))
+    return _merge_identical(cands, flat)
+
+
+def backbone_tensors(cand: Candidate, flat: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The candidate's tensors under torchvision names (prefix stripped, child indices renamed)."""
+    out = {}
+    for key in cand.keys:
+        name = key[len(cand.prefix):]
+        if cand.layout == "sequential":
+            head, _, rest = name.partition(".")
+            name = f"{SEQUENTIAL_CHILDREN.get(head, head)}.{rest}"  # unknown indices stay: refused later
+        out[name] = flat[key]
+    return out
+
+
+def _same(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> bool:
+    if a.keys() != b.keys():
+        return False
+    return all(a[k].shape == b[k].shape and (a[k].data_ptr() == b[k].data_ptr() or bool((a[k] == b[k]).all()))
+               for k in a)
+
+
+def _merge_identical(cands: list[Candidate], flat: Mapping[str, Tensor]) -> list[Candidate]:
+    groups: list[list[Candidate]] = []
+    tensors = {c.prefix: backbone_tensors(c, flat) for c in cands}
+    for c in cands:
+        group = next((g for g in groups if _same(tensors[g[0].prefix], tensors[c.prefix])), None)
+        if group is None:
+            groups.append([c])
+        else:
+            group.append(c)
+    merged = []
+    for g in groups:
+        # Name the group by its most conventional prefix: known parts, then the evaluated role, then the shortest.
+        g.sort(key=lambda c: (not _known(c.prefix), c.role not in ("online", "teacher"), len(c.prefix)))
+        merged.append(Candidate(g[0].prefix, g[0].layout, g[0].keys, tuple(c.prefix for c in g[1:])))
+    return merged
+
+
+def _known(prefix: str) -> bool:
+    return all(p in KNOWN_PARTS or p.isdigit() for p in prefix.rstrip(".").split(".") if p)
+
+
+def _matches(option: str, prefix: str) -> bool:
+    want = [p for p in option.strip().strip(".").split(".") if p]
+    have = [p for p in prefix.rstrip(".").split(".") if p]
+    n = len(want)
+    return n > 0 and any(have[i:i + n] == want for i in range(len(have) - n + 1))
+
+
+def describe(cands: list[Candidate]) -> str:
+    return "[" + ", ".join(f"'{c.name}' ({c.role})" for c in cands) + "]"
+
+
+def choose(cands: list[Candidate], option: str | None, where: str) -> tuple[Candidate, str]:
+    """The backbone and how it was chosen; :class:`LayoutError` when that is not unique."""
+    if option:
+        hits = [c for c in cands if any(_matches(option, p) for p in (c.prefix, *c.aliases))]
+        if len(hits) != 1:
+            what = "matches none" if not hits else f"matches {len(hits)}"
+            raise LayoutError(f"{where}: --backbone {option!r} {what} of the candidate backbones {describe(cands)}; "
+                              "pass one of those names")
+        return hits[0], f"--backbone {option}"
+    if len(cands) == 1:
+        chosen, how = cands[0], "the only candidate"
+    else:
+        chosen, how = _by_convention(cands, where)
+    if not _known(chosen.prefix):
+        parts = [p for p in chosen.prefix.rstrip(".").split(".") if p not in KNOWN_PARTS and not p.isdigit()]
+        raise LayoutError(f"{where}: unrecognised key prefix {chosen.prefix!r} (parts {parts}); if it is the "
+                          f"backbone, pass --backbone {chosen.name}")
+    return chosen, how
+
+
+def _by_convention(cands: list[Candidate], where: str) -> tuple[Candidate, str]:
+    roles = [c.role for c in cands]
+    for preferred, over, why in CONVENTIONS:
+        winners = [c for c in cands if c.role == preferred]
+        if len(winners) == 1 and all(r in over for r in roles if r != preferred) and roles.count(preferred) == 1:
+            others = [c.name for c in cands if c is not winners[0]]
+            return winners[0], f"default: {preferred} over {others}: {why}"
+    raise LayoutError(f"{where}: found {len(cands)} candidate backbones {describe(cands)} and no convention "
+                      f"picks one; choose with --backbone NAME (e.g. --backbone {cands[0].name or '.'})")
+
+
+def guess_codebase(obj: Any, cands: list[Candidate], chosen: Candidate) -> str:
+    """Which codebase most likely wrote ``obj`` (for the record and ``transfer.inspect`` only)."""
+    top = set(obj) if isinstance(obj, Mapping) else set()
+    names = " ".join(p for c in cands for p in (c.prefix, *c.aliases))
+    if "classy_state_dict" in top:
+        return "VISSL"
+    if "meta" in top and "state_dict" in top:
+        return "mmselfsup/mmpretrain (mmengine)"
+    if "momentum_backbone" in names:
+        return "solo-learn"
+    if re.search(r"(online|target)_(network|encoder|net)", names):
+        return "BYOL"
+    if chosen.layout == "sequential" or "backbone_momentum" in names:
+        return "lightly"
+    if "pytorch-lightning_version" in top or "global_step" in top:
+        return "Lightning"
+    if {"teacher", "student"} & top:
+        return "DINO"
+    if "encoder_q" in names:
+        return "MoCo"
+    if "arch" in top and "state_dict" in top:
+        return "timm"
+    if "config" in top and "model" in top:
+        return "MAST"
+    return "torchvision state_dict" if chosen.prefix == "" else "state_dict"
