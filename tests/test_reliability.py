@@ -283,3 +283,18 @@ def test_nan_weights_are_refused_not_reported_at_chance(tmp_path, synthetic_root
     record = json.loads((tmp_path / "o" / "record.json").read_text())
     assert code == 1 and record["status"] == "failed"
     assert "layer2.0.bn1.weight" in record["error"] or "NaN/Inf" in record["error"]
+
+
+def test_nonfinite_or_sparse_weights_are_refused_at_load_naming_the_tensor(tmp_path, capsys):
+    from transfer.checkpoints import build_resnet
+    from transfer.convert import main as convert_main
+
+    state = build_resnet("resnet18").state_dict()
+    bad = {"inf.pth": {**state, "layer3.1.bn2.running_var": state["layer3.1.bn2.running_var"].clone().fill_(float("inf"))},
+           "sparse.pth": {**state, "conv1.weight": state["conv1.weight"].to_sparse()}}
+    for name, obj in bad.items():
+        torch.save(obj, tmp_path / name)
+        assert convert_main(["--ckpt", str(tmp_path / name), "--to", "mmseg", "--out", str(tmp_path / "o.pth")]) == 1
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert ("layer3.1.bn2.running_var" in err and "NaN/Inf" in err) or ("conv1.weight" in err and "dense" in err)
+    assert not (tmp_path / "o.pth").exists()

@@ -201,6 +201,11 @@ def canonicalise(state: Mapping[str, Tensor], arch: str, path: Path | str) -> di
         value = state.get(key)
         if value is None:  # num_batches_tracked, absent in some exports
             value = torch.zeros(shape, dtype=torch.long)
+        if value.layout != torch.strided:
+            raise CheckpointError(f"checkpoint {path} ({arch}): tensor {key} is {value.layout}; expected dense weights")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"checkpoint {path} ({arch}): tensor {key} holds NaN/Inf values "
+                                  f"({int((~torch.isfinite(value)).sum())} of {value.numel()}); a diverged run?")
         out[key] = value.detach().clone()
     return out
 
