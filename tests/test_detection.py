@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +49,7 @@ def read_record(out: Path) -> dict:
 def test_runner_trains_evaluates_and_records(r18_ckpt, synthetic_root, tmp_path, capsys):
     out = tmp_path / "det"
     proc = run_detection("--ckpt", r18_ckpt, "--config", DEMO, "--out", out, "--data-root", synthetic_root,
-                         "--cache-dir", tmp_path / "cache", "--seeds", "3", *TINY)
+                         "--seeds", "3", *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = read_record(out)
     assert rec["status"] == "ok" and rec["error"] is None
@@ -62,16 +61,15 @@ def test_runner_trains_evaluates_and_records(r18_ckpt, synthetic_root, tmp_path,
     assert d2["MODEL"]["RESNETS"]["DEPTH"] == 18 and d2["MODEL"]["RESNETS"]["NORM"] == "BN"  # SyncBN fallback
     assert d2["SOLVER"]["MAX_ITER"] == 2
     seed_cfg = yaml.safe_load((out / "seed_3" / "config.yaml").read_text())  # what detectron2 ran
-    assert seed_cfg["SEED"] == 3 and seed_cfg["MODEL"]["WEIGHTS"] == rec["config"]["weights"]
+    assert seed_cfg["SEED"] == 3 and seed_cfg["MODEL"]["WEIGHTS"] == ""  # nothing for detectron2 to unpickle
+    assert "converted in memory" in rec["config"]["weights"]
     assert "MODEL.RESNETS.NORM: SyncBN -> BN" in rec["config"]["norm_fallback"]
     for name in ("config.yaml", "detectron2_config.yaml", "log.txt", "seed_3/config.yaml", "seed_3/metrics.json"):
         assert (out / name).is_file(), name
     log = (out / "log.txt").read_text()
     assert "backbone tensors (all verified)" in log and "Starting training" in log
     assert not (out / "seed_3" / "model_final.pth").exists()  # demo scale keeps no model file
-    # the converted weights are cached by the checkpoint's sha256
-    cached = list((tmp_path / "cache").glob(f"{rec['checkpoint']['sha256']}-*.pkl"))
-    assert len(cached) == 1 and pickle.loads(cached[0].read_bytes())["arch"] == "resnet18"
+    assert not list(out.rglob("*.pkl"))  # the conversion never touches the disk
     # an existing record is never overwritten silently
     before = (out / "record.json").read_bytes()
     assert main(["--ckpt", str(r18_ckpt), "--config", DEMO, "--out", str(out), "--data-root", str(synthetic_root)]) == 2
@@ -85,7 +83,7 @@ def test_nan_during_training_is_a_failed_record(r18_ckpt, synthetic_root, tmp_pa
     diverge = ["SOLVER.BASE_LR", "1e30", "SOLVER.CLIP_GRADIENTS.ENABLED", "False", "SOLVER.WARMUP_ITERS", "0",
                "SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "2"]
     proc = run_detection("--ckpt", r18_ckpt, "--config", DEMO, "--out", out, "--data-root", synthetic_root,
-                         "--cache-dir", tmp_path / "cache", *diverge)
+                         *diverge)
     assert proc.returncode == 1
     rec = read_record(out)
     assert rec["status"] == "failed" and rec["metrics"] == {}
@@ -100,7 +98,7 @@ def test_refusals_before_training(r18_ckpt, synthetic_root, tmp_path):
     """
     missing = tmp_path / "missing"
     proc = run_detection("--ckpt", r18_ckpt, "--config", REPO / "detectron_configs" / "coco_R_50_FPN_1x.yaml",
-                         "--out", missing, "--cache-dir", tmp_path / "cache",
+                         "--out", missing,
                          env={"DETECTRON2_DATASETS": str(tmp_path / "no_datasets")})
     assert proc.returncode == 3, proc.stderr[-2000:]
     rec = read_record(missing)
@@ -112,7 +110,7 @@ def test_refusals_before_training(r18_ckpt, synthetic_root, tmp_path):
     for name, ckpt, config, expected in [("vit", vit, DEMO, "no ResNet weights"),
                                          ("c4_r18", r18_ckpt, c4, "use an FPN config")]:
         code = main(["--ckpt", str(ckpt), "--config", str(config), "--out", str(tmp_path / name),
-                     "--data-root", str(synthetic_root), "--cache-dir", str(tmp_path / "cache")])
+                     "--data-root", str(synthetic_root)])
         rec = read_record(tmp_path / name)
         assert code == 1 and rec["status"] == "failed" and expected in rec["error"], rec["error"]
         assert not (tmp_path / name / "seed_0").exists()  # refused before any training
@@ -138,7 +136,6 @@ def _converted(r18_ckpt: Path) -> dict:
 
 def test_weights_that_do_not_load_are_refused(r18_ckpt, tmp_path):
     """detectron2 only warns about unmatched names; load_verified refuses."""
-    from mast.atomic import pickle_atomic
     from transfer.detection.weights import WeightsNotLoaded, load_verified
 
     good = _converted(r18_ckpt)
@@ -146,11 +143,9 @@ def test_weights_that_do_not_load_are_refused(r18_ckpt, tmp_path):
     gap = {**good, "model": {k: v for k, v in good["model"].items() if k != "res3.1.conv2.weight"}}
     for name, data, expected in [("prefix", wrong_prefix, "matches 0 model tensors"),
                                  ("gap", gap, "1 backbone tensors not loaded")]:
-        pickle_atomic(tmp_path / f"{name}.pkl", data)
         with pytest.raises(WeightsNotLoaded, match=expected):
-            load_verified(_build_demo_model(), tmp_path / f"{name}.pkl")
-    pickle_atomic(tmp_path / "good.pkl", good)
-    report = load_verified(_build_demo_model(), tmp_path / "good.pkl")
+            load_verified(_build_demo_model(), data)
+    report = load_verified(_build_demo_model(), good)
     assert len(report.placed) == len(good["model"]) and not report.new_layers
 
 

@@ -20,7 +20,6 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from mast.atomic import pickle_atomic
 from test_convert import build_d2, d2_stages, max_rel_err, random_resnet, tv_stages
 from transfer import inspect as inspect_cli
 from transfer.checkpoints import load_backbone
@@ -172,9 +171,8 @@ def test_layout_converts_to_torchvision_equivalent_engines(layout, depth, tv_mod
     reference = _no_fc(tv.state_dict())
     assert set(state) == set(reference) and all(torch.equal(state[k], reference[k]) for k in state)
 
-    pickle_atomic(tmp_path / "d2.pkl", to_detectron2(state, info))  # what convert_file does, file read once
     model = d2_models(depth)
-    load_verified(model, tmp_path / "d2.pkl")
+    load_verified(model, to_detectron2(state, info))  # what the detection task loads, in memory
     with torch.no_grad():
         ours = d2_stages(model, x)
     d2_err = {n: max_rel_err(ours[n], ref[n]) for n in ref}
@@ -200,16 +198,14 @@ def test_other_depths_reach_both_engines_through_the_task_configs(depth, tmp_pat
     ckpt = tmp_path / "c.pth"
     torch.save(tv.state_dict(), ckpt)
     state, info = load_backbone(ckpt)
-    pkl = tmp_path / "d2.pkl"
-    pickle_atomic(pkl, to_detectron2(state, info))
     args = detection.parse_args(["--ckpt", str(ckpt), "--out", str(tmp_path / "o"),
                                  "--config", str(Path(detection.REPO) / "detectron_configs/coco_R_50_FPN_1x.yaml")])
     cfg = detection.load_config(args.config, args.opts)
-    detection.resolve_config(cfg, args, info, pkl)
+    detection.resolve_config(cfg, args, info)
     assert (cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.RES2_OUT_CHANNELS) == (depth, 64 if depth < 50 else 256)
     cfg.MODEL.DEVICE = "cpu"
     backbone = build_backbone(cfg).eval()
-    load_verified(backbone, pkl)
+    load_verified(backbone, to_detectron2(state, info))
     x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref, ours = tv_stages(tv, x), backbone.bottom_up(x)

@@ -5,7 +5,7 @@
         [--data-root ROOT] [--scale demo|paper] [--force] [KEY VALUE ...]
 
 Steps: read the checkpoint (any accepted wrapping, :mod:`transfer.checkpoints`), convert it to a
-detectron2 pickle (cached by the checkpoint's sha256), resolve the config (``_BASE_`` chain, then
+detectron2 names in memory (in every training process: no pickle is read), resolve the config (``_BASE_`` chain, then
 ``KEY VALUE`` overrides, then ``MODEL.RESNETS.DEPTH`` from the checkpoint and SyncBN -> BN when
 there is one process), check that every dataset is on disk, then for each seed train and evaluate
 with detectron2's ``DefaultTrainer`` under its ``launch``. Weights are verified after loading
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import pickle
 import re
 import statistics
 import sys
@@ -28,11 +27,11 @@ from typing import Any
 
 import yaml
 
-from mast.atomic import pickle_atomic, write_text_atomic
-from transfer.checkpoints import CheckpointInfo, add_backbone_arg, load_backbone, weights_id
-from transfer.convert import MAPPING_VERSION, to_detectron2
+from mast.atomic import write_text_atomic
+from transfer.checkpoints import CheckpointInfo, add_backbone_arg, load_backbone
+from transfer.convert import MAPPING_VERSION
 from transfer.detection.data import SYNTHETIC_SPLITS, prepare_datasets, synthetic_num_classes
-from transfer.detection.train import RESULT_FILE, setup_logging, train_and_evaluate
+from transfer.detection.train import RESULT_FILE, WeightsSource, setup_logging, train_and_evaluate
 from transfer.detection.heads import require_detectron2
 from transfer.engines import sync_norms_to_bn
 from transfer.records import EXIT_USAGE, TaskFailed, TaskRun
@@ -40,7 +39,6 @@ from transfer.records import EXIT_USAGE, TaskFailed, TaskRun
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = {"demo": "detectron_configs/demo_synthetic_R_18_FPN.yaml",
                   "paper": "detectron_configs/coco_R_50_C4_1x.yaml"}
-DEFAULT_CACHE = REPO / "runs" / ".cache" / "detectron2"
 AP_KEYS = ("AP", "AP50", "AP75")
 _CFG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 log = logging.getLogger("transfer.detection")
@@ -76,7 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-machines", type=int, default=1)
     p.add_argument("--machine-rank", type=int, default=0)
     p.add_argument("--dist-url", default="auto", help="e.g. tcp://HOST:PORT; auto = free local port")
-    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="converted-weights cache (by sha256)")
     p.add_argument("--save-model", action=argparse.BooleanOptionalAction, default=None,
                    help="keep detectron2's model_final.pth (default: paper yes, demo no)")
     p.add_argument("--force", action="store_true", help="replace an existing DIR/record.json")
@@ -113,32 +110,12 @@ def load_config(path: str, opts: list[str]) -> Any:
     return cfg
 
 
-def converted_weights(state: dict, info: CheckpointInfo, cache_dir: Path) -> Path:
-    """The detectron2 pickle of ``info``'s checkpoint, converted once per sha256 and mapping version."""
-    slug = MAPPING_VERSION.replace(">", "").replace(" ", "_").replace("-", "")
-    key = weights_id(info).replace("@", "-").replace("/", "_").rstrip(".")
-    path = Path(cache_dir) / f"{key}-{slug}.pkl"
-    if path.is_file():
-        try:
-            with open(path, "rb") as f:
-                cached = pickle.load(f)
-            if (cached.get("source_sha256") == info.sha256 and cached.get("mapping_version") == MAPPING_VERSION
-                    and cached.get("source_backbone", info.backbone) == info.backbone):
-                log.info("converted weights (cached): %s", path)
-                return path
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
-            pass  # a damaged cache entry is simply rebuilt
-    pickle_atomic(path, to_detectron2(state, info))
-    log.info("converted %s (%s) -> %s", info.path, info.arch, path)
-    return path
-
-
 def sync_norm_fallback(cfg: Any) -> list[str]:
     """Replace SyncBN-type norms of ``cfg.MODEL`` by BN; returns what changed."""
     return sync_norms_to_bn(cfg.MODEL, "NORM", "MODEL.")
 
 
-def resolve_config(cfg: Any, args: argparse.Namespace, info: CheckpointInfo, weights: Path) -> list[str]:
+def resolve_config(cfg: Any, args: argparse.Namespace, info: CheckpointInfo) -> list[str]:
     """Fill in what comes from the checkpoint and the launch; returns notes for the record."""
     depth = int(info.arch.removeprefix("resnet"))
     opts = dict(zip(args.opts[::2], args.opts[1::2]))
@@ -151,7 +128,7 @@ def resolve_config(cfg: Any, args: argparse.Namespace, info: CheckpointInfo, wei
                          "blocks: use an FPN config (e.g. detectron_configs/demo_synthetic_R_18_FPN.yaml)")
     cfg.MODEL.RESNETS.DEPTH = depth
     cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64 if depth < 50 else 256
-    cfg.MODEL.WEIGHTS = str(weights)
+    cfg.MODEL.WEIGHTS = ""  # nothing for detectron2 to unpickle: every process converts --ckpt in memory
     if "MODEL.DEVICE" not in opts:
         import torch
 
@@ -181,7 +158,7 @@ def scene_metrics(results: dict, voc: bool) -> dict[str, float]:
     return {f"{task}_{k}": float(results[task][k]) for task in ("bbox", "segm") if task in results for k in AP_KEYS}
 
 
-def run_seed(cfg: Any, seed: int, args: argparse.Namespace, out: Path, save_model: bool) -> dict:
+def run_seed(cfg: Any, seed: int, args: argparse.Namespace, out: Path, save_model: bool, sha256: str) -> dict:
     """Train + evaluate one seed under detectron2's ``launch``; returns detectron2's results dict."""
     from detectron2.engine import launch
 
@@ -199,7 +176,7 @@ def run_seed(cfg: Any, seed: int, args: argparse.Namespace, out: Path, save_mode
     try:
         launch(train_and_evaluate, args.num_gpus, num_machines=args.num_machines,
                machine_rank=args.machine_rank, dist_url=args.dist_url,
-               args=(cfg, data_root, save_model, str(out / "log.txt")))
+               args=(cfg, data_root, save_model, str(out / "log.txt"), WeightsSource(args.ckpt, args.backbone, sha256)))
     except Exception as exc:  # noqa: BLE001 - the worker's own one-line reason is preferred below
         error = exc
     result = _read_result(seed_dir)
@@ -233,20 +210,20 @@ def execute(run: TaskRun, cfg: Any, args: argparse.Namespace) -> None:
     setup_logging(out / "log.txt", rank=0)
     state, info = load_backbone(args.ckpt, args.backbone)
     run.extra.update(checkpoint=asdict(info), method=info.method)
-    weights = converted_weights(state, info, Path(args.cache_dir))
-    notes = resolve_config(cfg, args, info, weights)
+    notes = resolve_config(cfg, args, info)
     prepare_datasets((*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST), args.data_root)
     check_synthetic_config(cfg, args.data_root)
     for note in notes:
         log.info("one process: %s", note)
-    run.config.update(weights=str(weights), mapping_version=MAPPING_VERSION, norm_fallback=notes,
+    run.config.update(weights=f"{info.path} converted in memory ({MAPPING_VERSION})", mapping_version=MAPPING_VERSION,
+                      norm_fallback=notes,
                       detectron2=yaml.safe_load(cfg.dump()))
     write_text_atomic(out / "detectron2_config.yaml", cfg.dump())
     save_model = args.save_model if args.save_model is not None else args.scale == "paper"
     voc = cfg.DATASETS.TEST[0].startswith("voc")
     per_seed = {}
     for seed in args.seeds:
-        results = run_seed(cfg, seed, args, out, save_model)
+        results = run_seed(cfg, seed, args, out, save_model, info.sha256)
         if not results:  # a non-zero machine rank: rank 0 writes the numbers
             return
         per_seed[seed] = scene_metrics(results, voc)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from transfer.checkpoints import load_backbone
+from transfer.convert import to_detectron2
 from transfer.detection.data import evaluator_type, register_synthetic
 from transfer.detection.weights import load_verified
 from transfer.detection.heads import require_detectron2
@@ -26,6 +28,21 @@ __all__ = ["RESULT_FILE", "setup_logging", "train_and_evaluate", "make_trainer"]
 
 RESULT_FILE = "result.json"
 log = logging.getLogger("transfer.detection")
+
+
+class WeightsSource(NamedTuple):
+    """Where each process gets its weights: the user's checkpoint, read tensors-only and converted in
+    memory (no pickle is ever read), and the sha256 the parent saw (the file must not change meanwhile)."""
+    ckpt: str
+    backbone: str | None
+    sha256: str
+
+    def converted(self) -> dict:
+        state, info = load_backbone(self.ckpt, self.backbone)
+        if info.sha256 != self.sha256:
+            raise TaskFailed(f"--ckpt {self.ckpt} changed while the task ran (sha256 {info.sha256[:12]}, "
+                             f"expected {self.sha256[:12]})")
+        return to_detectron2(state, info)
 
 
 def make_trainer(cfg: Any, save_model: bool) -> Any:
@@ -87,8 +104,8 @@ def _setup_process(cfg: Any, log_file: Path, data_root: str | None) -> None:
     seed_all_rng(cfg.SEED + rank)
 
 
-def train_and_evaluate(cfg: Any, data_root: str | None, save_model: bool, log_file: str) -> None:
-    """Train ``cfg`` from its converted ``MODEL.WEIGHTS`` and evaluate; ``launch``'s main function."""
+def train_and_evaluate(cfg: Any, data_root: str | None, save_model: bool, log_file: str, weights: WeightsSource) -> None:
+    """Train ``cfg`` from the converted ``weights`` and evaluate; ``launch``'s main function."""
     require_detectron2()
     from detectron2.utils import comm
 
@@ -97,7 +114,7 @@ def train_and_evaluate(cfg: Any, data_root: str | None, save_model: bool, log_fi
     trainer = None
     try:
         trainer = make_trainer(cfg, save_model)
-        report = load_verified(trainer.model, cfg.MODEL.WEIGHTS)
+        report = load_verified(trainer.model, weights.converted(), source=weights.ckpt)
         trainer.train()
         results = getattr(trainer, "_last_eval_results", None)
         if comm.is_main_process():

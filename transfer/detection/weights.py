@@ -16,9 +16,8 @@ Anything else raises :class:`WeightsNotLoaded` with a one-line summary.
 from __future__ import annotations
 
 import logging
-import pickle
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -68,14 +67,6 @@ def backbone_keys(model: nn.Module) -> list[str]:
             if any(k.startswith(p) for p in prefixes) and not k.endswith("num_batches_tracked")]
 
 
-def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
-    with open(path, "rb") as f:
-        data = pickle.load(f, encoding="latin1")
-    if not (isinstance(data, dict) and isinstance(data.get("model"), dict) and data.get("matching_heuristics")):
-        raise WeightsNotLoaded(f"{path} is not a pickle written by transfer.convert --to detectron2")
-    return {k: torch.as_tensor(v) for k, v in data["model"].items()}
-
-
 def _place(converted: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> tuple[dict[str, str], list[str]]:
     """Find the one model key each pickle key was loaded into; list the problems."""
     placed, problems = {}, []
@@ -92,26 +83,21 @@ def _place(converted: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -
     return placed, problems
 
 
-def load_verified(model: nn.Module, weights: str | Path) -> LoadReport:
-    """Load a ``transfer.convert`` pickle into ``model`` and verify coverage (module docstring)."""
+def load_verified(model: nn.Module, converted: Mapping[str, Any], source: str = "converted weights") -> LoadReport:
+    """Load a :func:`transfer.convert.to_detectron2` dict into ``model`` through detectron2's own
+    name matching (in memory: nothing is unpickled) and verify coverage (module docstring)."""
     require_detectron2()
     from detectron2.checkpoint import DetectionCheckpointer
 
-    class _Recording(DetectionCheckpointer):
-        incompatible = None
-
-        def _load_model(self, checkpoint):
-            self.incompatible = super()._load_model(checkpoint)
-            return self.incompatible
-
-    weights = Path(weights)
-    converted = _read_pickle(weights)
+    if not (isinstance(converted, Mapping) and isinstance(converted.get("model"), Mapping)):
+        raise WeightsNotLoaded(f"{source}: expected the dict of transfer.convert.to_detectron2")
+    tensors = {k: torch.as_tensor(v) for k, v in converted["model"].items()}
     net = _unwrap(model)
-    checkpointer = _Recording(net)
-    checkpointer.load(str(weights), checkpointables=[])
-    incompatible = checkpointer.incompatible
+    incompatible = DetectionCheckpointer(net)._load_model(
+        {"model": {k: v.clone() for k, v in tensors.items()}, "__author__": converted.get("__author__"),
+         "matching_heuristics": True})
     state = net.state_dict()
-    placed, problems = _place(converted, state)
+    placed, problems = _place(tensors, state)
     expected = backbone_keys(net)
     new_layers = [k for k in expected if k.startswith(NEW_LAYERS)]
     loaded = set(placed.values())
@@ -121,9 +107,9 @@ def load_verified(model: nn.Module, weights: str | Path) -> LoadReport:
     if never:
         problems.append(f"{len(never)} backbone tensors not loaded from the checkpoint {never[:4]}")
     if problems:
-        raise WeightsNotLoaded(f"{weights}: {len(problems)} problems: " + "; ".join(problems[:4]))
+        raise WeightsNotLoaded(f"{source}: {len(problems)} problems: " + "; ".join(problems[:4]))
     missing = list(incompatible.missing_keys) if incompatible is not None else []
     report = LoadReport(placed=placed, new_layers=new_layers,
                         detectron2_missing=[k for k in missing if k not in new_layers])
-    log.info("weights %s: %s", weights, report.summary())
+    log.info("weights %s: %s", source, report.summary())
     return report
