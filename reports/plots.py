@@ -53,7 +53,7 @@ def forest(results: Results, baseline: str | None, path: Path) -> Path | None:
     ax.set_yticks(range(len(rows)), [f"{t} {m}" for t, m, _ in reversed(rows)], fontsize=8)
     ax.set_xlabel(f"difference to {baseline} (percentage points), 95% interval")
     ax.set_title(f"Each group minus {baseline}; hollow: no interval (single fine-tuning run)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right", frameon=False)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     return _save(fig, path)
 
@@ -82,11 +82,12 @@ def task_bars(results: Results, task: str, baseline: str | None, path: Path) -> 
                 ax.plot([xi] * s.n_seeds, s.per_seed, "o", ms=3, color="black", zorder=3)
         for bar, s in zip(bars, stats):
             if s is not None:
-                ax.annotate(f"{s.value:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                top = s.hi if s.lo is not None else s.value + (s.std or 0.0) if s.n_seeds <= 1 else max(s.per_seed)
+                ax.annotate(f"{s.value:.1f}", (bar.get_x() + bar.get_width() / 2, max(top, s.value)),
                             ha="center", va="bottom", fontsize=7, xytext=(0, 1), textcoords="offset points")
     ax.set_xticks(x, metrics)
     ax.set_ylabel("%")
-    ax.set_title(task_label(results, task) + ": bars = mean over seeds, whiskers = 95% interval, dots = seeds",
+    ax.set_title(task_label(results, task) + "\nbar: mean over seeds, whisker: 95% interval, dot: one seed",
                  fontsize=8)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.spines[["top", "right"]].set_visible(False)

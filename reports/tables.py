@@ -241,7 +241,10 @@ def tidy_frame(results: Results, baseline: str | None) -> pd.DataFrame:
             group = {"seed": "all" if len(runs) > 1 else 0, "metric": metric, **_stat_cols(stat),
                      "delta": d.value if d else None, "delta_lo": d.lo if d else None,
                      "delta_hi": d.hi if d else None, "distinguishable": d.marked if d and d.lo is not None else None}
-            rows.append({**common, **_record_cols(rep if len(runs) > 1 else runs[0]), **group})
+            where = _record_cols(runs[0])
+            if len(runs) > 1:  # the group row stands for every seed's checkpoint
+                where.update(ckpt_sha256=";".join(str(_record_cols(r)["ckpt_sha256"]) for r in runs), predictions=None)
+            rows.append({**common, **where, **group})
             for i, record in enumerate(runs if len(runs) > 1 else []):
                 rows.append({**common, **_record_cols(record), "seed": i, "metric": metric,
                              **_stat_cols(compare.seed_stat(results, record, metric))})
