@@ -1,8 +1,9 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both set up .venv first.
+# `make study`: the MAST v2 study (4 arms x 3 pretraining seeds, probes, reports/study/; README).
 PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test demo bench clean-env
+.PHONY: setup test demo study bench clean-env
 
 setup:
 	@bash scripts/setup_env.sh
@@ -12,6 +13,9 @@ test: setup
 
 demo: setup
 	$(PY) -m transfer.demo
+
+study: setup
+	$(PY) -m transfer.study
 
 bench: setup
 	$(PY) benchmarks/pretrain_step.py

@@ -20,6 +20,7 @@ import yaml
 from mast.atomic import write_text_atomic
 
 from mast.augment import AugmentConfig
+from mast.matched import MatchedError, resolve_loss_section
 from mast.model import LossConfig, ModelConfig
 
 PRESETS_DIR = Path(__file__).parent / "configs"
@@ -293,6 +294,10 @@ def load_config(config: str = "demo", overrides: list[str] | tuple[str, ...] = (
                 raise ConfigError(f"override {text!r}: '{'.'.join(keys[:i + 1])}' is not a section")
             node = child
         node[keys[-1]] = value
+    try:
+        resolve_loss_section(data)  # loss.inv_coeff=auto:RUN_DIR -> a number (matched-invariance control)
+    except MatchedError as exc:
+        raise ConfigError(str(exc)) from None
     cfg = _build(PretrainConfig, data, "")
     validate(cfg)
     return cfg

@@ -7,6 +7,7 @@ Conventions: z1, z2 [N, d] embeddings of the two views on this process; u [N, K]
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +21,14 @@ EPS_STD = 1e-4  # VICReg: std = sqrt(var + 1e-4)
 
 @dataclass
 class LossConfig:
-    """Coefficients of eq. (6): λ (inv), μ (var), ν (cov), ρ (mask prior)."""
+    """Coefficients of eq. (6): λ (inv), μ (var), ν (cov), ρ (mask prior). ``inv_coeff_source``
+    records where λ came from when it was resolved from ``auto:RUN_DIR`` (mast/matched.py)."""
 
     inv_coeff: float = 25.0
     var_coeff: float = 25.0
     cov_coeff: float = 1.0
     mask_coeff: float = 0.01
+    inv_coeff_source: Optional[str] = None
 
     def __post_init__(self) -> None:
         for name in ("inv_coeff", "var_coeff", "cov_coeff", "mask_coeff"):
@@ -98,9 +101,12 @@ def uncertainty_fit(r: Tensor, q: Tensor) -> Tensor:
 
 
 def invariance_weights(q: Tensor) -> Tensor:
-    """Eq. (4): w_ij = sg[q_ij⁻¹ / ((1/N) Σ_i' q_i'j⁻¹)], mean 1 over the batch in every dimension."""
-    inv_q = q.detach().reciprocal()
-    return inv_q / inv_q.mean(dim=0, keepdim=True)
+    """Eq. (4) v2: w_ij = sg[q_ij⁻¹], in (0, 1], no normalisation over the batch.
+
+    Not normalised on purpose (METHOD.md §3, §6): v1's mean-1-per-dimension normalisation could not
+    relieve a dimension of an augmentation that acts on most pairs, only move weight between pairs.
+    """
+    return q.detach().reciprocal()
 
 
 def weighted_invariance(z1: Tensor, z2: Tensor, w: Tensor) -> Tensor:
@@ -122,7 +128,7 @@ def objective(z1: Tensor, z2: Tensor, cfg: LossConfig, u: Tensor | None = None,
     With ``u``/``masks`` None this is official VICReg (L_inv = mse, no L_unc, no L_mask). v and c
     use the batch gathered over all processes (with gradients); L_inv, L_unc and w this process's
     batch. Returns "loss" (backprop this) and the terms (detached): inv, var, cov, unc, mask_prior,
-    and for MAST w_min/w_max.
+    and for MAST w_min/w_mean/w_max.
     """
     with float32_region(z1.device):
         z1, z2 = z1.float(), z2.float()
@@ -137,7 +143,7 @@ def objective(z1: Tensor, z2: Tensor, cfg: LossConfig, u: Tensor | None = None,
             inv = weighted_invariance(z1, z2, w)
             unc = uncertainty_fit(z1.detach() - z2.detach(), q)
             prior = mask_prior(masks)
-            out["w_min"], out["w_max"] = w.min().detach(), w.max().detach()
+            out["w_min"], out["w_mean"], out["w_max"] = w.min().detach(), w.mean().detach(), w.max().detach()
         var, cov = variance_covariance(gather_with_grad(z1), gather_with_grad(z2))
         loss = cfg.inv_coeff * inv + cfg.var_coeff * var + cfg.cov_coeff * cov + unc + cfg.mask_coeff * prior
     out.update(loss=loss, inv=inv.detach(), var=var.detach(), cov=cov.detach(), unc=unc.detach(),

@@ -7,7 +7,7 @@ API (stable, the trainer codes against it)::
     model = MASTModel(ModelConfig, LossConfig, AugmentConfig)
     out = model(batch: AugmentedBatch)   # dict: "loss" (eq. 6, backprop this); detached "inv", "var",
                                          # "cov", "unc", "mask_prior"; MAST only: "u_mean" [K],
-                                         # "subspace_size" [K], "mask_mean" [K], "w_min", "w_max"
+                                         # "subspace_size" [K], "mask_mean" [K], "w_min", "w_mean", "w_max"
     model.main_parameters()      # backbone + expander (LARS)
     model.subspace_parameters()  # masks φ + uncertainty heads h (own Adam, METHOD §2); [] for vicreg
     model.sensitivities() [K,d] (eq. 1'); model.subspaces() bool [K,d]; model.masks() [K,d]

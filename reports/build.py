@@ -146,6 +146,8 @@ def _mast_numbers(res: dict) -> list[str]:
         s = res["stats"]
         lines += [f"d = {s['d']}: {s['unique_total']} dimensions in exactly one subspace (unique), "
                   f"{s['shared_total']} in several (shared), {s['in_none']} in none.", ""]
+    if "w_mean_heldout" in res:
+        lines += [f"Mean invariance weight w = 1/q (eq. 4) over the held-out pairs: {res['w_mean_heldout']:.3f}.", ""]
     if "stats" in res or "rho" in res:
         lines += ["| augmentation | " + ("size of S_k | unique | non-invariant | " if "stats" in res else "")
                   + ("Spearman ρ(u_k, δ_k) |" if "rho" in res else ""),

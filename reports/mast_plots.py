@@ -177,6 +177,8 @@ def mast_figures(state: dict, out_dir: Path, prefix: str) -> dict[str, Any]:
             ("How augmentations relate", plot_relations(corr, jac, names, out_dir / f"{prefix}_relations.png")),
         ]
     held = state.get("heldout") or {}
+    if isinstance(held.get("w_mean"), float):
+        result["w_mean_heldout"] = held["w_mean"]  # mean invariance weight w (eq. 4) over the held-out pairs
     delta, u = held.get("delta"), held.get("u")
     if isinstance(delta, torch.Tensor) and isinstance(u, torch.Tensor) and u.numel() and float(u.abs().max()) > 0:
         curves = uncertainty_curves(delta.double().numpy(), u.double().numpy())

@@ -101,7 +101,7 @@ def test_u_zero_reduces_to_official_vicreg(case):
     loss_ref.backward()
     assert torch.equal(out["inv"], inv_ref.detach())  # L_inv == F.mse_loss exactly
     if case != "vicreg":
-        assert out["w_min"] == 1.0 and out["w_max"] == 1.0  # w ≡ 1
+        assert out["w_min"] == 1.0 and out["w_mean"] == 1.0 and out["w_max"] == 1.0  # w ≡ 1
         u = model.uncertainty(batch.theta1, batch.theta2, batch.delta)
         q = mismatch_factor(u, model.masks())
         assert torch.equal(q, torch.ones_like(q))
@@ -156,11 +156,15 @@ def test_scale_invariance_of_uncertainty_fit_and_weights():
     u = sub.uncertainty(theta1, theta2, delta).detach().float()
     o1 = objective(z1, z2, LossConfig(), u=u, masks=sub.masks().detach().float())
     o2 = objective(50 * z1, 50 * z2, LossConfig(), u=u, masks=sub.masks().detach().float())
-    assert o1["w_min"] == o2["w_min"] and o1["w_max"] == o2["w_max"] and o1["w_min"] < 1 < o1["w_max"]
+    for key in ("w_min", "w_mean", "w_max"):
+        assert o1[key] == o2[key], key
+    assert 0 < o1["w_min"] < o1["w_mean"] < o1["w_max"] <= 1
 
 
 # --- identifiability toy (METHOD §4) ---------------------------------------------------------------------
-def test_identifiability_toy():
+@pytest.fixture(scope="module")
+def identifiability_toy():
+    """Masks and heads fitted by (3)+(5) on METHOD §4's synthetic residuals; returns (m, w, δ)."""
     g = torch.Generator().manual_seed(0)
     n, d, k = 512, 64, 3
     theta1, theta2 = torch.rand(n, k, generator=g), torch.rand(n, k, generator=g)
@@ -182,14 +186,56 @@ def test_identifiability_toy():
         loss.backward()
         opt.step()
     m = sub.masks().detach()
+    with torch.no_grad():
+        w = invariance_weights(mismatch_factor(sub.uncertainty(theta1, theta2, delta), m))
+    return m, w, delta
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.corrcoef(torch.stack([a, b]))[0, 1].item()
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    return _pearson(a.argsort().argsort().float(), b.argsort().argsort().float())
+
+
+def test_identifiability_toy_masks(identifiability_toy):
+    m, _, _ = identifiability_toy
     assert (m[0, 0:10] < 0.5).all() and (m[0, 10:20] > 0.9).all(), m[0, :25]
     assert (m[1, 10:20] < 0.5).all() and (m[1, 0:10] > 0.9).all(), m[1, :25]
     assert (m[0, 20:25] < 0.9).all() and (m[1, 20:25] < 0.9).all(), m[:2, 20:25]
     assert (m[2] > 0.9).all(), m[2]
-    with torch.no_grad():
-        w = invariance_weights(mismatch_factor(sub.uncertainty(theta1, theta2, delta), m))
-    corr = torch.corrcoef(torch.stack([w[:, 0:10].mean(1), delta[:, 0]]))[0, 1]
-    assert corr < -0.5, corr
+
+
+def test_identifiability_toy_weights(identifiability_toy):
+    """v2: w relieves the dimensions augmentation 1 drives (dims 0-9: w falls as δ_1 grows) and
+    leaves the dimensions of S_1 (dims 10-19, driven by augmentation 2 only) independent of δ_1."""
+    _, w, delta = identifiability_toy
+    driven, invariant = w[:, 0:10].mean(1), w[:, 10:20].mean(1)
+    assert _pearson(driven, delta[:, 0]) < -0.5 and _spearman(driven, delta[:, 0]) < -0.9
+    assert abs(_pearson(invariant, delta[:, 0])) < 0.1, _pearson(invariant, delta[:, 0])
+    assert abs(_spearman(invariant, delta[:, 0])) < 0.1, _spearman(invariant, delta[:, 0])
+    assert _spearman(invariant, delta[:, 1]) < -0.9  # ... while they are relieved of augmentation 2
+
+
+def test_weights_are_inverse_mismatch_without_normalisation():
+    """Eq. (4) v2: w = 1/q exactly, in (0, 1]; an augmentation that acts on every pair lowers w in the
+    dimensions it may disturb for every pair (v1's per-dimension mean-1 normalisation could not)."""
+    u = torch.full((16, 2), 2.0)
+    u[:, 1] = 0.0                      # augmentation 2 acted identically on every pair
+    masks = torch.ones(2, 4)
+    masks[0, :2] = 0.5                 # augmentation 1 may disturb dims 0-1
+    masks[1, 2] = 0.0                  # augmentation 2 could disturb dim 2, but u_i2 = 0
+    w = invariance_weights(mismatch_factor(u, masks))
+    torch.testing.assert_close(w[:, :2], torch.full((16, 2), 0.5))  # 1 / (1 + 0.5 · 2)
+    assert torch.equal(w[:, 2:], torch.ones(16, 2))
+    q = mismatch_factor(torch.rand(32, 3) * 5, torch.rand(3, 8))
+    assert torch.equal(invariance_weights(q), q.reciprocal())
+    assert not invariance_weights(q).requires_grad
+    z1, z2 = torch.randn(16, 4), torch.randn(16, 4)
+    out = objective(z1, z2, LossConfig(), u=u, masks=masks)
+    torch.testing.assert_close(out["w_mean"], w.mean())
+    assert out["w_min"] == 0.5 and out["w_max"] == 1.0
 
 
 # --- gradients -----------------------------------------------------------------------------------------------

@@ -62,6 +62,9 @@ def test_run_writes_every_file(full_run):
     assert mast_state["mask_logits"].shape == (6, 32)
     assert mast_state["heldout"]["delta"].shape == (8, 6) and mast_state["heldout"]["u"].shape == (8, 6)
     assert (mast_state["heldout"]["u"] >= 0).all() and mast_state["config"]["method"] == "mast"
+    held = mast_state["heldout"]
+    assert held["w_pair"].shape == (8,) and 0 < held["w_mean"] <= 1  # eq. (4) v2: w = 1/q in (0, 1]
+    assert abs(held["w_mean"] - float(held["w_pair"].mean())) < 1e-6
     assert torch.load(full_run / "last.pth", weights_only=True)["step"] == 8
 
 

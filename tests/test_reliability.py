@@ -196,3 +196,90 @@ def test_16bit_and_float_images_keep_their_content(tmp_path):
         assert img.dtype == np.uint8 and img.shape == (8, 8, 3)
         assert img.min() == 0 and img.max() == 255, name  # not all-white, not all-black
         assert np.abs(img[..., 0].astype(float) - ramp * 255).max() <= 1, name
+
+
+def test_detectron2_config_with_a_python_tag_never_runs(tmp_path, capsys):
+    from transfer.detection.runner import main as detection_main
+
+    marker = tmp_path / "PWNED"
+    cfg = tmp_path / "evil.yaml"
+    cfg.write_text(f'_BASE_: null\nSEED: !!python/object/apply:builtins.open ["{marker}", "w"]\n')
+    code = detection_main(["--ckpt", str(tmp_path / "x.pth"), "--config", str(cfg), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--config" in err and "\n" not in err
+    assert not marker.exists()
+
+
+def test_segmentation_resume_follows_no_pointer_out_of_its_work_folder(tmp_path, synthetic_root):
+    from transfer.records import EXIT_FAILED
+    from transfer.segmentation.runner import main as segmentation_main
+
+    marker = tmp_path / "PWNED"
+    torch.save({"meta": Payload(marker), "state_dict": {}}, tmp_path / "evil.pth")
+    torch.manual_seed(0)
+    from transfer.checkpoints import build_resnet
+
+    torch.save(build_resnet("resnet18").state_dict(), tmp_path / "r18.pth")
+    out = tmp_path / "seg"
+    (out / "work").mkdir(parents=True)
+    (out / "work" / "last_checkpoint").write_text(str(tmp_path / "evil.pth"))
+    code = segmentation_main(["--ckpt", str(tmp_path / "r18.pth"), "--out", str(out), "--data-root",
+                              str(synthetic_root), "--resume"])
+    record = json.loads((out / "record.json").read_text())
+    assert code == EXIT_FAILED and "points outside the run" in record["error"]
+    assert not marker.exists()
+
+
+def test_convert_never_overwrites_its_input_or_an_existing_file(tmp_path, capsys):
+    from transfer.checkpoints import build_resnet
+    from transfer.convert import main as convert_main
+
+    ckpt = tmp_path / "r18.pth"
+    torch.save(build_resnet("resnet18").state_dict(), ckpt)
+    before = ckpt.read_bytes()
+    for out, needle in ((ckpt, "is the input --ckpt"), (tmp_path, "is a folder")):
+        assert convert_main(["--ckpt", str(ckpt), "--to", "mmseg", "--out", str(out), "--force"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "\n" not in err
+    assert ckpt.read_bytes() == before
+    (tmp_path / "taken.pth").write_text("a user's file")
+    assert convert_main(["--ckpt", str(ckpt), "--to", "mmseg", "--out", str(tmp_path / "taken.pth")]) == 1
+    assert "--force" in capsys.readouterr().err and (tmp_path / "taken.pth").read_text() == "a user's file"
+    assert convert_main(["--ckpt", str(ckpt), "--to", "mmseg", "--out", str(tmp_path / "taken.pth"), "--force"]) == 0
+
+
+def test_full_disk_in_a_probe_is_one_line_and_a_full_cache_is_skipped(tmp_path, synthetic_root, monkeypatch, capsys):
+    from transfer.checkpoints import build_resnet
+    from transfer.probes import features
+    from transfer.probes.knn import main as knn_main
+
+    torch.manual_seed(0)
+    torch.save(build_resnet("resnet18").state_dict(), tmp_path / "r18.pth")
+    args = ["--ckpt", str(tmp_path / "r18.pth"), "--data", str(synthetic_root / "classification" / "color"),
+            "--image-size", "32", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+
+    def full(path, obj):
+        raise DiskFullError(errno.ENOSPC, f"{path}: no space left on the device")
+
+    monkeypatch.setattr(features, "torch_save_atomic", full)  # the cache's disk is full: the task goes on
+    assert knn_main([*args, "--out", str(tmp_path / "ok")]) == 0
+    assert "cache not written" in capsys.readouterr().err
+    monkeypatch.setattr("transfer.records.write_text_atomic", lambda path, text: full(path, text))
+    code = knn_main([*args, "--out", str(tmp_path / "full")])  # the output's disk is full too
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and err and "no space left" in err[-1] and "None" not in err[-1]
+
+
+def test_nan_weights_are_refused_not_reported_at_chance(tmp_path, synthetic_root, capsys):
+    from transfer.checkpoints import build_resnet
+    from transfer.probes.knn import main as knn_main
+
+    state = build_resnet("resnet18").state_dict()
+    state["layer2.0.bn1.weight"][3] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")
+    code = knn_main(["--ckpt", str(tmp_path / "nan.pth"), "--data", str(synthetic_root / "classification" / "color"),
+                     "--image-size", "32", "--no-progress", "--cache-dir", str(tmp_path / "cache"),
+                     "--out", str(tmp_path / "o")])
+    record = json.loads((tmp_path / "o" / "record.json").read_text())
+    assert code == 1 and record["status"] == "failed"
+    assert "layer2.0.bn1.weight" in record["error"] or "NaN/Inf" in record["error"]

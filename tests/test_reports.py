@@ -175,3 +175,13 @@ def test_report_out_that_is_a_file_is_one_line(tmp_path, capsys):
         assert build.main(["--results", str(res), "--out", str(tmp_path / "afile")]) == 2
     err = capsys.readouterr().err.strip()
     assert "not a folder" in err and "\n" not in err
+
+
+def test_heldout_mean_w_reaches_the_mast_section(tmp_path):
+    """eq. (4) v2: the held-out pass's mean invariance weight is printed with the MAST figures."""
+    state = make_state()
+    assert "w_mean_heldout" not in mast_plots.mast_figures(state, tmp_path, "m")
+    state["heldout"]["w_mean"] = 0.297
+    res = mast_plots.mast_figures(state, tmp_path, "m")
+    assert res["w_mean_heldout"] == 0.297
+    assert any("held-out pairs: 0.297" in line for line in build._mast_numbers(res))

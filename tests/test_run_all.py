@@ -69,7 +69,37 @@ def test_bad_input_is_refused_in_one_line(ckpt, tmp_path, capsys):
     _one_line_error(capsys, run_all.main(["--ckpt", str(ckpt), *out, "--suite", str(dup)]), "['knn']")
     _one_line_error(capsys, run_all.main(["--ckpt", str(ckpt), *out, "--var", "nodata=1"]), "nodata")
     _one_line_error(capsys, run_all.main(["--ckpt", str(ckpt), *out, "--suite", "nosuchsuite"]), "nosuchsuite")
+    for name in (".", ".."):
+        _one_line_error(capsys, run_all.main(["--ckpt", str(ckpt), "--name", name, *out]), f"--name {name!r}")
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"tasks: []\nvars: {x: \xe9}\n")
+    _one_line_error(capsys, run_all.main(["--ckpt", str(ckpt), *out[:-2], "--suite", str(latin)]), "not UTF-8")
+    for top, needle in (({"vars": ["a", "b"]}, "'vars' must be a mapping"),):
+        bad = _suite(tmp_path / "v.yaml", [{"task": "knn", "args": {"data": "x"}}], **top)
+        _one_line_error(capsys, run_all.main(["--ckpt", str(ckpt), *out[:-2], "--suite", str(bad)]), needle)
+    for entry, needle in (({"timeout_min": True}, "timeout_min True"), ({"extra_args": ["--out=/elsewhere"]}, "--out")):
+        bad = _suite(tmp_path / "e.yaml", [{"task": "knn", "args": {"data": "x"}, **entry}])
+        _one_line_error(capsys, run_all.main(["--ckpt", str(ckpt), *out[:-2], "--suite", str(bad)]), needle)
     assert not (tmp_path / "out").exists()  # nothing ran
+    (tmp_path / "afile").write_text("x")
+    _one_line_error(capsys, run_all.main(["--ckpt", str(ckpt), "--out", str(tmp_path / "afile"), "--no-report",
+                                          "--suite", str(good)]), "not a folder")
+
+
+def test_a_second_run_all_on_the_same_out_is_refused(ckpt, tmp_path, capsys):
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from mast.lock import FolderLock; "
+                               f"held = FolderLock({str(out)!r}, 'run_all'); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        suite = _suite(tmp_path / "s.yaml", [{"task": "knn", "args": {"data": "x"}}])
+        code = run_all.main(["--ckpt", str(ckpt), "--out", str(out), "--no-report", "--suite", str(suite)])
+        _one_line_error(capsys, code, f"PID {holder.pid}", "in use by another run_all")
+        assert not (out / "results.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_shipped_suites_load_and_name_their_variables():

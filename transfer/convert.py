@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mast.atomic import pickle_atomic, torch_save_atomic
+from mast.atomic import DiskFullError, pickle_atomic, torch_save_atomic
 
 from transfer.checkpoints import CheckpointError, CheckpointInfo, canonical_keys, load_backbone
 
@@ -142,15 +142,27 @@ def convert_file(ckpt: str | Path, to: str, out: str | Path) -> CheckpointInfo:
     return info
 
 
+def check_out(ckpt: Path, out: Path, force: bool) -> None:
+    """--out must be a new file (or --force), never a folder and never the input checkpoint."""
+    if not out.name or out.is_dir():
+        raise ConversionError(f"--out {out}: is a folder; expected an output file name")
+    if out.exists() and ckpt.exists() and out.resolve() == ckpt.resolve():
+        raise ConversionError(f"--out {out}: is the input --ckpt; write the converted file elsewhere")
+    if out.exists() and not force:
+        raise ConversionError(f"--out {out}: exists; pass --force to replace it")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transfer.convert", description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt", required=True, help="pretrained checkpoint (.pth); any accepted wrapping")
     parser.add_argument("--to", required=True, choices=("detectron2", "mmseg"))
     parser.add_argument("--out", required=True, help="output file (.pkl for detectron2, .pth for mmseg)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out (never the --ckpt itself)")
     args = parser.parse_args(argv)
     try:
+        check_out(Path(args.ckpt), Path(args.out), args.force)
         info = convert_file(args.ckpt, args.to, args.out)
-    except (CheckpointError, ConversionError) as e:
+    except (CheckpointError, ConversionError, DiskFullError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{args.out}: {info.arch} from {info.path} (sha256 {info.sha256[:12]}, {info.source_format}) for {args.to}")

@@ -47,19 +47,29 @@ def _run(cmd: list[str]) -> None:
         raise SystemExit(f"demo: step failed (exit {code}): {' '.join(cmd)}")
 
 
+def is_finished(run_dir: Path) -> bool:
+    """A pretraining run that wrote its final exports (kept by demo and study)."""
+    return (run_dir / "mast_state.pth").is_file() and (run_dir / "backbone.pth").is_file()
+
+
+def pretrain_command(name: str, runs: Path, data: Path, preset: str, overrides: list[str]) -> list[str]:
+    """``python -m mast.pretrain`` for run ``runs/name`` on the synthetic data (resumes a started run)."""
+    cmd = [sys.executable, "-m", "mast.pretrain", "--config", "demo", "--name", name,
+           f"out_dir={runs}", f"data.root={data}/unlabeled", f"data.synthetic={preset}", f"data.synthetic_dir={data}",
+           f"knn.root={data}/classification/shape", *overrides]
+    if (runs / name / "last.pth").is_file():
+        cmd += ["--resume", "auto"]
+    return cmd
+
+
 def pretrain(method: str, seed: int, runs: Path, data: Path, preset: str, overrides: list[str]) -> Path:
     """Pretrain ``demo_<method>_s<seed>`` (deterministic) unless finished; returns its run folder."""
     run_dir = runs / f"demo_{method}_s{seed}"
-    if (run_dir / "mast_state.pth").is_file() and (run_dir / "backbone.pth").is_file():
+    if is_finished(run_dir):
         print(f"{run_dir}: finished earlier, kept (delete the folder to retrain)", flush=True)
         return run_dir
-    cmd = [sys.executable, "-m", "mast.pretrain", "--config", "demo", "--name", run_dir.name, f"method={method}",
-           f"seed={seed}", "runtime.deterministic=true",
-           f"out_dir={runs}", f"data.root={data}/unlabeled", f"data.synthetic={preset}", f"data.synthetic_dir={data}",
-           f"knn.root={data}/classification/shape", *overrides]
-    if (run_dir / "last.pth").is_file():
-        cmd += ["--resume", "auto"]
-    _run(cmd)
+    _run(pretrain_command(run_dir.name, runs, data, preset,
+                          [f"method={method}", f"seed={seed}", "runtime.deterministic=true", *overrides]))
     return run_dir
 
 

@@ -149,8 +149,13 @@ class TaskRun:
             config=self.config,
             **self.extra,
         )
-        write_text_atomic(self.out_dir / "config.yaml", yaml.safe_dump(_jsonable(self.config), sort_keys=False))
-        write_json_atomic(self.record_path, self.record)
+        try:
+            write_text_atomic(self.out_dir / "config.yaml", yaml.safe_dump(_jsonable(self.config), sort_keys=False))
+            write_json_atomic(self.record_path, self.record)
+        except OSError as write_error:  # e.g. a full disk: say so in one line; the exit code says failed
+            self.record.update(status="failed", error=f"record not written: {_one_line(write_error)}")
+            print(f"{self.record['task']}: failed: {self.record['error']}", file=sys.stderr)
+            return exc is None or isinstance(exc, Exception)
         if exc is None or not isinstance(exc, Exception):
             return False  # KeyboardInterrupt/SystemExit propagate after the record is written
         # A failure is data, not a crash: the record says why, the traceback sits next to it,

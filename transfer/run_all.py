@@ -34,6 +34,8 @@ if not __package__:  # run as a script path: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mast import rundir  # noqa: E402
+from mast.atomic import DiskFullError  # noqa: E402
+from mast.lock import FolderBusyError, FolderLock  # noqa: E402
 from transfer.suite import Suite, SuiteError, TaskSpec, load_suite, parse_vars  # noqa: E402
 
 UNTRAINED_STEM = Path(rundir.BACKBONE_INIT).stem  # a pretraining run's network at initialisation: the floor
@@ -91,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/transfer"), help="results root (default runs/transfer)")
     p.add_argument("--force", action="store_true", help="re-run tasks that already have an ok record")
     p.add_argument("--jobs", type=int, default=1, help="tasks run at the same time (default 1)")
-    p.add_argument("--report", type=Path, default=None, help="report folder (default reports/<basename of --out>)")
+    p.add_argument("--report", type=Path, default=None, help="report folder (default OUT/report)")
     p.add_argument("--baseline", default=None, help="checkpoint name the tables compare against")
     p.add_argument("--no-report", action="store_true", help="do not build the report at the end")
     return p
@@ -120,7 +122,7 @@ def resolve_checkpoints(paths: list[str], names: list[str]) -> list[Checkpoint]:
         except CheckpointError as e:
             raise UsageError(f"--ckpt {raw}: {e}") from None
         name = names[i] if names else default_name(path)
-        if not name or not set(name) <= _NAME_CHARS:
+        if not name or not set(name) <= _NAME_CHARS or set(name) == {"."}:
             raise UsageError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (it names a directory)")
         out.append(Checkpoint(name, path, info.sha256, info.arch, info.method, path.stem == UNTRAINED_STEM))
     return _group_seeds(out)
@@ -363,6 +365,24 @@ def _main(argv: list[str] | None) -> int:
     except (UsageError, SuiteError) as e:
         print(f"run_all: error: {e}", file=sys.stderr)
         return 2
+    if args.out.exists() and not args.out.is_dir():
+        print(f"run_all: error: --out {args.out}: exists and is not a folder (expected the results folder)",
+              file=sys.stderr)
+        return 2
+    try:  # one run_all per results folder: a second one would interleave records
+        lock = FolderLock(args.out, "run_all")
+    except FolderBusyError as e:
+        print(f"run_all: error: {e}", file=sys.stderr)
+        return 2
+    with lock:
+        try:
+            return _run(args, suite, ckpts, argv)
+        except DiskFullError as e:  # results.jsonl keeps every complete record; re-run to resume
+            print(f"run_all: error: {e}", file=sys.stderr)
+            return 2
+
+
+def _run(args: argparse.Namespace, suite: Suite, ckpts: list[Checkpoint], argv: list[str] | None) -> int:
     results = args.out / "results.jsonl"
     todo, done = plan(ckpts, suite, args.out, args.force)
     print(f"suite {suite.name} ({suite.path}): {len(suite.tasks)} task(s) x {len(ckpts)} checkpoint(s); "
@@ -372,7 +392,7 @@ def _main(argv: list[str] | None) -> int:
     if finished:
         print(f"\n{len(finished)} task(s) in {_elapsed(time.monotonic() - t0)}:\n" + summary(finished), flush=True)
     if not args.no_report:
-        _report(results, args.report or Path("reports") / args.out.name, args.baseline, argv)
+        _report(results, args.report or args.out / "report", args.baseline, argv)
     return 1 if any(r["status"] == "failed" for r in finished) else 0
 
 

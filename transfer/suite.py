@@ -102,7 +102,9 @@ def load_suite(suite: str, overrides: dict[str, str] | None = None, tasks: list[
     """Read, validate and resolve a suite; ``tasks`` keeps only entries of those task types."""
     path = resolve_suite_path(suite)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SuiteError(f"suite {path}: not UTF-8 text (expected a YAML file)") from None
     except yaml.YAMLError as e:
         raise SuiteError(f"suite {path}: not valid YAML ({' '.join(str(e).split())[:200]})") from None
     if isinstance(data, list):
@@ -110,6 +112,8 @@ def load_suite(suite: str, overrides: dict[str, str] | None = None, tasks: list[
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
         raise SuiteError(f"suite {path}: expected a list of tasks or a mapping with a 'tasks' list")
     _check_keys(data, SUITE_KEYS, f"suite {path}")
+    if not isinstance(data.get("vars") or {}, dict):
+        raise SuiteError(f"suite {path}: 'vars' must be a mapping of NAME: VALUE")
     variables = {str(k): str(v) for k, v in (data.get("vars") or {}).items()}
     for key in overrides or {}:
         if key not in variables:
@@ -155,13 +159,16 @@ def _parse_entry(entry: Any, index: int, path: Path, variables: dict[str, str], 
     if task_scale not in SCALES:
         raise SuiteError(f"{where}: scale {task_scale!r} (expected one of {list(SCALES)})")
     timeout = entry.get("timeout_min")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise SuiteError(f"{where}: timeout_min {timeout!r} (expected a positive number of minutes)")
     resolved = {str(k): _substitute(v, variables, f"{where}: args.{k}") for k, v in args.items()}
     extra = entry.get("extra_args") or []
     if not isinstance(extra, list):
         raise SuiteError(f"{where}: 'extra_args' must be a list of strings")
     extra = tuple(str(_substitute(str(v), variables, f"{where}: extra_args")) for v in extra)
+    for token in extra:
+        if token.split("=", 1)[0] in ("--ckpt", "--out", "--scale", "--force"):
+            raise SuiteError(f"{where}: extra_args {token!r} is set by run_all, remove it")
     _check_task_options(task, resolved, where)
     return TaskSpec(name, task, resolved, task_scale, checkpoints, timeout, extra)
 

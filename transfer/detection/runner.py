@@ -107,7 +107,7 @@ def load_config(path: str, opts: list[str]) -> Any:
     from detectron2.config import get_cfg
 
     cfg = get_cfg()
-    cfg.merge_from_file(path)
+    cfg.merge_from_file(path, allow_unsafe=False)  # safe YAML only: a python tag in a config never runs
     cfg.merge_from_list(list(opts))
     return cfg
 

@@ -117,6 +117,9 @@ def _run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[i
                 raise load_error
             body(run, extractor)
             _save_scores(run)
-    except Exception:  # noqa: BLE001 - TaskRun recorded it; the CLI reports one line and an exit code
-        print(f"{task}: {run.record['status']}: {run.record['error']}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - TaskRun recorded it; the CLI reports one line and an exit code
+        if run.record["status"] == "running":  # the task never started: its folder cannot be written
+            print(f"{task}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        else:
+            print(f"{task}: {run.record['status']}: {run.record['error']}", file=sys.stderr)
     return run.exit_code

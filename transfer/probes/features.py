@@ -154,10 +154,18 @@ class FeatureExtractor:
         if cached is not None:
             return SplitFeatures(cached["features"], cached["labels"], list(cached["classes"]), True, path)
         feats = self._embed(samples, desc=f"features {root.name}/{split}")
+        bad = int((~torch.isfinite(feats)).any(dim=1).sum())
+        if bad:  # a probe on NaN features would report chance level as a result
+            raise FeatureError(f"{root}/{split}: {bad} of {len(samples)} images give NaN/Inf features "
+                               f"with {self.info.path}; the checkpoint's weights or statistics are not finite?")
         labels = torch.tensor([label for _, label in samples], dtype=torch.long)
-        torch_save_atomic(path, {"key": key, "features": feats, "labels": labels, "classes": classes,
-                            "ckpt_sha256": self.info.sha256, "root": str(root.resolve()), "split": split,
-                            "image_size": self.image_size})
+        try:
+            torch_save_atomic(path, {"key": key, "features": feats, "labels": labels, "classes": classes,
+                                     "ckpt_sha256": self.info.sha256, "root": str(root.resolve()), "split": split,
+                                     "image_size": self.image_size})
+        except OSError as e:  # a cache that cannot be written only costs time next run
+            print(f"features: cache not written, continuing without it ({' '.join(str(e).split())})", file=sys.stderr)
+            path = None
         return SplitFeatures(feats, labels, classes, False, path)
 
     def _network(self) -> nn.Module:

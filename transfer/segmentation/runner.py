@@ -136,6 +136,10 @@ def train_and_evaluate(cfg: Any, converted: Path) -> dict[str, float]:
         latest = find_latest_checkpoint(cfg.work_dir)
         if latest is None:
             raise FileNotFoundError(f"--resume: no Runner checkpoint in {cfg.work_dir}")
+        work = Path(cfg.work_dir).resolve()
+        if Path(latest).resolve().parent != work:  # last_checkpoint is a text file naming any path
+            raise FileNotFoundError(f"--resume: {work}/last_checkpoint points outside the run ({latest}); "
+                                    "only the Runner's own checkpoints in its work folder are resumed")
         cfg.load_from = trusted(latest)  # the Runner's own file: weights_only=False
     runner = Runner.from_cfg(cfg)
     # Before any data is read: names and shapes; BackboneLoadedHook then checks the loaded values.

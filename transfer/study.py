@@ -1,0 +1,239 @@
+"""``make study``: MAST v2 against VICReg and two controls, over pretraining seeds (issue 14).
+
+    python -m transfer.study [--seeds 0 1 2] [--epochs 6] [--jobs 2] [--data data/synthetic]
+                             [--runs runs/study/pretrain] [--out runs/study/transfer]
+                             [--report reports/study] [--set KEY=VALUE ...] [--plan]
+
+Arms (same demo config otherwise: ResNet-18, 32 px views, batch 128, expander 1024³, LARS):
+
+- ``vicreg``          VICReg, λ = 25;
+- ``vicreg_matched``  VICReg with λ = 25 × the mean invariance weight w that the same-seed MAST run
+                      applied over its last epoch (``loss.inv_coeff=auto:RUN``, mast/matched.py):
+                      separates MAST's reweighting from a merely weaker invariance term;
+- ``mast_unc_none``   MAST with ``model.uncertainty=none`` (one learned scalar per augmentation);
+- ``mast``            MAST (eq. 4 v2, w = 1/q).
+
+Each arm is pretrained once per seed (``python -m mast.pretrain``, one thread each, ``--jobs`` at
+a time); every finished checkpoint gets the frozen-feature probes of ``transfer/suites/study.yaml``
+(``python transfer/run_all.py``, kNN + linear on color/side/shape, 5-way few-shot); then
+``python -m reports.study`` writes the report (per-seed tables, per-arm means with t-intervals
+over seeds, MAST minus each control paired by seed). Re-running resumes: finished runs and probe
+records are kept, an interrupted pretraining continues from its last.pth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transfer.demo import _step, is_finished, pretrain_command
+
+ARMS: dict[str, list[str]] = {
+    "vicreg": ["method=vicreg"],
+    "vicreg_matched": ["method=vicreg", "loss.inv_coeff=auto:{mast_run}"],
+    "mast_unc_none": ["method=mast", "model.uncertainty=none"],
+    "mast": ["method=mast"],
+}
+#: Study settings on top of the demo config (documented in the README): a kNN monitor only at
+#: initialisation and at the end, no progress bars in the logs.
+STUDY_OVERRIDES = ["knn.every=0", "runtime.progress=false", "runtime.threads=1"]
+#: Measured on the 2-core CPU machine (one thread, ResNet-18, 32 px views, batch 128, expander
+#: 1024³, idle machine): seconds per pretraining step, and seconds for the study suite on one
+#: checkpoint (7 probes, process start-up included). Used only for the up-front estimate.
+STEP_S = {"vicreg": 1.12, "mast": 1.23}
+PROBES_S = 200.0
+RUN_OVERHEAD_S = 30.0  # per pretraining run: start-up, kNN at initialisation and at the end, held-out pass
+SUITE = Path(__file__).resolve().parent / "suites" / "study.yaml"
+
+
+@dataclass
+class Job:
+    """One subprocess of the study: a pretraining run or the probes of one checkpoint."""
+    name: str
+    cmd: list[str]
+    log: Path
+    deps: list[str] = field(default_factory=list)
+    estimate_s: float = 0.0
+    proc: subprocess.Popen | None = None
+    t0: float = 0.0
+    state: str = "pending"  # pending | running | ok | failed | skipped
+
+
+def run_name(arm: str, seed: int) -> str:
+    """Checkpoint name in the results (``mast_s0``); the pretraining run is ``study_<name>``."""
+    return f"{arm}_s{seed}"
+
+
+def count_steps(data: Path, overrides: list[str]) -> int:
+    """Optimisation steps of one pretraining run (images // batch × epochs), for the estimate."""
+    from mast.config import load_config
+
+    cfg = load_config("demo", overrides)
+    root = data / "unlabeled"
+    images = sum(1 for p in root.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg")) if root.is_dir() else 0
+    return max(images // cfg.optim.batch_size, 1) * cfg.optim.epochs
+
+
+def probes_done(out: Path, name: str, suite: Path, backbone: Path) -> bool:
+    """Every suite task has an ok record for ``name``, written after ``backbone`` (so not of an older run)."""
+    from transfer.suite import load_suite
+
+    if not backbone.is_file():
+        return False
+    for task in load_suite(str(suite)).tasks:
+        path = out / name / task.name / "record.json"
+        try:
+            ok = json.loads(path.read_text()).get("status") == "ok"
+        except (OSError, ValueError, AttributeError):
+            return False
+        if not ok or path.stat().st_mtime < backbone.stat().st_mtime:
+            return False
+    return True
+
+
+def plan_jobs(args: argparse.Namespace, overrides: list[str]) -> list[Job]:
+    """Pretraining jobs (matched runs wait for the same-seed MAST run), then one probe job per checkpoint."""
+    steps = count_steps(args.data, overrides)
+    logs = args.runs / "logs"
+    pretrain, probes = [], []
+    # priority: per seed, MAST first (its matched run waits for it), VICReg beside it
+    priority = [a for a in ("mast", "vicreg", "mast_unc_none", "vicreg_matched") if a in args.arms]
+    for seed in args.seeds:
+        for arm in priority:
+            name = run_name(arm, seed)
+            run_dir = args.runs / f"study_{name}"
+            arm_overrides = [o.format(mast_run=args.runs / f"study_{run_name('mast', seed)}") for o in ARMS[arm]]
+            cmd = pretrain_command(f"study_{name}", args.runs, args.data, args.preset,
+                                   [*arm_overrides, f"seed={seed}", *overrides])
+            deps = [f"pretrain:{run_name('mast', seed)}"] if arm == "vicreg_matched" else []
+            job = Job(f"pretrain:{name}", cmd, logs / f"pretrain_{name}.log", deps,
+                      RUN_OVERHEAD_S + steps * STEP_S["vicreg" if arm.startswith("vicreg") else "mast"])
+            if is_finished(run_dir):
+                job.state = "ok"
+            pretrain.append(job)
+            probe_cmd = [sys.executable, str(Path(__file__).resolve().parent / "run_all.py"), "--ckpt", str(run_dir / "backbone.pth"),
+                         "--name", name, "--suite", str(args.suite), "--var", f"data={args.data}",
+                         "--out", str(args.out / name), "--no-report", "--jobs", "1"]  # one run_all per folder
+            probe_cmd += ["--tasks", *args.tasks] if args.tasks else []
+            probe = Job(f"probes:{name}", probe_cmd, logs / f"probes_{name}.log", [job.name], PROBES_S)
+            if job.state == "ok" and probes_done(args.out / name, name, args.suite, run_dir / "backbone.pth"):
+                probe.state, probe.estimate_s = "ok", 0.0  # kept; run_all would skip every task anyway
+            probes.append(probe)
+    return pretrain + probes  # list order = priority: pretraining first, probes fill idle slots
+
+
+def _fmt(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def _start(job: Job, env: dict) -> None:
+    job.log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[{time.strftime('%H:%M:%S')}] start {job.name}  (log {job.log})", flush=True)
+    with open(job.log, "a") as log:
+        log.write("$ " + " ".join(job.cmd) + "\n")
+        log.flush()
+        job.proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    job.t0, job.state = time.monotonic(), "running"
+
+
+def execute(jobs: list[Job], parallel: int, poll_s: float = 2.0) -> None:
+    """Run the jobs, at most ``parallel`` at a time, each after its dependencies succeeded."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    by_name = {j.name: j for j in jobs}
+    try:
+        while True:
+            for job in jobs:
+                if job.state == "pending" and any(by_name[d].state in ("failed", "skipped") for d in job.deps):
+                    job.state = "skipped"
+                    print(f"[{time.strftime('%H:%M:%S')}] skip {job.name}: {', '.join(job.deps)} did not succeed", flush=True)
+            running = [j for j in jobs if j.state == "running"]
+            for job in jobs:
+                if len(running) >= parallel:
+                    break
+                if job.state == "pending" and all(by_name[d].state == "ok" for d in job.deps):
+                    _start(job, env)
+                    running.append(job)
+            if not running:
+                return
+            time.sleep(poll_s)
+            for job in running:
+                code = job.proc.poll()
+                if code is None:
+                    continue
+                # run_all exits 1 when a task failed: that failure is a record in the results, not a study failure
+                ok = code == 0 or (job.name.startswith("probes:") and code == 1)
+                job.state = "ok" if ok else "failed"
+                left = sum(j.estimate_s for j in jobs if j.state == "pending") / parallel
+                print(f"[{time.strftime('%H:%M:%S')}] {job.state} {job.name} in {_fmt(time.monotonic() - job.t0)}"
+                      f"{'' if ok else f' (exit {code}; see {job.log})'}; queued work ~{_fmt(left)}", flush=True)
+    finally:
+        for job in jobs:
+            if job.state == "running" and job.proc.poll() is None:
+                job.proc.terminate()
+                job.proc.wait()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m transfer.study", description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="pretraining seeds (default 0 1 2)")
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="default: all four")
+    p.add_argument("--epochs", type=int, default=6, help="pretraining epochs (default 6 = 234 steps on the demo data)")
+    p.add_argument("--jobs", type=int, default=2, help="subprocesses at the same time, one thread each (default 2)")
+    p.add_argument("--data", type=Path, default=Path("data/synthetic"))
+    p.add_argument("--preset", choices=["demo", "tiny"], default="demo", help="synthetic data preset")
+    p.add_argument("--runs", type=Path, default=Path("runs/study/pretrain"))
+    p.add_argument("--out", type=Path, default=Path("runs/study/transfer"), help="probe results root")
+    p.add_argument("--report", type=Path, default=Path("reports/study"))
+    p.add_argument("--suite", type=Path, default=SUITE, help="probe suite (default transfer/suites/study.yaml)")
+    p.add_argument("--tasks", nargs="+", default=None, help="only these probe types (knn linear fewshot)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="pretraining override for every arm (e.g. runtime.device=cuda)")
+    p.add_argument("--plan", action="store_true", help="print the jobs and the expected duration, run nothing")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if "mast" not in args.arms and "vicreg_matched" in args.arms:
+        raise SystemExit("study: --arms vicreg_matched needs the mast arm (its λ comes from the same-seed MAST run)")
+    if args.jobs < 1 or not args.seeds:
+        raise SystemExit("study: --jobs must be >= 1 and --seeds non-empty")
+    t_all = _step(f"1/3 synthetic data -> {args.data}")
+    from mast.data.synthetic import SyntheticSpec, ensure_dataset
+
+    ensure_dataset(args.data, getattr(SyntheticSpec, args.preset)())
+    overrides = [*STUDY_OVERRIDES, f"optim.epochs={args.epochs}", *args.set]
+    jobs = plan_jobs(args, overrides)
+    todo = [j for j in jobs if j.state == "pending"]
+    serial = sum(j.estimate_s for j in todo)
+    print(f"{len(args.arms)} arms x {len(args.seeds)} seeds, {args.epochs} epochs ({count_steps(args.data, overrides)} "
+          f"steps) each; {sum(j.name.startswith('pretrain:') for j in todo)} pretraining runs and "
+          f"{sum(j.name.startswith('probes:') for j in todo)} probe suites to run.\n"
+          f"Expected duration: ~{serial / args.jobs / 60:.0f} min with --jobs {args.jobs} "
+          f"({serial / 60:.0f} min of one-thread work, measured rates of a 2-core CPU: "
+          f"{STEP_S['vicreg']} / {STEP_S['mast']} s per VICReg / MAST step, {PROBES_S:.0f} s of probes per "
+          f"checkpoint; slower when other jobs share the cores).", flush=True)
+    if args.plan:
+        for job in jobs:
+            print(f"  {job.state:8s} {job.name:28s} ~{_fmt(job.estimate_s)}  after {job.deps or '-'}")
+        return 0
+    _step(f"2/3 pretraining and probes ({len(todo)} jobs, {args.jobs} at a time)")
+    execute(jobs, args.jobs)
+    failed = [j.name for j in jobs if j.state in ("failed", "skipped")]
+    _step(f"3/3 report -> {args.report}")
+    code = subprocess.call([sys.executable, "-m", "reports.study", "--results", str(args.out),
+                            "--runs", str(args.runs), "--out", str(args.report)])
+    minutes = (time.monotonic() - t_all) / 60
+    print(f"\nstudy finished in {minutes:.1f} min; {len(failed)} job(s) failed or skipped{': ' if failed else ''}"
+          f"{', '.join(failed)}; report: {args.report / 'index.md'} (report exit {code})", flush=True)
+    return 1 if failed or code else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
