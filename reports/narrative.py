@@ -11,11 +11,11 @@ from __future__ import annotations
 from reports import compare
 from reports.compare import Delta
 from reports.results import Results
-from reports.tables import fmt_interval, ordered_names, seeds_note, summary_table
+from reports.tables import fmt, fmt_interval, ordered_names, seeds_note, summary_table
 
 
 def _item(task: str, metric: str, d: Delta) -> str:
-    return f"{task} {metric} {d.value:+.1f}" + (f" {fmt_interval(d.lo, d.hi, True)}" if d.lo is not None else "")
+    return f"{task} {metric} {fmt(d.value, True)}" + (f" {fmt_interval(d.lo, d.hi, True)}" if d.lo is not None else "")
 
 
 def summary_lines(results: Results, baseline: str | None) -> list[str]:

@@ -117,8 +117,14 @@ MD = Style(("**", "**"), " ± ", (" (", ")"), "†")
 TEX = Style((r"\textbf{", "}"), r" $\pm$ ", (r" {\scriptsize (", ")}"), r"$^\dagger$")
 
 
+def fmt(x: float, signed: bool = False) -> str:
+    """One decimal, never "-0.0" (a difference of -0.004 is shown as +0.0)."""
+    x = round(x, 1) + 0.0
+    return f"{x:+.1f}" if signed else f"{x:.1f}"
+
+
 def fmt_interval(lo: float, hi: float, signed: bool = False) -> str:
-    return f"[{lo:+.1f}, {hi:+.1f}]" if signed else f"[{lo:.1f}, {hi:.1f}]"
+    return f"[{fmt(lo, signed)}, {fmt(hi, signed)}]"
 
 
 def format_cell(cell: Cell, style: Style = MD) -> str:
@@ -137,7 +143,7 @@ def format_cell(cell: Cell, style: Style = MD) -> str:
         text += f" sd {s.seed_sd:.1f}"
     d = cell.delta
     if d is not None:
-        inner = f"{d.value:+.1f}" + (" " + fmt_interval(d.lo, d.hi, True) if d.lo is not None else "")
+        inner = fmt(d.value, True) + (" " + fmt_interval(d.lo, d.hi, True) if d.lo is not None else "")
         text += f"{style.delta[0]}{inner}{style.dagger if d.marked else ''}{style.delta[1]}"
     return text
 

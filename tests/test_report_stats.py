@@ -96,9 +96,9 @@ def test_markdown_latex_and_csv_carry_the_same_intervals(tmp_path, truth):
     checked = 0
     for _, row in df[df.lo.notna()].iterrows():
         label = f"{row.checkpoint} (2 seeds)" if row.seed == "all" else f"{row.checkpoint} s{row.seed}"
-        expect = [f"{row.value:.1f}", f"[{row.lo:.1f}, {row.hi:.1f}]"]
+        expect = [tables.fmt(row.value), tables.fmt_interval(row.lo, row.hi)]
         if not pd.isna(row.delta_lo):
-            expect.append(f"({row.delta:+.1f} [{row.delta_lo:+.1f}, {row.delta_hi:+.1f}]")
+            expect.append(f"({tables.fmt(row.delta, True)} {tables.fmt_interval(row.delta_lo, row.delta_hi, True)}")
         md_rows = [ln for ln in md.splitlines() if ln.startswith(f"| {label} |")]
         tex_rows = [ln for ln in tex.splitlines() if ln.startswith(tables.tex_escape(label) + " &")]
         assert md_rows and tex_rows
