@@ -20,7 +20,7 @@ from mast import rundir
 from mast.atomic import write_text_atomic
 from mast.lock import LOCK_NAME, FolderBusyError, FolderLock
 from mast.provenance import code_version
-from reports import mast_plots, plots, tables
+from reports import mast_plots, narrative, plots, tables
 from reports.results import Results, load_results
 
 
@@ -52,6 +52,7 @@ def build(results_path: str | Path, out: str | Path, baseline: str | None = None
         write_text_atomic(out / "tables.tex", tables.latex_report(results, baseline))
         write_text_atomic(out / "results.csv", tables.tidy_frame(results, baseline).to_csv(index=False))
         bars = [(t, plots.task_bars(results, t, baseline, out / f"bars_{t}.png")) for t in results.tasks]
+        forest = plots.forest(results, baseline, out / "forest.png")
         mast = {}
         for name in results.names:
             state_path = mast_state_path(results, name)
@@ -60,8 +61,9 @@ def build(results_path: str | Path, out: str | Path, baseline: str | None = None
                 mast[name] = (state_path, mast_plots.mast_figures(state, out, f"mast_{name}"))
         if command is None:
             command = "python -m reports.build " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        write_text_atomic(out / "index.md", _index(results, results_path, out, baseline, command, md, bars, mast))
-        written = {"index.md", "tables.md", "tables.tex", "results.csv"}
+        write_text_atomic(out / "index.md", _index(results, results_path, out, baseline, command, md, bars, mast,
+                                                   forest))
+        written = {"index.md", "tables.md", "tables.tex", "results.csv"} | ({forest.name} if forest else set())
         written |= {p.name for _, p in bars if p is not None}
         written |= {p.name for _, (_, res) in mast.items() for _, p in res["figures"]}
         _replace_manifest(out, written)
@@ -80,7 +82,8 @@ def _replace_manifest(out: Path, written: set[str]) -> None:
     write_text_atomic(out / MANIFEST, json.dumps(sorted(written), indent=0) + "\n")
 
 
-def _index(results: Results, results_path, out: Path, baseline, command: str, md: str, bars, mast) -> str:
+def _index(results: Results, results_path, out: Path, baseline, command: str, md: str, bars, mast,
+           forest: Path | None) -> str:
     versions = sorted({str(r.get("code_version")) for r in results.records.values() if r.get("code_version")})
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -90,16 +93,26 @@ def _index(results: Results, results_path, out: Path, baseline, command: str, md
         f"Rebuild with `python -m reports.build --results {results_path} --out {out}"
         + (f" --baseline {baseline}`." if baseline else "`."), "",
         "Files: [tables.md](tables.md), [tables.tex](tables.tex) (booktabs), [results.csv](results.csv) "
-        "(tidy: one row per metric).", "",
+        "(tidy: one row per metric, and per seed; `delta`, `delta_lo`, `delta_hi`, `n_seeds`). How the intervals "
+        "are computed: docs/STATISTICS.md.", "",
+        "## What the numbers say", "", *narrative.summary_lines(results, baseline),
+        *([f"![differences to {baseline}]({forest.name})", ""] if forest else []),
         "## Checkpoints", "", "| name | method | arch | sha256 | file |", "|---|---|---|---|---|",
     ]
     for name in tables.ordered_names(results, baseline):
-        rec = next(r for (n, _), r in results.records.items() if n == name)
-        ck = rec.get("checkpoint") or {}
-        lines.append(f"| {name} | {rec.get('method') or ck.get('method') or '?'} | {ck.get('arch', '?')} | "
-                     f"`{str(ck.get('sha256', ''))[:12]}` | `{_rel(ck.get('path', '?'))}` |")
+        seeds: dict[int, dict] = {}  # seed index -> the first record that names its checkpoint
+        for (n, _), runs in results.runs.items():
+            for i, r in enumerate(runs):
+                if n == name and (r.get("checkpoint") or {}).get("sha256"):
+                    seeds.setdefault(int(r.get("seed_index") or i), r)
+        for i, rec in sorted(seeds.items()) or [(0, {})]:
+            ck = rec.get("checkpoint") or {}
+            label = tables.seed_label(name, i) if len(seeds) > 1 else name
+            lines.append(f"| {label} | {rec.get('method') or ck.get('method') or '?'} | {ck.get('arch', '?')} | "
+                         f"`{str(ck.get('sha256', ''))[:12]}` | `{_rel(ck.get('path', '?'))}` |")
     lines += ["", md.split("\n", 1)[1].replace("\n## ", "\n### ").strip(), ""]
-    failed = [(n, t, r) for (n, t), r in results.records.items() if r.get("status") != "ok"]
+    failed = [(n if len(runs) == 1 else tables.seed_label(n, i), t, r)
+              for (n, t), runs in results.runs.items() for i, r in enumerate(runs) if r.get("status") != "ok"]
     if failed:
         lines += ["## Tasks without a result", "", "| checkpoint | task | status | reason |", "|---|---|---|---|"]
         lines += [f"| {n} | {t} | {r.get('status')} | {' '.join(str(r.get('error') or '').split())[:300].replace('|', '/')} |"

@@ -1,10 +1,18 @@
-"""The results a report shows: the latest record per (checkpoint, task) from ``results.jsonl``."""
+"""The results a report shows: per (checkpoint name, task), the latest record of each pretraining seed.
+
+Checkpoints that share a name are the seeds of one group (``run_all --name``); run_all numbers
+them (``seed_index``), and the per-item scores a probe saved (``predictions.npz``) are found
+through the record's ``predictions`` path, relative to the folder of ``results.jsonl``.
+"""
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from transfer.records import read_jsonl
 
@@ -20,14 +28,44 @@ HEADLINE = {
 
 @dataclass
 class Results:
-    """Selected records keyed by (checkpoint name, task name), in order of first appearance."""
+    """Selected records keyed by (checkpoint name, task name), in order of first appearance.
+
+    ``records`` holds one representative record per pair (the first seed with an ok record);
+    ``runs`` holds every seed's record, ordered by ``seed_index``.
+    """
 
     records: dict[tuple[str, str], dict]
     names: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
+    runs: dict[tuple[str, str], list[dict]] = field(default_factory=dict)
+    root: Path | None = None  # folder of results.jsonl: predictions paths are relative to it
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def get(self, name: str, task: str) -> dict | None:
         return self.records.get((name, task))
+
+    def seeds(self, name: str, task: str) -> list[dict]:
+        return self.runs.get((name, task), [])
+
+    def n_seeds(self, name: str) -> int:
+        """Pretraining seeds of a group: the most seeds any of its tasks has."""
+        return max((len(v) for (n, _), v in self.runs.items() if n == name), default=0)
+
+    def scores(self, record: dict, metric: str) -> np.ndarray | None:
+        """Per-item scores (0/1 per test image, accuracy per episode) the task saved for ``metric``."""
+        rel = record.get("predictions")
+        if not rel or record.get("status") != "ok":
+            return None
+        path = Path(rel) if Path(rel).is_absolute() or self.root is None else self.root / rel
+        if path not in self.cache:
+            try:
+                with np.load(path, allow_pickle=False) as npz:
+                    self.cache[path] = {k: npz[k].astype(np.float64) for k in npz.files}
+            except (OSError, ValueError) as e:
+                warnings.warn(f"{path}: per-item scores unreadable ({e}); that number is shown without its interval",
+                              stacklevel=2)
+                self.cache[path] = {}
+        return self.cache[path].get(metric)
 
 
 def record_name(record: dict) -> str:
@@ -45,15 +83,17 @@ def record_task(record: dict) -> str:
 def load_results(path: str | Path) -> Results:
     """Read ``path`` (a results.jsonl or the folder holding it); corrupt lines are skipped with a warning.
 
-    Per (checkpoint, task) the latest ``ok`` record wins; a pair with no ok record shows its latest
-    record (failed or skipped), so a table says why a cell is empty.
+    Per (checkpoint, task, seed_index) the latest ``ok`` record wins; one with no ok record shows
+    its latest record (failed or skipped), so a table says why a cell is empty. A retrained
+    checkpoint under the same name and seed index replaces the old one.
     """
     path = Path(path)
     if path.is_dir():
         path = path / "results.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"--results {path}: no such file (expected a results.jsonl written by run_all)")
-    chosen: dict[tuple[str, str], dict] = {}
+    chosen: dict[tuple[str, str, int], dict] = {}
+    pairs: dict[tuple[str, str], None] = {}  # first-appearance order
     names: list[str] = []
     tasks: list[str] = []
     for record in read_jsonl(path):
@@ -62,10 +102,16 @@ def load_results(path: str | Path) -> Results:
             names.append(name)
         if task not in tasks:
             tasks.append(task)
-        previous = chosen.get((name, task))
+        pairs.setdefault((name, task), None)
+        key = (name, task, int(record.get("seed_index") or 0))
+        previous = chosen.get(key)
         if previous is None or record.get("status") == "ok" or previous.get("status") != "ok":
-            chosen[(name, task)] = record
-    return Results(chosen, names, tasks)
+            chosen[key] = record
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for (name, task, _), record in sorted(chosen.items(), key=lambda kv: kv[0][2]):
+        runs.setdefault((name, task), []).append(record)
+    records = {k: next((r for r in runs[k] if r.get("status") == "ok"), runs[k][0]) for k in pairs}
+    return Results(records, names, tasks, runs, path.parent)
 
 
 def finite(value) -> float | None:

@@ -1,33 +1,41 @@
-"""Paper-style tables: checkpoints as rows, task metrics as columns (Markdown, LaTeX, tidy CSV).
+"""Paper-style tables: checkpoint groups as rows, task metrics as columns (Markdown, LaTeX, tidy CSV).
 
-A cell shows ``mean ± spread (Δ)``: the spread is the std over seeds (``metrics_std``) or, for
-few-shot accuracy, its 95% confidence interval (``<metric>_ci95``); Δ is the difference to the
-baseline row; the best value of each column is bold. Every metric is "higher is better".
+A cell shows ``mean [95 % interval] (Δ [interval])`` (reports/compare.py, docs/STATISTICS.md):
+the value is the mean over the group's pretraining seeds, ``sd`` their spread when there are
+several; Δ is the difference to the baseline row, marked † when its interval excludes 0. A
+fine-tuning number without per-item scores shows ``± std (n runs)`` or ``(1 run)``. The best value
+of each column is bold. Every metric is "higher is better". Markdown, LaTeX and CSV print the
+same numbers from the same :class:`Cell`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
-from reports.results import Results, finite, headline_metric, metric_names, task_label
+from reports import compare
+from reports.compare import Delta, Stat
+from reports.results import Results, headline_metric, metric_names, task_label
 
 
 @dataclass(frozen=True)
 class Cell:
-    value: float | None = None
-    spread: float | None = None
-    delta: float | None = None
+    stat: Stat | None = None
+    delta: Delta | None = None
     best: bool = False
     note: str = "–"  # shown when there is no value: failed / skipped / – (not run)
+
+    @property
+    def value(self) -> float | None:
+        return self.stat.value if self.stat else None
 
 
 @dataclass
 class Table:
     title: str
     columns: list[tuple[str, str]]  # (task name, metric)
-    rows: list[str]  # checkpoint names
+    rows: list[str]  # row labels: a group, or "<group> s<i>" for one of its seeds
     cells: dict[tuple[str, int], Cell]
 
     def header(self, i: int, with_task: bool) -> str:
@@ -36,46 +44,55 @@ class Table:
 
 
 def ordered_names(results: Results, baseline: str | None) -> list[str]:
-    """Checkpoint rows: the baseline first, then first-seen order."""
+    """Checkpoint groups: the baseline first, then first-seen order."""
     if baseline is not None and baseline not in results.names:
         raise ValueError(f"--baseline {baseline}: no records for it (checkpoints: {results.names})")
     return ([baseline] if baseline else []) + [n for n in results.names if n != baseline]
 
 
-def build_table(results: Results, columns: list[tuple[str, str]], baseline: str | None, title: str) -> Table:
-    rows = ordered_names(results, baseline)
-    raw: dict[tuple[str, int], Cell] = {}
-    for i, (task, metric) in enumerate(columns):
-        for name in rows:
-            raw[(name, i)] = _raw_cell(results.get(name, task), metric)
-    cells = {}
+def group_label(results: Results, name: str) -> str:
+    n = results.n_seeds(name)
+    return f"{name} ({n} seeds)" if n > 1 else name
+
+
+def seed_label(name: str, index: int) -> str:
+    return f"{name} s{index}"
+
+
+def build_table(results: Results, columns: list[tuple[str, str]], baseline: str | None, title: str,
+                with_seeds: bool = False) -> Table:
+    """One row per group (and, ``with_seeds``, one per seed of a group that has several)."""
+    rows, cells = [], {}
+    for name in ordered_names(results, baseline):
+        label = group_label(results, name)
+        rows.append(label)
+        for i, (task, metric) in enumerate(columns):
+            stat = compare.group_stat(results, name, task, metric)
+            d = compare.delta(results, name, baseline, task, metric) if baseline else None
+            cells[(label, i)] = Cell(stat, d, note=_note(results.get(name, task)))
+        seeds = max((len(results.seeds(name, t)) for t, _ in columns), default=0)
+        for s in range(seeds if with_seeds and results.n_seeds(name) > 1 else 0):
+            rows.append(seed_label(name, s))
+            for i, (task, metric) in enumerate(columns):
+                runs = results.seeds(name, task)
+                record = runs[s] if s < len(runs) else None
+                stat = compare.seed_stat(results, record, metric) if record else None
+                cells[(rows[-1], i)] = Cell(stat, note=_note(record))
     for i in range(len(columns)):
-        shown = [round(raw[(n, i)].value, 1) for n in rows if raw[(n, i)].value is not None]
-        top = max(shown) if shown else None
-        base = raw[(baseline, i)].value if baseline else None
-        for name in rows:
-            c = raw[(name, i)]
-            if c.value is None:
-                cells[(name, i)] = c
-                continue
-            # Δ of the values as shown, so a reader can check it against the table
-            delta = round(c.value, 1) - round(base, 1) if base is not None and name != baseline else None
-            cells[(name, i)] = Cell(c.value, c.spread, delta, len(shown) > 1 and round(c.value, 1) == top)
+        groups = [group_label(results, n) for n in ordered_names(results, baseline)]
+        shown = [round(cells[(g, i)].value, 1) for g in groups if cells[(g, i)].value is not None]
+        top = max(shown) if len(shown) > 1 else None
+        for g in groups:
+            c = cells[(g, i)]
+            if c.value is not None and round(c.value, 1) == top:
+                cells[(g, i)] = replace(c, best=True)
     return Table(title, columns, rows, cells)
 
 
-def _raw_cell(record: dict | None, metric: str) -> Cell:
+def _note(record: dict | None) -> str:
     if record is None:
-        return Cell()
-    if record.get("status") != "ok":
-        return Cell(note=str(record.get("status") or "failed"))
-    value = finite((record.get("metrics") or {}).get(metric))
-    if value is None:
-        return Cell()
-    spread = finite((record.get("metrics_std") or {}).get(metric))
-    if spread is None:
-        spread = finite(record["metrics"].get(f"{metric}_ci95"))
-    return Cell(value, spread)
+        return "–"
+    return "–" if record.get("status") == "ok" else str(record.get("status") or "failed")
 
 
 def summary_table(results: Results, baseline: str | None) -> Table:
@@ -84,20 +101,50 @@ def summary_table(results: Results, baseline: str | None) -> Table:
 
 
 def task_tables(results: Results, baseline: str | None) -> list[Table]:
-    return [build_table(results, [(t, m) for m in metric_names(results, t)], baseline, task_label(results, t))
+    return [build_table(results, [(t, m) for m in metric_names(results, t)], baseline, task_label(results, t), True)
             for t in results.tasks if metric_names(results, t)]
 
 
-def _fmt(cell: Cell, bold: tuple[str, str], pm: str, delta: tuple[str, str]) -> str:
-    if cell.value is None:
+@dataclass(frozen=True)
+class Style:
+    bold: tuple[str, str]
+    pm: str
+    delta: tuple[str, str]
+    dagger: str
+
+
+MD = Style(("**", "**"), " ± ", (" (", ")"), "†")
+TEX = Style((r"\textbf{", "}"), r" $\pm$ ", (r" {\scriptsize (", ")}"), r"$^\dagger$")
+
+
+def fmt(x: float, signed: bool = False) -> str:
+    """One decimal, never "-0.0" (a difference of -0.004 is shown as +0.0)."""
+    x = round(x, 1) + 0.0
+    return f"{x:+.1f}" if signed else f"{x:.1f}"
+
+
+def fmt_interval(lo: float, hi: float, signed: bool = False) -> str:
+    return f"[{fmt(lo, signed)}, {fmt(hi, signed)}]"
+
+
+def format_cell(cell: Cell, style: Style = MD) -> str:
+    """``value [lo, hi] sd S (Δ [lo, hi]†)``; see the module docstring."""
+    s = cell.stat
+    if s is None:
         return cell.note
-    text = f"{cell.value:.1f}"
+    text = f"{s.value:.1f}"
     if cell.best:
-        text = f"{bold[0]}{text}{bold[1]}"
-    if cell.spread is not None:
-        text += f"{pm}{cell.spread:.1f}"
-    if cell.delta is not None:
-        text += f"{delta[0]}({cell.delta:+.1f}){delta[1]}"
+        text = f"{style.bold[0]}{text}{style.bold[1]}"
+    if s.lo is not None:
+        text += " " + fmt_interval(s.lo, s.hi)
+    elif s.n_seeds <= 1:
+        text += f"{style.pm}{s.std:.1f} ({s.n_runs} runs)" if s.std is not None and s.n_runs > 1 else " (1 run)"
+    if s.seed_sd is not None:
+        text += f" sd {s.seed_sd:.1f}"
+    d = cell.delta
+    if d is not None:
+        inner = fmt(d.value, True) + (" " + fmt_interval(d.lo, d.hi, True) if d.lo is not None else "")
+        text += f"{style.delta[0]}{inner}{style.dagger if d.marked else ''}{style.delta[1]}"
     return text
 
 
@@ -107,9 +154,9 @@ def to_markdown(table: Table, with_task: bool = False) -> str:
 
     head = ["checkpoint"] + [esc(table.header(i, with_task)) for i in range(len(table.columns))]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + [":---:"] * len(table.columns)) + "|"]
-    for name in table.rows:
-        cells = [_fmt(table.cells[(name, i)], ("**", "**"), " ± ", (" ", "")) for i in range(len(table.columns))]
-        lines.append("| " + " | ".join([esc(name)] + cells) + " |")
+    for row in table.rows:
+        cells = [format_cell(table.cells[(row, i)]) for i in range(len(table.columns))]
+        lines.append("| " + " | ".join([esc(row)] + cells) + " |")
     return "\n".join(lines)
 
 
@@ -122,30 +169,47 @@ def tex_escape(text: str) -> str:
 
 
 def to_latex(table: Table, with_task: bool = False) -> str:
-    """A booktabs table; one row per checkpoint."""
+    """A booktabs table; one row per group (and per seed in the per-task tables)."""
     head = ["Checkpoint"] + [tex_escape(table.header(i, with_task)) for i in range(len(table.columns))]
     lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{tex_escape(table.title)}}}",
              r"\begin{tabular}{l" + "c" * len(table.columns) + "}", r"\toprule", " & ".join(head) + r" \\",
              r"\midrule"]
-    for name in table.rows:
-        cells = [_tex_cell(table.cells[(name, i)]) for i in range(len(table.columns))]
-        lines.append(" & ".join([tex_escape(name)] + cells) + r" \\")
+    for row in table.rows:
+        cells = [_tex_cell(table.cells[(row, i)]) for i in range(len(table.columns))]
+        lines.append(" & ".join([tex_escape(row)] + cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines)
 
 
 def _tex_cell(cell: Cell) -> str:
-    if cell.value is None:
+    if cell.stat is None:
         return "--" if cell.note == "–" else tex_escape(cell.note)
-    return _fmt(cell, (r"\textbf{", "}"), r"$\pm$", (r" {\scriptsize ", "}"))
+    return format_cell(cell, TEX)
+
+
+def seeds_note(results: Results) -> str:
+    """How many pretraining seeds each group has; "1 seed" says the intervals cover the test set only."""
+    counts = {n: results.n_seeds(n) for n in results.names}
+    if all(c <= 1 for c in counts.values()):
+        return ("1 seed per checkpoint: intervals cover test-set sampling only, not the variation between "
+                "pretraining seeds (there is no seed spread to show).")
+    return "Pretraining seeds: " + ", ".join(f"{n} {c} seed{'s' if c != 1 else ''}" for n, c in counts.items()) + (
+        "; a group's value is the mean over its seeds, `sd` their spread, and its interval resamples seeds, "
+        "then test items (docs/STATISTICS.md).")
+
+
+def legend(baseline: str | None) -> str:
+    return ((f"Δ in parentheses: difference to **{baseline}** with its 95% interval (items paired, seeds paired "
+             "by position); † marks an interval that excludes 0. " if baseline else "")
+            + "[lo, hi]: 95% percentile-bootstrap interval over test images (probes) or episodes (few-shot). "
+            "± (n runs): std over fine-tuning runs; (1 run): a single run, no interval. Bold: best in column. "
+            "All numbers in percent.")
 
 
 def markdown_report(results: Results, baseline: str | None) -> str:
-    """tables.md: the summary table, then one table per task with all its metrics."""
-    note = (f"Δ in parentheses: difference to **{baseline}**. " if baseline else "") + (
-        "± : std over seeds, or the 95% confidence interval over few-shot episodes. Bold: best in column. "
-        "All numbers in percent.")
-    parts = ["# Results", "", note, "", f"## {summary_table(results, baseline).title}", "",
+    """tables.md: the summary table, then one table per task with all its metrics (and every seed)."""
+    parts = ["# Results", "", legend(baseline), "", seeds_note(results), "",
+             f"## {summary_table(results, baseline).title}", "",
              to_markdown(summary_table(results, baseline), with_task=True)]
     for table in task_tables(results, baseline):
         parts += ["", f"## {table.title}", "", to_markdown(table)]
@@ -159,27 +223,47 @@ def markdown_report(results: Results, baseline: str | None) -> str:
 def latex_report(results: Results, baseline: str | None) -> str:
     """tables.tex: the same tables for a paper (needs \\usepackage{booktabs})."""
     parts = [f"% generated by reports.build; baseline: {tex_escape(baseline or 'none')}; needs \\usepackage{{booktabs}}",
+             "% " + legend(baseline).replace("**", "").replace("†", "dagger"), "% " + seeds_note(results),
              to_latex(summary_table(results, baseline), with_task=True)]
     parts += [to_latex(t) for t in task_tables(results, baseline)]
     return "\n\n".join(parts) + "\n"
 
 
 def tidy_frame(results: Results, baseline: str | None) -> pd.DataFrame:
-    """One row per (checkpoint, task, metric); a failed/skipped task is one row with its status."""
+    """One row per (group, task, metric), plus one per seed when a group has several; a failed or
+    skipped task is one row with its status. The group row carries delta, delta_lo, delta_hi."""
     rows = []
-    for (name, task), r in results.records.items():
-        common = {"checkpoint": name, "task": task, "task_type": r.get("task"), "dataset": r.get("dataset"),
-                  "scale": r.get("scale"), "method": r.get("method"), "status": r.get("status"),
-                  "ckpt_sha256": (r.get("checkpoint") or {}).get("sha256"), "seeds": len(r.get("seeds") or []),
-                  "code_version": r.get("code_version"), "end": r.get("end"), "error": r.get("error")}
-        metrics = (r.get("metrics") or {}) if r.get("status") == "ok" else {}
+    for (name, task), rep in results.records.items():
+        runs = results.seeds(name, task)
+        common = {"checkpoint": name, "task": task, "task_type": rep.get("task"), "dataset": rep.get("dataset"),
+                  "scale": rep.get("scale"), "method": rep.get("method"), "n_seeds": len(runs)}
+        metrics = [m for m in metric_names(results, task) if any(m in (r.get("metrics") or {}) for r in runs
+                                                                  if r.get("status") == "ok")]
         if not metrics:
-            rows.append({**common, "metric": None, "value": None, "std": None, "delta": None})
-        for metric, value in metrics.items():
-            base = results.get(baseline, task) if baseline else None
-            base_v = finite((base.get("metrics") or {}).get(metric)) if base and base.get("status") == "ok" else None
-            v = finite(value)
-            rows.append({**common, "metric": metric, "value": v,
-                         "std": finite((r.get("metrics_std") or {}).get(metric)),
-                         "delta": v - base_v if v is not None and base_v is not None and name != baseline else None})
+            rows.append({**common, **_record_cols(rep), "seed": 0, "metric": None})
+        for metric in metrics:
+            stat = compare.group_stat(results, name, task, metric)
+            d = compare.delta(results, name, baseline, task, metric) if baseline else None
+            group = {"seed": "all" if len(runs) > 1 else 0, "metric": metric, **_stat_cols(stat),
+                     "delta": d.value if d else None, "delta_lo": d.lo if d else None,
+                     "delta_hi": d.hi if d else None, "distinguishable": d.marked if d and d.lo is not None else None}
+            where = _record_cols(runs[0])
+            if len(runs) > 1:  # the group row stands for every seed's checkpoint
+                where.update(ckpt_sha256=";".join(str(_record_cols(r)["ckpt_sha256"]) for r in runs), predictions=None)
+            rows.append({**common, **where, **group})
+            for i, record in enumerate(runs if len(runs) > 1 else []):
+                rows.append({**common, **_record_cols(record), "seed": i, "metric": metric,
+                             **_stat_cols(compare.seed_stat(results, record, metric))})
     return pd.DataFrame(rows)
+
+
+def _record_cols(r: dict) -> dict:
+    return {"status": r.get("status"), "ckpt_sha256": (r.get("checkpoint") or {}).get("sha256") or r.get("ckpt_sha256"),
+            "code_version": r.get("code_version"), "end": r.get("end"), "error": r.get("error"),
+            "predictions": r.get("predictions")}
+
+
+def _stat_cols(s: Stat | None) -> dict:
+    if s is None:
+        return {"value": None, "lo": None, "hi": None, "std": None, "seed_sd": None, "n_runs": None}
+    return {"value": s.value, "lo": s.lo, "hi": s.hi, "std": s.std, "seed_sd": s.seed_sd, "n_runs": s.n_runs}

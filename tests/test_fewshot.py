@@ -108,6 +108,10 @@ def test_cli_writes_record_and_refuses_bad_input(synthetic_root, random_ckpt, tm
     assert set(rec["metrics"]) == {"acc_5way_1shot", "acc_5way_1shot_ci95", "acc_5way_5shot", "acc_5way_5shot_ci95"}
     assert all(0.0 <= v <= 100.0 for v in rec["metrics"].values())
     assert rec["checkpoint"]["arch"] == "resnet18" and rec["config"]["image_size"] == 32
+    episodes = np.load(tmp_path / "fs" / rec["predictions"], allow_pickle=False)  # per-episode accuracies
+    for key in ("acc_5way_1shot", "acc_5way_5shot"):
+        assert episodes[key].shape == (40,) and 100 * episodes[key].mean() == pytest.approx(rec["metrics"][key], abs=1e-4)
+        assert rec["intervals"][key]["lo"] <= rec["metrics"][key] <= rec["intervals"][key]["hi"]
     # an existing record is never overwritten silently
     assert _cli(random_ckpt, data, tmp_path / "fs", tmp_path / "cache", "--episodes", "40") == 2
     # more ways than classes: a failed record whose one-line error names the classes

@@ -6,6 +6,7 @@ refused resumes, non-finite loss, corrupt images and wrong dataset layouts.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -76,6 +77,14 @@ def test_checkpoint_reader_sees_method(full_run):
 
 
 @pytest.mark.slow
+def test_deterministic_pretraining_is_byte_identical_on_one_machine(full_run, synthetic_root, tmp_path):
+    """README "The demo report": same machine, same command -> the same backbone file, byte for byte."""
+    assert main(tiny_args(synthetic_root, tmp_path, "--name", "again")) == 0  # tiny_args: runtime.deterministic=true
+    sha = lambda path: hashlib.sha256(path.read_bytes()).hexdigest()
+    for name in ("backbone_init.pth", "backbone.pth"):
+        assert sha(full_run / name) == sha(tmp_path / "again" / name), name
+
+
 def test_kill_and_resume_equals_uninterrupted(full_run, synthetic_root, tmp_path, capsys):
     args = tiny_args(synthetic_root, tmp_path, "--name", "cut")
     assert main(args + ["runtime.stop_after_steps=5"]) == 0  # stopped mid-epoch 2

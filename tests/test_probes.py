@@ -164,3 +164,11 @@ def test_linear_and_knn_clis_share_cached_features(synthetic_root, ckpt, tmp_pat
     assert set(lin["metrics"]) == {"top1", "class_avg"} and set(kn["metrics"]) == {"top1_k20", "top1_k200"}
     assert lin["details"]["weight_decay"] in linear.WEIGHT_DECAYS and lin["config"]["max_iter"] == 50
     assert all(0.0 <= v <= 100.0 for v in [*lin["metrics"].values(), *kn["metrics"].values()])
+    # every accuracy carries its bootstrap interval, and the per-image correctness it came from
+    for rec, out, metrics in ((lin, "lin", ["top1"]), (kn, "knn", ["top1_k20", "top1_k200"])):
+        scores = np.load(tmp_path / out / rec["predictions"], allow_pickle=False)
+        for m in metrics:
+            iv = rec["intervals"][m]
+            assert iv["lo"] <= rec["metrics"][m] <= iv["hi"] and iv["hi"] > iv["lo"] and iv["level"] == 0.95
+            assert scores[m].shape == (rec["details"]["n_test"],) and set(np.unique(scores[m])) <= {0.0, 1.0}
+            assert 100 * scores[m].mean() == pytest.approx(rec["metrics"][m], abs=1e-4)

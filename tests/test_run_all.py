@@ -57,8 +57,9 @@ def test_bad_input_is_refused_in_one_line(ckpt, tmp_path, capsys):
     _one_line_error(capsys, run_all.main(["--ckpt", str(tmp_path / "nope.pth"), *out]), "nope.pth", "no such file")
     (tmp_path / "notes.pth").write_text("not a checkpoint")
     _one_line_error(capsys, run_all.main(["--ckpt", str(tmp_path / "notes.pth"), *out]), "notes.pth")
-    _one_line_error(capsys, run_all.main(["--ckpt", str(ckpt), "--ckpt", str(ckpt), *out]), "'r18run'", "--name")
-    _one_line_error(capsys, run_all.main(["--ckpt", str(ckpt), "--ckpt", str(ckpt), "--name", "a", "--name", "a", *out]), "'a'")
+    _one_line_error(capsys, run_all.main(["--ckpt", str(ckpt), "--ckpt", str(ckpt), *out]), "--name r18run", "same checkpoint")
+    _one_line_error(capsys, run_all.main(["--ckpt", str(ckpt), "--ckpt", str(ckpt), "--name", "a", "--name", "a", *out]),
+                    "--name a", "same checkpoint")
     _one_line_error(capsys, run_all.main(["--ckpt", str(ckpt), "--baseline", "zzz", *out]), "--baseline zzz")
     bad_task = _suite(tmp_path / "t.yaml", [{"task": "knn"}, {"task": "clasification", "args": {}}])
     _one_line_error(capsys, run_all.main(["--ckpt", str(ckpt), *out, "--suite", str(bad_task)]), "'clasification'")
@@ -144,6 +145,24 @@ def test_plan_skips_done_retries_failed_and_keeps_the_floor_to_probes(ckpt, tmp_
     assert ("r18run", "b") in [(j.ckpt.name, j.spec.name) for j in todo]  # failed: retried
     with pytest.warns(UserWarning):
         assert len(run_all.plan(ckpts, s, out, force=True)[0]) == 5
+
+
+def test_a_shared_name_groups_seeds_each_with_its_own_folder(ckpt, tmp_path):
+    torch.manual_seed(1)
+    other = tmp_path / "seed1.pth"
+    torch.save(build_resnet("resnet18").state_dict(), other)
+    suite = load_suite(str(_suite(tmp_path / "s.yaml", [{"name": "a", "task": "knn", "args": {"data": "x"}}])))
+    ckpts = run_all.resolve_checkpoints([str(ckpt), str(other), str(ckpt)], ["m", "m", "solo"])
+    assert [(c.name, c.seed_index, c.shared) for c in ckpts] == [("m", 0, True), ("m", 1, True), ("solo", 0, False)]
+    out = tmp_path / "out"
+    todo, _ = run_all.plan(ckpts, suite, out, force=False)
+    dirs = [j.out_dir for j in todo]
+    assert dirs == [out / "m" / ckpts[0].sha256[:8] / "a", out / "m" / ckpts[1].sha256[:8] / "a", out / "solo" / "a"]
+    out.mkdir()  # seed 0 done: only seed 1 (another sha256 under the same name) and solo still run
+    done = {"name": "m", "ckpt_sha256": ckpts[0].sha256, "status": "ok", "task_config_hash": suite.tasks[0].config_hash}
+    (out / "results.jsonl").write_text(json.dumps(done) + "\n")
+    todo, done_jobs = run_all.plan(ckpts, suite, out, force=False)
+    assert [j.ckpt.label for j in done_jobs] == ["m#0"] and [j.ckpt.label for j in todo] == ["m#1", "solo"]
 
 
 def _records(path: Path) -> list[dict]:

@@ -1,10 +1,10 @@
-"""The intervals every report shows (reports/stats.py), checked against problems with a known answer."""
+"""The intervals every report shows (transfer/stats.py), checked against problems with a known answer."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from reports.stats import difference_interval, group_interval, mean_interval
+from transfer.stats import difference_interval, group_interval, mean_interval
 
 
 def test_bootstrap_interval_has_its_nominal_coverage():

@@ -4,14 +4,17 @@
                             [--report reports/demo] [--jobs 1]
     # a few-minute smoke run of the same pipeline (tiny data, 1 epoch, probes only):
     python -m transfer.demo --preset tiny --data /tmp/d/data --runs /tmp/d/runs --out /tmp/d/out \
-        --report /tmp/d/report --set optim.epochs=1 --set optim.batch_size=32 --tasks knn linear fewshot
+        --report /tmp/d/report --set optim.epochs=1 --set optim.batch_size=32 --tasks knn linear fewshot --seeds 2
 
 1. generate the synthetic data (``mast.data.synthetic``, demo preset; reused when complete);
-2. pretrain VICReg and MAST with the same demo config (``python -m mast.pretrain --name demo_vicreg
-   method=vicreg`` and ``--name demo_mast method=mast``); a finished run (its ``mast_state.pth``
-   exists) is kept, an interrupted one resumes from ``last.pth``;
-3. run the demo suite (``transfer/suites/demo.yaml``) on both, and its frozen-feature probes on the
-   randomly initialised network ``demo_mast/backbone_init.pth`` (the floor);
+2. pretrain VICReg and MAST with the same demo config, ``--seeds`` pretraining seeds each (default
+   3), in deterministic mode (``python -m mast.pretrain --name demo_mast_s1 method=mast seed=1
+   runtime.deterministic=true``); a finished run (its ``mast_state.pth`` exists) is kept, an
+   interrupted one resumes from ``last.pth``;
+3. run the demo suite's frozen-feature probes on every seed (``--name vicreg`` / ``--name mast``
+   group the seeds: one row each) and on the randomly initialised network
+   ``demo_mast_s0/backbone_init.pth`` (the floor), and its fine-tuning tasks (detection,
+   segmentation) on seed 0 of each method;
 4. build the report with VICReg as the baseline.
 
 Every step prints what it runs and how long it took; re-running the command resumes.
@@ -28,6 +31,8 @@ from pathlib import Path
 from mast import rundir
 
 METHODS = ("vicreg", "mast")
+FINE_TUNING = ("detection", "segmentation")  # minutes per run: on seed 0 only (README "The demo report")
+PROBES = ("knn", "linear", "fewshot")
 
 
 def _step(title: str) -> float:
@@ -57,13 +62,14 @@ def pretrain_command(name: str, runs: Path, data: Path, preset: str, overrides: 
     return cmd
 
 
-def pretrain(method: str, runs: Path, data: Path, preset: str, overrides: list[str]) -> Path:
-    """Pretrain ``demo_<method>`` unless finished; returns its run folder."""
-    run_dir = runs / f"demo_{method}"
+def pretrain(method: str, seed: int, runs: Path, data: Path, preset: str, overrides: list[str]) -> Path:
+    """Pretrain ``demo_<method>_s<seed>`` (deterministic) unless finished; returns its run folder."""
+    run_dir = runs / f"demo_{method}_s{seed}"
     if is_finished(run_dir):
         print(f"{run_dir}: finished earlier, kept (delete the folder to retrain)", flush=True)
         return run_dir
-    _run(pretrain_command(f"demo_{method}", runs, data, preset, [f"method={method}", *overrides]))
+    _run(pretrain_command(run_dir.name, runs, data, preset,
+                          [f"method={method}", f"seed={seed}", "runtime.deterministic=true", *overrides]))
     return run_dir
 
 
@@ -77,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", choices=["demo", "tiny"], default="demo", help="synthetic data preset")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="pretraining config override")
     p.add_argument("--tasks", nargs="+", default=None, help="only these task types of the suite")
+    p.add_argument("--seeds", type=int, default=3, help="pretraining seeds per method (default 3)")
     args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {args.seeds}")
     t_all = time.monotonic()
 
     t = _step(f"1/4 synthetic data -> {args.data}")
@@ -86,22 +95,27 @@ def main(argv: list[str] | None = None) -> int:
     ensure_dataset(args.data, getattr(SyntheticSpec, args.preset)())
     print(f"data ready in {time.monotonic() - t:.0f}s", flush=True)
 
-    run_dirs = {}
-    for i, method in enumerate(METHODS, 2):
-        t = _step(f"{i}/4 pretrain {method} (demo config)")
-        run_dirs[method] = pretrain(method, args.runs, args.data, args.preset, args.set)
-        print(f"{method} ready in {time.monotonic() - t:.0f}s", flush=True)
+    runs = {}  # (method, seed) -> run folder
+    for method in METHODS:
+        for seed in range(args.seeds):
+            t = _step(f"2/4 pretrain {method} seed {seed} (demo config, deterministic)")
+            runs[(method, seed)] = pretrain(method, seed, args.runs, args.data, args.preset, args.set)
+            print(f"{method} seed {seed} ready in {time.monotonic() - t:.0f}s", flush=True)
 
-    t = _step("4/4 demo suite on vicreg, mast and the random-init floor, then the report")
-    floor = run_dirs["mast"] / rundir.BACKBONE_INIT
-    cmd = [sys.executable, "-m", "transfer.run_all",
-           "--ckpt", str(run_dirs["vicreg"] / rundir.BACKBONE), "--name", "vicreg",
-           "--ckpt", str(run_dirs["mast"] / rundir.BACKBONE), "--name", "mast",
-           "--ckpt", str(floor), "--name", "random_init",
-           "--suite", "demo", "--var", f"data={args.data}", "--out", str(args.out),
-           "--report", str(args.report), "--baseline", "vicreg", "--jobs", str(args.jobs)]
-    cmd += ["--tasks", *args.tasks] if args.tasks else []
-    code = subprocess.call(cmd)
+    t = _step("3/4 probes on every seed and the random-init floor; fine-tuning on seed 0 of each method")
+    suite = [sys.executable, "-m", "transfer.run_all", "--suite", "demo", "--var", f"data={args.data}",
+             "--out", str(args.out), "--report", str(args.report), "--baseline", "vicreg", "--jobs", str(args.jobs)]
+    probes = [k for k in PROBES if args.tasks is None or k in args.tasks]
+    fine = [k for k in FINE_TUNING if args.tasks is None or k in args.tasks]
+    ckpts = [a for (m, _), d in runs.items() for a in ("--ckpt", str(d / rundir.BACKBONE), "--name", m)]
+    floor = ["--ckpt", str(runs[("mast", 0)] / rundir.BACKBONE_INIT), "--name", "random_init"]
+    codes = [subprocess.call([*suite, *ckpts, *floor, "--tasks", *probes, *(["--no-report"] if fine else [])])] \
+        if probes else []
+    if fine:
+        _step("4/4 fine-tuning on seed 0 of each method, then the report")
+        seed0 = [a for m in METHODS for a in ("--ckpt", str(runs[(m, 0)] / rundir.BACKBONE), "--name", m)]
+        codes.append(subprocess.call([*suite, *seed0, "--tasks", *fine]))
+    code = max(codes, default=0)
     minutes = (time.monotonic() - t_all) / 60
     print(f"\ndemo finished in {minutes:.1f} min (suite exit {code}); report: {args.report / 'index.md'}", flush=True)
     return 0 if code in (0, 1) else code  # 1 = some task failed: recorded in the report

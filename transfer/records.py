@@ -116,6 +116,7 @@ class TaskRun:
         self.metrics: dict[str, float] = self.record["metrics"]
         self.metrics_std: dict[str, float] = self.record["metrics_std"]
         self.extra: dict[str, Any] = {}
+        self.item_scores: dict[str, Any] = {}  # per-item scores a task saves next to the record (probes/cli.py)
 
     @property
     def config(self) -> dict:

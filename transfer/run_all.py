@@ -10,6 +10,11 @@ every task runs in its own process, writes ``D/record.json``, and run_all append
 dataset is one failed/skipped record and the suite goes on; a re-run skips every task that already
 has an ``ok`` record for the same checkpoint sha256 and task config, so an interrupted suite
 resumes where it stopped. ``D = OUT/<checkpoint name>/<task name>``.
+
+Pretraining seeds: several checkpoints may share a ``--name`` (``--ckpt s0.pth --ckpt s1.pth --name
+mast --name mast``); they form one group, one row of the report (mean over seeds, hierarchical
+interval), and each keeps its own results: ``D = OUT/<name>/<sha256[:8]>/<task name>``, and its
+record says ``seed_index`` (its position within the group, which pairs seeds across groups).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mast import rundir  # noqa: E402
@@ -55,6 +60,15 @@ class Checkpoint:
     untrained: bool
     backbone: str | None = None  # the --backbone passed to every task (None: each file's default choice)
     chosen: str = ""  # the backbone prefix that choice resolves to (for the record)
+    seed_index: int = 0  # position among the checkpoints sharing this name (pretraining seeds)
+    shared: bool = False  # the name is shared: results go one folder deeper, per checkpoint
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}#{self.seed_index}" if self.shared else self.name
+
+    def task_dir(self, out: Path, task: str) -> Path:
+        return out / self.name / self.sha256[:8] / task if self.shared else out / self.name / task
 
 
 @dataclass
@@ -76,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"checkpoint file (repeat for several); a file named {UNTRAINED_STEM}.pth is the random-init "
                         "floor: suite tasks marked 'checkpoints: trained' (fine-tuning) skip it")
     p.add_argument("--name", action="append", default=[], help="display name per --ckpt, in order "
-                   "(default: the pretraining run's directory name, else the file stem)")
+                   "(default: the pretraining run's directory name, else the file stem); checkpoints sharing "
+                   "a name are pretraining seeds of one method: one row of the report")
     p.add_argument("--backbone", action="append", default=[], metavar="NAME",
                    help="backbone to use in a checkpoint holding several (see python -m transfer.inspect): once for "
                         "every --ckpt, or once per --ckpt in order ('auto' keeps that file's default choice)")
@@ -100,7 +115,7 @@ def default_name(path: Path) -> str:
 
 
 def resolve_checkpoints(paths: list[str], names: list[str], backbones: list[str] | None = None) -> list[Checkpoint]:
-    """Validate every --ckpt before anything runs: it exists, maps onto a ResNet, names are unique."""
+    """Validate every --ckpt before anything runs: it exists, maps onto a ResNet; a shared name groups seeds."""
     from transfer.checkpoints import CheckpointError, load_backbone
 
     if names and len(names) != len(paths):
@@ -124,11 +139,22 @@ def resolve_checkpoints(paths: list[str], names: list[str], backbones: list[str]
             raise UsageError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (it names a directory)")
         out.append(Checkpoint(name, path, info.sha256, info.arch, info.method, path.stem == UNTRAINED_STEM,
                               choices[i] if choices else None, info.backbone))
-    seen: dict[str, Path] = {}
-    for c in out:
-        if c.name in seen:
-            raise UsageError(f"checkpoint name {c.name!r} is used by {seen[c.name]} and {c.path}; pass distinct --name")
-        seen[c.name] = c.path
+    return _group_seeds(out)
+
+
+def _group_seeds(ckpts: list[Checkpoint]) -> list[Checkpoint]:
+    """Number the checkpoints of each name in order; the same file twice under one name is a mistake."""
+    seen: dict[tuple[str, str, str], Path] = {}
+    counts = {c.name: sum(d.name == c.name for d in ckpts) for c in ckpts}
+    index: dict[str, int] = {}
+    out = []
+    for c in ckpts:
+        if (c.name, c.sha256, c.chosen) in seen:
+            raise UsageError(f"--name {c.name}: {seen[(c.name, c.sha256, c.chosen)]} and {c.path} are the same checkpoint "
+                             "(sha256); a shared name groups different pretraining seeds")
+        seen[(c.name, c.sha256, c.chosen)] = c.path
+        out.append(replace(c, seed_index=index.get(c.name, 0), shared=counts[c.name] > 1))
+        index[c.name] = index.get(c.name, 0) + 1
     return out
 
 
@@ -146,7 +172,7 @@ def plan(ckpts: list[Checkpoint], suite: Suite, out: Path, force: bool) -> tuple
         for spec in suite.tasks:
             if spec.checkpoints == "trained" and ckpt.untrained:
                 continue
-            job = Job(ckpt, spec, out / ckpt.name / spec.name)
+            job = Job(ckpt, spec, ckpt.task_dir(out, spec.name))
             key = (ckpt.name, ckpt.sha256, spec.config_hash, ckpt.backbone)
             (done if key in done_keys and not force else todo).append(job)
     for i, job in enumerate(todo, 1):
@@ -188,10 +214,10 @@ def start(job: Job, total: int) -> None:
     job.proc = subprocess.Popen(cmd, stdout=job.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 preexec_fn=preexec)
     job.t0 = job.last_beat = time.monotonic()
-    print(f"[{job.index}/{total}] {job.ckpt.name} · {job.spec.name} ({job.spec.task}) started", flush=True)
+    print(f"[{job.index}/{total}] {job.ckpt.label} · {job.spec.name} ({job.spec.task}) started", flush=True)
 
 
-def finish(job: Job, rc: int, timed_out: bool = False) -> dict:
+def finish(job: Job, rc: int, timed_out: bool = False, root: Path | None = None) -> dict:
     """The task's record (or a failed one written here if the process left none), with run_all's keys."""
     job.log.close()
     path = job.out_dir / "record.json"
@@ -211,7 +237,11 @@ def finish(job: Job, rc: int, timed_out: bool = False) -> dict:
     record.update(name=job.ckpt.name, task_name=job.spec.name, task_config_hash=job.spec.config_hash,
                   ckpt_sha256=job.ckpt.sha256, backbone_option=job.ckpt.backbone, ckpt_backbone=job.ckpt.chosen,
                   task_args=job.spec.args, run_dir=str(job.out_dir),
-                  exit_code=rc, wall_s=round(time.monotonic() - job.t0, 1) if job.t0 else None)
+                  exit_code=rc, wall_s=round(time.monotonic() - job.t0, 1) if job.t0 else None,
+                  seed_index=job.ckpt.seed_index)
+    if record.get("predictions"):  # per-item scores: a path relative to results.jsonl's folder, so OUT can move
+        where = job.out_dir / record["predictions"]
+        record["predictions"] = str(where.relative_to(root) if root and where.is_relative_to(root) else where)
     return record
 
 
@@ -272,22 +302,22 @@ def execute(todo: list[Job], results: Path, jobs: int) -> list[dict]:
                 if rc is None:
                     if now - job.last_beat >= HEARTBEAT_S:
                         job.last_beat = now
-                        print(f"[{job.index}/{total}] {job.ckpt.name} · {job.spec.name} running "
+                        print(f"[{job.index}/{total}] {job.ckpt.label} · {job.spec.name} running "
                               f"{_elapsed(now - job.t0)}  {_last_line(job)}", flush=True)
                     continue
                 running.remove(job)
-                record = finish(job, rc, timed_out)
+                record = finish(job, rc, timed_out, results.parent)
                 append_jsonl(results, record)
                 job.record = record
                 finished.append(record)
-                print(f"[{job.index}/{total}] {job.ckpt.name} · {job.spec.name} {record['status']} "
+                print(f"[{job.index}/{total}] {job.ckpt.label} · {job.spec.name} {record['status']} "
                       f"{_elapsed(now - job.t0)}  {_headline(record)}", flush=True)
     except KeyboardInterrupt:
         for job in running:
             _terminate(job.proc)
             job.log.close()
         print(f"\ninterrupted: {len(finished)} task(s) recorded, {len(running) + len(pending)} not "
-              f"(stopped: {', '.join(f'{j.ckpt.name}/{j.spec.name}' for j in running) or 'none'}).",
+              f"(stopped: {', '.join(f'{j.ckpt.label}/{j.spec.name}' for j in running) or 'none'}).",
               file=sys.stderr, flush=True)
         raise
     return finished

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
+from mast.atomic import write_bytes_atomic
 from transfer.checkpoints import CheckpointError, add_backbone_arg
 from transfer.probes.features import FeatureError, FeatureExtractor
 from transfer.records import EXIT_USAGE, TaskRun, TaskSkipped
+from transfer.stats import LEVEL, N_BOOT, mean_interval
 
-__all__ = ["add_common_args", "dataset_name", "run_task"]
+__all__ = ["add_common_args", "dataset_name", "run_task", "record_scores", "PREDICTIONS"]
+
+PREDICTIONS = "predictions.npz"  # per-item scores next to record.json: {metric: float array}, no pickles
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +46,30 @@ def dataset_name(data: str | Path) -> str:
     """``synthetic/<task>`` for a task of the synthetic benchmark (ROOT/classification/<task>), else the folder name."""
     data = Path(data).resolve()
     return f"synthetic/{data.name}" if (data.parent.parent / "card.json").is_file() else data.name
+
+
+def record_scores(run: TaskRun, metric: str, scores, unit: str) -> None:
+    """Store ``metric`` = 100 · mean of per-item ``scores`` with its 95 % bootstrap interval (docs/STATISTICS.md).
+
+    ``scores`` (1/0 correctness per test image, or accuracy per few-shot episode) are kept for
+    ``predictions.npz``, so a report can pair two checkpoints item by item.
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    iv = mean_interval(scores, n_boot=N_BOOT, seed=0)
+    run.metrics[metric] = 100.0 * iv.value
+    run.extra.setdefault("intervals", {})[metric] = {
+        "lo": 100.0 * iv.lo, "hi": 100.0 * iv.hi, "level": LEVEL, "n_items": int(scores.size), "unit": unit,
+        "method": f"percentile bootstrap over {unit}, {N_BOOT} resamples, seed 0"}
+    run.item_scores[metric] = scores
+
+
+def _save_scores(run: TaskRun) -> None:
+    scores = run.item_scores
+    if scores:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **{k: v.astype(np.float32) for k, v in scores.items()})
+        write_bytes_atomic(run.out_dir / PREDICTIONS, buffer.getvalue())
+        run.extra["predictions"] = PREDICTIONS
 
 
 def run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[int] | None = None) -> int:
@@ -87,6 +117,7 @@ def _run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[i
             if load_error is not None:
                 raise load_error
             body(run, extractor)
+            _save_scores(run)
     except Exception as e:  # noqa: BLE001 - TaskRun recorded it; the CLI reports one line and an exit code
         if run.record["status"] == "running":  # the task never started: its folder cannot be written
             print(f"{task}: error: {' '.join(str(e).split())}", file=sys.stderr)

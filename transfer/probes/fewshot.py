@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m transfer.fewshot --ckpt X --data DIR --out OUT [...]`` (see the module docstring)."""
-    from transfer.probes.cli import run_task
+    from transfer.probes.cli import record_scores, run_task
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                 accs = sklearn_episode_accuracies(split.features, eps)
             mean, ci = summarize(accs)
             key = f"acc_{args.ways}way_{shots}shot"
-            run.metrics[key], run.metrics[f"{key}_ci95"] = mean, ci
+            record_scores(run, key, accs, "episodes")
+            run.metrics[key], run.metrics[f"{key}_ci95"] = mean, ci  # AugSelf's ±1.96·std/√n, as published
             details[f"{shots}shot"] = {"dropped_classes": eps.dropped_classes, "solve_s": time.perf_counter() - t0}
             print(f"fewshot: {key} = {mean:.2f} ± {ci:.2f} ({args.episodes} episodes, {args.solver})")
 

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m transfer.knn --ckpt X --data DIR --out OUT [--k 20 200 --temperature 0.07]``."""
-    from transfer.probes.cli import run_task
+    from transfer.probes.cli import record_scores, run_task
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         used = {}
         for k in args.k:
             pred = knn_predict(train.features, train.labels, test.features, k, len(train.classes), args.temperature)
-            run.metrics[f"top1_k{k}"] = 100.0 * (pred == test.labels).double().mean().item()
+            record_scores(run, f"top1_k{k}", (pred == test.labels).cpu().numpy(), "test images")
             used[f"k{k}"] = min(k, len(train.labels))
             print(f"knn: top1_k{k} = {run.metrics[f'top1_k{k}']:.2f} (bank {len(train.labels)})")
         run.extra["details"] = {"k_used": used, "n_bank": len(train.labels), "n_test": len(test.labels)}

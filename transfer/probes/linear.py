@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m transfer.linear --ckpt X --data DIR --out OUT [--metric top1|class_avg]``."""
-    from transfer.probes.cli import run_task
+    from transfer.probes.cli import record_scores, run_task
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         model, wd, val_acc, history = sweep((xtr, ytr), (xva, yva), len(classes), args.metric,
                                             seed=args.seed, max_iter=args.max_iter, log=log)
         fit_linear(model, torch.cat([xtr, xva]), torch.cat([ytr, yva]), wd, max_iter=args.max_iter)
-        run.metrics["top1"] = accuracy(model, xte, yte, "top1")
+        record_scores(run, "top1", (model.logits(xte).argmax(1) == yte).cpu().numpy(), "test images")
         if args.metric == "class_avg":
             run.metrics["class_avg"] = accuracy(model, xte, yte, "class_avg")
         run.extra["details"] = {"weight_decay": wd, "val_acc": val_acc, "metric": args.metric, "sweep": history,
