@@ -78,8 +78,8 @@ def apply_batch(cfg: Any, world_size: int, max_per_gpu: int | None = None) -> Ba
     return plan
 
 
-def shrink_for_smoke(cfg: Any, side: int = 64, iters: int = 2) -> None:
-    """A pipeline check: ``iters`` iterations, images and crops at ``side`` px, no workers, no checkpoints."""
+def shrink_for_smoke(cfg: Any, side: int = 32, iters: int = 2) -> None:
+    """A pipeline check: ``iters`` iterations, images and crops at ``side`` px, global batch 2, no workers or checkpoints."""
     cfg.global_batch = min(int(cfg.get("global_batch") or 2), 2)
     crop = (side, side)
     for pipeline in _pipelines(cfg):

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-gpus", type=int, default=1,
                    help="processes on this machine; > 1 relaunches under torchrun with --launcher pytorch")
     p.add_argument("--smoke", action="store_true",
-                   help="pipeline check: 2 iterations, 64 px images, global batch 2, no workers (scale: smoke)")
+                   help="pipeline check: 2 iterations, 32 px images, global batch 2, no workers (scale: smoke)")
     p.add_argument("--any-batch", action="store_true",
                    help="allow an effective global batch other than the config's global_batch (recorded as off-protocol)")
     p.add_argument("--seed", type=int, default=0)
@@ -87,7 +87,8 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
         shrink_for_smoke(cfg)
     cfg.launcher = args.launcher
     world = _world_size(args.launcher)
-    cfg.batch_plan = apply_batch(cfg, world, int(per_gpu_cap) if per_gpu_cap else None).as_record()
+    cfg.batch_plan = dict(apply_batch(cfg, world, int(per_gpu_cap) if per_gpu_cap else None).as_record(),
+                          protocol=protocol_batch)
     if protocol_batch and cfg.batch_plan["effective"] != protocol_batch and not (args.any_batch or args.smoke):
         raise ValueError(f"effective global batch {cfg.batch_plan['effective']} differs from the protocol's "
                          f"{protocol_batch} ({path.name}); pass --any-batch to run it anyway (recorded as off-protocol)")
