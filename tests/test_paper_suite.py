@@ -87,14 +87,15 @@ def test_two_cpu_processes_accumulate_to_the_global_batch(synthetic_root, tmp_pa
     cmd = [sys.executable, "-m", "transfer.segmentation", "--ckpt", str(r18_ckpt), "--out", str(out),
            "--data-root", str(root), "--num-gpus", "2", "--threads", "1", "--cfg-options", "global_batch=8",
            "train_dataloader.batch_size=2", "train_cfg.max_iters=2", "train_cfg.val_interval=2",
-           "param_scheduler.0.end=2"]
+           "param_scheduler.0.end=2", "default_hooks.logger.interval=1"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     record = json.loads((out / "record.json").read_text())
     assert done.returncode == 0 and record["status"] == "ok", done.stdout[-2000:] + done.stderr[-2000:]
     assert record["batch"] == dict(world_size=2, per_gpu=2, accumulation=2, protocol=None, effective=8,
                                    off_protocol=False)
-    log = (out / "train.log").read_text()
-    assert "Iter(train) [4/4]" in log  # 2 optimizer steps = 4 forward passes per process
+    assert "Iter(train) [4/4]" in (out / "train.log").read_text()  # 2 optimizer steps = 4 forward passes
+    resolved = (out / "mmseg_config.py").read_text()
+    assert "accumulative_counts=2" in resolved and "backend='gloo'" in resolved
 
 
 def test_suite_overrides_smoke_and_one_dataset_root():
