@@ -196,3 +196,21 @@ def test_paper_smoke_from_another_directory_runs_every_fine_tuning_task(r50, tmp
     index = (cwd / "reports" / "transfer" / "index.md").read_text()
     assert "segmentation_voc12aug [smoke]" in index and "--smoke" in index
     assert "5 tasks: 5 ok" in done.stdout
+
+
+def test_readme_gives_the_paper_commands_under_one_root():
+    readme = (REPO / "README.md").read_text()
+    assert "python transfer/run_all.py --suite paper --check --var datasets=/data" in readme
+    assert "python transfer/run_all.py --suite paper --var datasets=/data --var num_gpus=8" in readme
+
+
+def test_no_predictions_is_the_recorded_cause():
+    from detectron2.config import get_cfg
+
+    from transfer.detection.train import _check_predictions
+    from transfer.records import TaskFailed
+
+    nan = float("nan")
+    with pytest.raises(TaskFailed, match=r"no predictions from the model at SCORE_THRESH_TEST 0.05 \(bbox, segm AP"):
+        _check_predictions({"bbox": {"AP": nan, "AP50": nan}, "segm": {"AP": nan}}, get_cfg())
+    _check_predictions({"bbox": {"AP": 0.0, "APs": nan}}, get_cfg())  # some AP computed: not this failure

@@ -268,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     scale_config = args.config or str(DEFAULT_CONFIGS[args.scale])
     try:
-        task = TaskRun(task="segmentation", dataset=Path(scale_config).stem, scale=args.scale,
+        # --cfg-options change the protocol: a paper-scale run with any is labelled so (never a paper number)
+        scale = "paper+overrides" if args.scale == "paper" and args.cfg_options else args.scale
+        task = TaskRun(task="segmentation", dataset=Path(scale_config).stem, scale=scale,
                        out_dir=args.out, ckpt_info=None, config={"config_file": scale_config},
                        seeds=[args.seed], force=args.force or args.resume)
     except FileExistsError as e:
