@@ -184,7 +184,7 @@ def task_env(spec: TaskSpec) -> dict[str, str]:
     env = dict(os.environ)
     for key, value in spec.env.items():
         env.setdefault(key, value)
-    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT), env.get("PYTHONPATH")) if p)
     return env
 
 
@@ -396,7 +396,8 @@ def _report(results: Path, out: Path, baseline: str | None, argv: list[str] | No
     command = "python transfer/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rebuild = ["-m", "reports.build", "--results", str(results), "--out", str(out)]
     rebuild += ["--baseline", baseline] if baseline else []
-    done = subprocess.run([sys.executable, *rebuild, "--command", command], capture_output=True, text=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(PROJECT), os.environ.get("PYTHONPATH")) if p))
+    done = subprocess.run([sys.executable, *rebuild, "--command", command], capture_output=True, text=True, env=env)
     if done.returncode == 0:
         print(f"report: {done.stdout.strip()}", flush=True)
     else:  # the results are safe on disk; say how to rebuild
