@@ -21,7 +21,7 @@ from mast.atomic import write_text_atomic
 from mast.lock import LOCK_NAME, FolderBusyError, FolderLock
 from mast.provenance import code_version
 from reports import mast_plots, narrative, plots, tables
-from reports.results import Results, load_results
+from reports.results import Results, commands, load_results
 
 
 def mast_state_path(results: Results, name: str) -> Path | None:
@@ -92,6 +92,7 @@ def _index(results: Results, results_path, out: Path, baseline, command: str, md
         f"`{results_path}` ({len(results.records)} task records, code versions {', '.join(versions) or 'unknown'}). "
         f"Rebuild with `python -m reports.build --results {results_path} --out {out}"
         + (f" --baseline {baseline}`." if baseline else "`."), "",
+        *_made_by(results),
         "Files: [tables.md](tables.md), [tables.tex](tables.tex) (booktabs), [results.csv](results.csv) "
         "(tidy: one row per metric, and per seed; `delta`, `delta_lo`, `delta_hi`, `n_seeds`). How the intervals "
         "are computed: docs/STATISTICS.md.", "",
@@ -129,6 +130,12 @@ def _index(results: Results, results_path, out: Path, baseline, command: str, md
         for title, path in res["figures"]:
             lines += [f"**{title}**", "", f"![{title}]({path.name})", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _made_by(results: Results) -> list[str]:
+    """The commands behind the shown records (results.commands), one bullet each."""
+    made = commands(results)
+    return ["The shown records were made by:", "", *[f"- `{c}`" for c in made], ""] if made else []
 
 
 def _rel(path) -> str:

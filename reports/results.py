@@ -1,4 +1,4 @@
-"""The results a report shows: per (checkpoint name, task), the latest record of each pretraining seed.
+"""The results a report shows: per (checkpoint name, task, config), the latest record of each pretraining seed.
 
 Checkpoints that share a name are the seeds of one group (``run_all --name``); run_all numbers
 them (``seed_index``), and the per-item scores a probe saved (``predictions.npz``) are found
@@ -83,35 +83,77 @@ def record_task(record: dict) -> str:
 def load_results(path: str | Path) -> Results:
     """Read ``path`` (a results.jsonl or the folder holding it); corrupt lines are skipped with a warning.
 
-    Per (checkpoint, task, seed_index) the latest ``ok`` record wins; one with no ok record shows
-    its latest record (failed or skipped), so a table says why a cell is empty. A retrained
-    checkpoint under the same name and seed index replaces the old one.
+    Which record each (checkpoint, task) cell shows, per pretraining seed: :func:`select_records`
+    (the latest record of the current config, so a newer failure is shown, never an older ok one).
     """
     path = Path(path)
     if path.is_dir():
         path = path / "results.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"--results {path}: no such file (expected a results.jsonl written by run_all)")
-    chosen: dict[tuple[str, str, int], dict] = {}
-    pairs: dict[tuple[str, str], None] = {}  # first-appearance order
-    names: list[str] = []
-    tasks: list[str] = []
-    for record in read_jsonl(path):
-        name, task = record_name(record), record_task(record)
-        if name not in names:
-            names.append(name)
-        if task not in tasks:
-            tasks.append(task)
-        pairs.setdefault((name, task), None)
-        key = (name, task, int(record.get("seed_index") or 0))
-        previous = chosen.get(key)
-        if previous is None or record.get("status") == "ok" or previous.get("status") != "ok":
-            chosen[key] = record
+    records = read_jsonl(path)
+    per_seed: dict[int, list[dict]] = {}
+    for record in records:
+        per_seed.setdefault(int(record.get("seed_index") or 0), []).append(record)
+    chosen = {(name, column, seed): record for seed, group in sorted(per_seed.items())
+              for (name, column), record in select_records(group).items()}
+    first = {}  # names and tasks in order of first appearance in the file, labelled variants after theirs
+    for record in records:
+        first.setdefault(record_name(record), len(first))
+        first.setdefault(("task", record_task(record)), len(first))
+    names = sorted({n for n, _, _ in chosen}, key=lambda n: first[n])
+    columns = {c: (first[("task", c.split(" [")[0])], c != c.split(" [")[0], c) for _, c, _ in chosen}
     runs: dict[tuple[str, str], list[dict]] = {}
-    for (name, task, _), record in sorted(chosen.items(), key=lambda kv: kv[0][2]):
-        runs.setdefault((name, task), []).append(record)
-    records = {k: next((r for r in runs[k] if r.get("status") == "ok"), runs[k][0]) for k in pairs}
-    return Results(records, names, tasks, runs, path.parent)
+    for (name, column, _), record in sorted(chosen.items(), key=lambda kv: kv[0][2]):
+        runs.setdefault((name, column), []).append(record)
+    shown = {k: next((r for r in v if r.get("status") == "ok"), v[0]) for k, v in runs.items()}
+    return Results(shown, names, sorted(columns, key=columns.get), runs, path.parent)
+
+
+PAPER_SCALES = ("paper", "demo")  # a record at any other scale label is never a number of these columns
+
+
+def config_key(record: dict) -> tuple[str, str]:
+    """What makes two records of one task comparable: scale label and task config hash."""
+    return str(record.get("scale") or "?"), str(record.get("task_config_hash") or "")
+
+
+def select_records(records: list[dict]) -> dict[tuple[str, str], dict]:
+    """Per (checkpoint, task, config) the LATEST record, whatever its status, keyed (checkpoint, column).
+
+    A newer skipped/failed run of the same config is shown, never an older ok one behind it. The
+    task's current config (that of its latest record) gets the plain task name as column; an
+    earlier config with an ok record keeps its own column, labelled ``task [config 1a2b3c]``; a
+    record at a scale such as ``smoke`` or ``paper+overrides`` is labelled ``task [smoke]`` and
+    so never lands in a paper column. Earlier configs without an ok record are dropped (superseded).
+    """
+    latest: dict[tuple[str, str, tuple[str, str]], dict] = {}
+    current: dict[tuple[str, str], tuple[str, str]] = {}  # (checkpoint, task) -> config of the newest paper-scale record
+    for record in records:
+        name, task, config = record_name(record), record_task(record), config_key(record)
+        latest.pop((name, task, config), None)  # re-insert: dict order is order of the newest record
+        latest[(name, task, config)] = record
+        if config[0] in PAPER_SCALES:
+            current[(name, task)] = config
+    position = {id(r): i for i, r in enumerate(records)}
+    chosen: dict[tuple[str, str], dict] = {}
+    for (name, task, config), record in sorted(latest.items(), key=lambda kv: position[id(kv[1])]):
+        scale, digest = config
+        if scale not in PAPER_SCALES:
+            column = f"{task} [{scale}]"
+        elif current.get((name, task)) == config:
+            column = task
+        elif record.get("status") == "ok":
+            column = f"{task} [config {digest[:6] or 'unknown'}]"
+        else:
+            continue
+        chosen[(name, column)] = record
+    return chosen
+
+
+def commands(results: Results) -> list[str]:
+    """The commands that produced the shown records (run_all stores its command line in each)."""
+    return list(dict.fromkeys(str(r["command"]) for r in results.records.values() if r.get("command")))
 
 
 def finite(value) -> float | None:

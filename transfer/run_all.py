@@ -30,6 +30,7 @@ import argparse
 import ctypes
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -39,10 +40,12 @@ from pathlib import Path
 from mast import rundir  # noqa: E402
 from mast.atomic import DiskFullError  # noqa: E402
 from mast.lock import FolderBusyError, FolderLock  # noqa: E402
-from transfer.suite import Suite, SuiteError, TaskSpec, load_suite, parse_vars  # noqa: E402
+from transfer.suite import (PROJECT, Suite, SuiteError, TaskSpec, load_suite, parse_task_args,  # noqa: E402
+                            parse_vars)
 
 UNTRAINED_STEM = Path(rundir.BACKBONE_INIT).stem  # a pretraining run's network at initialisation: the floor
 HEARTBEAT_S = 60.0
+COMMAND = ""  # this run_all's command line, stored in every record it writes (set by main)
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -86,7 +89,7 @@ class Job:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_all", description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", action="append", required=True,
+    p.add_argument("--ckpt", action="append", default=[],
                    help=f"checkpoint file (repeat for several); a file named {UNTRAINED_STEM}.pth is the random-init "
                         "floor: suite tasks marked 'checkpoints: trained' (fine-tuning) skip it")
     p.add_argument("--name", action="append", default=[], help="display name per --ckpt, in order "
@@ -97,7 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "every --ckpt, or once per --ckpt in order ('auto' keeps that file's default choice)")
     p.add_argument("--suite", default="demo", help="demo | paper | path to a suite YAML (default demo)")
     p.add_argument("--tasks", nargs="+", default=None, help="only these task types")
-    p.add_argument("--var", action="append", default=[], help="override a suite variable: NAME=VALUE")
+    p.add_argument("--var", action="append", default=[], help="override a suite variable: NAME=VALUE "
+                   "(paper: --var datasets=/data finds every dataset under one root)")
+    p.add_argument("--task-args", action="append", default=[], metavar="TASK=ARGS",
+                   help="arguments appended to a task type's or task name's command, e.g. "
+                        "'detection=SOLVER.MAX_ITER 100', 'segmentation=--cfg-options train_cfg.max_iters=100', "
+                        "'fewshot_fc100=--episodes 100'; such records are labelled <scale>+overrides")
+    p.add_argument("--smoke", action="store_true", help="shorten every task to a pipeline check "
+                   "(few iterations, small images, few episodes); records are labelled scale: smoke")
+    p.add_argument("--check", action="store_true", help="only check that every task's dataset is on disk")
     p.add_argument("--out", type=Path, default=Path("runs/transfer"), help="results root (default runs/transfer)")
     p.add_argument("--force", action="store_true", help="re-run tasks that already have an ok record")
     p.add_argument("--jobs", type=int, default=1, help="tasks run at the same time (default 1)")
@@ -212,9 +223,18 @@ def start(job: Job, total: int) -> None:
     job.log.flush()
     preexec = _die_with_parent if _PRCTL is not None else None
     job.proc = subprocess.Popen(cmd, stdout=job.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=preexec)
+                                preexec_fn=preexec, env=task_env(job.spec))
     job.t0 = job.last_beat = time.monotonic()
     print(f"[{job.index}/{total}] {job.ckpt.label} · {job.spec.name} ({job.spec.task}) started", flush=True)
+
+
+def task_env(spec: TaskSpec) -> dict[str, str]:
+    """The task's environment: the suite's ``env`` unless the user set the variable; the project importable."""
+    env = dict(os.environ)
+    for key, value in spec.env.items():
+        env.setdefault(key, value)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT), env.get("PYTHONPATH")) if p)
+    return env
 
 
 def finish(job: Job, rc: int, timed_out: bool = False, root: Path | None = None) -> dict:
@@ -238,10 +258,12 @@ def finish(job: Job, rc: int, timed_out: bool = False, root: Path | None = None)
                   ckpt_sha256=job.ckpt.sha256, backbone_option=job.ckpt.backbone, ckpt_backbone=job.ckpt.chosen,
                   task_args=job.spec.args, run_dir=str(job.out_dir),
                   exit_code=rc, wall_s=round(time.monotonic() - job.t0, 1) if job.t0 else None,
-                  seed_index=job.ckpt.seed_index)
+                  seed_index=job.ckpt.seed_index, command=COMMAND or None)
     if record.get("predictions"):  # per-item scores: a path relative to results.jsonl's folder, so OUT can move
         where = job.out_dir / record["predictions"]
         record["predictions"] = str(where.relative_to(root) if root and where.is_relative_to(root) else where)
+    if job.spec.smoke or job.spec.overrides:  # never a paper number: the label says what it is
+        record.update(scale=job.spec.scale_label, overrides=list(job.spec.overrides), smoke=job.spec.smoke)
     return record
 
 
@@ -376,11 +398,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    global COMMAND
     args = build_parser().parse_args(argv)
+    COMMAND = "python transfer/run_all.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     try:
         if args.jobs < 1:
             raise UsageError(f"--jobs {args.jobs}: expected a positive integer")
-        suite = load_suite(args.suite, parse_vars(args.var), args.tasks)
+        suite = load_suite(args.suite, parse_vars(args.var), args.tasks, parse_task_args(args.task_args), args.smoke)
+        if args.check:
+            from transfer.datasets import check_suite
+
+            return check_suite(suite)
+        if not args.ckpt:
+            raise UsageError("--ckpt is required (a checkpoint .pth; repeat for several), unless --check")
         ckpts = resolve_checkpoints(args.ckpt, args.name, args.backbone)
         if args.baseline is not None and args.baseline not in {c.name for c in ckpts}:
             raise UsageError(f"--baseline {args.baseline}: not one of the checkpoint names {[c.name for c in ckpts]}")
@@ -415,7 +445,21 @@ def _run(args: argparse.Namespace, suite: Suite, ckpts: list[Checkpoint], argv: 
         print(f"\n{len(finished)} task(s) in {_elapsed(time.monotonic() - t0)}:\n" + summary(finished), flush=True)
     if not args.no_report:
         _report(results, args.report or args.out / "report", args.baseline, argv)
-    return 1 if any(r["status"] == "failed" for r in finished) else 0
+    line, nothing_ran = outcome(finished)
+    if line:
+        print(line, flush=True)
+    return 1 if nothing_ran or any(r["status"] == "failed" for r in finished) else 0
+
+
+def outcome(records: list[dict]) -> tuple[str, bool]:
+    """``8 tasks: 0 ok, 8 skipped: <first reason>`` and whether none of them gave a result."""
+    if not records:
+        return "", False
+    counts = {s: sum(r.get("status") == s for r in records) for s in ("ok", "skipped", "failed")}
+    parts = [f"{counts['ok']} ok"] + [f"{n} {s}" for s, n in counts.items() if s != "ok" and n]
+    first = next((r for r in records if r.get("status") != "ok"), None)
+    reason = f": {first['task_name']}: {' '.join(str(first.get('error') or '').split())[:200]}" if first else ""
+    return f"{len(records)} tasks: {', '.join(parts)}{reason}", counts["ok"] == 0
 
 
 def _report(results: Path, out: Path, baseline: str | None, argv: list[str] | None) -> None:
@@ -423,7 +467,8 @@ def _report(results: Path, out: Path, baseline: str | None, argv: list[str] | No
     command = "python transfer/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rebuild = ["-m", "reports.build", "--results", str(results), "--out", str(out)]
     rebuild += ["--baseline", baseline] if baseline else []
-    done = subprocess.run([sys.executable, *rebuild, "--command", command], capture_output=True, text=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(PROJECT), os.environ.get("PYTHONPATH")) if p))
+    done = subprocess.run([sys.executable, *rebuild, "--command", command], capture_output=True, text=True, env=env)
     if done.returncode == 0:
         print(f"report: {done.stdout.strip()}", flush=True)
     else:  # the results are safe on disk; say how to rebuild

@@ -11,6 +11,12 @@ A suite file is either a list of task entries or a mapping with ``scale``, ``var
         timeout_min: 30                  # optional wall-clock limit
         args: {data: "{data}/classification/shape"}   # -> --data data/synthetic/classification/shape
         extra_args: [SOLVER.MAX_ITER, "100"]           # appended verbatim (e.g. detectron2 KEY VALUE)
+        env: {DETECTRON2_DATASETS: "{datasets}"}       # environment of the task (the user's own wins)
+
+A variable may use others (``voc2012: "{datasets}/VOCdevkit/VOC2012"``). A relative ``config``
+is looked up in the project first, so a suite runs from any working directory. run_all adds the
+user's per-task overrides (``--task-args``) and ``--smoke`` (:data:`SMOKE_ARGS`) on top; both are
+part of the task config hash and of the scale label a record gets (:meth:`TaskSpec.scale_label`).
 
 Every mistake a user can make here is one line naming the file, the entry and the key.
 """
@@ -21,7 +27,7 @@ import hashlib
 import importlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +43,30 @@ TASK_MODULES = {"detection": "transfer.detection", "segmentation": "transfer.seg
                 "fewshot": "transfer.fewshot", "linear": "transfer.linear", "knn": "transfer.knn"}
 TASKS = tuple(TASK_MODULES)
 SCALES = ("demo", "paper")
-ENTRY_KEYS = ("name", "task", "args", "extra_args", "checkpoints", "scale", "timeout_min")
+ENTRY_KEYS = ("name", "task", "args", "extra_args", "checkpoints", "scale", "timeout_min", "env")
 SUITE_KEYS = ("scale", "vars", "tasks")
 CHECKPOINT_SETS = ("all", "trained")
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
+PROJECT = Path(__file__).resolve().parents[1]
+PATH_ARGS = ("config",)  # args naming a project file: resolved against PROJECT when found there
+# --smoke: every task becomes a pipeline check (few iterations, small images, few episodes, every
+# detection kept at score 0 so the evaluation has predictions, no data-loader workers).
+SMOKE_ARGS = {
+    "detection": ["--seeds", "0", "--no-save-model",
+                  "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.0001",
+                  "SOLVER.STEPS", "(1,)", "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "100000",
+                  "SOLVER.CLIP_GRADIENTS.ENABLED", "True", "INPUT.MIN_SIZE_TRAIN", "(64,)",
+                  "INPUT.MAX_SIZE_TRAIN", "96", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96",
+                  "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "8",
+                  "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "32", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "8",
+                  "MODEL.RPN.PRE_NMS_TOPK_TEST", "32", "MODEL.RPN.POST_NMS_TOPK_TEST", "4",
+                  "TEST.DETECTIONS_PER_IMAGE", "4", "TEST.PRECISE_BN.ENABLED", "False",
+                  "DATALOADER.NUM_WORKERS", "0"],
+    "segmentation": ["--smoke"],
+    "fewshot": ["--episodes", "10", "--num-workers", "0"],
+    "linear": ["--max-iter", "20", "--num-workers", "0"],
+    "knn": ["--num-workers", "0"],
+}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -56,13 +82,25 @@ class TaskSpec:
     checkpoints: str = "all"
     timeout_min: float | None = None
     extra_args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()  # the user's --task-args for this task
+    smoke: bool = False
 
     @property
     def config_hash(self) -> str:
-        """Hash of everything that changes the result: task, scale and resolved arguments."""
-        blob = json.dumps({"task": self.task, "scale": self.scale, "args": self.args,
-                           "extra_args": list(self.extra_args)}, sort_keys=True)
+        """Hash of everything that changes the result: task, scale, arguments, overrides, smoke."""
+        config = {"task": self.task, "scale": self.scale, "args": self.args, "extra_args": list(self.extra_args)}
+        if self.overrides or self.smoke:  # absent otherwise: hashes of earlier paper records stay valid
+            config.update(overrides=list(self.overrides), smoke=self.smoke)
+        blob = json.dumps(config, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def scale_label(self) -> str:
+        """What a record of this task is: ``smoke``, ``paper+overrides`` (never a paper number) or the scale."""
+        if self.smoke:
+            return "smoke"
+        return f"{self.scale}+overrides" if self.overrides else self.scale
 
     def command(self, python: str, ckpt: str | Path, out_dir: str | Path) -> list[str]:
         """``python -m transfer.<task> --ckpt C --out D --scale S --key value ...`` (task CLI contract)."""
@@ -75,9 +113,20 @@ class TaskSpec:
                 continue
             elif isinstance(value, (list, tuple)):
                 cmd += [flag, *map(str, value)]
+            elif key in PATH_ARGS:
+                cmd += [flag, str(project_path(value))]
             else:
                 cmd += [flag, str(value)]
-        return cmd + list(self.extra_args)
+        smoke = SMOKE_ARGS.get(self.task, []) if self.smoke else []
+        return cmd + list(self.extra_args) + smoke + list(self.overrides)
+
+
+def project_path(value: str | Path) -> Path:
+    """A relative path that names a project file (``detectron_configs/...``) resolves there, else stays."""
+    path = Path(value)
+    if not path.is_absolute() and (PROJECT / path).exists():
+        return PROJECT / path
+    return path
 
 
 @dataclass
@@ -98,8 +147,13 @@ def resolve_suite_path(suite: str) -> Path:
     return path
 
 
-def load_suite(suite: str, overrides: dict[str, str] | None = None, tasks: list[str] | None = None) -> Suite:
-    """Read, validate and resolve a suite; ``tasks`` keeps only entries of those task types."""
+def load_suite(suite: str, overrides: dict[str, str] | None = None, tasks: list[str] | None = None,
+               task_args: dict[str, list[str]] | None = None, smoke: bool = False) -> Suite:
+    """Read, validate and resolve a suite; ``tasks`` keeps only entries of those task types.
+
+    ``task_args`` maps a task type or task name to arguments appended to its command (a name's
+    come after its type's); ``smoke`` shortens every task (:data:`SMOKE_ARGS`).
+    """
     path = resolve_suite_path(suite)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -119,6 +173,7 @@ def load_suite(suite: str, overrides: dict[str, str] | None = None, tasks: list[
         if key not in variables:
             raise SuiteError(f"--var {key}: suite {path} has no variable {key!r} (it has {sorted(variables)})")
     variables.update(overrides or {})
+    variables = _resolve_vars(variables, path)
     scale = data.get("scale", "demo")
     specs = [_parse_entry(e, i, path, variables, scale) for i, e in enumerate(data["tasks"], 1)]
     names = [s.name for s in specs]
@@ -130,7 +185,24 @@ def load_suite(suite: str, overrides: dict[str, str] | None = None, tasks: list[
             raise SuiteError(f"--tasks {wanted}: unknown task (expected some of {list(TASKS)})")
     if tasks:
         specs = [s for s in specs if s.task in tasks]
+    for key in task_args or {}:
+        if key not in TASKS and key not in names:
+            raise SuiteError(f"--task-args {key}: not a task type {list(TASKS)} nor a task of suite {path} {names}")
+    if task_args or smoke:
+        specs = [replace(s, smoke=smoke, overrides=tuple((task_args or {}).get(s.task, []))
+                         + tuple((task_args or {}).get(s.name, []))) for s in specs]
     return Suite(name=path.stem, path=path, tasks=specs)
+
+
+def _resolve_vars(variables: dict[str, str], path: Path) -> dict[str, str]:
+    """Substitute variables used inside other variables (``{datasets}/cityscapes``), cycles refused."""
+    out = dict(variables)
+    for _ in range(len(out) + 1):
+        new = {k: _substitute(v, out, f"suite {path}: vars.{k}") for k, v in out.items()}
+        if new == out:
+            return out
+        out = new
+    raise SuiteError(f"suite {path}: vars refer to each other in a circle ({sorted(variables)})")
 
 
 def _parse_entry(entry: Any, index: int, path: Path, variables: dict[str, str], scale: str) -> TaskSpec:
@@ -169,8 +241,12 @@ def _parse_entry(entry: Any, index: int, path: Path, variables: dict[str, str], 
     for token in extra:
         if token.split("=", 1)[0] in ("--ckpt", "--out", "--scale", "--force"):
             raise SuiteError(f"{where}: extra_args {token!r} is set by run_all, remove it")
+    env = entry.get("env") or {}
+    if not isinstance(env, dict):
+        raise SuiteError(f"{where}: 'env' must be a mapping of NAME -> value")
+    env = {str(k): str(_substitute(str(v), variables, f"{where}: env.{k}")) for k, v in env.items()}
     _check_task_options(task, resolved, where)
-    return TaskSpec(name, task, resolved, task_scale, checkpoints, timeout, extra)
+    return TaskSpec(name, task, resolved, task_scale, checkpoints, timeout, extra, env)
 
 
 def _substitute(value: Any, variables: dict[str, str], where: str) -> Any:
@@ -206,6 +282,19 @@ def _check_task_options(task: str, args: dict[str, Any], where: str) -> None:
     for key in args:
         if "--" + key.replace("_", "-") not in options:
             raise SuiteError(f"{where}: args key {key!r} is not an option of {module} (it has {sorted(options)})")
+
+
+def parse_task_args(items: list[str]) -> dict[str, list[str]]:
+    """``["detection=SOLVER.MAX_ITER 2", ...]`` -> ``{"detection": ["SOLVER.MAX_ITER", "2"]}`` (--task-args)."""
+    import shlex
+
+    out: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value.strip():
+            raise SuiteError(f"--task-args {item}: expected TASK=ARGS (a task type or name, then its arguments)")
+        out.setdefault(key, []).extend(shlex.split(value))
+    return out
 
 
 def parse_vars(items: list[str]) -> dict[str, str]:

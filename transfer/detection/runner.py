@@ -250,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
               "num_gpus": args.num_gpus, "num_machines": args.num_machines, "data_root": args.data_root,
               "backbone": args.backbone}
     try:
-        run = TaskRun(task="detection", dataset=dataset_label(cfg), scale=args.scale, out_dir=args.out,
+        # overrides change the protocol: a paper-scale run with any is labelled so (never a paper number)
+        scale = "paper+overrides" if args.scale == "paper" and args.opts else args.scale
+        run = TaskRun(task="detection", dataset=dataset_label(cfg), scale=scale, out_dir=args.out,
                       ckpt_info=None, config=config, seeds=args.seeds, force=args.force)
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -83,6 +83,18 @@ def _nan_reason(exc: FloatingPointError, trainer: Any) -> str:
     return f"NaN/Inf during training at {where}: " + " ".join(str(exc).split())
 
 
+def _check_predictions(results: dict, cfg: Any) -> None:
+    """COCOEvaluator logs "No predictions from the model!" and returns NaN APs: say so in the record."""
+    import math
+
+    empty = sorted(t for t, m in results.items() if isinstance(m, dict) and m
+                   and all(isinstance(v, float) and math.isnan(v) for v in m.values()))
+    if empty:
+        raise TaskFailed(f"no predictions from the model at SCORE_THRESH_TEST "
+                         f"{cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST:g} ({', '.join(empty)} AP are NaN); "
+                         "an untrained or diverged model scores every box below it")
+
+
 def setup_logging(log_file: str | Path, rank: int) -> None:
     """detectron2's, fvcore's and this project's loggers to stdout and ``log_file`` (once per process)."""
     require_detectron2()
@@ -120,6 +132,7 @@ def train_and_evaluate(cfg: Any, data_root: str | None, save_model: bool, log_fi
         if comm.is_main_process():
             if not results:
                 raise TaskFailed("training finished but detectron2 produced no evaluation results")
+            _check_predictions(results, cfg)
             write_json_atomic(result_path, {"status": "ok", "results": results, "weights": report.summary()})
     except FloatingPointError as exc:
         reason = _nan_reason(exc, trainer)
@@ -128,5 +141,6 @@ def train_and_evaluate(cfg: Any, data_root: str | None, save_model: bool, log_fi
         raise TaskFailed(reason) from None
     except Exception as exc:
         if comm.is_main_process():
-            write_json_atomic(result_path, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            reason = str(exc) if isinstance(exc, TaskFailed) else f"{type(exc).__name__}: {exc}"
+            write_json_atomic(result_path, {"status": "failed", "error": reason})
         raise

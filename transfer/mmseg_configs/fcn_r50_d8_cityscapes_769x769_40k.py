@@ -9,6 +9,9 @@ data_hint = 'the *_gtFine_labelTrainIds.png maps come from mmseg\'s tools/datase
 dataset_type = 'CityscapesDataset'
 data_root = 'data/cityscapes/'
 crop_size = (769, 769)
+# The protocol's global batch (mmseg's 4x2), whatever the number of processes: the runner sets
+# the per-process batch and gradient accumulation from it (transfer/segmentation/batch.py).
+global_batch = 8
 num_classes = 19
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -26,7 +29,7 @@ test_pipeline = [
     dict(type='PackSegInputs')
 ]
 train_dataloader = dict(
-    batch_size=2,  # per GPU; 4 GPUs -> 8
+    batch_size=2,  # per process: the runner sets global_batch / world size (and accumulation)
     num_workers=2,
     persistent_workers=True,
     sampler=dict(type='InfiniteSampler', shuffle=True),

@@ -9,6 +9,9 @@ data_hint = 'SegmentationClassAug/ and aug.txt come from mmseg\'s tools/dataset_
 dataset_type = 'PascalVOCDataset'
 data_root = 'data/VOCdevkit/VOC2012'
 crop_size = (512, 512)
+# The protocol's global batch (mmseg's 4x4), whatever the number of processes: the runner sets
+# the per-process batch and gradient accumulation from it (transfer/segmentation/batch.py).
+global_batch = 16
 num_classes = 21
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -39,7 +42,7 @@ dataset_aug = dict(
     ann_file='ImageSets/Segmentation/aug.txt',
     pipeline=train_pipeline)
 train_dataloader = dict(
-    batch_size=4,  # per GPU; 4 GPUs -> 16
+    batch_size=4,  # per process: the runner sets global_batch / world size (and accumulation)
     num_workers=4,
     persistent_workers=True,
     sampler=dict(type='InfiniteSampler', shuffle=True),

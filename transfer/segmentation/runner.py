@@ -26,6 +26,7 @@ from typing import Any
 from mast.atomic import write_text_atomic
 from transfer.checkpoints import CheckpointInfo, add_backbone_arg
 from transfer.engines import sync_norms_to_bn
+from transfer.segmentation.batch import apply_batch, shrink_for_smoke
 from transfer.records import EXIT_USAGE, TaskFailed, TaskRun
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "mmseg_configs"
@@ -44,8 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", choices=sorted(DEFAULT_CONFIGS), default="demo")
     p.add_argument("--launcher", choices=("none", "pytorch", "slurm"), default="none")
     p.add_argument("--data-root", help="dataset root; replaces data_root of every dataset in the config")
-    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override config entries, mmengine style (e.g. train_cfg.max_iters=100)")
+    p.add_argument("--cfg-options", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override config entries, mmengine style (e.g. train_cfg.max_iters=100); repeatable. "
+                        "train_dataloader.batch_size=B caps the per-process batch (accumulation keeps the global one)")
+    p.add_argument("--num-gpus", type=int, default=1,
+                   help="processes on this machine; > 1 relaunches under torchrun with --launcher pytorch")
+    p.add_argument("--smoke", action="store_true",
+                   help="pipeline check: 2 iterations, 32 px images, global batch 2, no workers (scale: smoke)")
+    p.add_argument("--any-batch", action="store_true",
+                   help="allow an effective global batch other than the config's global_batch (recorded as off-protocol)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default); 1 avoids oversubscribing a CPU shared with data workers")
@@ -66,23 +74,34 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"--config {path}: no such file (expected an mmseg config, e.g. {CONFIG_DIR}/*.py)")
     cfg = Config.fromfile(str(path))
+    protocol_batch = cfg.get("global_batch")
+    per_gpu_cap = None
     if args.cfg_options:
         parsed = argparse.Namespace()
         DictAction(option_strings=[], dest="opts")(None, parsed, args.cfg_options)
+        per_gpu_cap = parsed.opts.pop("train_dataloader.batch_size", None)
         cfg.merge_from_dict(parsed.opts)
     if args.data_root:
         set_data_root(cfg, args.data_root)
     heads = (cfg.model.get("decode_head"), cfg.model.get("auxiliary_head"))
     cfg.depth_notes = check_backbone_cfg(cfg.model.backbone, info, path.name, heads)
+    if args.smoke:
+        shrink_for_smoke(cfg)
     cfg.launcher = args.launcher
-    if args.launcher != "none":
-        import torch
+    world = _world_size(args.launcher)
+    cfg.batch_plan = dict(apply_batch(cfg, world, int(per_gpu_cap) if per_gpu_cap else None).as_record(),
+                          protocol=protocol_batch)
+    if protocol_batch and cfg.batch_plan["effective"] != protocol_batch and not (args.any_batch or args.smoke):
+        raise ValueError(f"effective global batch {cfg.batch_plan['effective']} differs from the protocol's "
+                         f"{protocol_batch} ({path.name}); pass --any-batch to run it anyway (recorded as off-protocol)")
+    import torch
 
-        if not torch.cuda.is_available():  # mmengine's init_dist calls torch.cuda.set_device
-            raise ValueError(f"--launcher {args.launcher} needs CUDA GPUs; use --launcher none on a CPU")
-    if _world_size(args.launcher) == 1:  # one process: SyncBN has nothing to sync with
+    if world == 1 or not torch.cuda.is_available():  # SyncBN: nothing to sync, or no GPU to sync on
         sync_norms_to_bn(cfg.model, "type")
         cfg.norm_cfg = dict(cfg.get("norm_cfg") or {}, type="BN")
+    if world > 1 and not torch.cuda.is_available():  # CPU processes: gloo, DDP without device ids
+        cfg.env_cfg = dict(cfg.get("env_cfg") or {}, dist_cfg=dict(backend="gloo"))
+        cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
     cfg.randomness = dict(seed=args.seed)
     cfg.work_dir = str(Path(args.out) / "work")
     cfg.config_file = str(path)
@@ -134,6 +153,7 @@ def train_and_evaluate(cfg: Any, converted: Path) -> dict[str, float]:
                                        register_trusted_scheme, trusted, verify_backbone_state)
 
     register_trusted_scheme()
+    _init_cpu_group(cfg)
     if cfg.get("resume"):
         latest = find_latest_checkpoint(cfg.work_dir)
         if latest is None:
@@ -159,6 +179,15 @@ def train_and_evaluate(cfg: Any, converted: Path) -> dict[str, float]:
     if missing:
         raise TaskFailed(f"IoUMetric returned {sorted(record_hook.metrics)}, missing {missing}")
     return {m: round(float(record_hook.metrics[m]), 2) for m in METRICS}  # IoUMetric rounds to 0.01
+
+
+def _init_cpu_group(cfg: Any) -> None:
+    """On CPUs mmengine's ``init_dist`` would call ``torch.cuda.set_device``: start gloo here instead."""
+    import torch
+    import torch.distributed as dist
+
+    if cfg.launcher == "pytorch" and not torch.cuda.is_available() and not dist.is_initialized():
+        dist.init_process_group("gloo")
 
 
 def _copy_log(runner: Any, out_dir: Path) -> None:
@@ -199,8 +228,12 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
     cfg.resume = bool(args.resume)
     dataset = str(cfg.get("dataset_name") or Path(cfg.config_file).stem)
     if task is not None:
+        batch = dict(cfg.batch_plan, off_protocol=bool(cfg.batch_plan["protocol"])
+                     and cfg.batch_plan["effective"] != cfg.batch_plan["protocol"])
         task.record.update(dataset=dataset, checkpoint=asdict(info), method=info.method,
-                           config=cfg.to_dict())
+                           config=cfg.to_dict(), batch=batch)
+        if args.smoke:
+            task.record["scale"] = "smoke"
     check_data_layout(cfg, dataset)
     out = Path(args.out)
     converted = to_mmseg_file(state, info, out)
@@ -213,14 +246,37 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
         task.record["config"] = cfg.to_dict()
 
 
+def relaunch(argv: list[str], nproc: int) -> int:
+    """Run this command again under torchrun with ``nproc`` processes (``--launcher pytorch``)."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
+           "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "transfer.segmentation",
+           *argv, "--launcher", "pytorch"]
+    print("segmentation: " + " ".join(cmd), flush=True)
+    return subprocess.run(cmd).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if args.num_gpus < 1:
+        print(f"segmentation: --num-gpus {args.num_gpus}: expected >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    if args.num_gpus > 1 and args.launcher == "none":
+        return relaunch(argv, args.num_gpus)
     if _rank(args.launcher) != 0:
         run(args, None)
         return 0
     scale_config = args.config or str(DEFAULT_CONFIGS[args.scale])
     try:
-        task = TaskRun(task="segmentation", dataset=Path(scale_config).stem, scale=args.scale,
+        # --cfg-options change the protocol: a paper-scale run with any is labelled so (never a paper number)
+        scale = "paper+overrides" if args.scale == "paper" and args.cfg_options else args.scale
+        task = TaskRun(task="segmentation", dataset=Path(scale_config).stem, scale=scale,
                        out_dir=args.out, ckpt_info=None, config={"config_file": scale_config, "backbone": args.backbone},
                        seeds=[args.seed], force=args.force or args.resume)
     except FileExistsError as e:
