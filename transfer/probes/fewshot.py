@@ -258,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="python -m transfer.fewshot", description=__doc__.splitlines()[0])
     add_common_args(parser)
-    parser.add_argument("--split", default="test", help="split folder(s), '+'-joined to pool (e.g. train+test)")
+    parser.add_argument("--split", default="test", help="split folder(s), '+'-joined to pool (e.g. train+test); "
+                        "with --dataset: the download's parts (cub200: train+test, as AugSelf)")
     parser.add_argument("--ways", type=int, default=5)
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--queries", type=int, default=16)
@@ -301,4 +302,4 @@ def main(argv: list[str] | None = None) -> int:
             details[f"{shots}shot"] = {"dropped_classes": eps.dropped_classes, "solve_s": time.perf_counter() - t0}
             print(f"fewshot: {key} = {mean:.2f} ± {ci:.2f} ({args.episodes} episodes, {args.solver})")
 
-    return run_task("fewshot", args, body, seeds=[args.seed])
+    return run_task("fewshot", args, body, seeds=[args.seed], fewshot=True)
