@@ -90,7 +90,8 @@ class _ArrayUnpickler(pickle.Unpickler):
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.numeric", "_frombuffer"),
-               ("numpy._core.numeric", "_frombuffer")}
+               ("numpy._core.numeric", "_frombuffer"),
+               ("_codecs", "encode")}  # how Python 3 pickles bytes at protocol 2 (str -> bytes; runs no code)
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
@@ -137,8 +138,9 @@ def _flowers(root: Path, part: str) -> Items:
 
     folder = find_root(root, "flowers-102/setid.mat", "flowers-102", "flowers102") / "flowers-102"
     ids = loadmat(folder / "setid.mat", squeeze_me=True)[{"train": "trnid", "val": "valid", "test": "tstid"}[part]]
-    labels = loadmat(folder / "imagelabels.mat", squeeze_me=True)["labels"]
-    return Items([int(labels[i - 1]) - 1 for i in np.atleast_1d(ids).tolist()], [str(c) for c in range(1, 103)],
+    labels = np.atleast_1d(loadmat(folder / "imagelabels.mat", squeeze_me=True)["labels"])
+    classes = [str(c) for c in range(1, int(labels.max()) + 1)]  # 1..102: the labels are the class names
+    return Items([int(labels[i - 1]) - 1 for i in np.atleast_1d(ids).tolist()], classes,
                  paths=[folder / "jpg" / f"image_{i:05d}.jpg" for i in np.atleast_1d(ids).tolist()])
 
 
