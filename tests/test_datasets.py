@@ -4,8 +4,6 @@ AugSelf's splits, per-dataset metric, explicit preprocessing, and the refusals."
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +15,6 @@ from probe_standins import BUILDERS, build_all
 from transfer.probes import fewshot, knn, linear
 from transfer.probes.datasets import REGISTRY, load_split, random_split_indices
 from transfer.probes.features import NORMALIZATIONS
-
-REPO = Path(__file__).resolve().parents[1]
 
 # (train, val, test) sizes each stand-in must give: random_split lengths scaled to the stand-in
 # (AugSelf's ratio), official parts as written, per-class counts as the protocol says
@@ -211,11 +207,13 @@ def test_cifar_pickles_are_read_without_running_their_code(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
-def test_paper_suite_refuses_an_external_checkpoint_without_size(standins, ckpt, tmp_path):
+def test_paper_suite_refuses_an_external_checkpoint_without_size(standins, ckpt, tmp_path, capsys):
+    """run_all in this process (its tasks are subprocesses, run side by side to save interpreter start-ups)."""
+    from transfer import run_all
+
     root, _ = standins
-    cmd = [sys.executable, str(REPO / "transfer" / "run_all.py"), "--ckpt", str(ckpt), "--suite", "paper",
-           "--tasks", "fewshot", "--var", f"datasets={root}", "--out", str(tmp_path / "runs"), "--no-report"]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert done.returncode == 1
+    argv = ["--ckpt", str(ckpt), "--suite", "paper", "--tasks", "fewshot", "--var", f"datasets={root}",
+            "--out", str(tmp_path / "runs"), "--no-report", "--jobs", "3"]
+    assert run_all.main(argv) == 1
     records = [json.loads(line) for line in (tmp_path / "runs" / "results.jsonl").read_text().splitlines()]
     assert len(records) == 3 and all(r["status"] == "failed" and "--image-size" in r["error"] for r in records)
