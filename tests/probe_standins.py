@@ -191,7 +191,7 @@ def aircraft(root: Path) -> dict:
     return {**counts, "classes": 3}
 
 
-def cub200(root: Path, classes: int = 4, per_class: int = 12) -> dict:
+def cub200(root: Path, classes: int = 5, per_class: int = 12) -> dict:
     folder = root / "CUB_200_2011"
     names = [f"{i + 1:03d}.Bird_{i}" for i in range(classes)]
     images, split, labels = [], [], []
@@ -232,13 +232,13 @@ def mit67(root: Path) -> dict:
 
 
 def fc100(root: Path) -> dict:
-    return {**_imagefolder(root, {"train": (["apple", "bee"], 3), "test": ([f"t{i}" for i in range(6)], 4)}),
+    return {**_imagefolder(root, {"train": (["apple", "bee"], 3), "test": ([f"t{i}" for i in range(6)], 7)}),
             "classes": 6}
 
 
 def plant_disease(root: Path) -> dict:
     classes = [f"leaf_{i}" for i in range(5)]
-    return {**_imagefolder(root, {"train": (classes, 3), "test": (classes, 2)}), "classes": 5}
+    return {**_imagefolder(root, {"train": (classes, 4), "test": (classes, 3)}), "classes": 5}
 
 
 BUILDERS = {"cifar10": cifar, "cifar100": lambda r: cifar(r, hundred=True, per_batch=30), "stl10": stl10, "flowers102": flowers102,

@@ -21,9 +21,9 @@ from transfer.probes.features import NORMALIZATIONS
 EXPECTED = {
     "cifar10": (54, 6, 12), "cifar100": (27, 3, 30), "stl10": (18, 2, 10), "food101": (18, 2, 6),
     "pets": (12, 3, 6), "mit67": (13, 2, 6), "dtd": (6, 6, 6), "flowers102": (6, 6, 6), "aircraft": (6, 6, 6),
-    "caltech101": (50, 10, 6), "sun397": (80, 20, 6), "cub200": (20, 20, 8), "cars": (17, 3, 6),
+    "caltech101": (50, 10, 6), "sun397": (80, 20, 6), "cub200": (25, 25, 10), "cars": (17, 3, 6),
 }
-FEWSHOT = {"cub200": ("train+test", 48), "fc100": ("test", 24), "plant_disease": ("train+test", 25)}
+FEWSHOT = {"cub200": ("train+test", 60), "fc100": ("test", 42), "plant_disease": ("train+test", 35)}
 
 
 @pytest.fixture(autouse=True)
@@ -132,7 +132,7 @@ def test_augself_split_file_and_imagefolder_without_val(standins, ckpt, tmp_path
     assert linear.main(_common(ckpt, data, out, "--image-size", "32", "--max-iter", "5")) == 0
     rec = _record(out)
     assert rec["splits"]["val"]["kind"] == "stratified" and rec["splits"]["val"]["n"] == 5  # one per class
-    assert rec["details"]["n_train"] + rec["details"]["n_val"] == 15
+    assert rec["details"]["n_train"] + rec["details"]["n_val"] == 20
 
 
 def test_image_size_and_normalize_reach_the_network(standins, ckpt, tmp_path):
@@ -217,3 +217,14 @@ def test_paper_suite_refuses_an_external_checkpoint_without_size(standins, ckpt,
     assert run_all.main(argv) == 1
     records = [json.loads(line) for line in (tmp_path / "runs" / "results.jsonl").read_text().splitlines()]
     assert len(records) == 3 and all(r["status"] == "failed" and "--image-size" in r["error"] for r in records)
+
+
+def test_paper_suite_has_the_linear_suite_and_knn_on_one_dataset_root():
+    from transfer.suite import load_suite
+
+    suite = load_suite("paper", {"datasets": "/d", "image_size": "96", "normalize": "stl10"}, ["linear", "knn"])
+    for task in ("linear", "knn"):
+        entries = {t.args["dataset"]: t for t in suite.tasks if t.task == task}
+        assert set(entries) == set(EXPECTED)
+        assert all(t.args["data"] == f"/d/{name}" and t.args["image_size"] == "96" for name, t in entries.items())
+    assert all(t.args["train_split"] == "trainval" for t in suite.tasks if t.task == "knn")
