@@ -133,6 +133,9 @@ def test_augself_split_file_and_imagefolder_without_val(standins, ckpt, tmp_path
     rec = _record(out)
     assert rec["splits"]["val"]["kind"] == "stratified" and rec["splits"]["val"]["n"] == 5  # one per class
     assert rec["details"]["n_train"] + rec["details"]["n_val"] == 20
+    out = tmp_path / "knn"  # the kNN bank stays the whole train/ folder
+    assert knn.main(_common(ckpt, data, out, "--image-size", "32")) == 0
+    assert _record(out)["details"]["n_bank"] == 20 and _record(out)["splits"]["train"]["kind"] == "folders"
 
 
 def test_image_size_and_normalize_reach_the_network(standins, ckpt, tmp_path):

@@ -73,7 +73,7 @@ def check_disjoint(task: str, fit: str, test: str) -> None:
 
 
 def run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[int] | None = None,
-             crop_fraction: float = 1.0, fewshot: bool = False) -> int:
+             crop_fraction: float = 1.0, fewshot: bool = False, carve_val: bool = False) -> int:
     """Run ``body(run, extractor)`` inside a :class:`transfer.records.TaskRun`; return the exit code.
 
     A missing ``--data`` folder is ``skipped`` (exit 3); an unreadable checkpoint or dataset, or
@@ -89,13 +89,13 @@ def run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[in
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        return _run_task(task, args, body, seeds, crop_fraction, fewshot)
+        return _run_task(task, args, body, seeds, crop_fraction, fewshot, carve_val)
     finally:
         torch.set_num_threads(previous_threads)  # callers in the same process (tests) keep their setting
 
 
 def _run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[int] | None,
-              crop_fraction: float, fewshot: bool) -> int:
+              crop_fraction: float, fewshot: bool, carve_val: bool) -> int:
     from transfer.probes.datasets import REGISTRY
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
@@ -107,7 +107,7 @@ def _run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[i
                                          normalize=args.normalize, crop_fraction=crop_fraction,
                                          require_size=args.scale == "paper",
                                          dataset=args.dataset if args.dataset in REGISTRY else None,
-                                         split_file=args.split_file, fewshot=fewshot)
+                                         split_file=args.split_file, fewshot=fewshot, carve_val=carve_val)
             config["image_size"] = extractor.image_size
             config["normalize"] = extractor.preprocess.normalize
         except (CheckpointError, FeatureError, OSError, ValueError) as e:

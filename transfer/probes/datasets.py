@@ -167,20 +167,20 @@ def _tag(items: Items, **info) -> Items:
 
 
 def load_split(root: str | Path, split: str, dataset: str | None = None, split_file: str | Path | None = None,
-               fewshot: bool = False) -> Items:
+               fewshot: bool = False, carve_val: bool = False) -> Items:
     """Items of ``split`` ('+' pools) of a registry dataset, or of ``root/<split>`` for a plain ImageFolder.
 
     ``fewshot``: ``split`` names reader parts (e.g. CUB ``train+test``), pooled, as AugSelf's few-shot loader.
+    ``carve_val`` (the linear probe): a plain ImageFolder without ``val/`` gets its ``train`` and
+    ``val`` from a seeded, class-stratified split of ``train/``.
     """
     root = Path(root)
     protocol = REGISTRY.get(dataset or "")
     split_file = Path(split_file) if split_file else None
     parts = split.split("+")
     if protocol is None:
-        if split == "val" and not (root / "val").is_dir() and (root / "train").is_dir():
-            return _imagefolder_val(root, "val")
-        if split == "train" and not (root / "val").is_dir() and (root / "train").is_dir():
-            return _imagefolder_val(root, "train")
+        if carve_val and split in ("train", "val") and not (root / "val").is_dir() and (root / "train").is_dir():
+            return _imagefolder_val(root, split)
         return _tag(imagefolder(root, split), kind="folders", part=split)
     if protocol.split == "imagefolder":
         items = [_tag(imagefolder(root, split), kind="folders", part=split)]

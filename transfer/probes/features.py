@@ -183,7 +183,8 @@ class FeatureExtractor:
     def __init__(self, ckpt: str | Path, image_size: int | None = None, cache_dir: str | Path = ".cache/features",
                  batch_size: int = 128, num_workers: int = 0, device: str = "auto", progress: bool = True,
                  normalize: str | None = None, crop_fraction: float = 1.0, require_size: bool = False,
-                 dataset: str | None = None, split_file: str | None = None, fewshot: bool = False) -> None:
+                 dataset: str | None = None, split_file: str | None = None, fewshot: bool = False,
+                 carve_val: bool = False) -> None:
         self.state, self.info = load_backbone(ckpt)
         recorded = pretrain_resolution(self.info)
         if image_size is None and recorded is None:
@@ -200,7 +201,7 @@ class FeatureExtractor:
             stats = _pretrain_normalization(self.info)
             name, (mean, std) = ("run-config", stats) if stats else ("imagenet", NORMALIZATIONS["imagenet"])
         self.preprocess = Preprocess(self.image_size, int(round(self.image_size / crop_fraction)), name, mean, std)
-        self.dataset, self.split_file, self.fewshot = dataset, split_file, fewshot
+        self.dataset, self.split_file, self.fewshot, self.carve_val = dataset, split_file, fewshot, carve_val
         self.splits: dict[str, dict] = {}  # split -> how it was made and its size (recorded)
         self.cache_dir = Path(cache_dir)
         self.batch_size, self.num_workers, self.progress = batch_size, num_workers, progress
@@ -210,7 +211,7 @@ class FeatureExtractor:
 
     def cache_key(self, root: Path, split: str, items) -> str:
         head = {"ckpt_sha256": self.info.sha256, "arch": self.info.arch, "root": str(root.resolve()),
-                "dataset": self.dataset, "split": split, "transform": self.preprocess.transform_id(),
+                "dataset": self.dataset, "split": split, "split_info": items.info, "transform": self.preprocess.transform_id(),
                 "items": items.fingerprint()}
         return hashlib.sha256(json.dumps(head, sort_keys=True).encode()).hexdigest()
 
@@ -220,7 +221,7 @@ class FeatureExtractor:
 
         root = Path(root)
         try:
-            items = load_split(root, split, self.dataset, self.split_file, self.fewshot)
+            items = load_split(root, split, self.dataset, self.split_file, self.fewshot, self.carve_val)
         except LayoutError as e:
             raise FeatureError(str(e)) from None
         self.splits[split] = {**items.info, "n": len(items), "classes": len(items.classes)}

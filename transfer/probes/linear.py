@@ -163,4 +163,4 @@ def main(argv: list[str] | None = None) -> int:
                                 "n_train": len(ytr), "n_val": len(yva), "n_test": len(yte)}
         print(f"linear: test top1 = {run.metrics['top1']:.2f} (wd {wd:.2e}, val {args.metric} {val_acc:.2f})")
 
-    return run_task("linear", args, body, seeds=[args.seed])
+    return run_task("linear", args, body, seeds=[args.seed], carve_val=True)
