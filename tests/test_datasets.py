@@ -107,7 +107,8 @@ def test_fewshot_reads_cub_official_layout_and_the_folders(name, standins, ckpt,
     root, counts = standins
     split, n_images = FEWSHOT[name]
     out = tmp_path / "fewshot"
-    argv = _common(ckpt, root / name, out, "--dataset", name, "--split", split, "--image-size", "32",
+    assert REGISTRY[name].fewshot == split  # the default --split: AugSelf's pooling
+    argv = _common(ckpt, root / name, out, "--dataset", name, "--image-size", "32",
                    "--ways", "2", "--shots", "1", "--queries", "2", "--episodes", "4")
     assert fewshot.main(argv) == 0
     rec = _record(out)

@@ -44,7 +44,6 @@ class Protocol:
     """
 
     name: str
-    classes: int
     metric: str                       # "top1" or "class_avg" (mean per-class accuracy)
     split: str
     parts: tuple = ()                 # official: ((probe split, reader part), ...)
@@ -57,23 +56,23 @@ class Protocol:
 
 
 REGISTRY = {p.name: p for p in [
-    Protocol("cifar10", 10, "top1", "random", lengths=(45000, 5000), seed=43),
-    Protocol("cifar100", 100, "top1", "random", lengths=(45000, 5000), seed=44),
-    Protocol("food101", 101, "top1", "random", lengths=(68175, 7575), seed=42),
-    Protocol("pets", 37, "class_avg", "random", part="trainval", lengths=(2940, 740), seed=49),
-    Protocol("stl10", 10, "top1", "random", lengths=(4500, 500), seed=50),
-    Protocol("mit67", 67, "top1", "random", lengths=(4690, 670), seed=51),
-    Protocol("dtd", 47, "top1", "official", parts=(("train", "train"), ("val", "val"), ("test", "test"))),
-    Protocol("flowers102", 102, "class_avg", "official", parts=(("train", "train"), ("val", "val"), ("test", "test"))),
-    Protocol("aircraft", 100, "class_avg", "official", parts=(("train", "train"), ("val", "val"), ("test", "test"))),
-    Protocol("caltech101", 101, "class_avg", "per_class", part="all", per_class=(25, 5), test_part=None),
-    Protocol("sun397", 397, "top1", "per_class", part="Training", per_class=(40, 10), test_part="Testing"),
-    Protocol("cub200", 200, "top1", "per_class", per_class=(None, 5), fewshot="train+test"),
+    Protocol("cifar10", "top1", "random", lengths=(45000, 5000), seed=43),
+    Protocol("cifar100", "top1", "random", lengths=(45000, 5000), seed=44),
+    Protocol("food101", "top1", "random", lengths=(68175, 7575), seed=42),
+    Protocol("pets", "class_avg", "random", part="trainval", lengths=(2940, 740), seed=49),
+    Protocol("stl10", "top1", "random", lengths=(4500, 500), seed=50),
+    Protocol("mit67", "top1", "random", lengths=(4690, 670), seed=51),
+    Protocol("dtd", "top1", "official", parts=(("train", "train"), ("val", "val"), ("test", "test"))),
+    Protocol("flowers102", "class_avg", "official", parts=(("train", "train"), ("val", "val"), ("test", "test"))),
+    Protocol("aircraft", "class_avg", "official", parts=(("train", "train"), ("val", "val"), ("test", "test"))),
+    Protocol("caltech101", "class_avg", "per_class", part="all", per_class=(25, 5), test_part=None),
+    Protocol("sun397", "top1", "per_class", part="Training", per_class=(40, 10), test_part="Testing"),
+    Protocol("cub200", "top1", "per_class", per_class=(None, 5), fewshot="train+test"),
     # not in AugSelf's linear suite (ssl-transfer's): val = a seeded stratified 20 % of train
-    Protocol("cars", 196, "top1", "per_class", per_class=(None, 0.2)),
+    Protocol("cars", "top1", "per_class", per_class=(None, 0.2)),
     # few-shot only (AugSelf transfer_few_shot.py): ImageFolder <root>/<split>/<class>/
-    Protocol("fc100", 20, "top1", "imagefolder", fewshot="test"),
-    Protocol("plant_disease", 38, "top1", "imagefolder", fewshot="train+test"),
+    Protocol("fc100", "top1", "imagefolder", fewshot="test"),
+    Protocol("plant_disease", "top1", "imagefolder", fewshot="train+test"),
 ]}
 
 
