@@ -181,15 +181,18 @@ class ResumableSampler(Sampler):
             yield index, sample_seed(0, self.seed, self.epoch, index)
 
 
-def center_square(img: Image.Image, size: int) -> np.ndarray:
-    """Resize the shorter side to ``size`` (bicubic) and centre-crop a square: uint8 HWC.
+def center_square(img: Image.Image, size: int, resize: int | None = None) -> np.ndarray:
+    """Resize the shorter side to ``resize`` (default ``size``; bicubic) and centre-crop a ``size``
+    square: uint8 HWC.
 
-    The one preprocessing of labeled images: the kNN monitor and the transfer probes both use it.
+    The one preprocessing of labeled images: the kNN monitor and the transfer probes both use it
+    (the probes' paper-scale kNN with ``resize = size / 0.875``, as DINO's ``eval_knn.py``).
     """
     w, h = img.size
-    scale = size / min(w, h)
-    if (w, h) != (size, size):
-        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    resize = max(size, resize or size)
+    scale = resize / min(w, h)
+    if (w, h) != (size, size) or resize != size:
+        img = img.resize((max(resize, round(w * scale)), max(resize, round(h * scale))), Image.BICUBIC)
         w, h = img.size
         left, top = (w - size) // 2, (h - size) // 2
         img = img.crop((left, top, left + size, top + size))

@@ -17,19 +17,39 @@ from transfer.probes.features import FeatureError, FeatureExtractor
 from transfer.records import EXIT_USAGE, TaskRun, TaskSkipped
 from transfer.stats import LEVEL, N_BOOT, mean_interval
 
-__all__ = ["add_common_args", "dataset_name", "run_task", "record_scores", "PREDICTIONS"]
+__all__ = ["add_common_args", "dataset_name", "run_task", "record_scores", "check_disjoint", "PREDICTIONS"]
 
 PREDICTIONS = "predictions.npz"  # per-item scores next to record.json: {metric: float array}, no pickles
 
 
+def _optional_int(value: str) -> int | None:
+    """An int, or None for "" (a suite variable left empty)."""
+    return int(value) if value.strip() else None
+
+
+def _optional_str(value: str) -> str | None:
+    return value if value.strip() else None
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="backbone checkpoint (any format transfer.checkpoints reads)")
-    parser.add_argument("--data", required=True, help="dataset root holding <split>/<class>/<image> folders")
+    parser.add_argument("--data", required=True, help="dataset root: the download layout of --dataset NAME, "
+                        "else <split>/<class>/<image> folders")
     parser.add_argument("--out", required=True, help="output directory for record.json and config.yaml")
     parser.add_argument("--scale", choices=["demo", "paper"], default="demo")
-    parser.add_argument("--dataset", default=None, help="dataset name in the record (default: from --data)")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="Resize+CenterCrop size (default: the checkpoint's pretraining resolution, else 224)")
+    parser.add_argument("--dataset", default=None,
+                        help="registry name (cifar10, cifar100, stl10, food101, pets, dtd, flowers102, aircraft, "
+                             "caltech101, sun397, cub200, cars, mit67, fc100, plant_disease): read --data in that "
+                             "dataset's download layout with its protocol splits; any other name only labels the "
+                             "record (default: from --data)")
+    parser.add_argument("--split-file", type=_optional_str, default=None,
+                        help="AugSelf's splits/<dataset>.pth (index lists) for caltech101, sun397, cub200")
+    parser.add_argument("--image-size", type=_optional_int, default=None,
+                        help="CenterCrop size (default: the checkpoint's pretraining resolution; else 224, or an "
+                             "error at --scale paper)")
+    parser.add_argument("--normalize", type=_optional_str, default=None,
+                        help="imagenet | stl10 | MEAN/STD (e.g. 0.43,0.42,0.39/0.27,0.26,0.27); default: the "
+                             "checkpoint's pretraining statistics, else imagenet")
     parser.add_argument("--cache-dir", default=".cache/features")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--num-workers", type=int, default=0)
@@ -72,7 +92,19 @@ def _save_scores(run: TaskRun) -> None:
         run.extra["predictions"] = PREDICTIONS
 
 
-def run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[int] | None = None) -> int:
+def check_disjoint(task: str, fit: str, test: str) -> None:
+    """Refuse a test split that shares a part with the split the probe fits on (train, bank)."""
+    def parts(split: str) -> set[str]:
+        return {s for p in split.split("+") for s in (("train", "val") if p == "trainval" else (p,))}
+
+    shared = parts(fit) & parts(test)
+    if shared:
+        raise ValueError(f"{task}: test split {test!r} shares {sorted(shared)} with {fit!r}: evaluating on the "
+                         "training images is refused; choose another --test-split")
+
+
+def run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[int] | None = None,
+             crop_fraction: float = 1.0, fewshot: bool = False, carve_val: bool = False) -> int:
     """Run ``body(run, extractor)`` inside a :class:`transfer.records.TaskRun`; return the exit code.
 
     A missing ``--data`` folder is ``skipped`` (exit 3); an unreadable checkpoint or dataset, or
@@ -88,20 +120,28 @@ def run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[in
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        return _run_task(task, args, body, seeds)
+        return _run_task(task, args, body, seeds, crop_fraction, fewshot, carve_val)
     finally:
         torch.set_num_threads(previous_threads)  # callers in the same process (tests) keep their setting
 
 
-def _run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[int] | None) -> int:
+def _run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[int] | None,
+              crop_fraction: float, fewshot: bool, carve_val: bool) -> int:
+    from transfer.probes.datasets import REGISTRY
+
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     extractor, load_error = None, None
     if Path(args.data).is_dir():
         try:
             extractor = FeatureExtractor(args.ckpt, args.image_size, args.cache_dir, args.batch_size,
-                                         args.num_workers, args.device, not args.no_progress, args.backbone)
+                                         args.num_workers, args.device, not args.no_progress, args.backbone,
+                                         normalize=args.normalize, crop_fraction=crop_fraction,
+                                         require_size=args.scale == "paper",
+                                         dataset=args.dataset if args.dataset in REGISTRY else None,
+                                         split_file=args.split_file, fewshot=fewshot, carve_val=carve_val)
             config["image_size"] = extractor.image_size
-        except (CheckpointError, FeatureError, OSError) as e:
+            config["normalize"] = extractor.preprocess.normalize
+        except (CheckpointError, FeatureError, OSError, ValueError) as e:
             load_error = e
     try:
         run = TaskRun(task=task, dataset=args.dataset or dataset_name(args.data), scale=args.scale,
@@ -116,6 +156,8 @@ def _run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[i
                 raise TaskSkipped(f"dataset folder {args.data} not found (expected <split>/<class>/<image> folders)")
             if load_error is not None:
                 raise load_error
+            run.extra["preprocess"] = extractor.preprocess.describe()
+            run.extra["splits"] = extractor.splits
             body(run, extractor)
             _save_scores(run)
     except Exception as e:  # noqa: BLE001 - TaskRun recorded it; the CLI reports one line and an exit code

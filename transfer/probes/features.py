@@ -1,11 +1,17 @@
 """Frozen-backbone features for the probes (few-shot, linear, kNN), cached on disk.
 
-Images come from an ImageFolder-style split (``DATA/<split>/<class>/<image>``; ``a+b`` pools
-splits by class name), are read and cropped as the pretraining kNN monitor reads them (shorter side
-resized, bicubic, then the centre square at the pretraining resolution:
-:func:`mast.data.folder.center_square`), ImageNet-normalised, and then go through the
-checkpoint's ResNet (``fc = Identity``, eval mode, no grad, channels_last, batched). The output
-is the un-normalised pooled feature, as in AugSelf.
+Images come from a registry dataset in its download layout (:mod:`transfer.probes.datasets`) or
+an ImageFolder-style split (``DATA/<split>/<class>/<image>``; ``a+b`` pools splits by class
+name), are read and cropped as the pretraining kNN monitor reads them (shorter side resized to
+``resize``, bicubic, then the centre ``size`` square: :func:`mast.data.folder.center_square`),
+normalised (:class:`Preprocess`: ImageNet's or STL-10's statistics, or the user's), and then go
+through the checkpoint's ResNet (``fc = Identity``, eval mode, no grad, channels_last, batched).
+The output is the un-normalised pooled feature, as in AugSelf.
+
+Preprocessing defaults come from the checkpoint's pretraining run (``config.yaml``:
+``augment.size``, ``augment.mean``/``std``); a checkpoint from elsewhere has none, so at
+``--scale paper`` it needs ``--image-size`` (an error otherwise), and at demo scale gets 224 px
+with a warning. The record stores what was used.
 
 Cache: one file per (checkpoint sha256 and, in a file with several, the chosen backbone; arch, dataset path + split + every image's
 relative path/size/mtime, transform) under ``--cache-dir`` (default ``.cache/features``), written
@@ -22,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import torch
 import yaml
+from PIL import Image
 from torch import Tensor, nn
 
 from mast import rundir
@@ -30,11 +37,14 @@ from mast.data.folder import DatasetError, center_square, list_images, open_rgb
 
 from transfer.checkpoints import CheckpointInfo, build_resnet, load_backbone, weights_id
 
-__all__ = ["FeatureError", "SplitFeatures", "FeatureExtractor", "list_samples", "pretrain_resolution"]
+__all__ = ["FeatureError", "SplitFeatures", "FeatureExtractor", "Preprocess", "list_samples",
+           "pretrain_resolution", "parse_normalize"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CACHE_FORMAT = 2  # bump when the stored content or the feature definition changes
+NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+                  "stl10": ((0.43, 0.42, 0.39), (0.27, 0.26, 0.27))}  # AugSelf's STL-10 statistics
+CACHE_FORMAT = 3  # bump when the stored content or the feature definition changes
 DEFAULT_RESOLUTION = 224  # ImageNet models; used when the checkpoint's run config gives none
 
 
@@ -79,95 +89,161 @@ def _images(folder: Path) -> list[Path]:
         return []
 
 
-def _transform_id(size: int) -> str:
-    return f"square{size}-bicubic/imagenet-norm/fc-identity-avgpool/v{CACHE_FORMAT}"
+@dataclass(frozen=True)
+class Preprocess:
+    """Shorter side -> ``resize`` (bicubic), centre ``size`` crop, (x/255 - mean) / std."""
+
+    size: int
+    resize: int
+    normalize: str
+    mean: tuple
+    std: tuple
+
+    def describe(self) -> dict:
+        """What the record stores."""
+        return {"resize": self.resize, "crop": self.size, "interpolation": "bicubic", "normalize": self.normalize,
+                "mean": list(self.mean), "std": list(self.std)}
+
+    def transform_id(self) -> str:
+        return (f"resize{self.resize}-crop{self.size}-bicubic/norm{list(self.mean)}{list(self.std)}"
+                f"/fc-identity-avgpool/v{CACHE_FORMAT}")
+
+
+def parse_normalize(value: str) -> tuple[str, tuple, tuple]:
+    """``imagenet`` | ``stl10`` | ``M1,M2,M3/S1,S2,S3`` -> (name, mean, std); ValueError naming the option."""
+    if value in NORMALIZATIONS:
+        return (value, *NORMALIZATIONS[value])
+    try:
+        mean, std = (tuple(float(x) for x in half.split(",")) for half in value.split("/"))
+    except ValueError:
+        mean, std = (), ()
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f"--normalize {value!r}: expected one of {sorted(NORMALIZATIONS)} or MEAN/STD as "
+                         "three comma-separated numbers each (e.g. 0.43,0.42,0.39/0.27,0.26,0.27)")
+    return value, mean, std
+
+
+def _run_config(info: CheckpointInfo) -> dict:
+    if not info.run_dir:
+        return {}
+    try:
+        config = yaml.safe_load((Path(info.run_dir) / rundir.CONFIG).read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def pretrain_resolution(info: CheckpointInfo) -> int | None:
     """The crop size the checkpoint was pretrained at, from its run's ``config.yaml`` (``augment.size``)."""
-    if not info.run_dir:
-        return None
-    try:
-        config = yaml.safe_load((Path(info.run_dir) / rundir.CONFIG).read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    size = (config or {}).get("augment", {}).get("size") if isinstance(config, dict) else None
+    size = (_run_config(info).get("augment") or {}).get("size")
     return int(size) if isinstance(size, int) and size > 0 else None
 
 
-class _ImageList(torch.utils.data.Dataset):
-    """Images as the kNN monitor sees them (:func:`mast.data.folder.center_square`), ImageNet-normalised."""
+def _pretrain_normalization(info: CheckpointInfo) -> tuple[tuple, tuple] | None:
+    augment = _run_config(info).get("augment") or {}
+    mean, std = augment.get("mean"), augment.get("std")
+    ok = all(isinstance(v, (list, tuple)) and len(v) == 3 for v in (mean, std))
+    return (tuple(map(float, mean)), tuple(map(float, std))) if ok else None
 
-    def __init__(self, samples: list[tuple[Path, int]], size: int) -> None:
-        self.samples, self.size = samples, size
-        self.mean, self.std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+class _ImageList(torch.utils.data.Dataset):
+    """Images as the kNN monitor sees them (:func:`mast.data.folder.center_square`), normalised."""
+
+    def __init__(self, items, pre: Preprocess) -> None:
+        self.items, self.pre = items, pre
+        self.mean, self.std = torch.tensor(pre.mean).view(3, 1, 1), torch.tensor(pre.std).view(3, 1, 1)
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.items)
 
     def __getitem__(self, i: int) -> Tensor:
-        path = self.samples[i][0]
+        if self.items.array is not None:
+            img, where = Image.fromarray(self.items.array[i]), f"item {i}"
+        else:
+            where = self.items.paths[i]
         try:
-            pixels = center_square(open_rgb(path), self.size)
+            img = open_rgb(where) if self.items.array is None else img
+            pixels = center_square(img, self.pre.size, self.pre.resize)
         except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for truncated/corrupt files
-            raise FeatureError(f"image {path} cannot be read as an image ({type(e).__name__}: {str(e)[:120]})") from None
+            raise FeatureError(f"image {where} cannot be read as an image ({type(e).__name__}: {str(e)[:120]})") from None
         return (torch.tensor(pixels).permute(2, 0, 1).float() / 255 - self.mean) / self.std
 
 
 class FeatureExtractor:
     """Features of one checkpoint on any dataset split, through the on-disk cache.
 
-    ``image_size=None`` means the pretraining resolution (from the run config), else 224.
+    ``image_size=None`` means the pretraining resolution (from the run config), else 224 — or,
+    with ``require_size`` (paper scale), a :class:`FeatureError` naming ``--image-size``.
+    ``normalize=None``: the run config's mean/std, else ImageNet's. ``crop_fraction`` < 1 resizes
+    the shorter side to ``size / crop_fraction`` before the centre crop (kNN, DINO: 0.875).
+    ``dataset`` names a registry entry (:mod:`transfer.probes.datasets`; None: ImageFolder).
     ``model`` stays ``None`` until a cache miss needs the network.
     """
 
     def __init__(self, ckpt: str | Path, image_size: int | None = None, cache_dir: str | Path = ".cache/features",
                  batch_size: int = 128, num_workers: int = 0, device: str = "auto", progress: bool = True,
-                 backbone: str | None = None) -> None:
+                 backbone: str | None = None, normalize: str | None = None, crop_fraction: float = 1.0, require_size: bool = False,
+                 dataset: str | None = None, split_file: str | None = None, fewshot: bool = False,
+                 carve_val: bool = False) -> None:
         self.state, self.info = load_backbone(ckpt, backbone)
-        self.image_size = image_size or pretrain_resolution(self.info) or DEFAULT_RESOLUTION
-        if image_size is None and pretrain_resolution(self.info) is None:
-            print(f"features: no pretraining resolution found for {ckpt}; using {self.image_size} px "
+        recorded = pretrain_resolution(self.info)
+        if image_size is None and recorded is None:
+            if require_size:
+                raise FeatureError(f"checkpoint {ckpt} has no recorded pretraining resolution (no run config.yaml "
+                                   "beside it); pass --image-size (96 for STL-10 models, 224 for ImageNet) "
+                                   "and --normalize")
+            print(f"features: no pretraining resolution found for {ckpt}; using {DEFAULT_RESOLUTION} px "
                   "(pass --image-size to choose)", file=sys.stderr)
+        self.image_size = image_size or recorded or DEFAULT_RESOLUTION
+        if normalize is not None:
+            name, mean, std = parse_normalize(normalize)
+        else:
+            stats = _pretrain_normalization(self.info)
+            name, (mean, std) = ("run-config", stats) if stats else ("imagenet", NORMALIZATIONS["imagenet"])
+        self.preprocess = Preprocess(self.image_size, int(round(self.image_size / crop_fraction)), name, mean, std)
+        self.dataset, self.split_file, self.fewshot, self.carve_val = dataset, split_file, fewshot, carve_val
+        self.splits: dict[str, dict] = {}  # split -> how it was made and its size (recorded)
         self.cache_dir = Path(cache_dir)
         self.batch_size, self.num_workers, self.progress = batch_size, num_workers, progress
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if device == "auto" else device))
         self.model: nn.Module | None = None
 
-    def cache_key(self, root: Path, split: str, samples: list[tuple[Path, int]]) -> str:
-        h = hashlib.sha256()
+    def cache_key(self, root: Path, split: str, items) -> str:
         head = {"ckpt_sha256": weights_id(self.info), "arch": self.info.arch, "root": str(root.resolve()),
-                "split": split, "transform": _transform_id(self.image_size)}
-        h.update(json.dumps(head, sort_keys=True).encode())
-        for path, label in samples:
-            st = path.stat()
-            h.update(f"{path.relative_to(root)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        return h.hexdigest()
+                "dataset": self.dataset, "split": split, "split_info": items.info, "transform": self.preprocess.transform_id(),
+                "items": items.fingerprint()}
+        return hashlib.sha256(json.dumps(head, sort_keys=True).encode()).hexdigest()
 
     def features(self, root: str | Path, split: str) -> SplitFeatures:
-        """Features of ``root/<split>``: read from the cache when the key matches, else computed and stored."""
+        """Features of ``split`` of ``root``: read from the cache when the key matches, else computed and stored."""
+        from transfer.probes.datasets import LayoutError, load_split
+
         root = Path(root)
-        samples, classes = list_samples(root, split)
-        key = self.cache_key(root, split, samples)
+        try:
+            items = load_split(root, split, self.dataset, self.split_file, self.fewshot, self.carve_val)
+        except LayoutError as e:
+            raise FeatureError(str(e)) from None
+        self.splits[split] = {**items.info, "n": len(items), "classes": len(items.classes)}
+        key = self.cache_key(root, split, items)
         path = self.cache_dir / f"{key}.pt"
-        cached = _read_cache(path, key, len(samples))
+        cached = _read_cache(path, key, len(items))
         if cached is not None:
             return SplitFeatures(cached["features"], cached["labels"], list(cached["classes"]), True, path)
-        feats = self._embed(samples, desc=f"features {root.name}/{split}")
+        feats = self._embed(items, desc=f"features {root.name}/{split}")
         bad = int((~torch.isfinite(feats)).any(dim=1).sum())
         if bad:  # a probe on NaN features would report chance level as a result
-            raise FeatureError(f"{root}/{split}: {bad} of {len(samples)} images give NaN/Inf features "
+            raise FeatureError(f"{root}/{split}: {bad} of {len(items)} images give NaN/Inf features "
                                f"with {self.info.path}; the checkpoint's weights or statistics are not finite?")
-        labels = torch.tensor([label for _, label in samples], dtype=torch.long)
+        labels = torch.tensor(items.labels, dtype=torch.long)
         try:
-            torch_save_atomic(path, {"key": key, "features": feats, "labels": labels, "classes": classes,
+            torch_save_atomic(path, {"key": key, "features": feats, "labels": labels, "classes": items.classes,
                                      "ckpt_sha256": self.info.sha256, "root": str(root.resolve()), "split": split,
                                      "image_size": self.image_size})
         except OSError as e:  # a cache that cannot be written only costs time next run
             print(f"features: cache not written, continuing without it ({' '.join(str(e).split())})", file=sys.stderr)
             path = None
-        return SplitFeatures(feats, labels, classes, False, path)
+        return SplitFeatures(feats, labels, items.classes, False, path)
 
     def _network(self) -> nn.Module:
         if self.model is None:
@@ -177,11 +253,12 @@ class FeatureExtractor:
         return self.model
 
     @torch.no_grad()
-    def _embed(self, samples: list[tuple[Path, int]], desc: str) -> Tensor:
+    def _embed(self, items, desc: str) -> Tensor:
         from tqdm import tqdm
 
         model = self._network()
-        loader = torch.utils.data.DataLoader(_ImageList(samples, self.image_size),
+        samples = _ImageList(items, self.preprocess)
+        loader = torch.utils.data.DataLoader(samples,
                                              batch_size=self.batch_size, num_workers=self.num_workers)
         out = []
         with tqdm(total=len(samples), desc=desc, unit="img", disable=not self.progress, file=sys.stderr) as bar:

@@ -258,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="python -m transfer.fewshot", description=__doc__.splitlines()[0])
     add_common_args(parser)
-    parser.add_argument("--split", default="test", help="split folder(s), '+'-joined to pool (e.g. train+test)")
+    parser.add_argument("--split", default=None, help="split folder(s), '+'-joined to pool (e.g. train+test); "
+                        "with --dataset: the download's parts (default: AugSelf's, e.g. cub200 train+test; else test)")
     parser.add_argument("--ways", type=int, default=5)
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--queries", type=int, default=16)
@@ -272,8 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m transfer.fewshot --ckpt X --data DIR --out OUT [...]`` (see the module docstring)."""
     from transfer.probes.cli import record_scores, run_task
 
+    from transfer.probes.datasets import REGISTRY
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.split is None:
+        args.split = (REGISTRY[args.dataset].fewshot if args.dataset in REGISTRY else None) or "test"
     for name in ("ways", "queries", "episodes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -302,4 +307,4 @@ def main(argv: list[str] | None = None) -> int:
             details[f"{shots}shot"] = {"dropped_classes": eps.dropped_classes, "solve_s": time.perf_counter() - t0}
             print(f"fewshot: {key} = {mean:.2f} ± {ci:.2f} ({args.episodes} episodes, {args.solver})")
 
-    return run_task("fewshot", args, body, seeds=[args.seed])
+    return run_task("fewshot", args, body, seeds=[args.seed], fewshot=True)

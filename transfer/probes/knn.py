@@ -2,8 +2,11 @@
 
 InstDisc / DINO ``eval_knn``: features are L2-normalised, the k most cosine-similar training
 features vote for their class with weight exp(s / T), T = 0.07, and the class with the largest
-vote is the prediction. Reported: top-1 in percent for k ∈ {20, 200} (k is capped at the size of
-the training set; the cap is written to the record's details).
+vote is the prediction. Reported: top-1 in percent for k ∈ {10, 20, 100, 200} at paper scale,
+{20, 200} at demo scale (k is capped at the size of the training set; the cap is written to the
+record's details). At paper scale images are resized to size / 0.875 and centre-cropped to size
+(DINO: Resize 256 -> CenterCrop 224); at demo scale resized straight to size. The test split
+must not share images with the bank.
 """
 
 from __future__ import annotations
@@ -21,23 +24,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="python -m transfer.knn", description=__doc__.splitlines()[0])
     add_common_args(parser)
-    parser.add_argument("--k", type=int, nargs="+", default=[20, 200])
+    parser.add_argument("--k", type=int, nargs="+", default=None, help="default: 10 20 100 200 (paper), 20 200 (demo)")
     parser.add_argument("--temperature", type=float, default=0.07)
-    parser.add_argument("--train-split", default="train", help="the neighbour bank ('+' pools, e.g. train+val)")
+    parser.add_argument("--train-split", default="train",
+                        help="the neighbour bank ('+' pools, e.g. train+val; 'trainval' for a --dataset registry entry)")
     parser.add_argument("--test-split", default="test")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m transfer.knn --ckpt X --data DIR --out OUT [--k 20 200 --temperature 0.07]``."""
-    from transfer.probes.cli import record_scores, run_task
+    from transfer.probes.cli import check_disjoint, record_scores, run_task
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.k is None:
+        args.k = [10, 20, 100, 200] if args.scale == "paper" else [20, 200]
     if min(args.k) < 1 or args.temperature <= 0:
         parser.error(f"--k must be >= 1 and --temperature > 0, got {args.k} and {args.temperature}")
 
     def body(run, extractor) -> None:
+        check_disjoint("knn", args.train_split, args.test_split)
         train = extractor.features(args.data, args.train_split)
         test = extractor.features(args.data, args.test_split)
         if test.classes != train.classes:
@@ -51,4 +58,4 @@ def main(argv: list[str] | None = None) -> int:
             print(f"knn: top1_k{k} = {run.metrics[f'top1_k{k}']:.2f} (bank {len(train.labels)})")
         run.extra["details"] = {"k_used": used, "n_bank": len(train.labels), "n_test": len(test.labels)}
 
-    return run_task("knn", args, body)
+    return run_task("knn", args, body, crop_fraction=0.875 if args.scale == "paper" else 1.0)

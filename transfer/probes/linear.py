@@ -116,8 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="python -m transfer.linear", description=__doc__.splitlines()[0])
     add_common_args(parser)
-    parser.add_argument("--metric", choices=["top1", "class_avg"], default="top1",
-                        help="test metric (class_avg for datasets whose convention is mean per-class accuracy)")
+    parser.add_argument("--metric", choices=["top1", "class_avg"], default=None,
+                        help="test metric (default: the --dataset registry's, e.g. class_avg for pets, flowers102, "
+                             "aircraft, caltech101; else top1)")
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--val-split", default="val")
     parser.add_argument("--test-split", default="test")
@@ -130,16 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m transfer.linear --ckpt X --data DIR --out OUT [--metric top1|class_avg]``."""
-    from transfer.probes.cli import record_scores, run_task
+    from transfer.probes.cli import check_disjoint, record_scores, run_task
+    from transfer.probes.datasets import REGISTRY
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.metric is None:
+        args.metric = REGISTRY[args.dataset].metric if args.dataset in REGISTRY else "top1"
     if args.max_iter is None:
         args.max_iter = 5000 if args.scale == "paper" else 50
     if args.max_iter < 1:
         parser.error(f"--max-iter must be >= 1, got {args.max_iter}")
 
     def body(run, extractor) -> None:
+        check_disjoint("linear", f"{args.train_split}+{args.val_split}", args.test_split)
         splits = [extractor.features(args.data, s) for s in (args.train_split, args.val_split, args.test_split)]
         classes = splits[0].classes
         for s, name in zip(splits[1:], (args.val_split, args.test_split)):
@@ -158,4 +163,4 @@ def main(argv: list[str] | None = None) -> int:
                                 "n_train": len(ytr), "n_val": len(yva), "n_test": len(yte)}
         print(f"linear: test top1 = {run.metrics['top1']:.2f} (wd {wd:.2e}, val {args.metric} {val_acc:.2f})")
 
-    return run_task("linear", args, body, seeds=[args.seed])
+    return run_task("linear", args, body, seeds=[args.seed], carve_val=True)
