@@ -33,12 +33,12 @@ from torch import Tensor, nn
 
 from mast import rundir
 from mast.atomic import torch_save_atomic
-from mast.data.folder import DatasetError, center_square, list_images, open_rgb
+from mast.data.folder import center_square, open_rgb
 
 from transfer.checkpoints import CheckpointInfo, build_resnet, load_backbone, weights_id
 
-__all__ = ["FeatureError", "SplitFeatures", "FeatureExtractor", "Preprocess", "list_samples",
-           "pretrain_resolution", "parse_normalize"]
+__all__ = ["FeatureError", "SplitFeatures", "FeatureExtractor", "Preprocess", "pretrain_resolution",
+           "parse_normalize"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,32 +61,6 @@ class SplitFeatures:
     classes: list[str]
     from_cache: bool
     cache_path: Path | None
-
-
-def list_samples(root: str | Path, split: str) -> tuple[list[tuple[Path, int]], list[str]]:
-    """(image path, class index) for ``root/<split>/<class>/*``; ``split`` may be ``a+b`` (pooled).
-
-    Classes are the sorted union of the class folders of the pooled splits.
-    """
-    root = Path(root)
-    folders = [root / s for s in split.split("+")]
-    for folder in folders:
-        if not folder.is_dir():
-            raise FeatureError(f"dataset split {folder} does not exist (expected {root}/<split>/<class>/<image>)")
-    classes = sorted({d.name for f in folders for d in f.iterdir() if d.is_dir()})
-    index = {c: i for i, c in enumerate(classes)}
-    samples = [(path, index[path.relative_to(f).parts[0]]) for f in folders for path in _images(f)]
-    if not samples:
-        where = " + ".join(str(f) for f in folders)
-        raise FeatureError(f"dataset split {where} is empty: no images in <class>/ folders ({len(classes)} class folders)")
-    return samples, classes
-
-
-def _images(folder: Path) -> list[Path]:
-    try:
-        return list_images(folder, what="--data")
-    except DatasetError:  # an empty split of a pooled pair; all of them empty is refused above
-        return []
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mast.data.folder import DatasetError, list_images
+
 __all__ = ["Items", "LayoutError", "READERS", "find_root"]
 
 
@@ -209,14 +211,26 @@ def _mit67(root: Path, part: str) -> Items:
 
 
 def imagefolder(root: Path, part: str) -> Items:
-    """``root/<part>/<class>/<image>``; ``a+b`` pools parts by class name."""
-    from transfer.probes.features import FeatureError, list_samples
+    """``root/<part>/<class>/<image>``; ``a+b`` pools parts by class name (classes: the sorted union)."""
+    folders = [root / s for s in part.split("+")]
+    for folder in folders:
+        if not folder.is_dir():
+            raise LayoutError(f"dataset split {folder} does not exist (expected {root}/<split>/<class>/<image>)")
+    classes = sorted({d.name for f in folders for d in f.iterdir() if d.is_dir()})
+    index = {c: i for i, c in enumerate(classes)}
+    pairs = [(path, index[path.relative_to(f).parts[0]]) for f in folders for path in _images(f)]
+    paths, labels = [p for p, _ in pairs], [y for _, y in pairs]
+    if not paths:
+        where = " + ".join(str(f) for f in folders)
+        raise LayoutError(f"dataset split {where} is empty: no images in <class>/ folders ({len(classes)} class folders)")
+    return Items(labels, classes, paths=paths)
 
+
+def _images(folder: Path) -> list[Path]:
     try:
-        samples, classes = list_samples(root, part)
-    except FeatureError as e:
-        raise LayoutError(str(e)) from None
-    return Items([y for _, y in samples], classes, paths=[p for p, _ in samples])
+        return list_images(folder, what="--data")
+    except DatasetError:  # an empty split of a pooled pair; all of them empty is refused by the caller
+        return []
 
 
 READERS = {
