@@ -51,6 +51,15 @@ def test_collect_keeps_study_names_and_the_last_ok_record():
     assert len(used) == 2
 
 
+def test_study_suite_holds_exactly_the_reported_tasks():
+    from reports.study import TASKS
+    from transfer.suite import load_suite
+
+    suite = load_suite(str(study.SUITE))
+    assert {t.name for t in suite.tasks} == {task for task, _, _ in TASKS}
+    assert {t.task for t in suite.tasks} == {"knn", "linear", "fewshot"}  # frozen-feature probes only
+
+
 # --- orchestration ---------------------------------------------------------------------------------------
 def test_execute_runs_dependencies_first_and_skips_dependents_of_a_failure(tmp_path, capsys):
     def job(name, code, deps=()):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -98,34 +99,40 @@ def probes_done(out: Path, name: str, suite: Path, backbone: Path) -> bool:
 
 
 def plan_jobs(args: argparse.Namespace, overrides: list[str]) -> list[Job]:
-    """Pretraining jobs (matched runs wait for the same-seed MAST run), then one probe job per checkpoint."""
+    """Pretraining jobs (matched runs wait for the same-seed MAST run) and one probe job per checkpoint.
+
+    List order is priority: the headline comparison (MAST, VICReg, matched VICReg; per seed, MAST first
+    because its matched run waits for it) is pretrained and probed before the ablation arm, so that
+    a study cut short still answers the main question on every seed.
+    """
     steps = count_steps(args.data, overrides)
     logs = args.runs / "logs"
+    main_arms = [a for a in ("mast", "vicreg", "vicreg_matched") if a in args.arms]
+    order = [(seed, arm) for seed in args.seeds for arm in main_arms]
+    order += [(seed, arm) for seed in args.seeds for arm in args.arms if arm not in main_arms]
     pretrain, probes = [], []
-    # priority: per seed, MAST first (its matched run waits for it), VICReg beside it
-    priority = [a for a in ("mast", "vicreg", "mast_unc_none", "vicreg_matched") if a in args.arms]
-    for seed in args.seeds:
-        for arm in priority:
-            name = run_name(arm, seed)
-            run_dir = args.runs / f"study_{name}"
-            arm_overrides = [o.format(mast_run=args.runs / f"study_{run_name('mast', seed)}") for o in ARMS[arm]]
-            cmd = pretrain_command(f"study_{name}", args.runs, args.data, args.preset,
-                                   [*arm_overrides, f"seed={seed}", *overrides])
-            deps = [f"pretrain:{run_name('mast', seed)}"] if arm == "vicreg_matched" else []
-            job = Job(f"pretrain:{name}", cmd, logs / f"pretrain_{name}.log", deps,
-                      RUN_OVERHEAD_S + steps * STEP_S["vicreg" if arm.startswith("vicreg") else "mast"])
-            if is_finished(run_dir):
-                job.state = "ok"
-            pretrain.append(job)
-            probe_cmd = [sys.executable, str(Path(__file__).resolve().parent / "run_all.py"), "--ckpt", str(run_dir / "backbone.pth"),
-                         "--name", name, "--suite", str(args.suite), "--var", f"data={args.data}",
-                         "--out", str(args.out / name), "--no-report", "--jobs", "1"]  # one run_all per folder
-            probe_cmd += ["--tasks", *args.tasks] if args.tasks else []
-            probe = Job(f"probes:{name}", probe_cmd, logs / f"probes_{name}.log", [job.name], PROBES_S)
-            if job.state == "ok" and probes_done(args.out / name, name, args.suite, run_dir / "backbone.pth"):
-                probe.state, probe.estimate_s = "ok", 0.0  # kept; run_all would skip every task anyway
-            probes.append(probe)
-    return pretrain + probes  # list order = priority: pretraining first, probes fill idle slots
+    for seed, arm in order:
+        name = run_name(arm, seed)
+        run_dir = args.runs / f"study_{name}"
+        arm_overrides = [o.format(mast_run=args.runs / f"study_{run_name('mast', seed)}") for o in ARMS[arm]]
+        cmd = pretrain_command(f"study_{name}", args.runs, args.data, args.preset,
+                               [*arm_overrides, f"seed={seed}", *overrides])
+        deps = [f"pretrain:{run_name('mast', seed)}"] if arm == "vicreg_matched" else []
+        job = Job(f"pretrain:{name}", cmd, logs / f"pretrain_{name}.log", deps,
+                  RUN_OVERHEAD_S + steps * STEP_S["vicreg" if arm.startswith("vicreg") else "mast"])
+        if is_finished(run_dir):
+            job.state = "ok"
+        pretrain.append(job)
+        probe_cmd = [sys.executable, str(Path(__file__).resolve().parent / "run_all.py"),
+                     "--ckpt", str(run_dir / "backbone.pth"), "--name", name, "--suite", str(args.suite), "--var", f"data={args.data}",
+                     "--out", str(args.out / name), "--no-report", "--jobs", "1"]  # one run_all per folder
+        probe_cmd += ["--tasks", *args.tasks] if args.tasks else []
+        probe = Job(f"probes:{name}", probe_cmd, logs / f"probes_{name}.log", [job.name], PROBES_S)
+        if job.state == "ok" and probes_done(args.out / name, name, args.suite, run_dir / "backbone.pth"):
+            probe.state, probe.estimate_s = "ok", 0.0  # kept; run_all would skip every task anyway
+        probes.append(probe)
+    n_main = len(main_arms) * len(args.seeds)
+    return pretrain[:n_main] + probes[:n_main] + pretrain[n_main:] + probes[n_main:]
 
 
 def _fmt(seconds: float) -> str:
@@ -138,7 +145,9 @@ def _start(job: Job, env: dict) -> None:
     with open(job.log, "a") as log:
         log.write("$ " + " ".join(job.cmd) + "\n")
         log.flush()
-        job.proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        # own session, like a separately typed command: with the kernel's autogroup scheduling every
+        # session gets an equal CPU share, so jobs in the orchestrator's session would split one share
+        job.proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     job.t0, job.state = time.monotonic(), "running"
 
 
@@ -200,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # jobs run in their own sessions: on `kill` the orchestrator stops them itself (execute's finally)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if "mast" not in args.arms and "vicreg_matched" in args.arms:
         raise SystemExit("study: --arms vicreg_matched needs the mast arm (its λ comes from the same-seed MAST run)")
     if args.jobs < 1 or not args.seeds:
