@@ -298,3 +298,25 @@ def test_nonfinite_or_sparse_weights_are_refused_at_load_naming_the_tensor(tmp_p
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert ("layer3.1.bn2.running_var" in err and "NaN/Inf" in err) or ("conv1.weight" in err and "dense" in err)
     assert not (tmp_path / "o.pth").exists()
+
+
+def test_one_class_or_one_way_is_refused_not_reported_as_100(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from transfer.checkpoints import build_resnet
+    from transfer.probes.fewshot import main as fewshot_main
+    from transfer.probes.knn import main as knn_main
+
+    torch.save(build_resnet("resnet18").state_dict(), tmp_path / "r18.pth")
+    for split in ("train", "test"):
+        (tmp_path / "one" / split / "only").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / "one" / split / "only" / f"{i}.png")
+    common = ["--ckpt", str(tmp_path / "r18.pth"), "--data", str(tmp_path / "one"), "--image-size", "32",
+              "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+    assert knn_main([*common, "--out", str(tmp_path / "k")]) == 1
+    assert "at least 2" in json.loads((tmp_path / "k" / "record.json").read_text())["error"]
+    with pytest.raises(SystemExit):
+        fewshot_main([*common, "--out", str(tmp_path / "f"), "--ways", "1"])
+    assert "--ways must be >= 2" in capsys.readouterr().err

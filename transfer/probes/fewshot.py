@@ -284,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if min(args.shots) < 1:
         parser.error(f"--shots must all be >= 1, got {args.shots}")
+    if args.ways < 2:  # one way is always right: 100 % that says nothing
+        parser.error(f"--ways must be >= 2, got {args.ways}")
 
     def body(run, extractor) -> None:
         split = extractor.features(args.data, args.split)

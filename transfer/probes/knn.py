@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         if test.classes != train.classes:
             raise ValueError(f"dataset {args.data}: split {args.test_split} has classes {test.classes[:5]}..., "
                              f"expected the {len(train.classes)} classes of {args.train_split}")
+        if len(train.classes) < 2:  # one class is always right: 100 % that says nothing
+            raise ValueError(f"dataset {args.data}: {len(train.classes)} class; a probe needs at least 2")
         used = {}
         for k in args.k:
             pred = knn_predict(train.features, train.labels, test.features, k, len(train.classes), args.temperature)

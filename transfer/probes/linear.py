@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             if s.classes != classes:
                 raise ValueError(f"dataset {args.data}: split {name} has classes {s.classes[:5]}..., "
                                  f"expected the {len(classes)} classes of {args.train_split}")
+        if len(classes) < 2:  # one class is always right: 100 % that says nothing
+            raise ValueError(f"dataset {args.data}: {len(classes)} class; a probe needs at least 2")
         (xtr, ytr), (xva, yva), (xte, yte) = [(s.features, s.labels) for s in splits]
         log = (lambda m: print(m, file=sys.stderr)) if args.verbose else None
         model, wd, val_acc, history = sweep((xtr, ytr), (xva, yva), len(classes), args.metric,
