@@ -117,6 +117,11 @@ def run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[in
     if args.threads < 1:
         print(f"{task}: --threads must be >= 1, got {args.threads}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        torch.device("cpu" if args.device == "auto" else args.device)
+    except RuntimeError:
+        print(f"{task}: --device {args.device}: expected auto, cpu, cuda or cuda:N", file=sys.stderr)
+        return EXIT_USAGE
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
