@@ -136,11 +136,15 @@ def test_caffe_style_and_deep_stem_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
-def test_distributed_launcher_on_cpu_is_a_one_line_error(tmp_path: Path) -> None:
+def test_distributed_launcher_on_cpu_uses_gloo_and_plain_bn(tmp_path: Path, monkeypatch) -> None:
+    # issue 16: CPU processes under torchrun are supported (gloo, DDP without device ids, BN);
+    # tests/test_paper_suite.py trains such a 2-process run
     _save_resnet(tmp_path / "r18.pth")
     _, info = load_backbone(tmp_path / "r18.pth")
-    with pytest.raises(ValueError, match="--launcher pytorch needs CUDA GPUs; use --launcher none"):
-        load_config(_args(tmp_path / "r18.pth", tmp_path / "o", "--launcher", "pytorch"), info)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = load_config(_args(tmp_path / "r18.pth", tmp_path / "o", "--launcher", "pytorch"), info)
+    assert cfg.env_cfg.dist_cfg == {"backend": "gloo"} and cfg.model_wrapper_cfg["device_ids"] is None
+    assert cfg.norm_cfg["type"] == "BN" and cfg.batch_plan["world_size"] == 2
 
 
 def test_refusal_is_a_failed_record_before_training(tmp_path: Path, synthetic_root: Path) -> None:
