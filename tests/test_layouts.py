@@ -248,7 +248,8 @@ def test_several_candidates_refused_until_backbone_names_one(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "--backbone" in err, err
     assert "'state_dict.backbone'" in err and "'state_dict.encoder'" in err and not out.exists()
     for name, state in (("encoder", b), ("state_dict.backbone", a)):
-        assert convert_main(["--ckpt", str(path), "--to", "detectron2", "--out", str(out), "--backbone", name]) == 0
+        assert convert_main(["--ckpt", str(path), "--to", "detectron2", "--out", str(out), "--backbone", name,
+                             "--force"]) == 0
         data = _d2_model(out)
         assert data["backbone_choice"] == f"--backbone {name}"
         weights = data["model"]["res3.0.conv1.weight"]
@@ -256,7 +257,7 @@ def test_several_candidates_refused_until_backbone_names_one(tmp_path, capsys):
         other = b if state is a else a
         assert not (weights == other["layer2.0.conv1.weight"].numpy()).all()
     for bad in ("nothing", "state_dict"):  # matches none / matches both
-        assert convert_main(["--ckpt", str(path), "--to", "mmseg", "--out", str(out), "--backbone", bad]) == 1
+        assert convert_main(["--ckpt", str(path), "--to", "mmseg", "--out", str(out), "--backbone", bad, "--force"]) == 1
         assert "--backbone" in capsys.readouterr().err
 
 
@@ -360,8 +361,9 @@ def test_inspect_explains_a_refusal(tmp_path, capsys):
 def test_the_choice_is_in_the_task_record_and_features_are_cached_per_choice(synthetic_root, tmp_path):
     from transfer import knn
 
-    path = tmp_path / "solo.pth"
-    torch.save(LAYOUTS["solo-learn"][0](random_resnet("resnet18", seed=6)), path)
+    path = tmp_path / "solo.pth"  # two real networks (weights + 0.5 would overflow the features to Inf)
+    online, momentum = (_no_fc(random_resnet("resnet18", seed=s).state_dict()) for s in (6, 7))
+    torch.save({"state_dict": {**_pre("backbone.", online), **_pre("momentum_backbone.", momentum)}}, path)
     common = ["--ckpt", str(path), "--data", str(synthetic_root / "classification" / "color"), "--k", "5",
               "--cache-dir", str(tmp_path / "cache"), "--image-size", "32", "--no-progress"]
     records = {}

@@ -193,7 +193,7 @@ def test_paper_smoke_from_another_directory_runs_every_fine_tuning_task(r50, tmp
     assert all(r["status"] == "ok" and r["scale"] == "smoke" for r in records), [r.get("error") for r in records]
     seg = next(r for r in records if r["task_name"] == "segmentation_voc12aug")
     assert seg["batch"]["protocol"] == 16 and seg["batch"]["off_protocol"]  # smoke: batch 2, marked
-    index = (cwd / "reports" / "transfer" / "index.md").read_text()
+    index = (cwd / "runs" / "transfer" / "report" / "index.md").read_text()  # the default: inside --out
     assert "segmentation_voc12aug [smoke]" in index and "--smoke" in index
     assert "5 tasks: 5 ok" in done.stdout
 
