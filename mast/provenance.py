@@ -11,14 +11,24 @@ _REPO = Path(__file__).resolve().parents[1]
 _LIBRARIES = ("torch", "torchvision", "numpy", "PIL", "detectron2", "mmseg", "mmengine", "mmcv", "sklearn")
 
 
-def code_version() -> str:
-    """``git describe`` of this checkout (with ``-dirty``), else the package version."""
+# Committed outputs of this code (the demo and study reports): rebuilding them into the checkout,
+# as ``make demo`` does, leaves the code unchanged, so they do not make a version ``-dirty``.
+GENERATED = ("reports/demo", "reports/study")
+
+
+def code_version(repo: Path | None = None) -> str:
+    """``git describe`` of this checkout, ``-dirty`` when a tracked file outside :data:`GENERATED`
+    differs from the commit; else the package version."""
+    repo = repo or _REPO
     try:
-        out = subprocess.run(
-            ["git", "-C", str(_REPO), "describe", "--always", "--dirty", "--abbrev=12"],
-            capture_output=True, text=True, timeout=5, check=True,
-        )
-        return out.stdout.strip()
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=5,
+                                  check=True).stdout.strip()
+
+        head = git("describe", "--always", "--abbrev=12")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                      *(f":(exclude){p}" for p in GENERATED))
+        return head + ("-dirty" if changed else "")
     except (OSError, subprocess.SubprocessError):
         from importlib.metadata import PackageNotFoundError, version
 

@@ -8,9 +8,10 @@ docs/STATISTICS.md says which interval each number gets:
   the task stored in its record);
 - without them (detection, segmentation): the std over fine-tuning runs when the record has
   several, else the run is labelled a single run; with several pretraining seeds, their std;
-- a difference to the baseline: :func:`transfer.stats.difference_interval` (items paired, seeds
-  paired by position when both groups have as many), only when both sides have per-item scores
-  on the same test items. It is marked (†) when the interval excludes 0.
+- a difference to the baseline: :func:`transfer.stats.difference_interval` (items paired; seeds
+  paired when both groups' records name the same pretraining seeds, see :func:`seeds_paired`),
+  only when both sides have per-item scores on the same test items. It is marked (†) when the
+  interval excludes 0.
 
 All values in percent, as the records store them.
 """
@@ -129,5 +130,19 @@ def _delta(results: Results, name: str, baseline: str, task: str, metric: str) -
     sb = _all_scores(results, _ok(results, baseline, task, metric), metric)
     if sa is None or sb is None or len({s.size for s in sa + sb}) != 1:
         return Delta(value, n_seeds=min(a.n_seeds, b.n_seeds))
-    iv = difference_interval(sa, sb, seed=0)
+    paired = seeds_paired([r for r, _ in _ok(results, name, task, metric)],
+                          [r for r, _ in _ok(results, baseline, task, metric)])
+    iv = difference_interval(sa, sb, seed=0, paired_seeds=paired)
     return Delta(value, 100 * iv.lo, 100 * iv.hi, iv.n_seeds)
+
+
+def seeds_paired(a: list[dict], b: list[dict]) -> bool:
+    """Whether two groups' seeds (records in ``seed_index`` order) pair one to one: both record the
+    same pretraining seeds (same seed = same initial weights and data order); when a group's records
+    do not say (checkpoints from other codebases, older records), by position when both have as many."""
+    if len(a) != len(b):
+        return False
+    seeds_a, seeds_b = [r.get("pretrain_seed") for r in a], [r.get("pretrain_seed") for r in b]
+    if None in seeds_a or None in seeds_b:
+        return True
+    return seeds_a == seeds_b

@@ -25,6 +25,7 @@ class Cell:
     delta: Delta | None = None
     best: bool = False
     note: str = "–"  # shown when there is no value: failed / skipped / – (not run)
+    group_seeds: int = 0  # a group row: the group's pretraining seeds (a task may have run on fewer)
 
     @property
     def value(self) -> float | None:
@@ -69,7 +70,7 @@ def build_table(results: Results, columns: list[tuple[str, str]], baseline: str 
         for i, (task, metric) in enumerate(columns):
             stat = compare.group_stat(results, name, task, metric)
             d = compare.delta(results, name, baseline, task, metric) if baseline else None
-            cells[(label, i)] = Cell(stat, d, note=_note(results.get(name, task)))
+            cells[(label, i)] = Cell(stat, d, note=_note(results.get(name, task)), group_seeds=results.n_seeds(name))
         seeds = max((len(results.seeds(name, t)) for t, _ in columns), default=0)
         for s in range(seeds if with_seeds and results.n_seeds(name) > 1 else 0):
             rows.append(seed_label(name, s))
@@ -135,12 +136,17 @@ def format_cell(cell: Cell, style: Style = MD) -> str:
     text = f"{s.value:.1f}"
     if cell.best:
         text = f"{style.bold[0]}{text}{style.bold[1]}"
-    if s.lo is not None:
+    fewer = f"{s.n_seeds} of {cell.group_seeds} seeds" if cell.group_seeds > s.n_seeds else ""
+    if s.lo is None and s.n_seeds <= 1:  # a fine-tuning number: its runs (and, in a group row, its seeds)
+        runs = f"{s.n_runs} runs" if s.std is not None and s.n_runs > 1 else "1 run"
+        text += (f"{style.pm}{s.std:.1f}" if runs != "1 run" else "") + f" ({', '.join(filter(None, (runs, fewer)))})"
+        fewer = ""
+    elif s.lo is not None:
         text += " " + fmt_interval(s.lo, s.hi)
-    elif s.n_seeds <= 1:
-        text += f"{style.pm}{s.std:.1f} ({s.n_runs} runs)" if s.std is not None and s.n_runs > 1 else " (1 run)"
     if s.seed_sd is not None:
         text += f" sd {s.seed_sd:.1f}"
+    if fewer:
+        text += f" ({fewer})"
     d = cell.delta
     if d is not None:
         inner = fmt(d.value, True) + (" " + fmt_interval(d.lo, d.hi, True) if d.lo is not None else "")
@@ -199,10 +205,11 @@ def seeds_note(results: Results) -> str:
 
 
 def legend(baseline: str | None) -> str:
-    return ((f"Δ in parentheses: difference to **{baseline}** with its 95% interval (items paired, seeds paired "
-             "by position); † marks an interval that excludes 0. " if baseline else "")
+    return ((f"Δ in parentheses: difference to **{baseline}** with its 95% interval (items paired; seeds paired "
+             "when both groups used the same seeds for pretraining); † marks an interval that excludes 0. " if baseline else "")
             + "[lo, hi]: 95% percentile-bootstrap interval over test images (probes) or episodes (few-shot). "
-            "± (n runs): std over fine-tuning runs; (1 run): a single run, no interval. Bold: best in column. "
+            "± (n runs): std over fine-tuning runs; (1 run): a single run, no interval; k of n seeds: the task ran "
+            "on k of the group's n pretraining seeds. Bold: best in column. "
             "All numbers in percent.")
 
 

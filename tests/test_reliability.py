@@ -320,3 +320,26 @@ def test_one_class_or_one_way_is_refused_not_reported_as_100(tmp_path, capsys):
     with pytest.raises(SystemExit):
         fewshot_main([*common, "--out", str(tmp_path / "f"), "--ways", "1"])
     assert "--ways must be >= 2" in capsys.readouterr().err
+
+
+def test_code_version_is_dirty_for_changed_code_not_for_rebuilt_committed_reports(tmp_path):
+    from mast.provenance import code_version
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       check=True, capture_output=True)
+
+    for rel in ("mast/x.py", "reports/demo/index.md", "reports/study/index.md"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("v1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    clean = code_version(tmp_path)
+    assert len(clean) == 12 and not clean.endswith("-dirty")
+    (tmp_path / "reports/demo/index.md").write_text("rebuilt by make demo\n")  # what make demo does
+    git("rm", "-q", "reports/study/index.md")
+    (tmp_path / "reports/demo/forest.png").write_bytes(b"new, untracked")
+    assert code_version(tmp_path) == clean
+    (tmp_path / "mast/x.py").write_text("v2\n")
+    assert code_version(tmp_path) == clean + "-dirty"

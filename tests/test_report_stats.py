@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reports import build, tables
+from reports import build, compare, tables
 from reports.results import load_results
 from transfer.stats import mean_interval
 
@@ -31,11 +31,13 @@ def _record(root: Path, name: str, seed: int, task: str, scores: np.ndarray) -> 
             "checkpoint": {"sha256": sha, "path": f"/runs/{name}_s{seed}/backbone.pth", "arch": "resnet18"}}
 
 
-def _write(root: Path, groups: dict[str, list[dict[str, np.ndarray]]]) -> Path:
-    """groups: name -> one {task: per-item scores} per seed."""
+def _write(root: Path, groups: dict[str, list[dict[str, np.ndarray]]],
+           pretrain_seeds: dict[str, list[int]] | None = None) -> Path:
+    """groups: name -> one {task: per-item scores} per seed; pretrain_seeds: name -> each seed's ``pretrain_seed``."""
     root.mkdir(parents=True, exist_ok=True)
-    lines = [_record(root, name, s, task, scores) for name, seeds in groups.items()
-             for s, by_task in enumerate(seeds) for task, scores in by_task.items()]
+    lines = [dict(_record(root, name, s, task, scores), **({"pretrain_seed": pretrain_seeds[name][s]}
+                                                          if pretrain_seeds else {}))
+             for name, seeds in groups.items() for s, by_task in enumerate(seeds) for task, scores in by_task.items()]
     (root / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     return root / "results.jsonl"
 
@@ -73,6 +75,23 @@ def test_grouping_by_name_merges_seeds_and_pairs_differences(tmp_path, truth):
     assert {"delta", "delta_lo", "delta_hi", "n_seeds"} <= set(df.columns)
 
 
+def test_seeds_are_paired_only_when_both_groups_have_the_same_pretraining_seeds(tmp_path, truth):
+    # a large seed effect shared by both methods (same seed = same init) and a 2-point shift between them
+    levels = [0.45, 0.60, 0.75]
+    groups = {"base": _seeds(truth, levels), "new": _seeds(truth, [q + 0.02 for q in levels])}
+    widths = {}
+    for label, seeds in {"same": [0, 1, 2], "other": [3, 4, 5], "unknown": None}.items():
+        path = _write(tmp_path / label, groups, {"base": [0, 1, 2], "new": seeds} if seeds else None)
+        results = load_results(path)
+        runs = [results.seeds(n, "shift") for n in ("base", "new")]
+        assert compare.seeds_paired(runs[1], runs[0]) == (label != "other")
+        d = compare.delta(results, "new", "base", "shift", "top1_k20")
+        assert d.lo < d.value < d.hi and d.value == pytest.approx(2.0, abs=1.5)
+        widths[label] = d.hi - d.lo
+    assert widths["same"] == widths["unknown"]  # unknown seeds, as many: paired by position
+    assert widths["other"] > 5 * widths["same"]  # unpaired: the seed effect no longer cancels
+
+
 def test_one_seed_report_says_so_and_shows_no_seed_spread(tmp_path, truth):
     path = _write(tmp_path / "res", {"base": _seeds(truth, [0.6]), "new": _seeds(truth, [0.62])})
     index = build.build(path, tmp_path / "report", baseline="base", command="pytest")
@@ -85,6 +104,40 @@ def test_one_seed_report_says_so_and_shows_no_seed_spread(tmp_path, truth):
     assert "- higher: shift top1_k20 +" in text
     assert "- not distinguishable from zero: same top1_k20 +0.0 [+0.0, +0.0]" in text
     assert text.index("forest.png") < text.index("bars_shift.png")  # the forest plot comes first
+
+
+def test_the_narrative_compares_every_trained_group_with_the_untrained_floor(tmp_path, truth):
+    path = _write(tmp_path / "res", {"base": _seeds(truth, [0.6, 0.62]), "new": _seeds(truth, [0.61, 0.63]),
+                                     "random_init": _seeds(truth, [0.2])})
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in records:  # a run's backbone_init.pth: run_all records its method as "init"
+        r["method"] = "init" if r["name"] == "random_init" else r["method"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = build.build(path, tmp_path / "report", baseline="base", command="pytest").read_text()
+    summary = text[text.index("## What the numbers say"):text.index("## Checkpoints")]
+    assert "Above the untrained floor: each trained group minus **random_init**" in summary
+    for name in ("base", "new"):  # "shift": 60 % against the floor's 20 %; "same": identical items, exactly 0
+        assert (f"**{name} − random_init** (2 vs 1 seed(s)): 1 of 2 differences distinguishable from zero at 95% "
+                "(1 higher, 0 lower), 1 not.") in summary
+    assert "**random_init − random_init**" not in summary
+    assert "**random_init − base**" not in summary  # said once, as base − random_init
+    assert summary.index("**new − base**") < summary.index("Above the untrained floor")
+
+
+def test_a_group_row_says_when_a_task_ran_on_fewer_of_its_seeds(tmp_path, truth):
+    groups = {"base": _seeds(truth, [0.6, 0.62, 0.64]), "new": _seeds(truth, [0.61, 0.63, 0.65])}
+    for name in groups:  # "same" ran on seed 0 only (as the demo's fine-tuning tasks do)
+        for seed in groups[name][1:]:
+            del seed["same"]
+    path = _write(tmp_path / "res", groups)
+    md = tables.markdown_report(load_results(path), "base")
+    row = next(ln for ln in md.splitlines() if ln.startswith("| new (3 seeds) |"))
+    shift, same = row.split(" | ")[1:3]
+    assert "sd " in shift and "of 3 seeds" not in shift  # every seed ran "shift"
+    value = tables.fmt(100 * (truth < 0.5).mean())
+    assert re.fullmatch(rf"\**{re.escape(value)}\** \[[^]]*\] \(1 of 3 seeds\) \(\+0\.0 \[\+0\.0, \+0\.0\]\) \|",
+                        same), same
+    assert "k of n seeds: the task ran on k of the group's n pretraining seeds" in md
 
 
 def test_markdown_latex_and_csv_carry_the_same_intervals(tmp_path, truth):

@@ -165,6 +165,22 @@ def test_a_shared_name_groups_seeds_each_with_its_own_folder(ckpt, tmp_path):
     assert [j.ckpt.label for j in done_jobs] == ["m#0"] and [j.ckpt.label for j in todo] == ["m#1", "solo"]
 
 
+def test_seeds_are_numbered_by_the_pretraining_seed_not_the_command_line_order(tmp_path):
+    paths = []
+    for seed in (2, 0, 1):  # given out of order on the command line
+        run = tmp_path / f"mast_s{seed}"
+        run.mkdir()
+        torch.manual_seed(seed)
+        torch.save(build_resnet("resnet18").state_dict(), run / "backbone.pth")
+        (run / "config.yaml").write_text(f"method: mast\nseed: {seed}\n")
+        paths.append(str(run / "backbone.pth"))
+    ckpts = run_all.resolve_checkpoints(paths, ["mast"] * 3)
+    assert [(c.pretrain_seed, c.seed_index) for c in ckpts] == [(2, 2), (0, 0), (1, 1)]
+    (tmp_path / "mast_s1" / "config.yaml").write_text("method: mast\n")  # one seed unknown: command-line order
+    ckpts = run_all.resolve_checkpoints(paths, ["mast"] * 3)
+    assert [(c.pretrain_seed, c.seed_index) for c in ckpts] == [(2, 0), (0, 1), (None, 2)]
+
+
 def _records(path: Path) -> list[dict]:
     out = []
     for line in path.read_text().splitlines():

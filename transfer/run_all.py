@@ -14,7 +14,9 @@ resumes where it stopped. ``D = OUT/<checkpoint name>/<task name>``.
 Pretraining seeds: several checkpoints may share a ``--name`` (``--ckpt s0.pth --ckpt s1.pth --name
 mast --name mast``); they form one group, one row of the report (mean over seeds, hierarchical
 interval), and each keeps its own results: ``D = OUT/<name>/<sha256[:8]>/<task name>``, and its
-record says ``seed_index`` (its position within the group, which pairs seeds across groups).
+record says ``seed_index`` (its number within the group: by the pretraining seed of the run's
+config.yaml, else by ``--ckpt`` order) and ``pretrain_seed``. Two groups' seeds are paired in the
+report only when their pretraining seeds are the same.
 """
 
 from __future__ import annotations
@@ -182,7 +184,7 @@ def finish(job: Job, rc: int, timed_out: bool = False, root: Path | None = None)
                   ckpt_sha256=job.ckpt.sha256, backbone_option=job.ckpt.backbone, ckpt_backbone=job.ckpt.chosen,
                   task_args=job.spec.args, run_dir=str(job.out_dir),
                   exit_code=rc, wall_s=round(time.monotonic() - job.t0, 1) if job.t0 else None,
-                  seed_index=job.ckpt.seed_index, command=COMMAND or None)
+                  seed_index=job.ckpt.seed_index, pretrain_seed=job.ckpt.pretrain_seed, command=COMMAND or None)
     if record.get("predictions"):  # per-item scores: a path relative to results.jsonl's folder, so OUT can move
         where = job.out_dir / record["predictions"]
         record["predictions"] = str(where.relative_to(root) if root and where.is_relative_to(root) else where)

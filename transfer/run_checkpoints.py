@@ -1,5 +1,10 @@
 """The checkpoints of one ``run_all``: each ``--ckpt`` validated before anything runs, named, and
-numbered within its name (checkpoints sharing a name are the pretraining seeds of one group)."""
+numbered within its name (checkpoints sharing a name are the pretraining seeds of one group).
+
+Within a group, ``seed_index`` follows the pretraining seed each run's ``config.yaml`` records when
+every member has one (so ``--ckpt s2 --ckpt s0`` is numbered like ``--ckpt s0 --ckpt s2``), else
+the order of ``--ckpt``. The report pairs two groups' seeds only when their pretraining seeds are the
+same (docs/STATISTICS.md)."""
 
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ class Checkpoint:
     chosen: str = ""  # the backbone prefix that choice resolves to (for the record)
     seed_index: int = 0  # position among the checkpoints sharing this name (pretraining seeds)
     shared: bool = False  # the name is shared: results go one folder deeper, per checkpoint
+    pretrain_seed: int | None = None  # ``seed`` of the pretraining run's config.yaml, when it has one
 
     @property
     def label(self) -> str:
@@ -42,6 +48,18 @@ def default_name(path: Path) -> str:
     if (path.parent / rundir.CONFIG).is_file():
         return path.parent.name + ("_init" if path.stem == UNTRAINED_STEM else "")
     return path.stem
+
+
+def pretrain_seed(path: Path) -> int | None:
+    """The ``seed`` in the config.yaml next to a pretraining run's file; None for other files."""
+    import yaml
+
+    config = path.parent / rundir.CONFIG
+    try:
+        seed = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("seed")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 def resolve_checkpoints(paths: list[str], names: list[str], backbones: list[str] | None = None) -> list[Checkpoint]:
@@ -68,21 +86,26 @@ def resolve_checkpoints(paths: list[str], names: list[str], backbones: list[str]
         if not name or not set(name) <= _NAME_CHARS or set(name) == {"."}:
             raise UsageError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (it names a directory)")
         out.append(Checkpoint(name, path, info.sha256, info.arch, info.method, path.stem == UNTRAINED_STEM,
-                              choices[i] if choices else None, info.backbone))
+                              choices[i] if choices else None, info.backbone, pretrain_seed=pretrain_seed(path)))
     return _group_seeds(out)
 
 
 def _group_seeds(ckpts: list[Checkpoint]) -> list[Checkpoint]:
-    """Number the checkpoints of each name in order; the same file twice under one name is a mistake."""
+    """Number the checkpoints of each name by pretraining seed when all of them have a distinct one,
+    else in order; the same file twice under one name is a mistake."""
     seen: dict[tuple[str, str, str], Path] = {}
-    counts = {c.name: sum(d.name == c.name for d in ckpts) for c in ckpts}
-    index: dict[str, int] = {}
-    out = []
     for c in ckpts:
         if (c.name, c.sha256, c.chosen) in seen:
             raise UsageError(f"--name {c.name}: {seen[(c.name, c.sha256, c.chosen)]} and {c.path} are the same checkpoint "
                              "(sha256); a shared name groups different pretraining seeds")
         seen[(c.name, c.sha256, c.chosen)] = c.path
-        out.append(replace(c, seed_index=index.get(c.name, 0), shared=counts[c.name] > 1))
-        index[c.name] = index.get(c.name, 0) + 1
-    return out
+    groups: dict[str, list[int]] = {}  # name -> positions in ckpts
+    for i, c in enumerate(ckpts):
+        groups.setdefault(c.name, []).append(i)
+    index: dict[int, int] = {}  # position in ckpts -> seed_index
+    for members in groups.values():
+        seeds = [ckpts[i].pretrain_seed for i in members]
+        if None not in seeds and len(set(seeds)) == len(seeds):
+            members = sorted(members, key=lambda i: ckpts[i].pretrain_seed)
+        index.update({i: k for k, i in enumerate(members)})
+    return [replace(c, seed_index=index[i], shared=len(groups[c.name]) > 1) for i, c in enumerate(ckpts)]

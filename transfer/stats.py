@@ -72,20 +72,26 @@ def group_interval(groups: list[np.ndarray], n_boot: int = N_BOOT, seed: int = 0
     return Interval(value, *_bounds(draws), n_seeds=len(groups))
 
 
-def difference_interval(a: list[np.ndarray], b: list[np.ndarray], n_boot: int = N_BOOT, seed: int = 0) -> Interval:
+def difference_interval(a: list[np.ndarray], b: list[np.ndarray], n_boot: int = N_BOOT, seed: int = 0,
+                        paired_seeds: bool | None = None) -> Interval:
     """(mean of A) − (mean of B), both scored on the same test items in the same order.
 
     Items are resampled once per draw and used for both methods (paired). Seeds are paired by
-    position when A and B have as many seeds (the same pretraining seeds), else drawn independently.
+    position (``a[i]`` with ``b[i]``: the same pretraining seed) when ``paired_seeds``, else drawn
+    independently; ``None`` pairs them when A and B have as many seeds.
     """
     a, b = _as_groups(a), _as_groups(b)
     sizes = {g.size for g in a + b}
     if len(sizes) != 1:
         raise ValueError(f"scores: A and B must be scored on the same test items, got sizes {sorted(sizes)}")
+    if paired_seeds is None:
+        paired_seeds = len(a) == len(b)
+    elif paired_seeds and len(a) != len(b):
+        raise ValueError(f"paired_seeds: A has {len(a)} seeds and B {len(b)}; paired seeds need as many")
     n_items = sizes.pop()
     rng = _rng(seed)
     seeds_a = _draw_seeds(rng, len(a), n_boot)
-    seeds_b = seeds_a if len(a) == len(b) else _draw_seeds(rng, len(b), n_boot)
+    seeds_b = seeds_a if paired_seeds else _draw_seeds(rng, len(b), n_boot)
     stack_a, stack_b = np.stack(a), np.stack(b)  # [seeds, items]
     draws = np.empty(n_boot)
     for chunk in np.array_split(np.arange(n_boot), max(1, n_boot * n_items // _CHUNK)):
