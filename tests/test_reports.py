@@ -186,3 +186,36 @@ def test_heldout_mean_w_reaches_the_mast_section(tmp_path):
     res = mast_plots.mast_figures(state, tmp_path, "m")
     assert res["w_mean_heldout"] == 0.297
     assert any("held-out pairs: 0.297" in line for line in build._mast_numbers(res))
+
+
+def test_readme_quotes_are_generated_from_their_reports_and_checked(tmp_path, capsys):
+    from reports import quote
+
+    (tmp_path / "reports/demo").mkdir(parents=True)
+    source = tmp_path / "reports/demo/index.md"
+    source.write_text("# Report\n\n## What the numbers say\n\nline one\n\n![forest](forest.png) see "
+                      "[tables](tables.md), [docs](https://x.org/a)\n\n## Checkpoints\n\nnot quoted\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- quote: reports/demo/index.md#What the numbers say -->\n> stale\n<!-- /quote -->\nend\n")
+    assert quote.main(["--check", str(readme)]) == 1
+    assert "the quote of reports/demo/index.md#What the numbers say differs" in capsys.readouterr().err
+    assert quote.main([str(readme)]) == 0
+    assert readme.read_text() == (
+        "intro\n<!-- quote: reports/demo/index.md#What the numbers say -->\n> line one\n>\n"
+        "> ![forest](reports/demo/forest.png) see [tables](reports/demo/tables.md), [docs](https://x.org/a)\n"
+        "<!-- /quote -->\nend\n")
+    assert quote.main(["--check", str(readme)]) == 0
+    source.write_text(source.read_text().replace("line one", "line 1"))  # the report was rebuilt
+    assert quote.main(["--check", str(readme)]) == 1
+    source.write_text("# Report\n")  # the section is gone: one line, exit 2
+    assert quote.main(["--check", str(readme)]) == 2
+    assert capsys.readouterr().err.strip().endswith("reports/demo/index.md: no section '## What the numbers say'")
+
+
+def test_this_readme_quotes_the_committed_reports_verbatim():
+    from reports import quote
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    sources = [m.group("source") for m in quote._BLOCK.finditer(readme.read_text())]
+    assert "reports/demo/index.md#What the numbers say" in sources and "reports/study/summary.md" in sources
+    assert quote.main(["--check", str(readme)]) == 0, "run: python -m reports.quote README.md"

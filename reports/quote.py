@@ -1,0 +1,106 @@
+"""Keep the README's quotes of generated reports identical to the reports (never typed by hand).
+
+    python -m reports.quote [README.md]           # rewrite every quote block from its source
+    python -m reports.quote --check [README.md]   # exit 1, naming the stale block, if one differs
+
+A quote block is the text between two markers, written as Markdown comments::
+
+    <!-- quote: reports/demo/index.md#What the numbers say -->
+    > ... (generated: the section "## What the numbers say" of that file, as a blockquote)
+    <!-- /quote -->
+
+The source is a path relative to the README's folder, optionally ``#Heading``: the section under
+``## Heading`` up to the next ``## `` heading (without the heading itself); without it, the whole
+file. Relative links and images in the quoted text are rewritten to stay valid from the README
+(``forest.png`` becomes ``reports/demo/forest.png``). ``tests/test_reports.py`` runs ``--check``
+on this repository's README, so a rebuilt report that is not re-quoted fails the suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from mast.atomic import write_text_atomic
+
+_BLOCK = re.compile(r"(<!-- quote: (?P<source>[^>]+?) -->\n)(?P<body>.*?)(<!-- /quote -->)", re.S)
+_LINK = re.compile(r"\]\((?![a-z][a-z0-9+.-]*:|/|#)(?P<target>[^)\s]+)\)")  # relative link targets only
+
+
+class QuoteError(ValueError):
+    """A quote block whose source cannot be read or has no such section: one line."""
+
+
+def section(text: str, heading: str | None) -> str:
+    """The whole text, or the body of its ``## heading`` section."""
+    if heading is None:
+        return text
+    match = re.search(rf"^## {re.escape(heading)}[ \t]*\n(?P<body>.*?)(?=^## |\Z)", text, re.M | re.S)
+    if match is None:
+        raise QuoteError(f"no section '## {heading}'")
+    return match.group("body")
+
+
+def quoted(source: str, root: Path) -> str:
+    """The blockquote a marker's ``source`` stands for, links rewritten relative to ``root``."""
+    rel, _, heading = source.partition("#")
+    path = root / rel
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise QuoteError(f"{rel}: cannot read ({e.__class__.__name__})") from None
+    try:
+        body = section(text, heading or None).strip("\n")
+    except QuoteError as e:
+        raise QuoteError(f"{rel}: {e}") from None
+    folder = Path(rel).parent.as_posix()
+    if folder != ".":
+        body = _LINK.sub(lambda m: f"]({folder}/{m.group('target')})", body)
+    return "".join(f"> {line}\n" if line else ">\n" for line in body.split("\n"))
+
+
+def sync(readme: Path) -> tuple[str, list[str]]:
+    """(README with every block re-quoted, the sources whose block changed)."""
+    text = readme.read_text(encoding="utf-8")
+    stale: list[str] = []
+
+    def replace(m: re.Match) -> str:
+        source = m.group("source").strip()
+        try:
+            body = quoted(source, readme.parent)
+        except QuoteError as e:
+            raise QuoteError(f"{readme}: quote of {e}") from None
+        if body != m.group("body"):
+            stale.append(source)
+        return m.group(1) + body + m.group(4)
+
+    return _BLOCK.sub(replace, text), stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reports.quote", description=__doc__.split("\n\n")[0])
+    p.add_argument("readme", nargs="?", type=Path, default=Path("README.md"))
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is stale")
+    args = p.parse_args(argv)
+    if not args.readme.is_file():
+        p.error(f"{args.readme}: no such file (expected a Markdown file with quote blocks)")
+    try:
+        text, stale = sync(args.readme)
+    except QuoteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        for source in stale:
+            print(f"{args.readme}: the quote of {source} differs from its source; run python -m reports.quote "
+                  f"{args.readme}", file=sys.stderr)
+        return 1 if stale else 0
+    if stale:
+        write_text_atomic(args.readme, text)
+    print(f"{args.readme}: {len(stale)} quote block(s) updated" if stale else f"{args.readme}: quotes up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
