@@ -126,12 +126,11 @@ def _delta(results: Results, name: str, baseline: str, task: str, metric: str) -
     if a is None or b is None or name == baseline:
         return None
     value = a.value - b.value
-    sa = _all_scores(results, _ok(results, name, task, metric), metric)
-    sb = _all_scores(results, _ok(results, baseline, task, metric), metric)
+    runs_a, runs_b = _ok(results, name, task, metric), _ok(results, baseline, task, metric)
+    sa, sb = _all_scores(results, runs_a, metric), _all_scores(results, runs_b, metric)
     if sa is None or sb is None or len({s.size for s in sa + sb}) != 1:
         return Delta(value, n_seeds=min(a.n_seeds, b.n_seeds))
-    paired = seeds_paired([r for r, _ in _ok(results, name, task, metric)],
-                          [r for r, _ in _ok(results, baseline, task, metric)])
+    paired = seeds_paired([r for r, _ in runs_a], [r for r, _ in runs_b])
     iv = difference_interval(sa, sb, seed=0, paired_seeds=paired)
     return Delta(value, 100 * iv.lo, 100 * iv.hi, iv.n_seeds)
 

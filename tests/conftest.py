@@ -2,7 +2,8 @@
 
 Other tests needing a variant call the ``make_synthetic`` factory: ``make_synthetic(size=96)``
 returns the root of a dataset generated from ``SyntheticSpec.tiny()`` with those fields replaced
-(cached per session, so equal overrides share one dataset).
+(cached per session, so equal overrides share one dataset). ``one_thread``: a module whose tensors
+are small opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
 """
 from __future__ import annotations
 
@@ -11,8 +12,18 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import torch
 
 from mast.data.synthetic import SyntheticSpec, ensure_dataset
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: on small tensors much faster than several (restored after)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

@@ -15,12 +15,7 @@ from mast import augment as A
 from mast.augment import AugmentConfig, PhotometricAugment, SpatialTwoView, discrepancy, param_layout
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors (conftest.py)
 
 
 def smooth_images(n: int, size: int, seed: int = 0) -> torch.Tensor:

@@ -26,12 +26,7 @@ EXPECTED = {
 FEWSHOT = {"cub200": ("train+test", 60), "fc100": ("test", 42), "plant_disease": ("train+test", 35)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,7 @@ from transfer.probes.fewshot import (FewShotError, episode_accuracies, fit_ovr_l
                               sklearn_episode_accuracies, summarize)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The probes' tensors are small: one torch thread is much faster than several."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors (conftest.py)
 
 
 def clustered(classes: int = 12, per_class: int = 40, dim: int = 64, spread: float = 0.25, seed: int = 0):

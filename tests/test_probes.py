@@ -17,13 +17,7 @@ from transfer.probes.knn import knn_predict
 from transfer.probes.linear import LinearModel, accuracy, fit_linear, sweep
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The probes' tensors are small: one torch thread is much faster than several."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors (conftest.py)
 
 
 def _save_resnet18(path: Path, seed: int) -> Path:

@@ -67,6 +67,7 @@ class CheckpointInfo:
     candidates: tuple[str, ...] = ()  # every candidate backbone found (identical copies merged)
     layout: str = "torchvision"  # "torchvision" names or lightly's "sequential" child indices
     codebase: str | None = None  # best guess of the writer, for people reading the record
+    pretrain_seed: int | None = None  # the pretraining run's ``seed``, when its config says (pairs seeds in reports)
 
 
 def weights_id(info: CheckpointInfo) -> str:
@@ -151,6 +152,7 @@ def load_backbone(path: str | Path, backbone: str | None = None) -> tuple[dict[s
         sha256=sha256_file(path),
         arch=arch,
         method=find_method(obj, path),
+        pretrain_seed=find_pretrain_seed(obj, path),
         source_format=chosen.name or "torchvision",
         run_dir=str(path.resolve().parent) if (path.parent / "config.yaml").is_file() else None,
         backbone=chosen.prefix,
@@ -213,6 +215,23 @@ def canonicalise(state: Mapping[str, Tensor], arch: str, path: Path | str) -> di
 INIT_CHECKPOINT = "backbone_init.pth"  # a run's network before step 1 (mast.pretrain writes it)
 
 
+def run_configs(obj: Any, path: Path) -> list[Mapping]:
+    """Where a checkpoint says how it was pretrained: its embedded ``config``, then the run's
+    ``config.yaml`` next to it (safe YAML); either may be missing."""
+    out = [obj["config"]] if isinstance(obj, Mapping) and isinstance(obj.get("config"), Mapping) else []
+    config = path.parent / "config.yaml"
+    if config.is_file():
+        import yaml
+
+        try:
+            data = yaml.safe_load(config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            data = None
+        if isinstance(data, Mapping):
+            out.append(data)
+    return out
+
+
 def find_method(obj: Any, path: Path) -> str | None:
     """The pretraining method, from an embedded config or the run's ``config.yaml``.
 
@@ -220,18 +239,10 @@ def find_method(obj: Any, path: Path) -> str | None:
     """
     if path.name == INIT_CHECKPOINT and (path.parent / "config.yaml").is_file():
         return "init"
-    if isinstance(obj, Mapping) and isinstance(obj.get("config"), Mapping):
-        method = obj["config"].get("method")
-        if isinstance(method, str):
-            return method
-    config = path.parent / "config.yaml"
-    if config.is_file():
-        import yaml
+    return next((c["method"] for c in run_configs(obj, path) if isinstance(c.get("method"), str)), None)
 
-        try:
-            data = yaml.safe_load(config.read_text())
-        except yaml.YAMLError:
-            return None
-        if isinstance(data, Mapping) and isinstance(data.get("method"), str):
-            return data["method"]
-    return None
+
+def find_pretrain_seed(obj: Any, path: Path) -> int | None:
+    """The ``seed`` the checkpoint was pretrained with (embedded config or run ``config.yaml``), if known."""
+    return next((c["seed"] for c in run_configs(obj, path)
+                 if isinstance(c.get("seed"), int) and not isinstance(c.get("seed"), bool)), None)

@@ -13,10 +13,8 @@ resumes where it stopped. ``D = OUT/<checkpoint name>/<task name>``.
 
 Pretraining seeds: several checkpoints may share a ``--name`` (``--ckpt s0.pth --ckpt s1.pth --name
 mast --name mast``); they form one group, one row of the report (mean over seeds, hierarchical
-interval), and each keeps its own results: ``D = OUT/<name>/<sha256[:8]>/<task name>``, and its
-record says ``seed_index`` (its number within the group: by the pretraining seed of the run's
-config.yaml, else by ``--ckpt`` order) and ``pretrain_seed``. Two groups' seeds are paired in the
-report only when their pretraining seeds are the same.
+interval), and each keeps its own results: ``D = OUT/<name>/<sha256[:8]>/<task name>``. How seeds
+are numbered (``seed_index``, ``pretrain_seed``) and paired: ``transfer/run_checkpoints.py``.
 """
 
 from __future__ import annotations

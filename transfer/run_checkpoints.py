@@ -31,9 +31,9 @@ class Checkpoint:
     untrained: bool
     backbone: str | None = None  # the --backbone passed to every task (None: each file's default choice)
     chosen: str = ""  # the backbone prefix that choice resolves to (for the record)
-    seed_index: int = 0  # position among the checkpoints sharing this name (pretraining seeds)
+    seed_index: int = 0  # number among the checkpoints sharing this name (by pretraining seed, else order)
     shared: bool = False  # the name is shared: results go one folder deeper, per checkpoint
-    pretrain_seed: int | None = None  # ``seed`` of the pretraining run's config.yaml, when it has one
+    pretrain_seed: int | None = None  # CheckpointInfo.pretrain_seed: the run's ``seed``, when known
 
     @property
     def label(self) -> str:
@@ -48,18 +48,6 @@ def default_name(path: Path) -> str:
     if (path.parent / rundir.CONFIG).is_file():
         return path.parent.name + ("_init" if path.stem == UNTRAINED_STEM else "")
     return path.stem
-
-
-def pretrain_seed(path: Path) -> int | None:
-    """The ``seed`` in the config.yaml next to a pretraining run's file; None for other files."""
-    import yaml
-
-    config = path.parent / rundir.CONFIG
-    try:
-        seed = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("seed")
-    except (OSError, ValueError, AttributeError, yaml.YAMLError):
-        return None
-    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 def resolve_checkpoints(paths: list[str], names: list[str], backbones: list[str] | None = None) -> list[Checkpoint]:
@@ -86,7 +74,7 @@ def resolve_checkpoints(paths: list[str], names: list[str], backbones: list[str]
         if not name or not set(name) <= _NAME_CHARS or set(name) == {"."}:
             raise UsageError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (it names a directory)")
         out.append(Checkpoint(name, path, info.sha256, info.arch, info.method, path.stem == UNTRAINED_STEM,
-                              choices[i] if choices else None, info.backbone, pretrain_seed=pretrain_seed(path)))
+                              choices[i] if choices else None, info.backbone, pretrain_seed=info.pretrain_seed))
     return _group_seeds(out)
 
 
