@@ -203,6 +203,7 @@ def test_nan_loss_gives_failed_record(tmp_path: Path, synthetic_root: Path) -> N
     record = json.loads((out / "record.json").read_text())
     assert code == EXIT_FAILED and record["status"] == "failed"
     assert "TaskFailed: loss is nan" in record["error"] or "TaskFailed: loss is inf" in record["error"]
+    assert list((out / "work").glob("*/vis_data/config.py"))  # its own folder, not an earlier run's in this process
 
 
 def test_runner_checkpoints_load_only_through_the_trusted_scheme(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,11 @@ def train_and_evaluate(cfg: Any, converted: Path) -> dict[str, float]:
             raise FileNotFoundError(f"--resume: {work}/last_checkpoint points outside the run ({latest}); "
                                     "only the Runner's own checkpoints in its work folder are resumed")
         cfg.load_from = trusted(latest)  # the Runner's own file: weights_only=False
+    if cfg.get("visualizer") is not None:
+        # mmseg's configs name it 'visualizer', and mmengine hands back an existing instance of that
+        # name, whose save_dir is an earlier run's folder: a second run in one process would write its
+        # config and logs there. One name per Runner keeps every run's files in its own work folder.
+        cfg.visualizer.name = f"visualizer_{time.time_ns()}"
     runner = Runner.from_cfg(cfg)
     # Before any data is read: names and shapes; BackboneLoadedHook then checks the loaded values.
     verify_backbone_state(backbone_of(runner.model), read_converted(converted), check_values=False)
