@@ -16,8 +16,8 @@ Arms (same demo config otherwise: ResNet-18, 32 px views, batch 128, expander 10
 Each arm is pretrained once per seed (``python -m mast.pretrain``, one thread each, ``--jobs`` at
 a time); every finished checkpoint gets the frozen-feature probes of ``transfer/suites/study.yaml``
 (``python transfer/run_all.py``, kNN + linear on color/side/shape, 5-way few-shot); then
-``python -m reports.study_report`` writes the report (per-seed tables, per-arm means with t-intervals
-over seeds, MAST minus each control paired by seed). Re-running resumes: finished runs and probe
+``python -m reports.study_report`` writes the report (per-seed tables, per-arm means and MAST minus
+each control with the intervals of docs/STATISTICS.md). Re-running resumes: finished runs and probe
 records are kept, an interrupted pretraining continues from its last.pth.
 """
 
