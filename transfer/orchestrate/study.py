@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mast import rundir
 from transfer.orchestrate.demo import _step, is_finished, pretrain_command
 
 ARMS: dict[str, list[str]] = {
@@ -124,11 +125,11 @@ def plan_jobs(args: argparse.Namespace, overrides: list[str]) -> list[Job]:
             job.state = "ok"
         pretrain.append(job)
         probe_cmd = [sys.executable, "-m", "transfer.run_all",
-                     "--ckpt", str(run_dir / "backbone.pth"), "--name", name, "--suite", str(args.suite), "--var", f"data={args.data}",
+                     "--ckpt", str(run_dir / rundir.BACKBONE), "--name", name, "--suite", str(args.suite), "--var", f"data={args.data}",
                      "--out", str(args.out / name), "--no-report", "--jobs", "1"]  # one run_all per folder
         probe_cmd += ["--tasks", *args.tasks] if args.tasks else []
         probe = Job(f"probes:{name}", probe_cmd, logs / f"probes_{name}.log", [job.name], PROBES_S)
-        if job.state == "ok" and probes_done(args.out / name, name, args.suite, run_dir / "backbone.pth"):
+        if job.state == "ok" and probes_done(args.out / name, name, args.suite, run_dir / rundir.BACKBONE):
             probe.state, probe.estimate_s = "ok", 0.0  # kept; run_all would skip every task anyway
         probes.append(probe)
     n_main = len(main_arms) * len(args.seeds)
