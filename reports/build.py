@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 from mast import rundir
@@ -47,6 +48,7 @@ def build(results_path: str | Path, out: str | Path, baseline: str | None = None
         raise ValueError(f"--out {out}: exists and is not a folder (expected the report folder)")
     with FolderLock(out, "reports.build"):
         tables.ordered_names(results, baseline)  # checks the baseline before anything is written
+        _claim(out, _planned_names(results))
         md = tables.markdown_report(results, baseline)
         write_text_atomic(out / "tables.md", md)
         write_text_atomic(out / "tables.tex", tables.latex_report(results, baseline))
@@ -70,15 +72,58 @@ def build(results_path: str | Path, out: str | Path, baseline: str | None = None
     return out / "index.md"
 
 
+MAST_FIGURES = ("sensitivity", "subspaces", "relations", "uncertainty")  # mast_plots.mast_figures' file names
+
+
+def _planned_names(results: Results) -> set[str]:
+    """Every file a build of ``results`` may write into its folder."""
+    names = {"index.md", "tables.md", "tables.tex", "results.csv", "forest.png"}
+    names |= {f"bars_{t}.png" for t in results.tasks}
+    return names | {f"mast_{n}_{figure}.png" for n in results.names for figure in MAST_FIGURES}
+
+
+def _read_manifest(out: Path) -> set[str]:
+    """The file names the previous build recorded; an entry that is not a plain file name of ``out``
+    (``..``, a path, a number) is ignored with a warning, so a damaged manifest never blocks a rebuild."""
+    try:
+        entries = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError) as e:
+        warnings.warn(f"{out / MANIFEST}: unreadable ({type(e).__name__}); ignored", stacklevel=2)
+        return set()
+    if not isinstance(entries, list):
+        warnings.warn(f"{out / MANIFEST}: not a list of file names; ignored", stacklevel=2)
+        return set()
+    good = {e for e in entries if isinstance(e, str) and e not in (".", "..", MANIFEST, LOCK_NAME)
+            and Path(e).name == e and "\\" not in e and "\0" not in e}
+    if len(good) != len(entries):
+        bad = [e for e in entries if e not in good][:3]
+        warnings.warn(f"{out / MANIFEST}: entries {bad} are not file names of this folder; ignored", stacklevel=2)
+    return good
+
+
+def _claim(out: Path, planned: set[str]) -> None:
+    """Refuse to overwrite a file this tool did not write (a user's own index.md); record the planned
+    names before writing, so a build stopped half-way still owns what it wrote."""
+    previous = _read_manifest(out)
+    foreign = sorted(n for n in planned if (out / n).exists() and n not in previous)
+    if foreign:
+        raise FileExistsError(f"--out {out}: {foreign[0]}{f' (and {len(foreign) - 1} more)' if len(foreign) > 1 else ''} "
+                              f"exists and was not written by reports.build (not in {MANIFEST}); move it or "
+                              "choose another --out")
+    write_text_atomic(out / MANIFEST, json.dumps(sorted(previous | planned), indent=0) + "\n")
+
+
 def _replace_manifest(out: Path, written: set[str]) -> None:
     """Remove what the previous build wrote and this one did not (stale figures); record this build's files."""
-    try:
-        previous = set(json.loads((out / MANIFEST).read_text()))
-    except (OSError, ValueError, TypeError):
-        previous = set()
-    for name in previous - written:
-        if "/" not in name and name not in (MANIFEST, LOCK_NAME):
-            (out / name).unlink(missing_ok=True)
+    for name in _read_manifest(out) - written:
+        path = out / name
+        if path.is_symlink() or path.is_file():
+            try:
+                path.unlink()
+            except OSError as e:
+                warnings.warn(f"{path}: stale report file not removed ({e.strerror or type(e).__name__})", stacklevel=2)
     write_text_atomic(out / MANIFEST, json.dumps(sorted(written), indent=0) + "\n")
 
 
