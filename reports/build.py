@@ -82,42 +82,45 @@ def _planned_names(results: Results) -> set[str]:
     return names | {f"mast_{n}_{figure}.png" for n in results.names for figure in MAST_FIGURES}
 
 
-def _read_manifest(out: Path) -> set[str]:
-    """The file names the previous build recorded; an entry that is not a plain file name of ``out``
-    (``..``, a path, a number) is ignored with a warning, so a damaged manifest never blocks a rebuild."""
+def _read_manifest(out: Path) -> tuple[set[str], str]:
+    """(the file names the previous build recorded, what was wrong with the manifest or ""). An entry
+    that is not a plain file name of ``out`` (``..``, a path, a number) is ignored with a warning, so
+    a damaged manifest never makes this tool touch anything outside its own files."""
     try:
         entries = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return set()
+        return set(), ""
     except (OSError, ValueError) as e:
-        warnings.warn(f"{out / MANIFEST}: unreadable ({type(e).__name__}); ignored", stacklevel=2)
-        return set()
+        return set(), f"{out / MANIFEST} is unreadable ({type(e).__name__})"
     if not isinstance(entries, list):
-        warnings.warn(f"{out / MANIFEST}: not a list of file names; ignored", stacklevel=2)
-        return set()
-    good = {e for e in entries if isinstance(e, str) and e not in (".", "..", MANIFEST, LOCK_NAME)
-            and Path(e).name == e and "\\" not in e and "\0" not in e}
-    if len(good) != len(entries):
-        bad = [e for e in entries if e not in good][:3]
+        return set(), f"{out / MANIFEST} is not a list of file names"
+
+    def plain(e) -> bool:
+        return isinstance(e, str) and e not in (".", "..", MANIFEST, LOCK_NAME) and Path(e).name == e \
+            and "\\" not in e and "\0" not in e
+
+    good, bad = {e for e in entries if plain(e)}, [e for e in entries if not plain(e)][:3]
+    if bad:
         warnings.warn(f"{out / MANIFEST}: entries {bad} are not file names of this folder; ignored", stacklevel=2)
-    return good
+    return good, ""
 
 
 def _claim(out: Path, planned: set[str]) -> None:
     """Refuse to overwrite a file this tool did not write (a user's own index.md); record the planned
     names before writing, so a build stopped half-way still owns what it wrote."""
-    previous = _read_manifest(out)
+    previous, problem = _read_manifest(out)
     foreign = sorted(n for n in planned if (out / n).exists() and n not in previous)
     if foreign:
-        raise FileExistsError(f"--out {out}: {foreign[0]}{f' (and {len(foreign) - 1} more)' if len(foreign) > 1 else ''} "
-                              f"exists and was not written by reports.build (not in {MANIFEST}); move it or "
-                              "choose another --out")
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        why = f"{problem}: cannot tell which files it wrote" if problem else f"not in {MANIFEST}"
+        raise FileExistsError(f"--out {out}: {foreign[0]}{more} exists and was not written by reports.build "
+                              f"({why}); move it or choose another --out")
     write_text_atomic(out / MANIFEST, json.dumps(sorted(previous | planned), indent=0) + "\n")
 
 
 def _replace_manifest(out: Path, written: set[str]) -> None:
     """Remove what the previous build wrote and this one did not (stale figures); record this build's files."""
-    for name in _read_manifest(out) - written:
+    for name in _read_manifest(out)[0] - written:
         path = out / name
         if path.is_symlink() or path.is_file():
             try:

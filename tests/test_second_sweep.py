@@ -202,3 +202,174 @@ def test_a_1x3000000_png_is_refused_naming_the_file_not_a_memory_error(synthetic
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)  # PIL's own bomb check, at 2x the limit
     with pytest.raises(DatasetError, match=f"^{bomb}: .*decompression bomb"):
         open_rgb(bomb)
+
+
+# 5. an unterminated quote marker is an error in --check and in write mode; nothing is deleted
+
+
+def test_an_unterminated_quote_marker_fails_check_and_never_deletes_text(tmp_path, capsys):
+    from reports import quote
+
+    (tmp_path / "r.md").write_text("# R\n\nreal text\n")
+    typed = "intro\n<!-- quote: r.md -->\n> typed by hand, never quoted\n\nmy own paragraph\n"
+    block = "<!-- quote: r.md -->\n> old\n<!-- /quote -->\nend\n"
+    for text, line in ((typed, 2), (typed + block, 2), ("a\n<!-- /quote -->\n", 2)):
+        readme = tmp_path / "README.md"
+        readme.write_text(text)
+        for argv in (["--check", str(readme)], [str(readme)]):
+            assert quote.main(argv) == 2
+            err = capsys.readouterr().err.strip()
+            assert f"{readme}:{line}:" in err and "\n" not in err, err
+        assert readme.read_text() == text  # the hand-typed paragraph and the next block are intact
+    readme.write_text("see the `<!-- quote: r.md -->` markers\n" + block)  # a mention in prose is no marker
+    assert quote.main([str(readme)]) == 0 and "> real text" in readme.read_text()
+
+
+def test_a_binary_readme_is_one_line(tmp_path, capsys):
+    from reports import quote
+
+    (tmp_path / "README.md").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe" + bytes(range(256)))
+    assert quote.main(["--check", str(tmp_path / "README.md")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not UTF-8" in err and "\n" not in err
+
+
+# 8, 11, 12. run_all's options: --task-args that take over --out, unbalanced quotes, a self-referring --var,
+# OUT/<name> that is a file
+
+
+def test_task_args_setting_run_all_options_or_unbalanced_are_refused(tmp_path, capsys):
+    from transfer.run_all import main as run_all_main
+
+    torch.save(build_resnet("resnet18").state_dict(), tmp_path / "base.pth")
+    out = ["--ckpt", str(tmp_path / "base.pth"), "--out", str(tmp_path / "X"), "--no-report", "--tasks", "knn"]
+    for task_args, needle in (("knn=--out " + str(tmp_path / "DIR"), "--out is set by run_all"),
+                              ("knn=--ou DIR", "--ou is set by run_all"), ("knn=--out=DIR", "set by run_all"),
+                              ("knn_shape=--scale paper", "--scale is set by run_all"),
+                              ("knn=--k '20", "no closing quotation")):
+        assert run_all_main([*out, "--task-args", task_args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "\n" not in err, err
+    assert run_all_main([*out, "--var", "data={data}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "vars.data = '{data}' refers to itself" in err and "\n" not in err
+    assert not (tmp_path / "DIR").exists() and not (tmp_path / "X").exists()
+    (tmp_path / "X").mkdir()
+    (tmp_path / "X" / "base").write_text("a user's file named like the checkpoint")
+    assert run_all_main(out) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{tmp_path / 'X' / 'base'}: exists and is not a folder" in err and "\n" not in err
+
+
+# 9. study --plan writes nothing and checks its options
+
+
+def test_study_plan_writes_nothing_and_refuses_bad_options(tmp_path, capsys):
+    from transfer import study
+
+    where = ["--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+             "--report", str(tmp_path / "report")]
+    assert study.main(["--plan", *where]) == 0
+    assert "Expected duration" in capsys.readouterr().out and list(tmp_path.iterdir()) == []
+    (tmp_path / "passwd").write_text("root:x:0:0\n")
+    for bad, needle in ((["--seeds", "-1"], "--seeds -1"), (["--seeds", "1" * 20], "2**32"),
+                        (["--seeds", "0", "0"], "each seed once"), (["--tasks", "knnn"], "--tasks knnn"),
+                        (["--runs", str(tmp_path / "passwd")], "is not a folder"), (["--epochs", "0"], "--epochs 0"),
+                        (["--set", "optim.nope=1"], "unknown key"), (["--set", "noequals"], "noequals")):
+        assert study.main(["--plan", *where, *bad]) == 2, bad
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "\n" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["passwd"]
+
+
+# 10. reports.build never overwrites a file it did not write; a damaged manifest is read safely
+
+
+def test_build_keeps_a_users_index_and_survives_a_bad_manifest(tmp_path, capsys):
+    from reports import build
+
+    res = tmp_path / "res"
+    res.mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "results.jsonl", res / "results.jsonl")
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "index.md").write_text("my own notes")
+    with pytest.warns(UserWarning):
+        assert build.main(["--results", str(res), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "index.md exists and was not written by reports.build" in err and "\n" not in err
+    assert (out / "index.md").read_text() == "my own notes" and not (out / "tables.md").exists()
+    (out / "index.md").rename(tmp_path / "notes.md")
+    with pytest.warns(UserWarning):
+        assert build.main(["--results", str(res), "--out", str(out)]) == 0
+    ours = json.loads((out / build.MANIFEST).read_text())
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "precious.txt").write_text("x")
+    (out / build.MANIFEST).write_text(json.dumps(["..", "../keep/precious.txt", 3, None, {"a": 1}, *ours]))
+    with pytest.warns(UserWarning, match="are not file names of this folder"):  # bad entries: ignored
+        assert build.main(["--results", str(res), "--out", str(out)]) == 0
+    assert (tmp_path / "keep" / "precious.txt").exists() and json.loads((out / build.MANIFEST).read_text()) == ours
+    for manifest, needle in (('{"not": "a list"}', "is not a list of file names"), ("[not json", "is unreadable")):
+        (out / build.MANIFEST).write_text(manifest)  # which files are ours is unknown: refuse, one line
+        with pytest.warns(UserWarning):
+            assert build.main(["--results", str(res), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "cannot tell which files it wrote" in err and "\n" not in err
+    assert (tmp_path / "keep" / "precious.txt").exists()
+
+
+# 11. one line instead of a traceback
+
+
+def test_out_that_cannot_be_created_is_one_line(tmp_path, synthetic_root, capsys):
+    from conftest import tiny_args
+    from mast.pretrain import main as pretrain_main
+    from transfer.convert import main as convert_main
+
+    torch.save(build_resnet("resnet18").state_dict(), tmp_path / "r18.pth")
+    (tmp_path / "afile").write_text("x")
+    for out in ("/proc/nope/x.pth", "/proc/nope", str(tmp_path / "afile" / "x.pth")):
+        assert convert_main(["--ckpt", str(tmp_path / "r18.pth"), "--to", "mmseg", "--out", out]) == 1
+        err = capsys.readouterr().err.strip()
+        assert "cannot be written" in err and out in err and "\n" not in err and "Errno" not in err, err
+    assert pretrain_main(tiny_args(synthetic_root, Path("/proc/nope"), "--name", "x")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "/proc/nope/x: cannot create the folder" in err and "\n" not in err
+
+
+def test_disk_full_on_the_first_byte_says_no_zero_mib(tmp_path):
+    import errno
+
+    from mast.atomic import DiskFullError, atomic_write
+
+    def full(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskFullError) as err:
+        atomic_write(tmp_path / "r.json", full)
+    assert "0.0 MiB" not in str(err.value) and "needs" not in str(err.value) and "free" in str(err.value)
+    assert str(err.value).startswith(str(tmp_path / "r.json"))
+
+
+def test_report_inputs_with_a_list_metric_or_string_checkpoint_are_skipped_in_one_line(tmp_path, capsys):
+    from reports import build
+
+    records = [json.loads(ln) for ln in (Path(__file__).parent / "data" / "results.jsonl").read_text().splitlines()
+               if ln.startswith("{") and ln.rstrip().endswith("}")]
+    records[0]["metrics"] = {"top1_k20": [81.25, 1.0]}
+    records[1]["checkpoint"] = "mast.pth"
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.warns(UserWarning) as caught:
+        assert build.main(["--results", str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    said = [str(w.message) for w in caught]
+    assert any("metric 'top1_k20' is a list" in m for m in said) and any("'checkpoint' is a str" in m for m in said)
+
+
+def test_detection_empty_dataset_override_is_one_line(tmp_path, r18, capsys):
+    from transfer.detection.runner import main as detection_main
+
+    config = Path(__file__).resolve().parents[1] / "detectron_configs" / "demo_synthetic_R_18_FPN.yaml"
+    code = detection_main(["--ckpt", str(r18), "--config", str(config), "--out", str(tmp_path / "o"),
+                           "DATASETS.TEST", "()"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "DATASETS.TEST ()" in err and "non-empty" in err and "\n" not in err
