@@ -20,12 +20,36 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read the process umask once: mkstemp's 0600 must not leak into results
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
-__all__ = ["DiskFullError", "atomic_write", "write_bytes_atomic", "write_text_atomic", "torch_save_atomic",
+__all__ = ["DiskFullError", "OutputError", "make_folder", "atomic_write", "write_bytes_atomic", "write_text_atomic", "torch_save_atomic",
            "pickle_atomic", "append_line_atomic", "remove_stale_temps"]
 
 
 class DiskFullError(OSError):
     """No space left where a result was being written (one line: path, bytes needed, bytes free)."""
+
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno 28]"
+        return str(self.strerror)
+
+
+class OutputError(OSError):
+    """A result folder or file that cannot be created (``--out /proc/nope``, a read-only folder): one line."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _reason(e: OSError, path: Path) -> str:
+    """``No such file or directory: /proc/nope`` (the file named only when it is not ``path``)."""
+    other = f": {e.filename}" if e.filename and str(e.filename) != str(path) else ""
+    return f"{e.strerror or type(e).__name__}{other}"
+
+
+def _size(n: float) -> str:
+    """Bytes as a person reads them: 512 bytes, 12.3 kB, 4.1 MiB, 2.0 GiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("kB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} bytes"
 
 
 def _disk_full(path: Path, needed: int) -> DiskFullError:
@@ -33,8 +57,22 @@ def _disk_full(path: Path, needed: int) -> DiskFullError:
         free = shutil.disk_usage(path.parent).free
     except OSError:
         free = 0
-    return DiskFullError(errno.ENOSPC, f"{path}: no space left on the device (needs at least "
-                         f"{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free); nothing was changed")
+    needs = f"needs at least {_size(needed)}, " if needed > 0 else ""  # 0: the first write failed
+    return DiskFullError(errno.ENOSPC, f"{path}: no space left on the device ({needs}{_size(free)} free); "
+                         "nothing was changed")
+
+
+def make_folder(path: str | Path, what: str = "--out") -> Path:
+    """``mkdir -p path``; a full disk is a :class:`DiskFullError`, any other failure (a parent that is
+    a file, ``/proc``, no permission) an :class:`OutputError` naming ``what`` and the path."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if e.errno in _FULL:
+            raise _disk_full(path / ".", 0) from None
+        raise OutputError(e.errno, f"{what} {path}: cannot create the folder ({_reason(e, path)})") from None
+    return path
 
 
 class _Counting:
@@ -54,8 +92,13 @@ class _Counting:
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write(f)`` on a temp file next to ``path``, then move it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        if e.errno in _FULL:
+            raise _disk_full(path, 0) from None
+        raise OutputError(e.errno, f"{path}: cannot be written ({_reason(e, path)})") from None
     counted = None
     try:
         with os.fdopen(fd, "wb") as f:

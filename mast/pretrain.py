@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from mast import resume as ckpt_io
 from mast import rundir
-from mast.atomic import DiskFullError, remove_stale_temps, torch_save_atomic
+from mast.atomic import DiskFullError, OutputError, make_folder, remove_stale_temps, torch_save_atomic
 from mast.augment import PhotometricAugment, SpatialTwoView
 from mast.config import ConfigError, PretrainConfig, load_config, to_dict
 from mast.data.folder import BadImageBudget, DatasetError, ResumableSampler, TwoViewFolder, sample_seed
@@ -148,7 +148,7 @@ def setup(cfg: PretrainConfig, resume: str | None) -> Context:
                           f"continue {resume} into a new --name (or use --resume auto for {run_dir})")
     lock = None
     if rank == 0:  # one process writes the run folder; a second one is refused, naming the holder
-        lock = FolderLock(run_dir, "mast.pretrain")
+        lock = FolderLock(make_folder(run_dir, "out_dir/name"), "mast.pretrain")
         remove_stale_temps(run_dir)  # what a killed save left; ours alone while we hold the folder
     if resume is None and last.exists():
         raise ConfigError(f"{last} exists: pass --resume auto to continue that run, or --name NEW")
@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         if ctx.rank == 0:
             print(f"{ctx.run_dir}: {ctx.step} steps in {time.time() - start:.0f}s; {ctx.log.describe()}")
         return 0
-    except (ConfigError, DatasetError, ckpt_io.ResumeError, FolderBusyError, DiskFullError) as exc:
+    except (ConfigError, DatasetError, ckpt_io.ResumeError, FolderBusyError, DiskFullError, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingError as exc:

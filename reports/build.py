@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 from mast import rundir
@@ -47,6 +48,7 @@ def build(results_path: str | Path, out: str | Path, baseline: str | None = None
         raise ValueError(f"--out {out}: exists and is not a folder (expected the report folder)")
     with FolderLock(out, "reports.build"):
         tables.ordered_names(results, baseline)  # checks the baseline before anything is written
+        _claim(out, _planned_names(results))
         md = tables.markdown_report(results, baseline)
         write_text_atomic(out / "tables.md", md)
         write_text_atomic(out / "tables.tex", tables.latex_report(results, baseline))
@@ -70,15 +72,61 @@ def build(results_path: str | Path, out: str | Path, baseline: str | None = None
     return out / "index.md"
 
 
+MAST_FIGURES = ("sensitivity", "subspaces", "relations", "uncertainty")  # mast_plots.mast_figures' file names
+
+
+def _planned_names(results: Results) -> set[str]:
+    """Every file a build of ``results`` may write into its folder."""
+    names = {"index.md", "tables.md", "tables.tex", "results.csv", "forest.png"}
+    names |= {f"bars_{t}.png" for t in results.tasks}
+    return names | {f"mast_{n}_{figure}.png" for n in results.names for figure in MAST_FIGURES}
+
+
+def _read_manifest(out: Path) -> tuple[set[str], str]:
+    """(the file names the previous build recorded, what was wrong with the manifest or ""). An entry
+    that is not a plain file name of ``out`` (``..``, a path, a number) is ignored with a warning, so
+    a damaged manifest never makes this tool touch anything outside its own files."""
+    try:
+        entries = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return set(), ""
+    except (OSError, ValueError) as e:
+        return set(), f"{out / MANIFEST} is unreadable ({type(e).__name__})"
+    if not isinstance(entries, list):
+        return set(), f"{out / MANIFEST} is not a list of file names"
+
+    def plain(e) -> bool:
+        return isinstance(e, str) and e not in (".", "..", MANIFEST, LOCK_NAME) and Path(e).name == e \
+            and "\\" not in e and "\0" not in e
+
+    good, bad = {e for e in entries if plain(e)}, [e for e in entries if not plain(e)][:3]
+    if bad:
+        warnings.warn(f"{out / MANIFEST}: entries {bad} are not file names of this folder; ignored", stacklevel=2)
+    return good, ""
+
+
+def _claim(out: Path, planned: set[str]) -> None:
+    """Refuse to overwrite a file this tool did not write (a user's own index.md); record the planned
+    names before writing, so a build stopped half-way still owns what it wrote."""
+    previous, problem = _read_manifest(out)
+    foreign = sorted(n for n in planned if (out / n).exists() and n not in previous)
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        why = f"{problem}: cannot tell which files it wrote" if problem else f"not in {MANIFEST}"
+        raise FileExistsError(f"--out {out}: {foreign[0]}{more} exists and was not written by reports.build "
+                              f"({why}); move it or choose another --out")
+    write_text_atomic(out / MANIFEST, json.dumps(sorted(previous | planned), indent=0) + "\n")
+
+
 def _replace_manifest(out: Path, written: set[str]) -> None:
     """Remove what the previous build wrote and this one did not (stale figures); record this build's files."""
-    try:
-        previous = set(json.loads((out / MANIFEST).read_text()))
-    except (OSError, ValueError, TypeError):
-        previous = set()
-    for name in previous - written:
-        if "/" not in name and name not in (MANIFEST, LOCK_NAME):
-            (out / name).unlink(missing_ok=True)
+    for name in _read_manifest(out)[0] - written:
+        path = out / name
+        if path.is_symlink() or path.is_file():
+            try:
+                path.unlink()
+            except OSError as e:
+                warnings.warn(f"{path}: stale report file not removed ({e.strerror or type(e).__name__})", stacklevel=2)
     write_text_atomic(out / MANIFEST, json.dumps(sorted(written), indent=0) + "\n")
 
 

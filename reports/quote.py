@@ -25,7 +25,9 @@ from pathlib import Path
 
 from mast.atomic import write_text_atomic
 
-_BLOCK = re.compile(r"(<!-- quote: (?P<source>[^>]+?) -->\n)(?P<body>.*?)(<!-- /quote -->)", re.S)
+_BLOCK = re.compile(r"^(<!-- quote: (?P<source>[^>]+?) -->\n)(?P<body>.*?)^(<!-- /quote -->)$", re.S | re.M)
+_OPEN = re.compile(r"<!-- quote: [^>]+? -->")  # a whole line: an opener
+_CLOSE = "<!-- /quote -->"  # a whole line: a closer
 _LINK = re.compile(r"\]\((?![a-z][a-z0-9+.-]*:|/|#)(?P<target>[^)\s]+)\)")  # relative link targets only
 
 
@@ -61,9 +63,36 @@ def quoted(source: str, root: Path) -> str:
     return "".join(f"> {line}\n" if line else ">\n" for line in body.split("\n"))
 
 
+def check_markers(text: str, where: str) -> None:
+    """Every ``<!-- quote: … -->`` line is closed by a ``<!-- /quote -->`` line before the next opener,
+    and every closer has an opener: else QuoteError naming the line (an unclosed opener would pass
+    hand-typed text as quoted, or let the next block's closer swallow the text in between). A marker
+    mentioned inside a line of prose is no marker."""
+    opened = 0  # line number of the open quote, 0 when none is open
+    for number, line in enumerate(text.split("\n"), 1):
+        if _OPEN.fullmatch(line):
+            if opened:
+                raise QuoteError(f"{where}:{opened}: the quote opened here is not closed by <!-- /quote --> "
+                                 f"before the next quote (line {number})")
+            opened = number
+        elif line == _CLOSE:
+            if not opened:
+                raise QuoteError(f"{where}:{number}: <!-- /quote --> without a <!-- quote: SOURCE --> line before it")
+            opened = 0
+    if opened:
+        raise QuoteError(f"{where}:{opened}: the quote opened here is not closed by <!-- /quote --> before the end "
+                         "of the file")
+
+
 def sync(readme: Path) -> tuple[str, list[str]]:
     """(README with every block re-quoted, the sources whose block changed)."""
-    text = readme.read_text(encoding="utf-8")
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise QuoteError(f"{readme}: not UTF-8 text (expected a Markdown file with quote blocks)") from None
+    except OSError as e:
+        raise QuoteError(f"{readme}: cannot read ({e.strerror or type(e).__name__})") from None
+    check_markers(text, str(readme))
     stale: list[str] = []
 
     def replace(m: re.Match) -> str:

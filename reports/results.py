@@ -91,7 +91,7 @@ def load_results(path: str | Path) -> Results:
         path = path / "results.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"--results {path}: no such file (expected a results.jsonl written by run_all)")
-    return results_from_records(read_jsonl(path), path.parent)
+    return results_from_records([r for r in read_jsonl(path) if _well_formed(r, path)], path.parent)
 
 
 def results_from_records(records: list[dict], root: Path | None = None) -> Results:
@@ -115,6 +115,27 @@ def results_from_records(records: list[dict], root: Path | None = None) -> Resul
         runs.setdefault((name, column), []).append(record)
     shown = {k: next((r for r in v if r.get("status") == "ok"), v[0]) for k, v in runs.items()}
     return Results(shown, names, sorted(columns, key=columns.get), runs, root)
+
+
+# The shape of a record's fields the report reads (PROTOCOLS.md "Results"): field -> accepted types.
+_FIELDS = {"checkpoint": (dict, type(None)), "metrics": (dict, type(None)), "metrics_std": (dict, type(None)),
+           "intervals": (dict, type(None)), "seeds": (list, type(None)), "predictions": (str, type(None)),
+           "seed_index": (int, type(None)), "pretrain_seed": (int, type(None))}
+
+
+def _well_formed(record: dict, path: Path) -> bool:
+    """Whether the report can read ``record``; a record of another shape (a list metric, a string
+    checkpoint, written by hand or by another tool) is skipped with a one-line warning naming it."""
+    problem = next((f"{key!r} is a {type(record[key]).__name__}" for key, types in _FIELDS.items()
+                    if key in record and (not isinstance(record[key], types) or isinstance(record[key], bool))), None)
+    if problem is None:
+        numbers = {**(record.get("metrics") or {}), **(record.get("metrics_std") or {})}
+        bad = next((k for k, v in numbers.items() if isinstance(v, bool) or not isinstance(v, (int, float))), None)
+        problem = None if bad is None else f"metric {bad!r} is a {type(numbers[bad]).__name__}, not a number"
+    if problem is not None:
+        warnings.warn(f"{path}: skipping the record of {record.get('name') or '?'} / {record.get('task_name') or record.get('task') or '?'}: "
+                      f"{problem}", stacklevel=3)
+    return problem is None
 
 
 PAPER_SCALES = ("paper", "demo")  # a record at any other scale label is never a number of these columns

@@ -166,20 +166,26 @@ def test_stale_temps_are_only_our_writer_s(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "notes.tmp"]
 
 
-def test_symlink_loops_are_listed_once(tmp_path):
+def test_symlink_loops_are_refused_in_one_line_and_outside_folders_followed(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from mast.data.folder import list_images
+    from mast.data.folder import DatasetError, list_images
 
-    for c in ("a", "b"):
-        (tmp_path / c).mkdir()
+    root = tmp_path / "root"
+    for c in ("a", "b", "../elsewhere"):
+        (root / c).mkdir(parents=True)
         for i in range(3):
-            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / c / f"{i}.png")
-    (tmp_path / "a" / "loop").symlink_to(tmp_path / "a")  # a -> a
-    (tmp_path / "b" / "up").symlink_to(tmp_path)          # b -> root -> a, b
-    files = list_images(tmp_path)
-    assert len(files) == 6 and len({f.resolve() for f in files}) == 6
+            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / c / f"{i}.png")
+    (root / "b" / "outside").symlink_to(tmp_path / "elsewhere")  # a folder outside the root: followed
+    files = list_images(root)
+    assert len(files) == 9 and len({f.resolve() for f in files}) == 9
+    for link, target in (("a/loop", root / "a"), ("b/up", root)):  # a -> a; b -> root -> a, b
+        (root / link).symlink_to(target)
+        with pytest.raises(DatasetError, match=f"{root / link} is a symlink to .*a folder above it") as err:
+            list_images(root)
+        assert "\n" not in str(err.value)
+        (root / link).unlink()
 
 
 def test_16bit_and_float_images_keep_their_content(tmp_path):

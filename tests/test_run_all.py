@@ -208,17 +208,18 @@ def test_a_task_that_dies_without_a_record_gets_a_failed_one(ckpt, tmp_path):
     assert record["checkpoint"]["sha256"] == c.sha256 and record["task_config_hash"] == spec.config_hash
 
 
-def test_sigterm_or_ctrl_c_stops_cleanly(ckpt, tmp_path, monkeypatch, capsys):
-    """The running task is terminated, nothing is appended, exit 130 (SIGTERM takes Ctrl-C's path)."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_stops_cleanly(ckpt, tmp_path, monkeypatch, capsys, signum):
+    """The running task is terminated, nothing is appended; exit 143 for SIGTERM, 130 for Ctrl-C (SIGINT)."""
     marker = f"import time; time.sleep(120)  # {tmp_path.name}"
     monkeypatch.setattr(run_all.TaskSpec, "command", lambda self, python, ck, out: [python, "-c", marker])
     suite = _suite(tmp_path / "s.yaml", [{"name": "a", "task": "knn"}, {"name": "b", "task": "knn"}])
-    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer = threading.Timer(3.0, os.kill, (os.getpid(), signum))
     timer.start()
     code = run_all.main(["--ckpt", str(ckpt), "--suite", str(suite), "--out", str(tmp_path / "out"), "--no-report"])
     timer.cancel()
     err = capsys.readouterr().err
-    assert code == 130 and "2 not" in err and "r18run/a" in err and "resume" in err, err
+    assert code == 128 + signum and "2 not" in err and "r18run/a" in err and "resume" in err, err
     assert not (tmp_path / "out" / "results.jsonl").exists()
     assert not [p for p in Path("/proc").glob("[0-9]*") if _cmdline(p).find(marker) >= 0]
 

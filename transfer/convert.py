@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mast.atomic import DiskFullError, pickle_atomic, torch_save_atomic
+from mast.atomic import DiskFullError, OutputError, pickle_atomic, torch_save_atomic
 
 from transfer.checkpoints import CheckpointError, CheckpointInfo, add_backbone_arg, canonical_keys, load_backbone
 
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_out(Path(args.ckpt), Path(args.out), args.force)
         info = convert_file(args.ckpt, args.to, args.out, args.backbone)
-    except (CheckpointError, ConversionError, DiskFullError) as e:
+    except (CheckpointError, ConversionError, DiskFullError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{args.out}: {info.arch} from {info.path} (sha256 {info.sha256[:12]}, backbone "

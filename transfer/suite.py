@@ -200,6 +200,10 @@ def _resolve_vars(variables: dict[str, str], path: Path) -> dict[str, str]:
     for _ in range(len(out) + 1):
         new = {k: _substitute(v, out, f"suite {path}: vars.{k}") for k, v in out.items()}
         if new == out:
+            for k, v in out.items():  # a fixed point that still names a variable: {data} = "{data}/x" or "{data}"
+                if isinstance(v, str) and any(name in out for name in _VAR.findall(v)):
+                    raise SuiteError(f"suite {path}: vars.{k} = {variables[k]!r} refers to itself "
+                                     f"(a cycle: {{{k}}} can never be resolved)")
             return out
         out = new
     raise SuiteError(f"suite {path}: vars refer to each other in a circle ({sorted(variables)})")
@@ -221,7 +225,7 @@ def _parse_entry(entry: Any, index: int, path: Path, variables: dict[str, str], 
     args = entry.get("args") or {}
     if not isinstance(args, dict):
         raise SuiteError(f"{where}: 'args' must be a mapping of option -> value")
-    for reserved in ("ckpt", "out", "scale", "force", "backbone"):
+    for reserved in RUN_ALL_OPTIONS:
         if reserved in args:
             raise SuiteError(f"{where}: args key {reserved!r} is set by run_all, remove it")
     checkpoints = entry.get("checkpoints", "all")
@@ -239,7 +243,7 @@ def _parse_entry(entry: Any, index: int, path: Path, variables: dict[str, str], 
         raise SuiteError(f"{where}: 'extra_args' must be a list of strings")
     extra = tuple(str(_substitute(str(v), variables, f"{where}: extra_args")) for v in extra)
     for token in extra:
-        if token.split("=", 1)[0] in ("--ckpt", "--out", "--scale", "--force"):
+        if owned_by_run_all(token):
             raise SuiteError(f"{where}: extra_args {token!r} is set by run_all, remove it")
     env = entry.get("env") or {}
     if not isinstance(env, dict):
@@ -247,6 +251,16 @@ def _parse_entry(entry: Any, index: int, path: Path, variables: dict[str, str], 
     env = {str(k): str(_substitute(str(v), variables, f"{where}: env.{k}")) for k, v in env.items()}
     _check_task_options(task, resolved, where)
     return TaskSpec(name, task, resolved, task_scale, checkpoints, timeout, extra, env)
+
+
+RUN_ALL_OPTIONS = ("ckpt", "out", "scale", "force", "backbone")  # every task gets these from run_all
+
+
+def owned_by_run_all(token: str) -> bool:
+    """``--out``, ``--out=DIR`` or an abbreviation argparse would expand to one of :data:`RUN_ALL_OPTIONS`
+    (``--ou``): an extra argument that would take over what run_all sets (where a record is written)."""
+    flag = token.split("=", 1)[0]
+    return flag.startswith("--") and len(flag) > 2 and any(f"--{o}".startswith(flag) for o in RUN_ALL_OPTIONS)
 
 
 def _substitute(value: Any, variables: dict[str, str], where: str) -> Any:
@@ -293,7 +307,15 @@ def parse_task_args(items: list[str]) -> dict[str, list[str]]:
         key, sep, value = item.partition("=")
         if not sep or not key or not value.strip():
             raise SuiteError(f"--task-args {item}: expected TASK=ARGS (a task type or name, then its arguments)")
-        out.setdefault(key, []).extend(shlex.split(value))
+        try:
+            tokens = shlex.split(value)
+        except ValueError as e:  # shlex: "No closing quotation", "No escaped character"
+            raise SuiteError(f"--task-args {item}: {str(e).lower()} (quote the arguments as in a shell)") from None
+        for token in tokens:
+            if owned_by_run_all(token):
+                raise SuiteError(f"--task-args {item}: {token} is set by run_all, remove it (the task's "
+                                 "--out is OUT/<checkpoint>/<task>)")
+        out.setdefault(key, []).extend(tokens)
     return out
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import stat
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -24,18 +25,51 @@ from tqdm import tqdm
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _MAX_FALLBACKS = 16
+_DEFAULT_MAX_PIXELS = 89478485  # PIL's Image.MAX_IMAGE_PIXELS
 
 
 class DatasetError(ValueError):
     """A dataset path or layout the user can fix (one-line message)."""
 
 
+class NoImagesError(DatasetError):
+    """A folder without images in ``<dir>/`` subfolders (a pooled split may allow one such part)."""
+
+
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
 
 
+def is_regular_file(path: str | os.PathLike) -> bool:
+    """True for a regular file (symlinks followed): a FIFO, socket or device named ``x.png`` is no
+    image (reading a FIFO blocks forever); the rule of every image listing and of :func:`open_rgb`."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # a broken symlink, a file removed meanwhile
+        return False
+
+
+def _inside(path: str, folder: str) -> bool:
+    """``path`` is ``folder`` or lies below it (both real paths)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _check_folder(link: str, parent_real: str, seen: dict[str, str], what: str, root: Path) -> str:
+    """Real path of the folder ``link`` (a child of ``parent_real``); DatasetError when following it
+    would walk a folder twice: a symlink to a folder above it (a loop) or to one already listed."""
+    real = os.path.realpath(link)
+    if _inside(parent_real, real):
+        raise DatasetError(f"{what}={root}: {link} is a symlink to {real}, a folder above it (a directory "
+                           "loop: its images would be listed again under another class); remove it")
+    if real in seen:
+        raise DatasetError(f"{what}={root}: {link} and {seen[real]} are the same folder {real}; its images "
+                           "would be listed twice (under two classes); remove one of them")
+    return real
+
+
 def list_images(root: str | Path, what: str = "data.root") -> list[Path]:
-    """All image files below ``root/<dir>/`` (sorted); one-line DatasetError on a wrong layout."""
+    """All image files below ``root/<dir>/`` (sorted): regular files with an image extension; one-line
+    DatasetError on a wrong layout or a folder reached twice (a symlink loop, two links to one folder)."""
     root = Path(root)
     if not root.exists():
         raise DatasetError(f"{what}={root}: no such directory")
@@ -43,23 +77,25 @@ def list_images(root: str | Path, what: str = "data.root") -> list[Path]:
         raise DatasetError(f"{what}={root}: not a directory (expected an ImageFolder root)")
     top = sorted(os.scandir(root), key=lambda e: e.name)
     files: list[Path] = []
-    seen: set[str] = set()  # real paths of the folders walked: a symlink loop is entered once
+    root_real = os.path.realpath(root)
+    seen: dict[str, str] = {}  # real path -> the path it was listed under
     for entry in top:
-        if entry.is_dir(follow_symlinks=True):
-            for dirpath, dirnames, names in os.walk(entry.path, followlinks=True):
-                real = os.path.realpath(dirpath)
-                if real in seen:
-                    dirnames.clear()
-                    continue
-                seen.add(real)
-                dirnames[:] = sorted(d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) not in seen)
-                files.extend(Path(dirpath, n) for n in sorted(names) if _is_image(n))
+        if not entry.is_dir(follow_symlinks=True):
+            continue
+        seen[_check_folder(entry.path, root_real, seen, what, root)] = entry.path
+        for dirpath, dirnames, names in os.walk(entry.path, followlinks=True):
+            here = os.path.realpath(dirpath)
+            dirnames.sort()
+            for d in dirnames:
+                seen[_check_folder(os.path.join(dirpath, d), here, seen, what, root)] = os.path.join(dirpath, d)
+            files.extend(Path(dirpath, n) for n in sorted(names)
+                         if _is_image(n) and is_regular_file(os.path.join(dirpath, n)))
     if not files:
         loose = sum(1 for e in top if e.is_file() and _is_image(e.name))
         if loose:
-            raise DatasetError(f"{what}={root}: {loose} images lie directly in the root; expected "
+            raise NoImagesError(f"{what}={root}: {loose} images lie directly in the root; expected "
                                f"ImageFolder layout {root}/<class>/<image>")
-        raise DatasetError(f"{what}={root}: no images ({', '.join(IMG_EXTENSIONS[:3])}, ...) found; "
+        raise NoImagesError(f"{what}={root}: no images ({', '.join(IMG_EXTENSIONS[:3])}, ...) found; "
                            f"expected ImageFolder layout {root}/<class>/<image>")
     return files
 
@@ -71,16 +107,40 @@ def sample_seed(*keys: int) -> int:
 
 
 def open_rgb(path: Path) -> Image.Image:
-    """Open and fully decode an image as 8-bit RGB (raises on truncated/corrupt files).
+    """Open and fully decode an image as 8-bit RGB; DatasetError (naming ``path``) for anything that
+    is not a regular file or would decode to more than :data:`MAX_PIXELS` (a decompression bomb);
+    PIL's own errors for truncated/corrupt files.
 
     PIL's own conversion clips 16-bit and float images to 0..255 (a 16-bit PNG turns white, a
     [0, 1] float TIFF black); they are scaled to 8 bits here instead.
     """
-    with Image.open(path) as img:
-        img.load()
-        if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-            img = Image.fromarray(_to_uint8(np.asarray(img), img.mode))
-        return img.convert("RGB")
+    if not is_regular_file(path):
+        raise DatasetError(f"{path}: not a regular file (a FIFO, device or folder named like an image)")
+    try:
+        with Image.open(path) as img:
+            check_pixels(*img.size, what=str(path))
+            img.load()
+            if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                img = Image.fromarray(_to_uint8(np.asarray(img), img.mode))
+            return img.convert("RGB")
+    except Image.DecompressionBombError as e:
+        raise DatasetError(f"{path}: {e}") from None
+
+
+def max_pixels() -> int:
+    """The decompression-bomb bound: PIL's ``Image.MAX_IMAGE_PIXELS`` (about 89 M), or that default
+    when a program has switched PIL's check off."""
+    return Image.MAX_IMAGE_PIXELS or _DEFAULT_MAX_PIXELS
+
+
+def check_pixels(width: int, height: int, what: str, resized_from: tuple[int, int] | None = None) -> None:
+    """The one size rule of every image read here, before decoding and after resizing: at most
+    :func:`max_pixels` pixels, so a tiny file cannot make a 9 GB array (a 1 x 3,000,000 PNG resized
+    to a 32-pixel shorter side is 32 x 96,000,000)."""
+    if width * height > max_pixels():
+        how = f"resizing {resized_from[0]}x{resized_from[1]} gives" if resized_from else "it has"
+        raise DatasetError(f"{what}: {how} {width}x{height} = {width * height} pixels, more than the "
+                           f"decompression-bomb limit of {max_pixels()}; crop or drop the image")
 
 
 def _to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
@@ -192,7 +252,9 @@ def center_square(img: Image.Image, size: int, resize: int | None = None) -> np.
     resize = max(size, resize or size)
     scale = resize / min(w, h)
     if (w, h) != (size, size) or resize != size:
-        img = img.resize((max(resize, round(w * scale)), max(resize, round(h * scale))), Image.BICUBIC)
+        new = (max(resize, round(w * scale)), max(resize, round(h * scale)))
+        check_pixels(*new, what="image", resized_from=(w, h))
+        img = img.resize(new, Image.BICUBIC)
         w, h = img.size
         left, top = (w - size) // 2, (h - size) // 2
         img = img.crop((left, top, left + size, top + size))

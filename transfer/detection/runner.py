@@ -107,6 +107,11 @@ def load_config(path: str, opts: list[str]) -> Any:
     cfg = get_cfg()
     cfg.merge_from_file(path, allow_unsafe=False)  # safe YAML only: a python tag in a config never runs
     cfg.merge_from_list(list(opts))
+    for key in ("TRAIN", "TEST"):
+        names = cfg.DATASETS[key]
+        if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) and n for n in names):
+            raise ValueError(f"DATASETS.{key} {names!r}: expected a non-empty tuple of registered dataset names, "
+                             "e.g. ('scenes_val',)")
     return cfg
 
 

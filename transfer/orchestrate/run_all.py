@@ -297,18 +297,23 @@ def summary(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, ``kill``): stops like Ctrl-C, but exits 128 + 15 = 143, as the shell reports it."""
+
+
 def _interrupt(signum: int, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise Terminated(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point. SIGTERM (e.g. from a job scheduler) stops as cleanly as Ctrl-C."""
+    """CLI entry point. SIGTERM (e.g. from a job scheduler) stops as cleanly as Ctrl-C; exit 143 for
+    SIGTERM, 130 for Ctrl-C (SIGINT), the codes a shell gives a process killed by that signal."""
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _main(argv)
-    except KeyboardInterrupt:  # before or between tasks: nothing is half-written
+    except KeyboardInterrupt as e:  # before or between tasks: nothing is half-written
         print("run_all: interrupted; re-run the same command to resume.", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -353,6 +358,12 @@ def _main(argv: list[str] | None) -> int:
 def _run(args: argparse.Namespace, suite: Suite, ckpts: list[Checkpoint], argv: list[str] | None) -> int:
     results = args.out / "results.jsonl"
     todo, done = plan(ckpts, suite, args.out, args.force)
+    blocked = next((p for job in todo for p in (job.out_dir, *job.out_dir.parents)
+                    if p.is_relative_to(args.out) and p.exists() and not p.is_dir()), None)
+    if blocked is not None:  # e.g. OUT/<name> is a file: no task could write its folder
+        print(f"run_all: error: {blocked}: exists and is not a folder (run_all puts a task's results in "
+              f"OUT/<checkpoint>/<task>/); move it or choose another --out", file=sys.stderr)
+        return 2
     print(f"suite {suite.name} ({suite.path}): {len(suite.tasks)} task(s) x {len(ckpts)} checkpoint(s); "
           f"{len(done)} already done, {len(todo)} to run; results -> {results}", flush=True)
     t0 = time.monotonic()

@@ -72,14 +72,44 @@ def run_name(arm: str, seed: int) -> str:
     return f"{arm}_s{seed}"
 
 
-def count_steps(data: Path, overrides: list[str]) -> int:
-    """Optimisation steps of one pretraining run (images // batch × epochs), for the estimate."""
+def count_steps(data: Path, overrides: list[str], preset: str = "demo") -> int:
+    """Optimisation steps of one pretraining run (images // batch × epochs), for the estimate; data
+    not generated yet counts the images its preset will have (``--plan`` writes nothing)."""
     from mast.config import load_config
+    from mast.data.synthetic import SyntheticSpec
 
     cfg = load_config("demo", overrides)
     root = data / "unlabeled"
-    images = sum(1 for p in root.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg")) if root.is_dir() else 0
+    images = sum(1 for p in root.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg")) if root.is_dir() \
+        else getattr(SyntheticSpec, preset)().unlabeled
     return max(images // cfg.optim.batch_size, 1) * cfg.optim.epochs
+
+
+def check_args(args: argparse.Namespace, overrides: list[str]) -> str | None:
+    """The one-line reason the options cannot make a study, or None (checked before anything is written)."""
+    from mast.config import ConfigError, load_config
+    from transfer.suite import SuiteError, load_suite
+
+    bad = [s for s in args.seeds if not 0 <= s < 2**32]
+    if bad:
+        return f"--seeds {bad[0]}: a pretraining seed is an integer in 0 .. 2**32-1"
+    if len(set(args.seeds)) != len(args.seeds):
+        return f"--seeds {' '.join(map(str, args.seeds))}: each seed once (a repeated seed would be planned twice)"
+    if args.epochs < 1:
+        return f"--epochs {args.epochs}: expected at least 1"
+    for name, path in (("--runs", args.runs), ("--out", args.out), ("--report", args.report), ("--data", args.data)):
+        blocked = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            return f"{name} {path}: {blocked} exists and is not a folder"
+    try:
+        load_config("demo", overrides)
+        suite_tasks = {t.task for t in load_suite(str(args.suite)).tasks}
+    except (ConfigError, SuiteError) as e:
+        return f"{' '.join(str(e).split())}"
+    unknown = [t for t in args.tasks or [] if t not in suite_tasks]
+    if unknown:
+        return f"--tasks {unknown[0]}: not a task type of the study suite {args.suite} ({sorted(suite_tasks)})"
+    return None
 
 
 def probes_done(out: Path, name: str, suite: Path, backbone: Path) -> bool:
@@ -106,7 +136,7 @@ def plan_jobs(args: argparse.Namespace, overrides: list[str]) -> list[Job]:
     because its matched run waits for it) is pretrained and probed before the ablation arm, so that
     a study cut short still answers the main question on every seed.
     """
-    steps = count_steps(args.data, overrides)
+    steps = count_steps(args.data, overrides, args.preset)
     logs = args.runs / "logs"
     main_arms = [a for a in ("mast", "vicreg", "vicreg_matched") if a in args.arms]
     order = [(seed, arm) for seed in args.seeds for arm in main_arms]
@@ -216,15 +246,22 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("study: --arms vicreg_matched needs the mast arm (its λ comes from the same-seed MAST run)")
     if args.jobs < 1 or not args.seeds:
         raise SystemExit("study: --jobs must be >= 1 and --seeds non-empty")
-    t_all = _step(f"1/3 synthetic data -> {args.data}")
-    from mast.data.synthetic import SyntheticSpec, ensure_dataset
-
-    ensure_dataset(args.data, getattr(SyntheticSpec, args.preset)())
     overrides = [*STUDY_OVERRIDES, f"optim.epochs={args.epochs}", *args.set]
+    problem = check_args(args, overrides)
+    if problem:
+        print(f"study: error: {problem}", file=sys.stderr)
+        return 2
+    t_all = time.monotonic()
+    if not args.plan:  # --plan writes nothing: it estimates from the preset when the data is not there yet
+        t_all = _step(f"1/3 synthetic data -> {args.data}")
+        from mast.data.synthetic import SyntheticSpec, ensure_dataset
+
+        ensure_dataset(args.data, getattr(SyntheticSpec, args.preset)())
     jobs = plan_jobs(args, overrides)
     todo = [j for j in jobs if j.state == "pending"]
     serial = sum(j.estimate_s for j in todo)
-    print(f"{len(args.arms)} arms x {len(args.seeds)} seeds, {args.epochs} epochs ({count_steps(args.data, overrides)} "
+    print(f"{len(args.arms)} arms x {len(args.seeds)} seeds, {args.epochs} epochs "
+          f"({count_steps(args.data, overrides, args.preset)} "
           f"steps) each; {sum(j.name.startswith('pretrain:') for j in todo)} pretraining runs and "
           f"{sum(j.name.startswith('probes:') for j in todo)} probe suites to run.\n"
           f"Expected duration: ~{serial / args.jobs / 60:.0f} min with --jobs {args.jobs} "

@@ -92,15 +92,24 @@ def _save_scores(run: TaskRun) -> None:
         run.extra["predictions"] = PREDICTIONS
 
 
-def check_disjoint(task: str, fit: str, test: str) -> None:
-    """Refuse a test split that shares a part with the split the probe fits on (train, bank)."""
+def check_disjoint(task: str, extractor: FeatureExtractor, data: str | Path, fit: list[str], test: str) -> None:
+    """Refuse a test split that shares images with a split the probe fits on (train, val, the bank):
+    by name first (``train`` vs ``train+val``), then by file identity (a split that is a symlink to
+    another, hard links: :func:`transfer.probes.readers.check_disjoint`)."""
+    from transfer.probes.readers import LayoutError, check_disjoint as check_files
+
     def parts(split: str) -> set[str]:
         return {s for p in split.split("+") for s in (("train", "val") if p == "trainval" else (p,))}
 
-    shared = parts(fit) & parts(test)
-    if shared:
-        raise ValueError(f"{task}: test split {test!r} shares {sorted(shared)} with {fit!r}: evaluating on the "
-                         "training images is refused; choose another --test-split")
+    for split in fit:
+        shared = parts(split) & parts(test)
+        if shared:
+            raise ValueError(f"{task}: test split {test!r} shares {sorted(shared)} with {split!r}: evaluating on "
+                             "the training images is refused; choose another --test-split")
+    try:
+        check_files((test, extractor.items(data, test)), [(s, extractor.items(data, s)) for s in fit], task)
+    except LayoutError as e:
+        raise ValueError(f"{e} (--data {data})") from None
 
 
 def run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[int] | None = None,

@@ -119,7 +119,13 @@ def stratified_indices(labels: list[int], counts: tuple, seed: int) -> list[list
 def _read(protocol: Protocol, root: Path, part: str) -> Items:
     if protocol.split == "imagefolder":
         return imagefolder(root, part)
-    items = READERS[protocol.name](root, part)
+    try:
+        items = READERS[protocol.name](root, part)
+    except LayoutError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a reader's KeyError, IndexError, torchvision's errors: the user's files
+        raise LayoutError(f"dataset {protocol.name} at {root}: part {part!r} cannot be read in the download layout "
+                          f"({type(e).__name__}: {' '.join(str(e).split())[:150]})") from None
     if protocol.name == "food101":  # AugSelf lists Food-101 class by class (meta/classes.txt order)
         order = sorted(range(len(items)), key=lambda i: items.labels[i])
         items = items.subset(order)

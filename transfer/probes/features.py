@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from mast import rundir
 from mast.atomic import torch_save_atomic
-from mast.data.folder import center_square, open_rgb
+from mast.data.folder import DatasetError, center_square, open_rgb
 
 from transfer.checkpoints import CheckpointInfo, build_resnet, load_backbone, weights_id
 
@@ -138,6 +138,8 @@ class _ImageList(torch.utils.data.Dataset):
         try:
             img = open_rgb(where) if self.items.array is None else img
             pixels = center_square(img, self.pre.size, self.pre.resize)
+        except DatasetError as e:  # not a regular file, too many pixels
+            raise FeatureError(f"image {where}: {str(e).removeprefix(f'{where}: ')}") from None
         except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for truncated/corrupt files
             raise FeatureError(f"image {where} cannot be read as an image ({type(e).__name__}: {str(e)[:120]})") from None
         return (torch.tensor(pixels).permute(2, 0, 1).float() / 255 - self.mean) / self.std
@@ -182,6 +184,7 @@ class FeatureExtractor:
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if device == "auto" else device))
         self.model: nn.Module | None = None
+        self._items: dict[tuple[str, str], object] = {}
 
     def cache_key(self, root: Path, split: str, items) -> str:
         head = {"ckpt_sha256": weights_id(self.info), "arch": self.info.arch, "root": str(root.resolve()),
@@ -189,15 +192,23 @@ class FeatureExtractor:
                 "items": items.fingerprint()}
         return hashlib.sha256(json.dumps(head, sort_keys=True).encode()).hexdigest()
 
-    def features(self, root: str | Path, split: str) -> SplitFeatures:
-        """Features of ``split`` of ``root``: read from the cache when the key matches, else computed and stored."""
+    def items(self, root: str | Path, split: str):
+        """The images and labels of ``split`` of ``root`` (:class:`transfer.probes.readers.Items`), read once."""
         from transfer.probes.datasets import LayoutError, load_split
 
+        key = (str(root), split)
+        if key not in self._items:
+            try:
+                self._items[key] = load_split(Path(root), split, self.dataset, self.split_file, self.fewshot,
+                                              self.carve_val)
+            except LayoutError as e:
+                raise FeatureError(str(e)) from None
+        return self._items[key]
+
+    def features(self, root: str | Path, split: str) -> SplitFeatures:
+        """Features of ``split`` of ``root``: read from the cache when the key matches, else computed and stored."""
         root = Path(root)
-        try:
-            items = load_split(root, split, self.dataset, self.split_file, self.fewshot, self.carve_val)
-        except LayoutError as e:
-            raise FeatureError(str(e)) from None
+        items = self.items(root, split)
         self.splits[split] = {**items.info, "n": len(items), "classes": len(items.classes)}
         key = self.cache_key(root, split, items)
         path = self.cache_dir / f"{key}.pt"

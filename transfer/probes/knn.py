@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--k must be >= 1 and --temperature > 0, got {args.k} and {args.temperature}")
 
     def body(run, extractor) -> None:
-        check_disjoint("knn", args.train_split, args.test_split)
+        check_disjoint("knn", extractor, args.data, [args.train_split], args.test_split)
         train = extractor.features(args.data, args.train_split)
         test = extractor.features(args.data, args.test_split)
         if test.classes != train.classes:

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--max-iter must be >= 1, got {args.max_iter}")
 
     def body(run, extractor) -> None:
-        check_disjoint("linear", f"{args.train_split}+{args.val_split}", args.test_split)
+        check_disjoint("linear", extractor, args.data, [args.train_split, args.val_split], args.test_split)
         splits = [extractor.features(args.data, s) for s in (args.train_split, args.val_split, args.test_split)]
         classes = splits[0].classes
         for s, name in zip(splits[1:], (args.val_split, args.test_split)):

@@ -24,15 +24,16 @@ CUB-200-2011 (``CUB_200_2011/images.txt``, ``train_test_split.txt``, ...) and MI
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from mast.data.folder import DatasetError, list_images
+from mast.data.folder import DatasetError, NoImagesError, list_images
 
-__all__ = ["Items", "LayoutError", "READERS", "find_root"]
+__all__ = ["Items", "LayoutError", "READERS", "find_root", "check_disjoint", "check_lengths"]
 
 
 class LayoutError(ValueError):
@@ -48,6 +49,7 @@ class Items:
     paths: list[Path] | None = None
     array: np.ndarray | None = None
     info: dict = field(default_factory=dict)  # how the split was made (recorded)
+    origins: np.ndarray | None = None  # array items: int64 [N, 3] (st_dev, st_ino, row) of the file each row came from
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -56,6 +58,7 @@ class Items:
         return replace(self, labels=[self.labels[i] for i in indices],
                        paths=None if self.paths is None else [self.paths[i] for i in indices],
                        array=None if self.array is None else self.array[np.asarray(indices, dtype=np.int64)],
+                       origins=None if self.origins is None else self.origins[np.asarray(indices, dtype=np.int64)],
                        info={**self.info, **info})
 
     def concat(self, other: "Items") -> "Items":
@@ -64,7 +67,24 @@ class Items:
         return replace(self, labels=self.labels + other.labels,
                        paths=None if self.paths is None else self.paths + other.paths,
                        array=None if self.array is None else np.concatenate([self.array, other.array]),
+                       origins=None if self.origins is None or other.origins is None
+                       else np.concatenate([self.origins, other.origins]),
                        info={"pooled": [self.info, other.info]})
+
+    def identities(self) -> list[tuple]:
+        """What each item IS, whatever it is called: the file's (st_dev, st_ino) with symlinks followed
+        (a split that is a symlink to another split, or hard links, give the same identities), or, for
+        the binary datasets, (st_dev, st_ino, row) of the batch file the row was read from."""
+        if self.paths is None:
+            return [tuple(o) for o in self.origins.tolist()] if self.origins is not None else []
+        out = []
+        for path in self.paths:
+            try:
+                st = os.stat(path)
+                out.append((st.st_dev, st.st_ino))
+            except OSError:
+                out.append((os.path.realpath(path),))
+        return out
 
     def fingerprint(self) -> str:
         """Identity of the content for the feature cache: file stats, or the array's bytes."""
@@ -85,6 +105,38 @@ def find_root(root: Path, marker: str, base: str, name: str) -> Path:
             return candidate
     raise LayoutError(f"dataset {name}: {root / marker} not found (expected the download layout "
                       f"{root}/{marker}; see docs/PROTOCOLS.md)")
+
+
+def check_disjoint(test: tuple[str, "Items"], fits: list[tuple[str, "Items"]], task: str) -> None:
+    """The one disjointness rule of the probes: no image of the test split may be an image a probe
+    fits on, compared by file identity (:meth:`Items.identities`), not by name; LayoutError naming
+    the splits, the count and one shared file otherwise."""
+    test_name, test_items = test
+    where = {ident: i for i, ident in enumerate(test_items.identities())}
+    for fit_name, items in fits:
+        shared = [i for i, ident in enumerate(items.identities()) if ident in where]
+        if shared:
+            example = items.paths[shared[0]] if items.paths is not None else f"row {shared[0]}"
+            raise LayoutError(f"{task}: test split {test_name!r} and {fit_name!r} share {len(shared)} of "
+                              f"{len(test_items)} images (e.g. {example}: a symlinked or copied split?); "
+                              "evaluating on the images the probe fits on is refused")
+
+
+def check_lengths(source: Path | str, images: int, labels: int, labels_source: Path | str | None = None) -> None:
+    """The one length rule of the binary readers (CIFAR, STL-10): as many labels as images, or a
+    LayoutError naming the file (labels would otherwise be silently shifted onto other images)."""
+    if images != labels:
+        other = f"{labels_source} has" if labels_source else "but"
+        raise LayoutError(f"{source}: {images} images {'and ' if labels_source else ''}{other} {labels} labels "
+                          "(a truncated or mixed-up file?)")
+
+
+def check_label_range(source: Path | str, labels: list[int], n_classes: int) -> None:
+    """Every label indexes one of the ``n_classes`` class names, or a LayoutError naming the file."""
+    bad = [y for y in labels if not 0 <= y < n_classes]
+    if bad:
+        raise LayoutError(f"{source}: label {bad[0]} outside 0..{n_classes - 1} ({len(bad)} such labels; "
+                          f"{n_classes} classes)")
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -115,35 +167,83 @@ def _cifar(root: Path, part: str, hundred: bool) -> Items:
     folder = find_root(root, f"{base}/{meta}", base, "cifar100" if hundred else "cifar10") / base
     files = {"train": ["train"] if hundred else [f"data_batch_{i}" for i in range(1, 6)],
              "test": ["test"] if hundred else ["test_batch"]}[part]
-    data, labels = [], []
+    classes = list(_entry(folder / meta, _unpickle(folder / meta), key))
+    data, labels, origins = [], [], []
     for name in files:  # torchvision's order: the batches in turn, rows in file order
-        entry = _unpickle(folder / name)
-        data.append(np.asarray(entry["data"], dtype=np.uint8))
-        labels += list(entry["fine_labels" if hundred else "labels"])
+        x, y = _cifar_batch(folder / name, "fine_labels" if hundred else "labels")
+        check_label_range(folder / name, y, len(classes))
+        st = os.stat(folder / name)
+        origins.append(np.stack([np.full(len(y), st.st_dev), np.full(len(y), st.st_ino), np.arange(len(y))], 1))
+        data.append(x)
+        labels += y
     array = np.vstack(data).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return Items(labels, list(_unpickle(folder / meta)[key]), array=array)
+    return Items(labels, [str(c) for c in classes], array=array, origins=np.concatenate(origins).astype(np.int64))
+
+
+def _entry(path: Path, batch, key: str):
+    if not isinstance(batch, dict) or key not in batch:
+        raise LayoutError(f"{path}: no {key!r} entry (not a CIFAR batch of this dataset?)")
+    return batch[key]
+
+
+def _cifar_batch(path: Path, key: str) -> tuple[np.ndarray, list[int]]:
+    """(uint8 [N, 3072], N labels) of one batch file, or a LayoutError naming it."""
+    batch = _unpickle(path)
+    data, labels = _entry(path, batch, "data"), _entry(path, batch, key)
+    try:
+        data, labels = np.asarray(data, dtype=np.uint8), [int(y) for y in labels]
+    except (TypeError, ValueError) as e:
+        raise LayoutError(f"{path}: 'data' or {key!r} is not numeric ({type(e).__name__})") from None
+    if data.size % 3072:
+        raise LayoutError(f"{path}: 'data' holds {data.size} bytes, not a whole number of 32x32x3 images")
+    data = data.reshape(-1, 3072)
+    check_lengths(path, len(data), len(labels))
+    return data, labels
 
 
 def _stl10(root: Path, part: str) -> Items:
     folder = find_root(root, "stl10_binary/class_names.txt", "stl10_binary", "stl10") / "stl10_binary"
-    raw = np.fromfile(folder / f"{part}_X.bin", dtype=np.uint8)
+    x_file, y_file = folder / f"{part}_X.bin", folder / f"{part}_y.bin"
+    try:
+        raw = np.fromfile(x_file, dtype=np.uint8)
+        labels = (np.fromfile(y_file, dtype=np.uint8).astype(np.int64) - 1).tolist()
+        classes = (folder / "class_names.txt").read_text().split()
+    except OSError as e:
+        raise LayoutError(f"dataset stl10: {e.filename or folder}: cannot be read ({e.strerror or e})") from None
+    if raw.size % (3 * 96 * 96):
+        raise LayoutError(f"{x_file}: {raw.size} bytes, not a whole number of 96x96x3 images")
     # column-major 3x96x96 images, as torchvision's STL10 reads them; stored here as HWC
     array = raw.reshape(-1, 3, 96, 96).transpose(0, 3, 2, 1)
-    labels = (np.fromfile(folder / f"{part}_y.bin", dtype=np.uint8).astype(np.int64) - 1).tolist()
-    if len(labels) != len(array):
-        raise LayoutError(f"{folder}: {part}_X.bin has {len(array)} images but {part}_y.bin {len(labels)} labels")
-    return Items(labels, (folder / "class_names.txt").read_text().split(), array=array)
+    check_lengths(x_file, len(array), len(labels), y_file)
+    check_label_range(y_file, labels, len(classes))
+    st = os.stat(x_file)
+    origins = np.stack([np.full(len(labels), st.st_dev), np.full(len(labels), st.st_ino), np.arange(len(labels))], 1)
+    return Items(labels, classes, array=array, origins=origins.astype(np.int64))
 
 
 def _flowers(root: Path, part: str) -> Items:
+    folder = find_root(root, "flowers-102/setid.mat", "flowers-102", "flowers102") / "flowers-102"
+    ids = np.atleast_1d(_loadmat(folder / "setid.mat", {"train": "trnid", "val": "valid", "test": "tstid"}[part]))
+    labels = np.atleast_1d(_loadmat(folder / "imagelabels.mat", "labels"))
+    if not (np.issubdtype(ids.dtype, np.integer) and np.issubdtype(labels.dtype, np.integer)) or not labels.size:
+        raise LayoutError(f"{folder}: setid.mat / imagelabels.mat do not hold integer ids and labels")
+    if ids.size and not 1 <= ids.min() <= ids.max() <= len(labels):
+        raise LayoutError(f"{folder / 'setid.mat'}: image ids outside 1..{len(labels)} (imagelabels.mat's length)")
+    classes = [str(c) for c in range(1, int(labels.max()) + 1)]  # 1..102: the labels are the class names
+    return Items([int(labels[i - 1]) - 1 for i in ids.tolist()], classes,
+                 paths=[folder / "jpg" / f"image_{i:05d}.jpg" for i in ids.tolist()])
+
+
+def _loadmat(path: Path, key: str) -> np.ndarray:
+    """One variable of a MATLAB file, or a LayoutError naming the file (MatReadError, a missing key)."""
     from scipy.io import loadmat
 
-    folder = find_root(root, "flowers-102/setid.mat", "flowers-102", "flowers102") / "flowers-102"
-    ids = loadmat(folder / "setid.mat", squeeze_me=True)[{"train": "trnid", "val": "valid", "test": "tstid"}[part]]
-    labels = np.atleast_1d(loadmat(folder / "imagelabels.mat", squeeze_me=True)["labels"])
-    classes = [str(c) for c in range(1, int(labels.max()) + 1)]  # 1..102: the labels are the class names
-    return Items([int(labels[i - 1]) - 1 for i in np.atleast_1d(ids).tolist()], classes,
-                 paths=[folder / "jpg" / f"image_{i:05d}.jpg" for i in np.atleast_1d(ids).tolist()])
+    try:
+        return np.asarray(loadmat(path, squeeze_me=True)[key])
+    except KeyError:
+        raise LayoutError(f"{path}: no variable {key!r} (not the official Flowers-102 file?)") from None
+    except Exception as e:  # noqa: BLE001 - scipy's MatReadError, ValueError, OSError: the user's file
+        raise LayoutError(f"{path}: not a readable MATLAB file ({type(e).__name__}: {' '.join(str(e).split())[:100]})") from None
 
 
 def _torchvision(cls_name: str, marker: str, base: str, name: str, paths_attr: str, **kwargs):
@@ -229,8 +329,10 @@ def imagefolder(root: Path, part: str) -> Items:
 def _images(folder: Path) -> list[Path]:
     try:
         return list_images(folder, what="--data")
-    except DatasetError:  # an empty split of a pooled pair; all of them empty is refused by the caller
+    except NoImagesError:  # an empty split of a pooled pair; all of them empty is refused by the caller
         return []
+    except DatasetError as e:  # a directory loop, a folder reached twice: the user's layout
+        raise LayoutError(str(e)) from None
 
 
 READERS = {
