@@ -1,7 +1,9 @@
-"""Keep the README's quotes of generated reports identical to the reports (never typed by hand).
+"""Keep the documents' quotes of generated reports identical to the reports (never typed by hand).
 
-    python -m reports.quote [README.md]           # rewrite every quote block from its source
-    python -m reports.quote --check [README.md]   # exit 1, naming the stale block, if one differs
+    python -m reports.quote [FILE.md ...]           # rewrite every quote block from its source
+    python -m reports.quote --check [FILE.md ...]   # exit 1, naming the stale block, if one differs
+
+Without a file: README.md and every docs/*.md (docs/DEMO.md and docs/STUDY.md quote the reports).
 
 A quote block is the text between two markers, written as Markdown comments::
 
@@ -9,11 +11,12 @@ A quote block is the text between two markers, written as Markdown comments::
     > ... (generated: the section "## What the numbers say" of that file, as a blockquote)
     <!-- /quote -->
 
-The source is a path relative to the README's folder, optionally ``#Heading``: the section under
-``## Heading`` up to the next ``## `` heading (without the heading itself); without it, the whole
-file. Relative links and images in the quoted text are rewritten to stay valid from the README
-(``forest.png`` becomes ``reports/demo/forest.png``). ``tests/test_reports.py`` runs ``--check``
-on this repository's README, so a rebuilt report that is not re-quoted fails the suite.
+The source is a path relative to the quoting file's folder, optionally ``#Heading``: the section
+under ``## Heading`` up to the next ``## `` heading (without the heading itself); without it, the
+whole file. Relative links and images in the quoted text are rewritten to stay valid from the
+quoting file (``forest.png`` becomes ``../reports/demo/forest.png`` in docs/DEMO.md).
+``tests/test_reports.py`` runs ``--check`` on this repository's documents, so a rebuilt report
+that is not re-quoted fails the suite.
 """
 
 from __future__ import annotations
@@ -108,26 +111,38 @@ def sync(readme: Path) -> tuple[str, list[str]]:
     return _BLOCK.sub(replace, text), stale
 
 
+def default_files(root: Path = Path(".")) -> list[Path]:
+    """README.md and every docs/*.md under ``root`` (those that exist)."""
+    return [p for p in (root / "README.md", *sorted((root / "docs").glob("*.md"))) if p.is_file()]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m reports.quote", description=__doc__.split("\n\n")[0])
-    p.add_argument("readme", nargs="?", type=Path, default=Path("README.md"))
+    p.add_argument("files", nargs="*", type=Path, help="Markdown files with quote blocks (default: README.md, docs/*.md)")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is stale")
     args = p.parse_args(argv)
-    if not args.readme.is_file():
-        p.error(f"{args.readme}: no such file (expected a Markdown file with quote blocks)")
+    code = 0
+    for path in args.files or default_files():
+        if not path.is_file():
+            p.error(f"{path}: no such file (expected a Markdown file with quote blocks)")
+        code = max(code, _one(path, args.check))
+    return code
+
+
+def _one(path: Path, check: bool) -> int:
     try:
-        text, stale = sync(args.readme)
+        text, stale = sync(path)
     except QuoteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.check:
+    if check:
         for source in stale:
-            print(f"{args.readme}: the quote of {source} differs from its source; run python -m reports.quote "
-                  f"{args.readme}", file=sys.stderr)
+            print(f"{path}: the quote of {source} differs from its source; run python -m reports.quote {path}",
+                  file=sys.stderr)
         return 1 if stale else 0
     if stale:
-        write_text_atomic(args.readme, text)
-    print(f"{args.readme}: {len(stale)} quote block(s) updated" if stale else f"{args.readme}: quotes up to date")
+        write_text_atomic(path, text)
+    print(f"{path}: {len(stale)} quote block(s) updated" if stale else f"{path}: quotes up to date")
     return 0
 
 

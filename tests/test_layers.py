@@ -185,3 +185,12 @@ def test_the_check_fails_on_an_unknown_or_misplaced_module(tmp_path):
         "transfer.probes.knn imports transfer.detection.runner: one task package imports another",
         "transfer.probes.knn imports transfer.detection: one task package imports another",
     ]
+
+
+def test_no_module_shadows_the_standard_library():
+    """A script run by path (``python transfer/run_all.py``) puts its folder first on sys.path: every
+    module beside it is then importable by its bare name and must not hide a standard module."""
+    import sys
+
+    bare = {name.rpartition(".")[2] for name in project_modules()}
+    assert sorted(bare & set(sys.stdlib_module_names)) == []

@@ -188,7 +188,7 @@ def test_heldout_mean_w_reaches_the_mast_section(tmp_path):
     assert any("held-out pairs: 0.297" in line for line in build._mast_numbers(res))
 
 
-def test_readme_quotes_are_generated_from_their_reports_and_checked(tmp_path, capsys):
+def test_quotes_are_generated_from_their_reports_and_checked(tmp_path, capsys):
     from reports import quote
 
     (tmp_path / "reports/demo").mkdir(parents=True)
@@ -212,10 +212,12 @@ def test_readme_quotes_are_generated_from_their_reports_and_checked(tmp_path, ca
     assert capsys.readouterr().err.strip().endswith("reports/demo/index.md: no section '## What the numbers say'")
 
 
-def test_this_readme_quotes_the_committed_reports_verbatim():
+def test_the_documents_quote_the_committed_reports_verbatim():
     from reports import quote
 
-    readme = Path(__file__).resolve().parents[1] / "README.md"
-    sources = [m.group("source") for m in quote._BLOCK.finditer(readme.read_text())]
-    assert "reports/demo/index.md#What the numbers say" in sources and "reports/study/summary.md" in sources
-    assert quote.main(["--check", str(readme)]) == 0, "run: python -m reports.quote README.md"
+    repo = Path(__file__).resolve().parents[1]
+    files = quote.default_files(repo)
+    sources = {f.name: [m.group("source") for m in quote._BLOCK.finditer(f.read_text())] for f in files}
+    assert sources["DEMO.md"] == ["../reports/demo/index.md#What the numbers say"]
+    assert sources["STUDY.md"] == ["../reports/study/summary.md"]
+    assert quote.main(["--check", *map(str, files)]) == 0, "run: python -m reports.quote"

@@ -4,7 +4,7 @@
         [--name mast --name vicreg] [--backbone NAME ...] [--suite demo|paper|my.yaml] [--tasks knn linear] \\
         [--out runs/transfer] [--force] [--jobs N] [--report reports/NAME] [--baseline vicreg]
 
-A thin orchestrator over the task CLIs (``python -m transfer.<task> --ckpt C --out D --scale S``):
+A thin orchestrator over the task CLIs (``python -m <TASK_MODULES[task]> --ckpt C --out D --scale S``):
 every task runs in its own process, writes ``D/record.json``, and run_all appends that record
 (with the checkpoint name and task-config hash) to ``OUT/results.jsonl``. A crash, NaN or missing
 dataset is one failed/skipped record and the suite goes on; a re-run skips every task that already
