@@ -152,3 +152,22 @@ def test_vit_pools(tmp_path):
         assert vit_features(ref, x, "cls+avg").shape == (2, 384)
         four = vit_features(ref, x, "cls", last_blocks=4)
         assert four.shape == (2, 4 * 192) and torch.allclose(four[:, -192:], tokens[:, 0], atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["mae", "dinov2"])
+def test_inspect_shows_the_vit(tmp_path, layout, capsys):
+    from transfer.inspect import main
+
+    write, flags, codebase, pool = CASES[layout]
+    path = _save(tmp_path, write(W.timm_vit(16, IMG, **flags).state_dict(), None))
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"written by: {codebase}" in out and f"probe features: {pool}" in out
+    assert "vit_tiny_patch16" in out and "mask token (pretraining only)" in out
+
+
+def test_resnet_reader_refuses_a_vit_in_one_line(tmp_path):
+    from transfer.checkpoints import load_backbone
+
+    with pytest.raises(CheckpointError, match="no ResNet weights found; it holds a Vision Transformer"):
+        load_backbone(_save(tmp_path, W.timm_vit(16, IMG).state_dict()))
