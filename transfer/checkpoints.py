@@ -55,6 +55,10 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be mapped onto a torchvision ResNet (one-line message)."""
 
 
+class HoldsViT(CheckpointError):
+    """The checkpoint holds a Vision Transformer and no ResNet (:func:`transfer.vit.load_vit` reads it)."""
+
+
 @dataclass(frozen=True)
 class CheckpointInfo:
     path: str
@@ -126,7 +130,7 @@ def locate_backbone(obj: Any, path: Path, backbone: str | None = None) -> tuple[
     flat = flatten(obj)
     cands = find_candidates(flat)
     if not cands and find_vit_candidates(flat):  # a ViT: transfer.vit reads it (the tasks that take one)
-        raise CheckpointError(f"checkpoint {path}: no ResNet weights found; it holds a Vision Transformer, which "
+        raise HoldsViT(f"checkpoint {path}: no ResNet weights found; it holds a Vision Transformer, which "
                               "this step does not take (the probes do; see docs/VIT.md)")
     if not cands:
         raise CheckpointError(f"checkpoint {path}: no ResNet weights found (no 3-channel stem conv such as "

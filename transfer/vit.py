@@ -30,9 +30,13 @@ from transfer.vit_layouts import find_vit_candidates, square_part, to_timm
 HEAD_DIM = 64  # every ViT these codebases release (Ti/S/B/L/H, DINOv2 g) uses 64-dim heads
 SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge", 1536: "giant"}
 POOLS = ("cls", "avg", "cls+avg")
+VIT_TASKS = ("knn", "linear", "fewshot")  # the suite tasks that take a ViT checkpoint (run_all skips the others)
 # How each codebase evaluates its frozen ViT (the probes' default --vit-pool).
 DEFAULT_POOL = {"DINO": "cls", "iBOT": "cls", "MoCo v3": "cls", "MAE": "avg", "DINOv2": "cls+avg",
                 "mmpretrain": "cls", "timm": "cls"}
+# DINO's eval_linear (and iBOT's copy of it): ViT-S and smaller concatenate the class tokens of the last 4
+# blocks; ViT-B and larger take the last block's class token and average patch token (DINO README).
+LINEAR_DEFAULTS = {"DINO", "iBOT"}
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
@@ -172,6 +176,32 @@ def vit_features(model: nn.Module, x: Tensor, pool: str, last_blocks: int = 1) -
         return cls
     avg = patches.mean(dim=1)
     return avg if pool == "avg" else torch.cat([cls, avg], dim=-1)
+
+
+class VitFeatures(nn.Module):
+    """timm's ViT whose forward gives :func:`vit_features` (the probes' frozen network)."""
+
+    def __init__(self, model: nn.Module, pool: str, last_blocks: int = 1) -> None:
+        super().__init__()
+        if pool not in POOLS or last_blocks < 1:
+            raise ValueError(f"--vit-pool {pool!r} / --vit-last-blocks {last_blocks}: expected one of {POOLS} and >= 1")
+        self.model, self.pool, self.last_blocks = model, pool, last_blocks
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Tensor], info: "VitInfo", img_size: int, pool: str,
+                   last_blocks: int = 1) -> "VitFeatures":
+        spec = spec_of(info)
+        return cls(load_state(build_vit(spec, img_size), state, spec, img_size), pool, last_blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return vit_features(self.model, x, self.pool, self.last_blocks)
+
+
+def linear_default(info: "VitInfo") -> tuple[str, int]:
+    """``(pool, last blocks)`` of the codebase's own linear evaluation (else its kNN pooling, 1 block)."""
+    if info.codebase in LINEAR_DEFAULTS:
+        return ("cls", 4) if info.vit["embed_dim"] <= 384 else ("cls+avg", 1)
+    return info.default_pool, 1
 
 
 def guess_vit_codebase(flat: Mapping[str, Tensor], obj: Any, chosen_prefix: str, layout: str,
