@@ -25,7 +25,7 @@ def test_mmseg_mae_outputs_equal_the_reference_vit(tmp_path, patch, ls, train_im
     torch.save(W.dino(ref.state_dict(), ref.state_dict()), tmp_path / "d.pth")
     state, info = load_vit(tmp_path / "d.pth")
     cfg = _mae_cfg(patch, img)
-    check_vit_cfg(cfg, info, "test")
+    assert check_vit_cfg({"backbone": cfg}, info, "test") == []
     backbone = build_backbone(cfg)
     backbone.eval()  # mmseg's BEiT.train returns None
     converted, new, unused = to_mae_state(state, info, backbone.state_dict(), img)
@@ -66,10 +66,55 @@ def test_config_for_another_vit_is_refused(tmp_path):
     torch.save(W.timm_vit(16, 32, depth=4).state_dict(), tmp_path / "v.pth")
     _, info = load_vit(tmp_path / "v.pth")
     with pytest.raises(BackboneMismatch, match="does not match the checkpoint's vit_tiny_patch16"):
-        check_vit_cfg(dict(_mae_cfg(16, 32), embed_dims=768, num_heads=12), info, "x.py")
+        check_vit_cfg({"backbone": dict(_mae_cfg(16, 32), patch_size=8)}, info, "x.py")
     with pytest.raises(BackboneMismatch, match="cannot hold a ViT checkpoint"):
-        check_vit_cfg(dict(type="ResNet", depth=50), info, "x.py")
+        check_vit_cfg({"backbone": dict(type="ResNet", depth=50)}, info, "x.py")
+    # another width: adapted when the neck and heads read that width, refused otherwise
+    model = {"backbone": dict(_mae_cfg(16, 32), embed_dims=768, num_heads=12), "neck": dict(embed_dim=768),
+             "decode_head": dict(in_channels=[768] * 4), "auxiliary_head": dict(in_channels=768)}
+    assert check_vit_cfg(model, info, "x.py") and model["backbone"]["embed_dims"] == 192
+    assert model["decode_head"]["in_channels"] == [192] * 4 and model["neck"]["embed_dim"] == 192
+    model = {"backbone": dict(_mae_cfg(16, 32), embed_dims=768), "decode_head": dict(in_channels=[384] * 4)}
+    with pytest.raises(BackboneMismatch, match="neck/heads read"):
+        check_vit_cfg(model, info, "x.py")
     torch.save(W.dinov2(W.timm_vit(16, 32, reg=4, depth=4).state_dict()), tmp_path / "r.pth")
     _, info = load_vit(tmp_path / "r.pth")
     with pytest.raises(BackboneMismatch, match="no register tokens"):
-        check_vit_cfg(_mae_cfg(16, 32), info, "x.py")
+        check_vit_cfg({"backbone": _mae_cfg(16, 32)}, info, "x.py")
+
+
+DEMO_VIT = "transfer/mmseg_configs/upernet_mae_vit-t16_synthetic_64x64_demo.py"
+PAPER_VIT = "transfer/mmseg_configs/upernet_mae_vit-b16_ade20k_512x512_160k.py"
+
+
+def test_paper_config_is_the_mae_protocol():
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(PAPER_VIT)
+    assert cfg.model.backbone.type == "MAE" and cfg.model.backbone.out_indices == (3, 5, 7, 11)
+    assert cfg.optim_wrapper.constructor == "LayerDecayOptimizerConstructor"
+    assert cfg.optim_wrapper.paramwise_cfg == dict(num_layers=12, layer_decay_rate=0.65)
+    assert cfg.train_cfg.max_iters == 160000 and cfg.global_batch == 16 and cfg.crop_size == (512, 512)
+    assert cfg.train_dataloader.dataset.type == "ADE20KDataset" and cfg.model.decode_head.num_classes == 150
+
+
+@pytest.mark.slow
+def test_vit_segmentation_tiny_finetuning_run(tmp_path, synthetic_root):
+    import json
+
+    from transfer.segmentation.runner import main
+
+    ref = W.timm_vit(16, 64, dim=384, depth=12)  # a DINO ViT-S/16: the ViT-Tiny demo config is widened
+    torch.save(W.dino(ref.state_dict(), ref.state_dict()), tmp_path / "dino.pth")
+    out = tmp_path / "seg"
+    code = main(["--ckpt", str(tmp_path / "dino.pth"), "--out", str(out), "--data-root", str(synthetic_root),
+                 "--config", DEMO_VIT, "--threads", "1", "--cfg-options", "train_cfg.max_iters=2",
+                 "train_cfg.val_interval=2", "param_scheduler.0.end=1", "param_scheduler.1.begin=1",
+                 "param_scheduler.1.end=2", "train_dataloader.batch_size=2"])
+    record = json.loads((out / "record.json").read_text())
+    assert code == 0, record["error"]
+    assert record["checkpoint"]["codebase"] == "DINO" and record["config"]["model"]["backbone"]["embed_dims"] == 384
+    new = record["vit_conversion"]["new_tensors"]
+    assert len(new) == 12 * 3 and all("relative_position_bias_table" in k or "gamma" in k for k in new)
+    assert set(record["metrics"]) == {"mIoU", "mAcc", "aAcc"}
+    assert "backbone: all weights of" in (out / "train.log").read_text()

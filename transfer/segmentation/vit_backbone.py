@@ -36,9 +36,14 @@ TIMM_TO_MAE = (
 )
 
 
-def check_vit_cfg(backbone: dict, info: VitInfo, config_name: str) -> None:
-    """Refuse a backbone config that cannot hold the ViT of ``info`` (one line)."""
-    spec = spec_of(info)
+def check_vit_cfg(model: dict, info: VitInfo, config_name: str) -> list[str]:
+    """Refuse a model config whose backbone cannot hold the ViT of ``info`` (one line); returns notes.
+
+    As for ResNet depths, a config written for another *width* (the demo's ViT-Tiny) is adapted when
+    its neck and heads read that width: width, heads, neck and head ``in_channels`` are set for the
+    checkpoint. Patch size, MLP ratio and depth (``out_indices``, layer decay) must match.
+    """
+    spec, backbone = spec_of(info), model["backbone"]
     where = f"config {config_name}: model.backbone"
     if str(backbone.get("type")) not in VIT_TYPES:
         raise BackboneMismatch(f"{where}.type={backbone.get('type')!r} cannot hold a ViT checkpoint ({info.arch}); "
@@ -46,16 +51,30 @@ def check_vit_cfg(backbone: dict, info: VitInfo, config_name: str) -> None:
     if spec.reg_tokens or spec.no_embed_class or spec.pre_norm:
         raise BackboneMismatch(f"{where}: mmseg's MAE backbone has no register tokens / pre-norm; checkpoint "
                                f"{info.path} is a {info.arch} with {spec.reg_tokens} registers")
-    want = dict(embed_dims=spec.embed_dim, num_heads=spec.num_heads, patch_size=spec.patch_size)
-    wrong = {k: backbone.get(k) for k, v in want.items() if backbone.get(k, v) != v}
-    if wrong or float(backbone.get("mlp_ratio", 4)) != spec.mlp_ratio:
-        raise BackboneMismatch(f"{where} {wrong or {'mlp_ratio': backbone.get('mlp_ratio')}} does not match the "
-                               f"checkpoint's {info.arch} ({want}, mlp_ratio {spec.mlp_ratio}); use a config "
+    have = dict(patch_size=backbone.get("patch_size", 16), mlp_ratio=float(backbone.get("mlp_ratio", 4)),
+                num_layers=backbone.get("num_layers", 12))
+    want = dict(patch_size=spec.patch_size, mlp_ratio=spec.mlp_ratio, num_layers=spec.depth)
+    if have != want:
+        raise BackboneMismatch(f"{where} {have} does not match the checkpoint's {info.arch} {want}; use a config "
                                "written for that ViT")
-    if int(backbone.get("num_layers", spec.depth)) != spec.depth:
-        raise BackboneMismatch(f"{where}.num_layers={backbone.get('num_layers')}, the checkpoint has {spec.depth} "
-                               "blocks (out_indices and layer decay follow the depth): use a config for that depth")
-    backbone["num_layers"], backbone["mlp_ratio"] = spec.depth, int(spec.mlp_ratio)
+    backbone["mlp_ratio"] = int(spec.mlp_ratio)
+    old = int(backbone.get("embed_dims", 768))
+    if old == spec.embed_dim:
+        backbone["num_heads"] = spec.num_heads
+        return []
+    readers = [model.get("neck") or {}, model.get("decode_head") or {}, model.get("auxiliary_head") or {}]
+    widths = [r.get("embed_dim", r.get("in_channels")) for r in readers if r]
+    if any((w if isinstance(w, (list, tuple)) else [w]) != [old] * (len(w) if isinstance(w, (list, tuple)) else 1)
+           for w in widths):
+        raise BackboneMismatch(f"checkpoint {info.path} is a {info.arch} (width {spec.embed_dim}) but {where}."
+                               f"embed_dims={old} and the neck/heads read {widths}; use a config for that width")
+    backbone.update(embed_dims=spec.embed_dim, num_heads=spec.num_heads)
+    for r in readers:
+        for key in ("embed_dim", "in_channels"):
+            if key in r:
+                r[key] = [spec.embed_dim] * len(r[key]) if isinstance(r[key], (list, tuple)) else spec.embed_dim
+    return [f"model.backbone.embed_dims {old} -> {spec.embed_dim}, num_heads -> {spec.num_heads}, neck and head "
+            "widths to match (from the checkpoint)"]
 
 
 def to_mae_state(state: Mapping[str, Tensor], info: VitInfo, template: Mapping[str, Tensor],
