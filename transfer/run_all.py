@@ -97,7 +97,6 @@ def plan(ckpts: list[Checkpoint], suite: Suite, out: Path, force: bool) -> tuple
     """(jobs to run, jobs already done). Done = an ok record with the same name, ckpt sha256, config hash
     and --backbone."""
     from transfer.records import read_jsonl
-    from transfer.vit import VIT_TASKS
 
     done_keys = {
         (r.get("name"), r.get("ckpt_sha256"), r.get("task_config_hash"), r.get("backbone_option"))
@@ -108,8 +107,7 @@ def plan(ckpts: list[Checkpoint], suite: Suite, out: Path, force: bool) -> tuple
         for spec in suite.tasks:
             if spec.checkpoints == "trained" and ckpt.untrained:
                 continue
-            if ckpt.family == "vit" and spec.task not in VIT_TASKS:
-                print(f"{ckpt.label} · {spec.name}: not run (a ViT; task {spec.task} takes ResNets)", flush=True)
+            if not spec.takes(ckpt.family):  # a ViT task on a ResNet, or a ResNet config on a ViT
                 continue
             job = Job(ckpt, spec, ckpt.task_dir(out, spec.name))
             key = (ckpt.name, ckpt.sha256, spec.config_hash, ckpt.backbone)

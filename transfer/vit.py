@@ -30,7 +30,6 @@ from transfer.vit_layouts import find_vit_candidates, square_part, to_timm
 HEAD_DIM = 64  # every ViT these codebases release (Ti/S/B/L/H, DINOv2 g) uses 64-dim heads
 SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge", 1536: "giant"}
 POOLS = ("cls", "avg", "cls+avg")
-VIT_TASKS = ("knn", "linear", "fewshot")  # the suite tasks that take a ViT checkpoint (run_all skips the others)
 # How each codebase evaluates its frozen ViT (the probes' default --vit-pool).
 DEFAULT_POOL = {"DINO": "cls", "iBOT": "cls", "MoCo v3": "cls", "MAE": "avg", "DINOv2": "cls+avg",
                 "mmpretrain": "cls", "timm": "cls"}
