@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,3 +88,25 @@ def test_batchnorm_is_batchnorm1d_without_affine():
     bn(x)  # momentum 1: running stats = this batch's (running_var unbiased; ours is BatchNorm's batch variance)
     bn.running_var.mul_((len(x) - 1) / len(x))
     assert torch.allclose(batchnorm(x, y)[0], bn.eval()(y), atol=1e-5)
+
+
+def test_report_says_the_backbones_when_a_vit_is_in_it(tmp_path):
+    from reports import tables
+    from reports.results import load_results
+
+    data = tmp_path / "results.jsonl"
+    lines = [json.loads(x) for x in (Path(__file__).parent / "data" / "results.jsonl").read_text().splitlines()
+             if x.startswith("{") and x.rstrip().endswith("}")][:2]
+    resnet_only = tables.markdown_report(load_results(_write(data, lines)), None)
+    assert "Backbones:" not in resnet_only and "· backbone:" not in resnet_only  # ResNet reports unchanged
+    vit = json.loads(json.dumps(lines[0]))
+    vit.update(name="dino_vits16", ckpt_sha256="3" * 64)
+    vit["checkpoint"].update(arch="vit_small_patch16", family="vit", codebase="DINO", sha256="3" * 64)
+    report = tables.markdown_report(load_results(_write(data, [*lines, vit])), None)
+    assert "Backbones: vicreg resnet18; mast resnet18; dino_vits16 vit_small_patch16 (DINO)" in report
+    assert "· backbone: resnet18, vit_small_patch16" in report
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
