@@ -240,17 +240,6 @@ def locate_vit(obj: Any, path: Path, backbone: str | None = None):
     return flat, cands, chosen, how
 
 
-def is_vit_checkpoint(path: str | Path) -> bool:
-    """Whether ``path`` holds a ViT and no ResNet (the tasks' switch between the two readers)."""
-    from transfer.layouts import find_candidates
-
-    obj = read_checkpoint(path)
-    if not isinstance(obj, Mapping):
-        return False
-    flat = flatten(obj)
-    return bool(find_vit_candidates(flat)) and not find_candidates(flat)
-
-
 def load_vit(path: str | Path, backbone: str | None = None) -> tuple[dict[str, Tensor], VitInfo]:
     """Load ``path`` and return ``(timm VisionTransformer state_dict, info)`` (``info.vit``: the spec)."""
     path = Path(path)
