@@ -32,6 +32,7 @@ import torchvision
 from torch import Tensor, nn
 
 from mast import rundir
+from transfer.vit_layouts import find_vit_candidates
 from transfer.layouts import (Candidate, LayoutError, backbone_tensors, choose, find_candidates, flatten,
                               guess_codebase)
 
@@ -53,6 +54,10 @@ SAFE_GLOBALS = [argparse.Namespace]
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be mapped onto a torchvision ResNet (one-line message)."""
+
+
+class HoldsViT(CheckpointError):
+    """The checkpoint holds a Vision Transformer and no ResNet (:func:`transfer.vit.load_vit` reads it)."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,9 @@ def locate_backbone(obj: Any, path: Path, backbone: str | None = None) -> tuple[
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a state_dict (a dict of tensors)")
     flat = flatten(obj)
     cands = find_candidates(flat)
+    if not cands and find_vit_candidates(flat):  # a ViT: transfer.vit reads it (the tasks that take one)
+        raise HoldsViT(f"checkpoint {path}: no ResNet weights found; it holds a Vision Transformer, which "
+                              "this step does not take (the probes do; see docs/VIT.md)")
     if not cands:
         raise CheckpointError(f"checkpoint {path}: no ResNet weights found (no 3-channel stem conv such as "
                               f"{_ANCHOR!r}; top-level keys: {', '.join(map(str, list(obj)[:8]))})")

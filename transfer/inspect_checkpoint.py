@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from transfer.checkpoints import (CheckpointError, canonicalise, detect_arch, find_method, add_backbone_arg,
                                   read_checkpoint, sha256_file)
+from transfer.vit_layouts import find_vit_candidates
 from transfer.layouts import Candidate, LayoutError, backbone_tensors, choose, find_candidates, flatten, guess_codebase
 
 METADATA_KEYS = ("epoch", "epochs", "global_step", "iteration", "iter", "phase_idx", "train_phase_idx", "arch",
@@ -41,6 +42,10 @@ def inspect_checkpoint(path: str | Path, backbone: str | None = None) -> dict[st
         "codebase": None, "chosen": None, "choice": None, "arch": None, "layout": None, "parameters": None,
         "unused": [], "error": None,
     }
+    if not cands and find_vit_candidates(flat):
+        from transfer.vit_inspect import inspect_vit
+
+        return inspect_vit(obj, flat, path, backbone, report)
     chosen = None
     try:
         if not cands:
@@ -122,9 +127,11 @@ def format_report(r: dict[str, Any]) -> str:
     if r["chosen"] is not None:
         lines.append(f"backbone: '{r['chosen']}' ({r['choice']})")
     if r["arch"]:
-        layout = "nn.Sequential child indices" if r["layout"] == "sequential" else "torchvision names"
-        params = f", {r['parameters']:,} parameters without fc" if r["parameters"] else ""
+        layout = {"sequential": "nn.Sequential child indices", "torchvision": "torchvision names"}.get(r["layout"], r["layout"])
+        params = f", {r['parameters']:,} parameters without {'head' if r.get('vit_pool') else 'fc'}" if r["parameters"] else ""
         lines.append(f"architecture: {r['arch']} ({layout}{params})")
+    if r.get("vit_pool"):
+        lines.append(f"probe features: {r['vit_pool']} (as {r['codebase']} evaluates; --vit-pool to change)")
     if r["unused"]:
         lines.append("unused: " + "; ".join(f"{u['group']} {u['count']} ({u['reason']})" for u in r["unused"]))
     meta = ", ".join(f"{k}={v}" for k, v in r["metadata"].items())

@@ -8,6 +8,7 @@ A suite file is either a list of task entries or a mapping with ``scale``, ``var
       - name: knn_shape                  # unique instance name (default: the task); names the output dir
         task: knn                        # one of TASK_MODULES: runs `python -m transfer.probes.knn`
         checkpoints: all                 # all | trained (trained: not on the random-init floor)
+        backbones: any                   # resnet | vit | any (default: any for the probes, resnet otherwise)
         timeout_min: 30                  # optional wall-clock limit
         args: {data: "{data}/classification/shape"}   # -> --data data/synthetic/classification/shape
         extra_args: [SOLVER.MAX_ITER, "100"]           # appended verbatim (e.g. detectron2 KEY VALUE)
@@ -43,7 +44,9 @@ TASK_MODULES = {"detection": "transfer.detection", "segmentation": "transfer.seg
                 "fewshot": "transfer.probes.fewshot", "linear": "transfer.probes.linear", "knn": "transfer.probes.knn"}
 TASKS = tuple(TASK_MODULES)
 SCALES = ("demo", "paper")
-ENTRY_KEYS = ("name", "task", "args", "extra_args", "checkpoints", "scale", "timeout_min", "env")
+ENTRY_KEYS = ("name", "task", "args", "extra_args", "checkpoints", "scale", "timeout_min", "env", "backbones")
+BACKBONE_FAMILIES = ("resnet", "vit", "any")
+PROBE_TASKS = ("knn", "linear", "fewshot")  # frozen features: a ResNet or a ViT (transfer.vit)
 SUITE_KEYS = ("scale", "vars", "tasks")
 CHECKPOINT_SETS = ("all", "trained")
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
@@ -85,6 +88,11 @@ class TaskSpec:
     env: dict[str, str] = field(default_factory=dict)
     overrides: tuple[str, ...] = ()  # the user's --task-args for this task
     smoke: bool = False
+    backbones: str = "resnet"  # which checkpoints the task takes: resnet | vit | any (not in the hash)
+
+    def takes(self, family: str) -> bool:
+        """Whether a checkpoint of ``family`` ("resnet" or "vit") runs this task."""
+        return self.backbones in ("any", family)
 
     @property
     def config_hash(self) -> str:
@@ -249,8 +257,11 @@ def _parse_entry(entry: Any, index: int, path: Path, variables: dict[str, str], 
     if not isinstance(env, dict):
         raise SuiteError(f"{where}: 'env' must be a mapping of NAME -> value")
     env = {str(k): str(_substitute(str(v), variables, f"{where}: env.{k}")) for k, v in env.items()}
+    backbones = entry.get("backbones", "any" if task in PROBE_TASKS else "resnet")
+    if backbones not in BACKBONE_FAMILIES:
+        raise SuiteError(f"{where}: backbones {backbones!r} (expected one of {list(BACKBONE_FAMILIES)})")
     _check_task_options(task, resolved, where)
-    return TaskSpec(name, task, resolved, task_scale, checkpoints, timeout, extra, env)
+    return TaskSpec(name, task, resolved, task_scale, checkpoints, timeout, extra, env, backbones=backbones)
 
 
 RUN_ALL_OPTIONS = ("ckpt", "out", "scale", "force", "backbone")  # every task gets these from run_all

@@ -34,6 +34,7 @@ class Checkpoint:
     seed_index: int = 0  # number among the checkpoints sharing this name (by pretraining seed, else order)
     shared: bool = False  # the name is shared: results go one folder deeper, per checkpoint
     pretrain_seed: int | None = None  # CheckpointInfo.pretrain_seed: the run's ``seed``, when known
+    family: str = "resnet"  # "resnet" or "vit" (transfer.vit): which tasks can take it
 
     @property
     def label(self) -> str:
@@ -51,8 +52,9 @@ def default_name(path: Path) -> str:
 
 
 def resolve_checkpoints(paths: list[str], names: list[str], backbones: list[str] | None = None) -> list[Checkpoint]:
-    """Validate every --ckpt before anything runs: it exists, maps onto a ResNet; a shared name groups seeds."""
-    from transfer.checkpoints import CheckpointError, load_backbone
+    """Validate every --ckpt before anything runs: it exists, maps onto a ResNet or a ViT; a shared name groups seeds."""
+    from transfer.checkpoints import CheckpointError, HoldsViT, load_backbone
+    from transfer.vit import load_vit
 
     if names and len(names) != len(paths):
         raise UsageError(f"--name given {len(names)} times for {len(paths)} --ckpt; give one per checkpoint or none")
@@ -67,14 +69,18 @@ def resolve_checkpoints(paths: list[str], names: list[str], backbones: list[str]
         if not path.is_file():
             raise UsageError(f"--ckpt {raw}: no such file (expected a checkpoint .pth)")
         try:
-            _, info = load_backbone(path, choices[i] if choices else None)
+            try:
+                _, info = load_backbone(path, choices[i] if choices else None)
+            except HoldsViT:
+                _, info = load_vit(path, choices[i] if choices else None)
         except CheckpointError as e:
             raise UsageError(f"--ckpt {raw}: {e}") from None
         name = names[i] if names else default_name(path)
         if not name or not set(name) <= _NAME_CHARS or set(name) == {"."}:
             raise UsageError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (it names a directory)")
         out.append(Checkpoint(name, path, info.sha256, info.arch, info.method, path.stem == UNTRAINED_STEM,
-                              choices[i] if choices else None, info.backbone, pretrain_seed=info.pretrain_seed))
+                              choices[i] if choices else None, info.backbone, pretrain_seed=info.pretrain_seed,
+                              family=getattr(info, "family", "resnet")))
     return _group_seeds(out)
 
 

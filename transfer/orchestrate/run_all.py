@@ -99,6 +99,8 @@ def plan(ckpts: list[Checkpoint], suite: Suite, out: Path, force: bool) -> tuple
         for spec in suite.tasks:
             if spec.checkpoints == "trained" and ckpt.untrained:
                 continue
+            if not spec.takes(ckpt.family):  # a ViT task on a ResNet, or a ResNet config on a ViT
+                continue
             job = Job(ckpt, spec, ckpt.task_dir(out, spec.name))
             key = (ckpt.name, ckpt.sha256, spec.config_hash, ckpt.backbone)
             (done if key in done_keys and not force else todo).append(job)

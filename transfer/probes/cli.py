@@ -60,6 +60,12 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--force", action="store_true", help="replace an existing record.json in --out")
     add_backbone_arg(parser)
+    parser.add_argument("--vit-pool", choices=["cls", "avg", "cls+avg"], default=None,
+                        help="ViT features: class token, average patch token, or both (default: as the "
+                             "checkpoint's codebase evaluates: DINO/iBOT/MoCo v3 cls, MAE avg, DINOv2 cls+avg)")
+    parser.add_argument("--vit-last-blocks", type=_optional_int, default=None,
+                        help="ViT: concatenate the class tokens of the last N blocks (DINO eval_linear's "
+                             "n_last_blocks; default 4 for DINO/iBOT ViT-S in the linear probe, else 1)")
 
 
 def dataset_name(data: str | Path) -> str:
@@ -113,7 +119,7 @@ def check_disjoint(task: str, extractor: FeatureExtractor, data: str | Path, fit
 
 
 def run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[int] | None = None,
-             crop_fraction: float = 1.0, fewshot: bool = False, carve_val: bool = False) -> int:
+             crop_fraction: float = 1.0, fewshot: bool = False, carve_val: bool = False, linear: bool = False) -> int:
     """Run ``body(run, extractor)`` inside a :class:`transfer.records.TaskRun`; return the exit code.
 
     A missing ``--data`` folder is ``skipped`` (exit 3); an unreadable checkpoint or dataset, or
@@ -134,13 +140,13 @@ def run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[in
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        return _run_task(task, args, body, seeds, crop_fraction, fewshot, carve_val)
+        return _run_task(task, args, body, seeds, crop_fraction, fewshot, carve_val, linear)
     finally:
         torch.set_num_threads(previous_threads)  # callers in the same process (tests) keep their setting
 
 
 def _run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[int] | None,
-              crop_fraction: float, fewshot: bool, carve_val: bool) -> int:
+              crop_fraction: float, fewshot: bool, carve_val: bool, linear: bool = False) -> int:
     from transfer.probes.datasets import REGISTRY
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
@@ -152,8 +158,11 @@ def _run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[i
                                          normalize=args.normalize, crop_fraction=crop_fraction,
                                          require_size=args.scale == "paper",
                                          dataset=args.dataset if args.dataset in REGISTRY else None,
-                                         split_file=args.split_file, fewshot=fewshot, carve_val=carve_val)
+                                         split_file=args.split_file, fewshot=fewshot, carve_val=carve_val,
+                                         vit_pool=getattr(args, "vit_pool", None),
+                                         vit_last_blocks=getattr(args, "vit_last_blocks", None), linear=linear)
             config["image_size"] = extractor.image_size
+            config["vit_pool"], config["vit_last_blocks"] = extractor.vit_pool, extractor.vit_last_blocks
             config["normalize"] = extractor.preprocess.normalize
         except (CheckpointError, FeatureError, OSError, ValueError) as e:
             load_error = e

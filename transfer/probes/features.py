@@ -6,7 +6,10 @@ name), are read and cropped as the pretraining kNN monitor reads them (shorter s
 ``resize``, bicubic, then the centre ``size`` square: :func:`mast.data.folder.center_square`),
 normalised (:class:`Preprocess`: ImageNet's or STL-10's statistics, or the user's), and then go
 through the checkpoint's ResNet (``fc = Identity``, eval mode, no grad, channels_last, batched).
-The output is the un-normalised pooled feature, as in AugSelf.
+The output is the un-normalised pooled feature, as in AugSelf. A ViT checkpoint
+(:mod:`transfer.vit`) goes through timm's ViT instead, at the resolution asked (position
+embedding resampled), and gives the tokens its codebase evaluates (``vit_pool``:
+:func:`transfer.vit.vit_features`; default :data:`transfer.vit.DEFAULT_POOL`).
 
 Preprocessing defaults come from the checkpoint's pretraining run (``config.yaml``:
 ``augment.size``, ``augment.mean``/``std``); a checkpoint from elsewhere has none, so at
@@ -35,7 +38,7 @@ from mast import rundir
 from mast.atomic import torch_save_atomic
 from mast.data.folder import DatasetError, center_square, open_rgb
 
-from transfer.checkpoints import CheckpointInfo, build_resnet, load_backbone, weights_id
+from transfer.checkpoints import CheckpointInfo, HoldsViT, build_resnet, load_backbone, weights_id
 
 __all__ = ["FeatureError", "SplitFeatures", "FeatureExtractor", "Preprocess", "pretrain_resolution",
            "parse_normalize"]
@@ -153,16 +156,30 @@ class FeatureExtractor:
     ``normalize=None``: the run config's mean/std, else ImageNet's. ``crop_fraction`` < 1 resizes
     the shorter side to ``size / crop_fraction`` before the centre crop (kNN, DINO: 0.875).
     ``dataset`` names a registry entry (:mod:`transfer.probes.datasets`; None: ImageFolder).
-    ``model`` stays ``None`` until a cache miss needs the network.
+    ``model`` stays ``None`` until a cache miss needs the network. ``vit_pool``/``vit_last_blocks``
+    (a ViT only; None: its codebase's own choice, for the linear probe with ``linear``).
     """
 
     def __init__(self, ckpt: str | Path, image_size: int | None = None, cache_dir: str | Path = ".cache/features",
                  batch_size: int = 128, num_workers: int = 0, device: str = "auto", progress: bool = True,
                  backbone: str | None = None, normalize: str | None = None, crop_fraction: float = 1.0, require_size: bool = False,
                  dataset: str | None = None, split_file: str | None = None, fewshot: bool = False,
-                 carve_val: bool = False) -> None:
-        self.state, self.info = load_backbone(ckpt, backbone)
-        recorded = pretrain_resolution(self.info)
+                 carve_val: bool = False, vit_pool: str | None = None, vit_last_blocks: int | None = None,
+                 linear: bool = False) -> None:
+        try:
+            self.state, self.info = load_backbone(ckpt, backbone)
+        except HoldsViT:
+            from transfer.vit import load_vit
+
+            self.state, self.info = load_vit(ckpt, backbone)
+        self.vit = getattr(self.info, "family", "resnet") == "vit"
+        self.vit_pool = self.vit_last_blocks = None
+        if self.vit:
+            from transfer.vit import linear_default
+
+            pool, blocks = linear_default(self.info) if linear else (self.info.default_pool, 1)
+            self.vit_pool, self.vit_last_blocks = vit_pool or pool, vit_last_blocks or blocks
+        recorded = pretrain_resolution(self.info) or (self.info.vit["img_size"] if self.vit else None)
         if image_size is None and recorded is None:
             if require_size:
                 raise FeatureError(f"checkpoint {ckpt} has no recorded pretraining resolution (no run config.yaml "
@@ -171,6 +188,9 @@ class FeatureExtractor:
             print(f"features: no pretraining resolution found for {ckpt}; using {DEFAULT_RESOLUTION} px "
                   "(pass --image-size to choose)", file=sys.stderr)
         self.image_size = image_size or recorded or DEFAULT_RESOLUTION
+        if self.vit and self.image_size % self.info.vit["patch_size"]:
+            raise FeatureError(f"--image-size {self.image_size} is not a multiple of the ViT's patch size "
+                               f"{self.info.vit['patch_size']} ({ckpt})")
         if normalize is not None:
             name, mean, std = parse_normalize(normalize)
         else:
@@ -190,6 +210,8 @@ class FeatureExtractor:
         head = {"ckpt_sha256": weights_id(self.info), "arch": self.info.arch, "root": str(root.resolve()),
                 "dataset": self.dataset, "split": split, "split_info": items.info, "transform": self.preprocess.transform_id(),
                 "items": items.fingerprint()}
+        if self.vit:  # a ViT's feature depends on the pooling too (ResNet keys stay as they were)
+            head["vit"] = {"pool": self.vit_pool, "last_blocks": self.vit_last_blocks, "size": self.image_size}
         return hashlib.sha256(json.dumps(head, sort_keys=True).encode()).hexdigest()
 
     def items(self, root: str | Path, split: str):
@@ -231,6 +253,11 @@ class FeatureExtractor:
         return SplitFeatures(feats, labels, items.classes, False, path)
 
     def _network(self) -> nn.Module:
+        if self.model is None and self.vit:
+            from transfer.vit import VitFeatures
+
+            self.model = VitFeatures.from_state(self.state, self.info, self.image_size, self.vit_pool,
+                                                self.vit_last_blocks).eval().to(self.device)
         if self.model is None:
             model = build_resnet(self.info.arch)
             model.load_state_dict(self.state, strict=True)

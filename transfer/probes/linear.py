@@ -110,6 +110,13 @@ def sweep(train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor], num_classes:
     return best, best_wd, best_acc, history[::-1]
 
 
+def batchnorm(fit: Tensor, *xs: Tensor, eps: float = 1e-6) -> tuple[Tensor, ...]:
+    """``xs`` standardised with ``fit``'s per-dimension mean and (biased) variance: MAE's linear-probe
+    ``BatchNorm1d(affine=False, eps=1e-6)`` with its statistics taken on the fitted split."""
+    mean, var = fit.mean(0), fit.var(0, unbiased=False)
+    return tuple((x - mean) / torch.sqrt(var + eps) for x in xs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The options of ``python -m transfer.probes.linear`` (run_all checks suite args against them)."""
     from transfer.probes.cli import add_common_args
@@ -125,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-iter", type=int, default=None,
                         help="L-BFGS iterations per fit (default: 5000 = AugSelf at --scale paper, 50 at demo)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation of the classifier")
+    parser.add_argument("--feature-bn", choices=["auto", "on", "off"], default="auto",
+                        help="standardise features with the fitted split's statistics first: MAE's linear-probe "
+                             "BatchNorm1d(affine=False, eps=1e-6) (auto: on for MAE ViTs only)")
     parser.add_argument("--verbose", action="store_true", help="print the validation accuracy of every λ")
     return parser
 
@@ -155,9 +165,16 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"dataset {args.data}: {len(classes)} class; a probe needs at least 2")
         (xtr, ytr), (xva, yva), (xte, yte) = [(s.features, s.labels) for s in splits]
         log = (lambda m: print(m, file=sys.stderr)) if args.verbose else None
-        model, wd, val_acc, history = sweep((xtr, ytr), (xva, yva), len(classes), args.metric,
+        bn = args.feature_bn == "on" or (args.feature_bn == "auto" and extractor.vit
+                                         and extractor.info.codebase == "MAE")
+        xtr_fit, xva_fit = batchnorm(xtr, xtr, xva) if bn else (xtr, xva)
+        model, wd, val_acc, history = sweep((xtr_fit, ytr), (xva_fit, yva), len(classes), args.metric,
                                             seed=args.seed, max_iter=args.max_iter, log=log)
-        fit_linear(model, torch.cat([xtr, xva]), torch.cat([ytr, yva]), wd, max_iter=args.max_iter)
+        xfit = torch.cat([xtr, xva])
+        if bn:  # the refit sees train+val, so its statistics are those of train+val
+            xfit, xte = batchnorm(xfit, xfit, xte)
+        fit_linear(model, xfit, torch.cat([ytr, yva]), wd, max_iter=args.max_iter)
+        run.extra["feature_bn"] = bn
         record_scores(run, "top1", (model.logits(xte).argmax(1) == yte).cpu().numpy(), "test images")
         if args.metric == "class_avg":
             run.metrics["class_avg"] = accuracy(model, xte, yte, "class_avg")
@@ -165,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "n_train": len(ytr), "n_val": len(yva), "n_test": len(yte)}
         print(f"linear: test top1 = {run.metrics['top1']:.2f} (wd {wd:.2e}, val {args.metric} {val_acc:.2f})")
 
-    return run_task("linear", args, body, seeds=[args.seed], carve_val=True)
+    return run_task("linear", args, body, seeds=[args.seed], carve_val=True, linear=True)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,8 @@ def to_mmseg_file(state: Mapping[str, Tensor], info: CheckpointInfo, out_dir: Pa
 def read_converted(path: Path) -> dict[str, Tensor]:
     """The backbone part of a converted file, prefix removed (user data: ``weights_only=True``)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state.get("state_dict"), dict):  # a ViT file: mmseg's MAE.init_weights reads it unprefixed
+        return state["state_dict"]
     return {k[len(MMSEG_PREFIX):]: v for k, v in state.items() if k.startswith(MMSEG_PREFIX)}
 
 

@@ -91,6 +91,8 @@ def shrink_for_smoke(cfg: Any, side: int = 32, iters: int = 2) -> None:
             if step.get("type") == "Pad":
                 step["size"] = crop
     cfg.model.data_preprocessor.size = crop
+    if "img_size" in cfg.model.backbone:  # a ViT: its position embedding and relative tables follow the crop
+        cfg.model.backbone.img_size = crop
     test_cfg = cfg.model.get("test_cfg") or {}
     if test_cfg.get("mode") == "slide":
         test_cfg.update(crop_size=crop, stride=(side // 2, side // 2))

@@ -85,7 +85,12 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
     if args.data_root:
         set_data_root(cfg, args.data_root)
     heads = (cfg.model.get("decode_head"), cfg.model.get("auxiliary_head"))
-    cfg.depth_notes = check_backbone_cfg(cfg.model.backbone, info, path.name, heads)
+    if getattr(info, "family", "resnet") == "vit":
+        from transfer.segmentation.vit_backbone import check_vit_cfg
+
+        cfg.depth_notes = check_vit_cfg(cfg.model, info, path.name)
+    else:
+        cfg.depth_notes = check_backbone_cfg(cfg.model.backbone, info, path.name, heads)
     if args.smoke:
         shrink_for_smoke(cfg)
     cfg.launcher = args.launcher
@@ -219,7 +224,7 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
     """The whole task; ``task`` is None on ranks > 0 (only rank 0 writes the record)."""
     from dataclasses import asdict
 
-    from transfer.checkpoints import load_backbone
+    from transfer.checkpoints import HoldsViT, load_backbone
     from transfer.engines import require_mmseg
     from transfer.segmentation.backbone import to_mmseg_file
     from transfer.segmentation.data import check_data_layout
@@ -229,7 +234,12 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    state, info = load_backbone(args.ckpt, args.backbone)
+    try:
+        state, info = load_backbone(args.ckpt, args.backbone)
+    except HoldsViT:
+        from transfer.vit import load_vit
+
+        state, info = load_vit(args.ckpt, args.backbone)
     cfg = load_config(args, info)
     cfg.resume = bool(args.resume)
     dataset = str(cfg.get("dataset_name") or Path(cfg.config_file).stem)
@@ -242,7 +252,14 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
             task.record["scale"] = "smoke"
     check_data_layout(cfg, dataset)
     out = Path(args.out)
-    converted = to_mmseg_file(state, info, out)
+    if getattr(info, "family", "resnet") == "vit":
+        from transfer.segmentation.vit_backbone import to_mmseg_vit_file
+
+        converted, new, unused = to_mmseg_vit_file(state, info, cfg.model.backbone, out)
+        if task is not None:  # tensors the engine's ViT has and the checkpoint had not (zero rel-pos, unit gammas)
+            task.record["vit_conversion"] = {"new_tensors": new, "unused": unused}
+    else:
+        converted = to_mmseg_file(state, info, out)
     attach_checkpoint(cfg, converted)
     if task is not None:
         write_text_atomic(out / "mmseg_config.py", cfg.pretty_text)

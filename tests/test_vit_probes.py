@@ -1,0 +1,112 @@
+"""The probes on ViT checkpoints: the features each codebase evaluates, recorded and selectable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import vit_writers as W
+from transfer.probes import knn, linear
+from transfer.probes.features import FeatureError, FeatureExtractor
+from transfer.probes.linear import batchnorm
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _dino(tmp_path, dim=192):
+    ref, other = W.timm_vit(16, 32, seed=0, dim=dim, depth=4), W.timm_vit(16, 32, seed=1, dim=dim, depth=4)
+    path = tmp_path / "dino.pth"
+    torch.save(W.dino(ref.state_dict(), other.state_dict()), path)
+    return path, ref
+
+
+def _pixels(extractor, root, split):
+    from transfer.probes.datasets import load_split
+    from transfer.probes.features import _ImageList
+
+    items = load_split(root, split, None, None, False, False)
+    return torch.stack([_ImageList(items, extractor.preprocess)[i] for i in range(len(items))])
+
+
+@pytest.mark.parametrize("pool, last_blocks", [(None, None), ("avg", None), ("cls+avg", None), ("cls", 2)])
+def test_features_are_the_reference_vits_tokens(synthetic_root, tmp_path, pool, last_blocks):
+    path, ref = _dino(tmp_path)
+    root = synthetic_root / "classification" / "shape"
+    ex = FeatureExtractor(path, cache_dir=tmp_path / "cache", progress=False, vit_pool=pool, vit_last_blocks=last_blocks)
+    assert ex.image_size == 32 and ex.vit_pool == (pool or "cls")  # DINO evaluates the class token
+    got = ex.features(root, "test").features
+    x = _pixels(ex, root, "test")
+    with torch.no_grad():
+        tokens = ref.forward_features(x)
+        want = {"cls": tokens[:, 0], "avg": tokens[:, 1:].mean(1),
+                "cls+avg": torch.cat([tokens[:, 0], tokens[:, 1:].mean(1)], 1)}[pool or "cls"]
+        if last_blocks:
+            want = torch.cat([o[1][:, 0] for o in ref.get_intermediate_layers(x, 2, return_prefix_tokens=True,
+                                                                                 norm=True)], 1)
+    assert float((got - want).abs().max()) <= 1e-5
+    again = FeatureExtractor(path, cache_dir=tmp_path / "cache", progress=False, vit_pool="avg" if pool is None else None)
+    assert not torch.equal(again.features(root, "test").features, got)  # another pooling: another cache key
+
+
+def test_resolution_must_fit_the_patch(tmp_path):
+    path, _ = _dino(tmp_path)
+    with pytest.raises(FeatureError, match="not a multiple of the ViT's patch size 16"):
+        FeatureExtractor(path, image_size=40, progress=False)
+
+
+def test_probe_clis_record_the_pooling(synthetic_root, tmp_path):
+    path, _ = _dino(tmp_path)
+    common = ["--ckpt", str(path), "--data", str(synthetic_root / "classification" / "color"),
+              "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    assert linear.main([*common, "--out", str(tmp_path / "lin")]) == 0
+    assert knn.main([*common, "--out", str(tmp_path / "knn"), "--vit-pool", "cls+avg"]) == 0
+    lin = json.loads((tmp_path / "lin" / "record.json").read_text())
+    kn = json.loads((tmp_path / "knn" / "record.json").read_text())
+    assert lin["status"] == kn["status"] == "ok"
+    # DINO's eval_linear on a ViT-S or smaller: the class tokens of the last 4 blocks
+    assert (lin["config"]["vit_pool"], lin["config"]["vit_last_blocks"]) == ("cls", 4) and lin["feature_bn"] is False
+    assert (kn["config"]["vit_pool"], kn["config"]["vit_last_blocks"]) == ("cls+avg", 1)
+    assert lin["checkpoint"]["codebase"] == "DINO" and lin["checkpoint"]["vit"]["patch_size"] == 16
+
+
+def test_mae_linear_probe_uses_its_batchnorm(synthetic_root, tmp_path):
+    ref = W.timm_vit(16, 32, depth=2)
+    torch.save(W.mae(ref.state_dict()), tmp_path / "mae.pth")
+    args = ["--ckpt", str(tmp_path / "mae.pth"), "--data", str(synthetic_root / "classification" / "color"),
+            "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--out", str(tmp_path / "lin")]
+    assert linear.main(args) == 0
+    rec = json.loads((tmp_path / "lin" / "record.json").read_text())
+    assert rec["feature_bn"] is True and rec["config"]["vit_pool"] == "avg"
+
+
+def test_batchnorm_is_batchnorm1d_without_affine():
+    x, y = torch.randn(50, 7) * 3 + 1, torch.randn(9, 7)
+    bn = torch.nn.BatchNorm1d(7, affine=False, eps=1e-6, momentum=1.0).train()
+    bn(x)  # momentum 1: running stats = this batch's (running_var unbiased; ours is BatchNorm's batch variance)
+    bn.running_var.mul_((len(x) - 1) / len(x))
+    assert torch.allclose(batchnorm(x, y)[0], bn.eval()(y), atol=1e-5)
+
+
+def test_report_says_the_backbones_when_a_vit_is_in_it(tmp_path):
+    from reports import tables
+    from reports.results import load_results
+
+    data = tmp_path / "results.jsonl"
+    lines = [json.loads(x) for x in (Path(__file__).parent / "data" / "results.jsonl").read_text().splitlines()
+             if x.startswith("{") and x.rstrip().endswith("}")][:2]
+    resnet_only = tables.markdown_report(load_results(_write(data, lines)), None)
+    assert "Backbones:" not in resnet_only and "· backbone:" not in resnet_only  # ResNet reports unchanged
+    vit = json.loads(json.dumps(lines[0]))
+    vit.update(name="dino_vits16", ckpt_sha256="3" * 64)
+    vit["checkpoint"].update(arch="vit_small_patch16", family="vit", codebase="DINO", sha256="3" * 64)
+    report = tables.markdown_report(load_results(_write(data, [*lines, vit])), None)
+    assert "Backbones: vicreg resnet18; mast resnet18; dino_vits16 vit_small_patch16 (DINO)" in report
+    assert "· backbone: resnet18, vit_small_patch16" in report
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path

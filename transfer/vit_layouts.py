@@ -1,0 +1,128 @@
+"""Where the Vision Transformer sits in a checkpoint, and its tensors under timm's names.
+
+The ResNet path (:mod:`transfer.layouts`) finds a backbone by its stem; a ViT is found by its patch
+embedding, a 4-D conv weight with 3 input channels:
+
+- ``P + patch_embed.proj.weight``: timm's names, which timm, DINO, iBOT, MAE, DINOv2 and MoCo v3
+  (its ``vits.py`` subclasses timm's ``VisionTransformer``) all keep (layout ``"timm"``);
+- ``P + patch_embed.projection.weight``: mmpretrain's ``VisionTransformer`` (``layers.N.ln1``,
+  ``attn.qkv``, ``ffn.layers.0.0``/``ffn.layers.1``, ``attn.gamma1``/``ffn.gamma2`` LayerScale,
+  final norm ``ln1``; layout ``"mmpretrain"``).
+
+Which candidate is taken (``--backbone``, the only one, DINO's teacher, MoCo v3's ``base_encoder``
+over its ``momentum_encoder``) is decided exactly as for ResNets (:func:`transfer.layouts.choose`).
+:func:`to_timm` then renames the chosen tensors onto timm's ``VisionTransformer`` (each tensor
+once) and names every tensor it does not use, with the reason: a pretraining-only mask token (MAE,
+DINOv2 ``mask_token``, iBOT ``masked_embed``), MAE's decoder, a classifier/projection ``head``.
+DINOv2's training checkpoints chunk the blocks (``blocks.C.N.``, N the global index) and keep
+``register_tokens`` outside the position embedding: both are rewritten as timm's own DINOv2
+conversion does (``reg_token``; the class token's position added to it, ``no_embed_class``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+from torch import Tensor
+
+from transfer.layouts import Candidate, _merge_identical
+
+ANCHORS = {"patch_embed.proj.weight": "timm", "patch_embed.projection.weight": "mmpretrain"}
+# Per layout: (regex on the name inside the backbone, timm name), applied first match wins.
+MMPRETRAIN_NAMES = (
+    (r"^patch_embed\.projection\.", "patch_embed.proj."),
+    (r"^layers\.(\d+)\.ln1\.", r"blocks.\1.norm1."),
+    (r"^layers\.(\d+)\.ln2\.", r"blocks.\1.norm2."),
+    (r"^layers\.(\d+)\.attn\.(qkv|proj)\.", r"blocks.\1.attn.\2."),
+    (r"^layers\.(\d+)\.attn\.gamma1\.weight$", r"blocks.\1.ls1.gamma"),
+    (r"^layers\.(\d+)\.ffn\.layers\.0\.0\.", r"blocks.\1.mlp.fc1."),
+    (r"^layers\.(\d+)\.ffn\.layers\.1\.", r"blocks.\1.mlp.fc2."),
+    (r"^layers\.(\d+)\.ffn\.gamma2\.weight$", r"blocks.\1.ls2.gamma"),
+    (r"^ln1\.", "norm."),
+    (r"^pre_norm\.", "norm_pre."),
+)
+# Tensors a ViT checkpoint holds that the frozen backbone does not use: (regex, reason).
+UNUSED = (
+    (r"^(mask_token|masked_embed)$", "mask token (pretraining only)"),
+    (r"^decoder_|^decoder\.", "MAE decoder (pretraining only)"),
+    (r"^(head|fc_norm|heads)\.", "classifier/projection head (dropped)"),
+)
+_CHUNKED = re.compile(r"^blocks\.\d+\.(\d+)\.")
+
+
+def _is_patch_embed(t: Tensor) -> bool:
+    return t.ndim == 4 and t.shape[1] == 3 and t.shape[2] == t.shape[3]
+
+
+def find_vit_candidates(flat: Mapping[str, Tensor]) -> list[Candidate]:
+    """Every ViT in ``flat`` (identical copies merged, as for ResNets), in key order."""
+    found: list[tuple[str, str]] = []
+    for key, t in flat.items():
+        for anchor, layout in ANCHORS.items():
+            prefix = key[: -len(anchor)]
+            if key.endswith(anchor) and (prefix == "" or prefix.endswith(".")) and _is_patch_embed(t):
+                found.append((prefix, layout))
+    prefixes = [p for p, _ in found]
+    cands = []
+    for prefix, layout in found:
+        inner = [q for q in prefixes if q != prefix and q.startswith(prefix)]
+        keys = tuple(k for k in flat if k.startswith(prefix) and not any(k.startswith(q) for q in inner))
+        cands.append(Candidate(prefix, layout, keys))
+    return _merge_identical(cands, flat)
+
+
+def to_timm(tensors: Mapping[str, Tensor], layout: str) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """``(tensors under timm's VisionTransformer names, {unused name: reason})`` of one backbone.
+
+    ``tensors`` are the candidate's own names (prefix stripped). Names that map onto nothing
+    known are kept as they are, so that the strict check against timm's model refuses them.
+    """
+    out: dict[str, Tensor] = {}
+    unused: dict[str, str] = {}
+    for name, value in tensors.items():
+        why = next((reason for pattern, reason in UNUSED if re.search(pattern, name)), None)
+        if why is not None:
+            unused[name] = why
+            continue
+        new = _rename(name, layout)
+        if new in out:
+            raise ValueError(f"tensors {name!r} and another both map to {new!r}")
+        out[new] = value
+    return _dinov2_registers(out), unused
+
+
+def _rename(name: str, layout: str) -> str:
+    if layout == "mmpretrain":
+        for pattern, repl in MMPRETRAIN_NAMES:
+            if re.search(pattern, name):
+                return re.sub(pattern, repl, name)
+        return name
+    if m := _CHUNKED.match(name):  # DINOv2 BlockChunk: blocks.<chunk>.<global index>.
+        return f"blocks.{m.group(1)}." + name[m.end():]
+    return "reg_token" if name == "register_tokens" else name
+
+
+def _dinov2_registers(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """DINOv2 adds the position embedding to the class token only (registers have none): timm's
+    form of that is ``no_embed_class`` with the class position folded into ``cls_token``."""
+    pos, reg = state.get("pos_embed"), state.get("reg_token")
+    if pos is None or reg is None or "cls_token" not in state or pos.ndim != 3:
+        return state
+    prefix = pos.shape[1] - square_part(pos.shape[1])
+    if prefix != 1:  # timm-layout files already without (0) or with every prefix token (1 + R)
+        return state
+    state = dict(state)
+    state["cls_token"] = state["cls_token"] + pos[:, :1]
+    state["pos_embed"] = pos[:, 1:]
+    return state
+
+
+def square_part(n: int) -> int:
+    """The largest square ≤ ``n``: the patch-grid part of a position embedding of ``n`` tokens."""
+    side = int(n ** 0.5)
+    while (side + 1) ** 2 <= n:
+        side += 1
+    while side * side > n:
+        side -= 1
+    return side * side
