@@ -27,15 +27,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from mast.atomic import write_text_atomic
+from mast.slurm import SETUP as SLURM_SETUP
+from mast.slurm import ACTIVE, CLUSTER_ENDED, cluster_states, private_folder, sbatch_message
 
 HEARTBEAT_S = 60.0
 PROJECT = Path(__file__).resolve().parents[2]
-#: First line of every job (local or SLURM): this checkout importable, so the job can load its Command.
-SETUP = [f"export PYTHONPATH={PROJECT}${{PYTHONPATH:+:$PYTHONPATH}}"]
-ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD",
-          "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
-#: States in which the cluster, not the task, ended the job: recorded with that cause.
-CLUSTER_ENDED = {"TIMEOUT", "PREEMPTED", "NODE_FAIL", "CANCELLED", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 UNKNOWN_GRACE_S = 60.0  # a just-submitted job may not be in sacct yet
 
 
@@ -194,23 +190,6 @@ def read_exit(spec: JobSpec) -> dict | None:
         return None
 
 
-def cluster_states(job_ids: list[str]) -> dict[str, str]:
-    """``{job id: state}`` from ``sacct`` (``CANCELLED by 0`` -> ``CANCELLED``); ``squeue`` for ids not there yet."""
-    if not job_ids:
-        return {}
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
-                         capture_output=True, text=True)
-    states = {}
-    for line in out.stdout.splitlines():
-        jid, _, state = line.partition("|")
-        if jid in job_ids and state:
-            states[jid] = state.split()[0]
-    for jid in set(job_ids) - set(states):
-        q = subprocess.run(["squeue", "-h", "-j", jid, "-o", "%T"], capture_output=True, text=True)
-        states[jid] = q.stdout.strip().split("\n")[0] if q.returncode == 0 and q.stdout.strip() else "UNKNOWN"
-    return states
-
-
 class JobStore:
     """``OUT/jobs.json``: ``{key: {"job_id", "submitted"}}`` of SLURM jobs not yet collected (atomic writes)."""
 
@@ -233,14 +212,6 @@ class JobStore:
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.path, json.dumps(self.jobs, indent=1, sort_keys=True) + "\n")
-
-
-def private_folder(out: Path) -> Path:
-    """``OUT/.submitit``, mode 0700: submitit's pickles there are readable by this user only."""
-    folder = out / ".submitit"
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
-    return folder
 
 
 def _die_with_parent() -> None:
@@ -274,7 +245,7 @@ class Runner:
             raise LaunchError("--no-wait needs --launcher slurm (local jobs are this process's children)")
         self.out, self.launcher, self.parallel = out, launcher, max(1, jobs)
         self.slurm, self.wait, self.poll_s = slurm or SlurmOptions(), wait, poll_s
-        self.folder = private_folder(out)
+        self.folder = private_folder(out / ".submitit")
         self.store = JobStore(out)
         self.state: dict[str, str] = {}   # pending | running | ok | failed | skipped
         self.running: dict[str, _Running] = {}
@@ -383,7 +354,7 @@ class Runner:
             with _project_importable():  # LocalExecutor: its controller inherits this environment
                 job = executor.submit(command)
         except Exception as e:  # sbatch refused: its own message, one line; nothing recorded as failed
-            raise LaunchError(f"{spec.label}: sbatch refused the job: {_sbatch_message(e)}") from None
+            raise LaunchError(f"{spec.label}: sbatch refused the job: {sbatch_message(e)}") from None
         run = _Running(spec, job, str(job.job_id))
         self.running[spec.key], self.state[spec.key] = run, "running"
         if local:
@@ -408,7 +379,7 @@ class Runner:
         r, o = spec.resources, self.slurm
         params: dict = dict(job_name="".join(c if c.isalnum() or c in "-_." else "_" for c in spec.key)[:60],
                             time=int(o.time_min or -(-(r.timeout_min or 24 * 60) // 1)), nodes=r.nodes,
-                            ntasks_per_node=r.tasks_per_node, cpus_per_task=r.cpus, stderr_to_stdout=True, setup=SETUP)
+                            ntasks_per_node=r.tasks_per_node, cpus_per_task=r.cpus, stderr_to_stdout=True, setup=SLURM_SETUP)
         if r.gpus:
             params["gpus_per_node"] = r.gpus
         if r.mem_gb:
@@ -468,13 +439,6 @@ def _project_importable() -> Iterator[None]:
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = previous
-
-
-def _sbatch_message(exc: Exception) -> str:
-    text = str(exc)
-    lines = [ln.strip() for ln in text.splitlines() if "error" in ln.lower() and ln.strip()]
-    picked = [ln for ln in lines if ln.startswith("sbatch:")] or lines or [text.strip()]
-    return " ".join(" ".join(picked[:2]).split())[:300]
 
 
 def _last_line(log: Path) -> str:
