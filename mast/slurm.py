@@ -16,11 +16,13 @@ nothing here reads a result pickle: job states come from ``sacct``.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import shutil
 import subprocess
 import sys
 import time
+from contextlib import redirect_stderr
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -132,7 +134,8 @@ def submit_pretraining(args: argparse.Namespace, argv: list[str], run_dir: Path)
                                      ("qos", args.slurm_qos), ("constraint", args.slurm_constraint)) if v})
     executor.update_parameters(**params)
     try:
-        job = executor.submit(PretrainJob(argv))
+        with redirect_stderr(io.StringIO()):  # submitit echoes sbatch's stderr; the one line is below
+            job = executor.submit(PretrainJob(argv))
     except Exception as e:
         print(f"error: sbatch refused the job: {sbatch_message(e)}", file=sys.stderr)
         return 2

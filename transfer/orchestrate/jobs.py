@@ -15,13 +15,14 @@ longer knows, or whose exit status is lost, is submitted again, never counted as
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -351,7 +352,8 @@ class Runner:
                           runner_pid=os.getpid() if local else None)
         executor = self._local_executor(spec) if local else self._slurm_executor(spec)
         try:
-            with _project_importable():  # LocalExecutor: its controller inherits this environment
+            # LocalExecutor's controller inherits this environment; submitit echoes sbatch's stderr: one line here
+            with _project_importable(), redirect_stderr(io.StringIO()):
                 job = executor.submit(command)
         except Exception as e:  # sbatch refused: its own message, one line; nothing recorded as failed
             raise LaunchError(f"{spec.label}: sbatch refused the job: {sbatch_message(e)}") from None
