@@ -19,6 +19,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -132,6 +133,9 @@ class Command:
             if self.cuda_visible is not None:
                 env["CUDA_VISIBLE_DEVICES"] = self.cuda_visible
         t0, timed_out = time.monotonic(), False
+        # submitit's SIGUSR2 (before a time limit) would requeue or fail the job at once: a task runs to
+        # its limit instead, and the cluster records TIMEOUT (the task inherits the ignored signal)
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         with open(self.log, "a") as log:
             log.write(" ".join(self.cmd) + "\n")
             log.flush()
@@ -218,7 +222,6 @@ class JobStore:
 def _die_with_parent() -> None:
     """Child side of fork: SIGTERM when the job's process dies (even by SIGKILL), so no task is orphaned."""
     import ctypes
-    import signal
 
     ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
