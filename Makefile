@@ -12,10 +12,10 @@ test: setup
 	@bash scripts/run_tests.sh
 
 demo: setup
-	$(PY) -m transfer.demo
+	$(PY) -m transfer.orchestrate.demo
 
 study: setup
-	$(PY) -m transfer.study
+	$(PY) -m transfer.orchestrate.study
 
 bench: setup
 	$(PY) benchmarks/pretrain_step.py

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mast import checkpoint as ckpt_io
+from mast import resume as ckpt_io
 from mast import rundir
 from mast.atomic import DiskFullError, remove_stale_temps, torch_save_atomic
 from mast.augment import PhotometricAugment, SpatialTwoView

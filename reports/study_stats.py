@@ -1,4 +1,4 @@
-"""Intervals and generated sentences of the MAST study report (reports/study.py).
+"""Intervals and generated sentences of the MAST study report (reports/study_report.py).
 
 Method (stated in the report): every number is a test-set accuracy of one pretraining seed. Per
 arm: the mean over seeds with a two-sided 95% Student-t interval, mean ± t_{0.975, n−1}·s/√n.

@@ -18,7 +18,7 @@ import torchvision
 from mast.atomic import pickle_atomic
 from transfer.checkpoints import CheckpointInfo, load_backbone, sha256_file
 from transfer.convert import MAPPING_VERSION, ConversionError, detectron2_name, main, to_detectron2, to_mmseg
-from transfer.detection.heads import require_detectron2
+from transfer.detection.heads import register_heads
 
 CONFIGS = Path(__file__).resolve().parents[1] / "detectron_configs"
 
@@ -37,7 +37,7 @@ def random_resnet(arch: str, seed: int = 0) -> torch.nn.Module:
 
 
 def build_d2(config: str, depth: int, stride_in_1x1: bool = False):
-    require_detectron2()
+    register_heads()
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 

@@ -208,7 +208,7 @@ def test_cifar_pickles_are_read_without_running_their_code(tmp_path):
 
 def test_paper_suite_refuses_an_external_checkpoint_without_size(standins, ckpt, tmp_path, capsys):
     """run_all in this process (its tasks are subprocesses, run side by side to save interpreter start-ups)."""
-    from transfer import run_all
+    from transfer.orchestrate import run_all
 
     root, _ = standins
     argv = ["--ckpt", str(ckpt), "--suite", "paper", "--tasks", "fewshot", "--var", f"datasets={root}",

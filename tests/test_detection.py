@@ -17,7 +17,7 @@ import torchvision
 import yaml
 
 from transfer.detection import main
-from transfer.detection.heads import require_detectron2
+from transfer.detection.heads import register_heads
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "detectron_configs" / "demo_synthetic_R_18_FPN.yaml")
@@ -117,7 +117,7 @@ def test_refusals_before_training(r18_ckpt, synthetic_root, tmp_path):
 
 
 def _build_demo_model():
-    require_detectron2()
+    register_heads()
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 

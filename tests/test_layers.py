@@ -1,8 +1,15 @@
-"""The layers of README "Layout": no import goes up, none goes in a circle.
+"""The layers of README "Layout": every module sits in exactly one, no import goes up, none in a circle.
 
-mast/ (core) <- transfer/ floor (checkpoints, convert, records, engines, suite) <- transfer tasks
-(detection/, segmentation/, probes/) <- reports/ <- orchestration (run_all, demo: subprocesses).
-Every import statement counts, also one inside a function.
+    benchmarks      benchmarks/                    may import every layer; nothing imports it
+    orchestration   transfer/orchestrate/, transfer/run_all.py (start tasks and reports as subprocesses)
+    reports         reports/                       core + floor only (reads records, not task code)
+    tasks           transfer/detection/, transfer/segmentation/, transfer/probes/ (core + floor)
+    floor           transfer/'s top-level modules listed in FLOOR (core + floor)
+    core            mast/
+
+A module's layer follows from its package path, except the floor, whose modules are listed by
+name: a new file at ``transfer/``'s top level must be placed on purpose. A module no rule places
+fails the check. Every import statement counts, also one inside a function.
 """
 
 from __future__ import annotations
@@ -13,29 +20,48 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("mast", "transfer", "reports")
-TASKS = ("transfer.detection", "transfer.segmentation", "transfer.probes",
-         "transfer.fewshot", "transfer.linear", "transfer.knn")
-ORCHESTRATION = ("transfer.run_all", "transfer.demo")
-FLOOR = ("checkpoints", "layouts", "convert", "inspect", "records", "engines", "suite", "stats")
-# (importer prefix, forbidden prefixes): a module under the first must not import the others.
-FORBIDDEN = (
-    ("mast", ("transfer", "reports")),
-    ("transfer", ("reports",)),
-    ("reports", TASKS + ORCHESTRATION),
-    *((task, ORCHESTRATION) for task in TASKS),
-    *((f"transfer.{floor}", TASKS + ORCHESTRATION) for floor in FLOOR),
+PACKAGES = ("mast", "transfer", "reports", "benchmarks")
+NOT_MODULES = ("transfer.mmseg_configs",)  # mmengine config files, read by path, never imported
+FLOOR = ("transfer", "transfer.checkpoints", "transfer.layouts", "transfer.convert", "transfer.inspect_checkpoint",
+         "transfer.records", "transfer.engines", "transfer.suite", "transfer.stats")
+TASK_PACKAGES = ("transfer.detection", "transfer.segmentation", "transfer.probes")
+# (layer, rule): each module must match exactly one rule.
+RULES = (
+    ("core", lambda m: _under(m, "mast")),
+    ("floor", lambda m: m in FLOOR),
+    ("tasks", lambda m: any(_under(m, p) for p in TASK_PACKAGES)),
+    ("reports", lambda m: _under(m, "reports")),
+    ("orchestration", lambda m: _under(m, "transfer.orchestrate") or m == "transfer.run_all"),
+    ("benchmarks", lambda m: _under(m, "benchmarks")),
 )
+ALLOWED = {  # layer -> the layers its modules may import
+    "core": {"core"},
+    "floor": {"core", "floor"},
+    "tasks": {"core", "floor", "tasks"},
+    "reports": {"core", "floor", "reports"},
+    "orchestration": {"core", "floor", "tasks", "reports", "orchestration"},
+    "benchmarks": {"core", "floor", "tasks", "reports", "orchestration", "benchmarks"},
+}
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def project_modules() -> dict[str, Path]:
-    return {_module_name(p): p for pkg in PACKAGES for p in sorted((REPO / pkg).rglob("*.py"))
-            if "mmseg_configs" not in p.parts}
+def project_modules(root: Path = REPO) -> dict[str, Path]:
+    """Every module of PACKAGES under ``root`` (name -> file), configs excepted."""
+    modules = {_module_name(p, root): p for pkg in PACKAGES for p in sorted((root / pkg).rglob("*.py"))}
+    return {m: p for m, p in modules.items() if not any(_under(m, x) for x in NOT_MODULES)}
+
+
+def layers_of(name: str) -> list[str]:
+    """The layers whose rule places ``name`` (exactly one for a known module)."""
+    return [layer for layer, rule in RULES if rule(name)]
 
 
 def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
@@ -54,33 +80,64 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
     return {m for m in out if m.split(".")[0] in PACKAGES}
 
 
-def _graph() -> dict[str, set[str]]:
-    modules = project_modules()
+def graph(root: Path = REPO) -> dict[str, set[str]]:
+    modules = project_modules(root)
     return {name: imports_of(name, path, set(modules)) for name, path in modules.items()}
 
 
-def _under(name: str, prefix: str) -> bool:
-    return name == prefix or name.startswith(prefix + ".")
+def unplaced(root: Path = REPO) -> list[str]:
+    """``"NAME: in no layer"`` / ``"NAME: in layers a, b"`` for every module not in exactly one layer."""
+    out = []
+    for name in project_modules(root):
+        found = layers_of(name)
+        if len(found) != 1:
+            out.append(f"{name}: " + (f"in layers {', '.join(found)}" if found else "in no layer (add a rule or list it in FLOOR)"))
+    return out
+
+
+def upward_imports(root: Path = REPO) -> list[str]:
+    """``"A (layer) imports B (layer)"`` for every import its layer may not make."""
+    bad = []
+    for a, targets in graph(root).items():
+        (layer_a,) = layers_of(a) or ("?",)
+        for b in sorted(targets):
+            layer_b = (layers_of(b) or ["?"])[0]
+            if layer_a in ALLOWED and layer_b not in ALLOWED[layer_a]:
+                bad.append(f"{a} ({layer_a}) imports {b} ({layer_b})")
+            elif layer_a == "tasks" and layer_b == "tasks" and _task_of(a) != _task_of(b):
+                bad.append(f"{a} imports {b}: one task package imports another")
+    return bad
+
+
+def _task_of(name: str) -> str:
+    return next(p for p in TASK_PACKAGES if _under(name, p))
+
+
+def test_every_module_is_in_exactly_one_layer():
+    assert not unplaced(), "; ".join(unplaced())
+
+
+def test_every_listed_floor_module_exists():
+    modules = project_modules()
+    assert [m for m in FLOOR if m not in modules] == []
 
 
 def test_no_import_goes_up_a_layer():
-    bad = [f"{a} imports {b}" for a, targets in _graph().items() for b in sorted(targets)
-           for low, high in FORBIDDEN if _under(a, low) and any(_under(b, h) for h in high)]
+    bad = upward_imports()
     assert not bad, "upward imports: " + "; ".join(bad)
 
 
 def test_no_import_cycles():
-    graph = _graph()
-    edges = {a: sorted(b for b in targets if b in graph and b != a) for a, targets in graph.items()}
+    edges = {a: sorted(b for b in targets if b != a) for a, targets in graph().items()}
     cycles, state, stack = [], {}, []
 
     def visit(node: str) -> None:
         state[node] = "open"
         stack.append(node)
-        for nxt in edges[node]:
+        for nxt in edges.get(node, []):
             if state.get(nxt) == "open":
                 cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
-            elif nxt not in state:
+            elif nxt not in state and nxt in edges:
                 visit(nxt)
         stack.pop()
         state[node] = "done"
@@ -98,3 +155,33 @@ def test_the_check_sees_an_upward_import(tmp_path, source, forbidden):
     path.write_text(f"def f():\n    {source}\n")
     found = imports_of("mast.mod", path, set(project_modules()))
     assert any(_under(m, forbidden) for m in found)
+
+
+def test_the_check_fails_on_an_unknown_or_misplaced_module(tmp_path):
+    files = {
+        "mast/__init__.py": "",
+        "mast/core.py": "def f():\n    from transfer.stats import Interval\n",  # core -> floor: up
+        "transfer/__init__.py": "",
+        "transfer/stats.py": "",
+        "transfer/helpers.py": "",  # top-level transfer module no rule places
+        "transfer/probes/__init__.py": "",
+        "transfer/probes/knn.py": "from transfer.detection import runner\n",  # task -> other task
+        "transfer/detection/__init__.py": "",
+        "transfer/detection/runner.py": "",
+        "transfer/orchestrate/__init__.py": "",
+        "transfer/orchestrate/jobs.py": "",  # new orchestration module: placed by its package path
+        "reports/__init__.py": "",
+        "reports/r.py": "from transfer.orchestrate import jobs\n",  # reports -> orchestration: up
+        "benchmarks/new_bench.py": "import mast.core\n",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert unplaced(tmp_path) == ["transfer.helpers: in no layer (add a rule or list it in FLOOR)"]
+    assert sorted(upward_imports(tmp_path)) == [
+        "mast.core (core) imports transfer.stats (floor)",
+        "reports.r (reports) imports transfer.orchestrate (orchestration)",
+        "reports.r (reports) imports transfer.orchestrate.jobs (orchestration)",
+        "transfer.probes.knn imports transfer.detection.runner: one task package imports another",
+        "transfer.probes.knn imports transfer.detection: one task package imports another",
+    ]

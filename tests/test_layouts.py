@@ -5,7 +5,7 @@ where the codebase keeps one, a momentum/student/EMA copy with *different* weigh
 ``transfer.convert``, loaded into detectron2 (verifying loader) and mmseg (the segmentation task's
 config and its Pretrained init), and every stage is compared with torchvision's: depths 18 and 50
 for every layout, 101 for one. Then: the several-candidates refusal and ``--backbone``, the tasks'
-option plumbing, and ``transfer.inspect`` on every layout.
+option plumbing, and ``transfer.inspect_checkpoint`` on every layout.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from test_convert import build_d2, d2_stages, max_rel_err, random_resnet, tv_stages
-from transfer import inspect as inspect_cli
+from transfer import inspect_checkpoint as inspect_cli
 from transfer.checkpoints import load_backbone
 from transfer.convert import main as convert_main, to_detectron2
 from transfer.engines import require_mmseg
@@ -289,7 +289,7 @@ def test_every_task_takes_the_backbone_option(task):
 
 
 def test_run_all_passes_the_backbone_per_checkpoint(tmp_path):
-    from transfer import run_all
+    from transfer.orchestrate import run_all
     from transfer.suite import TaskSpec
 
     tv = random_resnet("resnet18", seed=4)
@@ -359,7 +359,7 @@ def test_inspect_explains_a_refusal(tmp_path, capsys):
 
 
 def test_the_choice_is_in_the_task_record_and_features_are_cached_per_choice(synthetic_root, tmp_path):
-    from transfer import knn
+    from transfer.probes import knn
 
     path = tmp_path / "solo.pth"  # two real networks (weights + 0.5 would overflow the features to Inf)
     online, momentum = (_no_fc(random_resnet("resnet18", seed=s).state_dict()) for s in (6, 7))

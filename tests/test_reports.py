@@ -14,7 +14,7 @@ from PIL import Image
 
 from reports import build, mast_plots, tables
 from reports.results import load_results
-from reports.synthetic_state import make_state, save_state
+from synthetic_state import make_state, save_state
 
 DATA = Path(__file__).parent / "data"
 NAMES = ["vicreg", "mast", "random_init"]

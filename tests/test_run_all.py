@@ -1,6 +1,6 @@
 """transfer/run_all.py: bad input refused in one line; failures recorded; kill + re-run resumes.
 
-The end-to-end test drives the real few-shot probe (transfer.fewshot) on the tiny synthetic data,
+The end-to-end test drives the real few-shot probe (transfer.probes.fewshot) on the tiny synthetic data,
 with a real ResNet-18 checkpoint, in subprocesses exactly as a user would run them.
 """
 
@@ -19,9 +19,9 @@ import pytest
 import torch
 import yaml
 
-from transfer import run_all
+from transfer.orchestrate import run_all
 from transfer.checkpoints import build_resnet
-from transfer.suite import SuiteError, load_suite
+from transfer.suite import TASK_MODULES, SuiteError, load_suite
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,7 +117,7 @@ def test_shipped_suites_load_and_name_their_variables():
 def test_misspelled_task_option_is_refused_when_the_suite_loads(tmp_path, task, key):
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump({"scale": "demo", "tasks": [{"name": "t", "task": task, "args": {key: 1}}]}))
-    with pytest.raises(SuiteError, match=f"args key '{key}' is not an option of transfer.{task}"):
+    with pytest.raises(SuiteError, match=f"args key '{key}' is not an option of {TASK_MODULES[task]} "):
         load_suite(str(suite))
 
 
@@ -192,7 +192,7 @@ def _records(path: Path) -> list[dict]:
 
 
 def _children_of(marker: str) -> list[str]:
-    return [c for p in Path("/proc").glob("[0-9]*") if marker in (c := _cmdline(p)) and "transfer.fewshot" in c]
+    return [c for p in Path("/proc").glob("[0-9]*") if marker in (c := _cmdline(p)) and "transfer.probes.fewshot" in c]
 
 
 def test_a_task_that_dies_without_a_record_gets_a_failed_one(ckpt, tmp_path):

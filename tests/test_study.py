@@ -1,4 +1,4 @@
-"""``make study`` (transfer/study.py) and its report (reports/study.py, reports/study_stats.py)."""
+"""``make study`` (transfer/orchestrate/study.py) and its report (reports/study_report.py, reports/study_stats.py)."""
 from __future__ import annotations
 
 import csv
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reports.study import collect
+from reports.study_report import collect
 from reports.study_stats import paired_difference, signed, t_interval, verdict
-from transfer import study
+from transfer.orchestrate import study
 
 
 # --- statistics -------------------------------------------------------------------------------------------
@@ -52,7 +52,7 @@ def test_collect_keeps_study_names_and_the_last_ok_record():
 
 
 def test_study_suite_holds_exactly_the_reported_tasks():
-    from reports.study import TASKS
+    from reports.study_report import TASKS
     from transfer.suite import load_suite
 
     suite = load_suite(str(study.SUITE))

@@ -99,10 +99,10 @@ def canonical_keys(arch: str) -> dict[str, torch.Size]:
 
 
 def add_backbone_arg(parser: argparse.ArgumentParser) -> None:
-    """``--backbone NAME``, shared by transfer.convert, transfer.inspect and every task."""
+    """``--backbone NAME``, shared by transfer.convert, transfer.inspect_checkpoint and every task."""
     parser.add_argument("--backbone", default=None, metavar="NAME",
                         help="which backbone to use when the checkpoint holds several (e.g. momentum_backbone, "
-                             "student, encoder_k): whole parts of its key prefix; see python -m transfer.inspect")
+                             "student, encoder_k): whole parts of its key prefix; see python -m transfer.inspect_checkpoint")
 
 
 def read_checkpoint(path: str | Path) -> Any:

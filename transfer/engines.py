@@ -6,7 +6,7 @@ Everything in this project that needs detectron2 or mmseg calls :func:`require_d
 - fail with one line naming the missing package and the install command, instead of an
   ``ImportError`` from deep inside a dependency;
 - register what the engine needs registered (mmseg: all of its modules; the detection package adds
-  its own ROI head in :func:`transfer.detection.heads.require_detectron2`);
+  its own ROI head in :func:`transfer.detection.heads.register_heads`);
 - make mmseg importable on ``mmcv-lite`` (no compiled ops) with a small ``mmcv.ops`` shim, which
   does nothing when a full mmcv is installed.
 """

@@ -214,7 +214,7 @@ def _by_convention(cands: list[Candidate], where: str) -> tuple[Candidate, str]:
 
 
 def guess_codebase(obj: Any, cands: list[Candidate], chosen: Candidate) -> str:
-    """Which codebase most likely wrote ``obj`` (for the record and ``transfer.inspect`` only)."""
+    """Which codebase most likely wrote ``obj`` (for the record and ``transfer.inspect_checkpoint`` only)."""
     top = set(obj) if isinstance(obj, Mapping) else set()
     names = " ".join(p for c in cands for p in (c.prefix, *c.aliases))
     if "classy_state_dict" in top:

@@ -6,7 +6,7 @@ A suite file is either a list of task entries or a mapping with ``scale``, ``var
     vars: {data: data/synthetic}         # "{data}" in any argument is replaced (override: --var)
     tasks:
       - name: knn_shape                  # unique instance name (default: the task); names the output dir
-        task: knn                        # one of TASK_MODULES: runs `python -m transfer.knn`
+        task: knn                        # one of TASK_MODULES: runs `python -m transfer.probes.knn`
         checkpoints: all                 # all | trained (trained: not on the random-init floor)
         timeout_min: 30                  # optional wall-clock limit
         args: {data: "{data}/classification/shape"}   # -> --data data/synthetic/classification/shape
@@ -40,7 +40,7 @@ class SuiteError(ValueError):
 
 # Task type -> the module of its command (``python -m MODULE``); each exposes ``build_parser()``.
 TASK_MODULES = {"detection": "transfer.detection", "segmentation": "transfer.segmentation",
-                "fewshot": "transfer.fewshot", "linear": "transfer.linear", "knn": "transfer.knn"}
+                "fewshot": "transfer.probes.fewshot", "linear": "transfer.probes.linear", "knn": "transfer.probes.knn"}
 TASKS = tuple(TASK_MODULES)
 SCALES = ("demo", "paper")
 ENTRY_KEYS = ("name", "task", "args", "extra_args", "checkpoints", "scale", "timeout_min", "env")

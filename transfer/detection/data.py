@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from transfer.detection.heads import require_detectron2
+from transfer.detection.heads import register_heads
 from transfer.records import TaskSkipped
 
 __all__ = ["SYNTHETIC_SPLITS", "LAYOUT", "datasets_root", "prepare_datasets", "register_synthetic",
@@ -41,7 +41,7 @@ def _synthetic_paths(root: Path, split: str) -> tuple[Path, Path]:
 
 def register_synthetic(root: str | Path) -> None:
     """Register the synthetic scenes under ``root`` (idempotent; call in every process)."""
-    require_detectron2()
+    register_heads()
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import register_coco_instances
 
@@ -95,7 +95,7 @@ def _check_builtin(name: str) -> None:
 
 def prepare_datasets(names: Iterable[str], data_root: str | Path | None) -> None:
     """Register and check every dataset in ``names``; :class:`TaskSkipped` if one is not on disk."""
-    require_detectron2()
+    register_heads()
     from detectron2.data import DatasetCatalog
 
     for name in names:

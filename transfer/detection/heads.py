@@ -1,9 +1,9 @@
 """Detectron2 with what the transfer protocols need and detectron2 does not ship.
 
-Every detection module loads detectron2 through :func:`require_detectron2`, which registers the
-project's ROI head, so every config in ``detectron_configs/`` that names it resolves without the
-caller having to remember an import (the classic "KeyError: No object named
-'Res5ROIHeadsExtraNorm'" of stock training scripts).
+Every detection module loads detectron2 through :func:`register_heads`, which calls
+:func:`transfer.engines.require_detectron2` and registers the project's ROI head, so every config
+in ``detectron_configs/`` that names it resolves without the caller having to remember an import
+(the classic "KeyError: No object named 'Res5ROIHeadsExtraNorm'" of stock training scripts).
 """
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ from types import ModuleType
 
 from transfer import engines
 
-__all__ = ["require_detectron2"]
+__all__ = ["register_heads"]
 
 
-def require_detectron2() -> ModuleType:
-    """:func:`transfer.engines.require_detectron2`, then register ``Res5ROIHeadsExtraNorm`` (idempotent)."""
+def register_heads() -> ModuleType:
+    """:func:`transfer.engines.require_detectron2`, then register ``Res5ROIHeadsExtraNorm`` (idempotent).
+
+    Returns the detectron2 module.
+    """
     detectron2 = engines.require_detectron2()
     from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
 

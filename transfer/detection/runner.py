@@ -32,7 +32,7 @@ from transfer.checkpoints import CheckpointInfo, add_backbone_arg, load_backbone
 from transfer.convert import MAPPING_VERSION
 from transfer.detection.data import SYNTHETIC_SPLITS, prepare_datasets, synthetic_num_classes
 from transfer.detection.train import RESULT_FILE, WeightsSource, setup_logging, train_and_evaluate
-from transfer.detection.heads import require_detectron2
+from transfer.detection.heads import register_heads
 from transfer.engines import sync_norms_to_bn
 from transfer.records import EXIT_USAGE, TaskFailed, TaskRun
 
@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def load_config(path: str, opts: list[str]) -> Any:
     """detectron2 ``CfgNode`` from ``path`` (with its ``_BASE_`` chain) and the overrides."""
-    require_detectron2()
+    register_heads()
     from detectron2.config import get_cfg
 
     cfg = get_cfg()

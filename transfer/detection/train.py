@@ -21,7 +21,7 @@ from transfer.checkpoints import load_backbone
 from transfer.convert import to_detectron2
 from transfer.detection.data import evaluator_type, register_synthetic
 from transfer.detection.weights import load_verified
-from transfer.detection.heads import require_detectron2
+from transfer.detection.heads import register_heads
 from transfer.records import TaskFailed, write_json_atomic
 
 __all__ = ["RESULT_FILE", "setup_logging", "train_and_evaluate", "make_trainer"]
@@ -47,7 +47,7 @@ class WeightsSource(NamedTuple):
 
 def make_trainer(cfg: Any, save_model: bool) -> Any:
     """A ``DefaultTrainer`` for ``cfg`` (frozen detectron2 ``CfgNode``); see module docstring."""
-    require_detectron2()
+    register_heads()
     from detectron2.engine import DefaultTrainer, hooks
     from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
     from detectron2.utils.events import CommonMetricPrinter, JSONWriter
@@ -97,7 +97,7 @@ def _check_predictions(results: dict, cfg: Any) -> None:
 
 def setup_logging(log_file: str | Path, rank: int) -> None:
     """detectron2's, fvcore's and this project's loggers to stdout and ``log_file`` (once per process)."""
-    require_detectron2()
+    register_heads()
     from detectron2.utils.logger import setup_logger
 
     for name in ("detectron2", "fvcore", "transfer"):  # setup_logger is cached on its arguments
@@ -118,7 +118,7 @@ def _setup_process(cfg: Any, log_file: Path, data_root: str | None) -> None:
 
 def train_and_evaluate(cfg: Any, data_root: str | None, save_model: bool, log_file: str, weights: WeightsSource) -> None:
     """Train ``cfg`` from the converted ``weights`` and evaluate; ``launch``'s main function."""
-    require_detectron2()
+    register_heads()
     from detectron2.utils import comm
 
     _setup_process(cfg, Path(log_file), data_root)

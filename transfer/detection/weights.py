@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from transfer.detection.heads import require_detectron2
+from transfer.detection.heads import register_heads
 
 __all__ = ["WeightsNotLoaded", "LoadReport", "backbone_keys", "load_verified"]
 
@@ -55,7 +55,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def backbone_keys(model: nn.Module) -> list[str]:
     """State keys of the model's pretrained-ResNet part (without BN step counters)."""
-    require_detectron2()
+    register_heads()
     from detectron2.modeling.backbone import ResNet
     from detectron2.modeling.roi_heads import Res5ROIHeads
 
@@ -86,7 +86,7 @@ def _place(converted: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -
 def load_verified(model: nn.Module, converted: Mapping[str, Any], source: str = "converted weights") -> LoadReport:
     """Load a :func:`transfer.convert.to_detectron2` dict into ``model`` through detectron2's own
     name matching (in memory: nothing is unpickled) and verify coverage (module docstring)."""
-    require_detectron2()
+    register_heads()
     from detectron2.checkpoint import DetectionCheckpointer
 
     if not (isinstance(converted, Mapping) and isinstance(converted.get("model"), Mapping)):

@@ -1,6 +1,6 @@
 """The dataset registry of the probes: name -> reader, protocol splits, metric (PROTOCOLS.md).
 
-``python -m transfer.linear --data ROOT --dataset cifar10`` reads CIFAR-10 as downloaded (see
+``python -m transfer.probes.linear --data ROOT --dataset cifar10`` reads CIFAR-10 as downloaded (see
 :mod:`transfer.probes.readers` for the layouts) and gives the linear probe AugSelf's splits:
 
 * ``random_split`` splits (AugSelf ``datasets.py``): ``torch.utils.data.random_split`` of the

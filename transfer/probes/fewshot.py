@@ -253,10 +253,10 @@ def summarize(accs: np.ndarray) -> tuple[float, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The options of ``python -m transfer.fewshot`` (run_all checks suite args against them)."""
+    """The options of ``python -m transfer.probes.fewshot`` (run_all checks suite args against them)."""
     from transfer.probes.cli import add_common_args
 
-    parser = argparse.ArgumentParser(prog="python -m transfer.fewshot", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m transfer.probes.fewshot", description=__doc__.splitlines()[0])
     add_common_args(parser)
     parser.add_argument("--split", default=None, help="split folder(s), '+'-joined to pool (e.g. train+test); "
                         "with --dataset: the download's parts (default: AugSelf's, e.g. cub200 train+test; else test)")
@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m transfer.fewshot --ckpt X --data DIR --out OUT [...]`` (see the module docstring)."""
+    """``python -m transfer.probes.fewshot --ckpt X --data DIR --out OUT [...]`` (see the module docstring)."""
     from transfer.probes.cli import record_scores, run_task
 
     from transfer.probes.datasets import REGISTRY
@@ -310,3 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fewshot: {key} = {mean:.2f} ± {ci:.2f} ({args.episodes} episodes, {args.solver})")
 
     return run_task("fewshot", args, body, seeds=[args.seed], fewshot=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

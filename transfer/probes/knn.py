@@ -19,10 +19,10 @@ __all__ = ["knn_predict", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The options of ``python -m transfer.knn`` (run_all checks suite args against them)."""
+    """The options of ``python -m transfer.probes.knn`` (run_all checks suite args against them)."""
     from transfer.probes.cli import add_common_args
 
-    parser = argparse.ArgumentParser(prog="python -m transfer.knn", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m transfer.probes.knn", description=__doc__.splitlines()[0])
     add_common_args(parser)
     parser.add_argument("--k", type=int, nargs="+", default=None, help="default: 10 20 100 200 (paper), 20 200 (demo)")
     parser.add_argument("--temperature", type=float, default=0.07)
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m transfer.knn --ckpt X --data DIR --out OUT [--k 20 200 --temperature 0.07]``."""
+    """``python -m transfer.probes.knn --ckpt X --data DIR --out OUT [--k 20 200 --temperature 0.07]``."""
     from transfer.probes.cli import check_disjoint, record_scores, run_task
 
     parser = build_parser()
@@ -61,3 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         run.extra["details"] = {"k_used": used, "n_bank": len(train.labels), "n_test": len(test.labels)}
 
     return run_task("knn", args, body, crop_fraction=0.875 if args.scale == "paper" else 1.0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

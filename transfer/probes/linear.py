@@ -111,10 +111,10 @@ def sweep(train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor], num_classes:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The options of ``python -m transfer.linear`` (run_all checks suite args against them)."""
+    """The options of ``python -m transfer.probes.linear`` (run_all checks suite args against them)."""
     from transfer.probes.cli import add_common_args
 
-    parser = argparse.ArgumentParser(prog="python -m transfer.linear", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m transfer.probes.linear", description=__doc__.splitlines()[0])
     add_common_args(parser)
     parser.add_argument("--metric", choices=["top1", "class_avg"], default=None,
                         help="test metric (default: the --dataset registry's, e.g. class_avg for pets, flowers102, "
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m transfer.linear --ckpt X --data DIR --out OUT [--metric top1|class_avg]``."""
+    """``python -m transfer.probes.linear --ckpt X --data DIR --out OUT [--metric top1|class_avg]``."""
     from transfer.probes.cli import check_disjoint, record_scores, run_task
     from transfer.probes.datasets import REGISTRY
 
@@ -166,3 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"linear: test top1 = {run.metrics['top1']:.2f} (wd {wd:.2e}, val {args.metric} {val_acc:.2f})")
 
     return run_task("linear", args, body, seeds=[args.seed], carve_val=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,7 +4,7 @@ Each augmentation drives a block of dimensions (some blocks overlap, one augment
 nothing, as solarize with p = 0 in view 1 often does); held-out uncertainties grow with the
 discrepancy δ with noise. Only the format is realistic; the numbers mean nothing.
 
-    python -m reports.synthetic_state --out /tmp/run/mast_state.pth [--dim 64] [--pairs 512]
+    python tests/synthetic_state.py --out /tmp/run/mast_state.pth [--dim 64] [--pairs 512]
 """
 
 from __future__ import annotations

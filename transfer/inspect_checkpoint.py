@@ -1,6 +1,6 @@
 """What a checkpoint holds, as the transfer tasks will read it.
 
-    python -m transfer.inspect CKPT [--backbone NAME] [--json]
+    python -m transfer.inspect_checkpoint CKPT [--backbone NAME] [--json]
 
 A few lines: the file, the codebase that most likely wrote it, every candidate backbone (its role
 and architecture), the one the tasks would use and why, its architecture and parameter count, the
@@ -133,7 +133,7 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m transfer.inspect", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m transfer.inspect_checkpoint", description=__doc__.split("\n")[0])
     parser.add_argument("ckpt", help="checkpoint file (.pth/.pt/.pkl)")
     add_backbone_arg(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")

@@ -1,6 +1,6 @@
 """Is every dataset of a suite on disk? Per task: found, or the exact path expected and how to make it.
 
-    python -m transfer.datasets --root /data [--suite paper]
+    python -m transfer.orchestrate.dataset_check --root /data [--suite paper]
     python transfer/run_all.py --suite paper --check --var datasets=/data
 
 Detection reads the detectron2 config's dataset names (builtin COCO/VOC layouts under
@@ -96,7 +96,7 @@ def check_suite(suite: Suite, out=sys.stdout) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m transfer.datasets", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m transfer.orchestrate.dataset_check", description=__doc__.split("\n")[0])
     p.add_argument("--root", required=True, help="the one folder holding every dataset (the suite's {datasets})")
     p.add_argument("--suite", default="paper", help="suite name or YAML path (default paper)")
     p.add_argument("--var", action="append", default=[], help="other suite variables: NAME=VALUE")
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         suite = load_suite(args.suite, {"datasets": args.root, **parse_vars(args.var)})
     except SuiteError as e:
-        print(f"transfer.datasets: error: {e}", file=sys.stderr)
+        print(f"dataset_check: error: {e}", file=sys.stderr)
         return 2
     return check_suite(suite)
 

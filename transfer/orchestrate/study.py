@@ -1,6 +1,6 @@
 """``make study``: MAST v2 against VICReg and two controls, over pretraining seeds (issue 14).
 
-    python -m transfer.study [--seeds 0 1 2] [--epochs 6] [--jobs 2] [--data data/synthetic]
+    python -m transfer.orchestrate.study [--seeds 0 1 2] [--epochs 6] [--jobs 2] [--data data/synthetic]
                              [--runs runs/study/pretrain] [--out runs/study/transfer]
                              [--report reports/study] [--set KEY=VALUE ...] [--plan]
 
@@ -16,7 +16,7 @@ Arms (same demo config otherwise: ResNet-18, 32 px views, batch 128, expander 10
 Each arm is pretrained once per seed (``python -m mast.pretrain``, one thread each, ``--jobs`` at
 a time); every finished checkpoint gets the frozen-feature probes of ``transfer/suites/study.yaml``
 (``python transfer/run_all.py``, kNN + linear on color/side/shape, 5-way few-shot); then
-``python -m reports.study`` writes the report (per-seed tables, per-arm means with t-intervals
+``python -m reports.study_report`` writes the report (per-seed tables, per-arm means with t-intervals
 over seeds, MAST minus each control paired by seed). Re-running resumes: finished runs and probe
 records are kept, an interrupted pretraining continues from its last.pth.
 """
@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transfer.demo import _step, is_finished, pretrain_command
+from transfer.orchestrate.demo import _step, is_finished, pretrain_command
 
 ARMS: dict[str, list[str]] = {
     "vicreg": ["method=vicreg"],
@@ -50,7 +50,7 @@ STUDY_OVERRIDES = ["knn.every=0", "runtime.progress=false", "runtime.threads=1"]
 STEP_S = {"vicreg": 1.12, "mast": 1.23}
 PROBES_S = 200.0
 RUN_OVERHEAD_S = 30.0  # per pretraining run: start-up, kNN at initialisation and at the end, held-out pass
-SUITE = Path(__file__).resolve().parent / "suites" / "study.yaml"
+SUITE = Path(__file__).resolve().parents[1] / "suites" / "study.yaml"
 
 
 @dataclass
@@ -123,7 +123,7 @@ def plan_jobs(args: argparse.Namespace, overrides: list[str]) -> list[Job]:
         if is_finished(run_dir):
             job.state = "ok"
         pretrain.append(job)
-        probe_cmd = [sys.executable, str(Path(__file__).resolve().parent / "run_all.py"),
+        probe_cmd = [sys.executable, "-m", "transfer.run_all",
                      "--ckpt", str(run_dir / "backbone.pth"), "--name", name, "--suite", str(args.suite), "--var", f"data={args.data}",
                      "--out", str(args.out / name), "--no-report", "--jobs", "1"]  # one run_all per folder
         probe_cmd += ["--tasks", *args.tasks] if args.tasks else []
@@ -189,7 +189,7 @@ def execute(jobs: list[Job], parallel: int, poll_s: float = 2.0) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m transfer.study", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m transfer.orchestrate.study", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="pretraining seeds (default 0 1 2)")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="default: all four")
     p.add_argument("--epochs", type=int, default=6, help="pretraining epochs (default 6 = 234 steps on the demo data)")
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     execute(jobs, args.jobs)
     failed = [j.name for j in jobs if j.state in ("failed", "skipped")]
     _step(f"3/3 report -> {args.report}")
-    code = subprocess.call([sys.executable, "-m", "reports.study", "--results", str(args.out),
+    code = subprocess.call([sys.executable, "-m", "reports.study_report", "--results", str(args.out),
                             "--runs", str(args.runs), "--out", str(args.report)])
     minutes = (time.monotonic() - t_all) / 60
     print(f"\nstudy finished in {minutes:.1f} min; {len(failed)} job(s) failed or skipped{': ' if failed else ''}"

@@ -1,9 +1,9 @@
 """``make demo``: the paper's story at small scale, from nothing to ``reports/demo/``.
 
-    python -m transfer.demo [--data data/synthetic] [--runs runs/pretrain] [--out runs/transfer/demo]
+    python -m transfer.orchestrate.demo [--data data/synthetic] [--runs runs/pretrain] [--out runs/transfer/demo]
                             [--report reports/demo] [--jobs 1]
     # a few-minute smoke run of the same pipeline (tiny data, 1 epoch, probes only):
-    python -m transfer.demo --preset tiny --data /tmp/d/data --runs /tmp/d/runs --out /tmp/d/out \
+    python -m transfer.orchestrate.demo --preset tiny --data /tmp/d/data --runs /tmp/d/runs --out /tmp/d/out \
         --report /tmp/d/report --set optim.epochs=1 --set optim.batch_size=32 --tasks knn linear fewshot --seeds 2
 
 1. generate the synthetic data (``mast.data.synthetic``, demo preset; reused when complete);
@@ -74,7 +74,7 @@ def pretrain(method: str, seed: int, runs: Path, data: Path, preset: str, overri
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m transfer.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m transfer.orchestrate.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=Path("data/synthetic"))
     p.add_argument("--runs", type=Path, default=Path("runs/pretrain"))
     p.add_argument("--out", type=Path, default=Path("runs/transfer/demo"))

@@ -1,0 +1,381 @@
+"""Run an evaluation suite on one or more checkpoints, then build the paper-style report.
+
+    python transfer/run_all.py --ckpt runs/pretrain/demo_mast/backbone.pth --ckpt vicreg.pth \\
+        [--name mast --name vicreg] [--backbone NAME ...] [--suite demo|paper|my.yaml] [--tasks knn linear] \\
+        [--out runs/transfer] [--force] [--jobs N] [--report reports/NAME] [--baseline vicreg]
+
+A thin orchestrator over the task CLIs (``python -m transfer.<task> --ckpt C --out D --scale S``):
+every task runs in its own process, writes ``D/record.json``, and run_all appends that record
+(with the checkpoint name and task-config hash) to ``OUT/results.jsonl``. A crash, NaN or missing
+dataset is one failed/skipped record and the suite goes on; a re-run skips every task that already
+has an ``ok`` record for the same checkpoint sha256 and task config, so an interrupted suite
+resumes where it stopped. ``D = OUT/<checkpoint name>/<task name>``.
+
+Pretraining seeds: several checkpoints may share a ``--name`` (``--ckpt s0.pth --ckpt s1.pth --name
+mast --name mast``); they form one group, one row of the report (mean over seeds, hierarchical
+interval), and each keeps its own results: ``D = OUT/<name>/<sha256[:8]>/<task name>``. How seeds
+are numbered (``seed_index``, ``pretrain_seed``) and paired: ``transfer/orchestrate/resolve.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mast.atomic import DiskFullError
+from mast.lock import FolderBusyError, FolderLock
+from transfer.orchestrate.jobs import JobSpec, LaunchError, Outcome, Resources, Runner, SlurmOptions
+from transfer.orchestrate.resolve import UNTRAINED_STEM, Checkpoint, UsageError, resolve_checkpoints
+from transfer.suite import PROJECT, Suite, SuiteError, TaskSpec, load_suite, parse_task_args, parse_vars
+
+COMMAND = ""  # this run_all's command line, stored in every record it writes (set by main)
+
+
+@dataclass
+class Job:
+    """One (checkpoint, suite task): run through the job runner (transfer/orchestrate/jobs.py)."""
+    ckpt: Checkpoint
+    spec: TaskSpec
+    out_dir: Path
+    index: int = 0
+    record: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.ckpt.label} · {self.spec.name}"
+
+    @property
+    def key(self) -> str:
+        """Identity of this task's job in OUT/jobs.json: folder, task config and backbone choice."""
+        return f"{self.out_dir.as_posix()}@{self.spec.config_hash[:12]}@{self.ckpt.backbone or ''}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_all", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", action="append", default=[],
+                   help=f"checkpoint file (repeat for several); a file named {UNTRAINED_STEM}.pth is the random-init "
+                        "floor: suite tasks marked 'checkpoints: trained' (fine-tuning) skip it")
+    p.add_argument("--name", action="append", default=[], help="display name per --ckpt, in order "
+                   "(default: the pretraining run's directory name, else the file stem); checkpoints sharing "
+                   "a name are pretraining seeds of one method: one row of the report")
+    p.add_argument("--backbone", action="append", default=[], metavar="NAME",
+                   help="backbone to use in a checkpoint holding several (see python -m transfer.inspect_checkpoint): once for "
+                        "every --ckpt, or once per --ckpt in order ('auto' keeps that file's default choice)")
+    p.add_argument("--suite", default="demo", help="demo | paper | path to a suite YAML (default demo)")
+    p.add_argument("--tasks", nargs="+", default=None, help="only these task types")
+    p.add_argument("--var", action="append", default=[], help="override a suite variable: NAME=VALUE "
+                   "(paper: --var datasets=/data finds every dataset under one root)")
+    p.add_argument("--task-args", action="append", default=[], metavar="TASK=ARGS",
+                   help="arguments appended to a task type's or task name's command, e.g. "
+                        "'detection=SOLVER.MAX_ITER 100', 'segmentation=--cfg-options train_cfg.max_iters=100', "
+                        "'fewshot_fc100=--episodes 100'; such records are labelled <scale>+overrides")
+    p.add_argument("--smoke", action="store_true", help="shorten every task to a pipeline check "
+                   "(few iterations, small images, few episodes); records are labelled scale: smoke")
+    p.add_argument("--check", action="store_true", help="only check that every task's dataset is on disk")
+    p.add_argument("--out", type=Path, default=Path("runs/transfer"), help="results root (default runs/transfer)")
+    p.add_argument("--force", action="store_true", help="re-run tasks that already have an ok record")
+    p.add_argument("--jobs", type=int, default=1, help="tasks run at the same time (default 1)")
+    p.add_argument("--report", type=Path, default=None, help="report folder (default OUT/report)")
+    p.add_argument("--baseline", default=None, help="checkpoint name the tables compare against")
+    p.add_argument("--no-report", action="store_true", help="do not build the report at the end")
+    add_launcher_args(p)
+    return p
+
+
+def add_launcher_args(p: argparse.ArgumentParser) -> None:
+    """--launcher and the --slurm-* options (shared by run_all, study and demo; docs/CLUSTER.md)."""
+    p.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                   help="local: subprocesses here (--jobs at a time); slurm: one SLURM job per task (submitit)")
+    p.add_argument("--no-wait", action="store_true", help="slurm: return after submitting; the same command "
+                   "again collects finished jobs and submits only what failed or never ran")
+    p.add_argument("--slurm-partition", default=None)
+    p.add_argument("--slurm-account", default=None)
+    p.add_argument("--slurm-qos", default=None)
+    p.add_argument("--slurm-constraint", default=None)
+    p.add_argument("--slurm-time", type=int, default=None, metavar="MIN",
+                   help="time limit of every job in minutes (default: the task's timeout_min, else 24 h)")
+    p.add_argument("--slurm-cpu-only", action="store_true", default=None,
+                   help="request no GPUs (a CPU-only cluster, e.g. scripts/slurm_local.sh)")
+
+
+def slurm_options(args: argparse.Namespace, defaults: dict | None = None) -> SlurmOptions:
+    """The --slurm-* options over a suite's ``slurm:`` section."""
+    d = dict(defaults or {})
+    pick = {k: getattr(args, f"slurm_{k}") for k in ("partition", "account", "qos", "constraint", "time", "cpu_only")}
+    d.update({k: v for k, v in pick.items() if v is not None})
+    return SlurmOptions(partition=d.get("partition"), account=d.get("account"), qos=d.get("qos"),
+                        constraint=d.get("constraint"), time_min=d.get("time"), cpu_only=bool(d.get("cpu_only")),
+                        cpus_per_gpu=d.get("cpus_per_gpu"), mem_per_gpu_gb=d.get("mem_per_gpu_gb"))
+
+
+
+def plan(ckpts: list[Checkpoint], suite: Suite, out: Path, force: bool) -> tuple[list[Job], list[Job]]:
+    """(jobs to run, jobs already done). Done = an ok record with the same name, ckpt sha256, config hash
+    and --backbone."""
+    from transfer.records import read_jsonl
+
+    done_keys = {
+        (r.get("name"), r.get("ckpt_sha256"), r.get("task_config_hash"), r.get("backbone_option"))
+        for r in read_jsonl(out / "results.jsonl") if r.get("status") == "ok"
+    }
+    todo, done = [], []
+    for ckpt in ckpts:
+        for spec in suite.tasks:
+            if spec.checkpoints == "trained" and ckpt.untrained:
+                continue
+            job = Job(ckpt, spec, ckpt.task_dir(out, spec.name))
+            key = (ckpt.name, ckpt.sha256, spec.config_hash, ckpt.backbone)
+            (done if key in done_keys and not force else todo).append(job)
+    for i, job in enumerate(todo, 1):
+        job.index = i
+    return todo, done
+
+
+def job_command(job: Job) -> list[str]:
+    """The task's command line: the suite entry's, plus the checkpoint's --backbone if one was given."""
+    cmd = job.spec.command(sys.executable, job.ckpt.path, job.out_dir)
+    return cmd + (["--backbone", job.ckpt.backbone] if job.ckpt.backbone else [])
+
+
+def task_resources(spec: TaskSpec, slurm: SlurmOptions) -> Resources:
+    """What a task's job asks for: detection and segmentation ``num_gpus`` GPUs on one node (their own
+    launchers inside the job); probes one GPU; the time limit from ``timeout_min``."""
+    gpus = int(spec.args.get("num_gpus", 1)) if spec.task in ("detection", "segmentation") else 1
+    return slurm.resources(gpus, spec.timeout_min)
+
+
+def prepare(job: Job) -> None:
+    """Just before (re-)submission: a record of an earlier run is kept, but out of the task's way."""
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    stale = job.out_dir / "record.json"
+    if stale.exists():
+        os.replace(stale, job.out_dir / "record.prev.json")
+    (job.out_dir / "run_all.log").unlink(missing_ok=True)
+
+
+def task_env(spec: TaskSpec) -> dict[str, str]:
+    """The task's environment defaults: the suite's ``env`` (a variable the user set wins); the project
+    importable (prepended to PYTHONPATH)."""
+    return {**spec.env, "PYTHONPATH": str(PROJECT)}
+
+
+def finish(job: Job, outcome: Outcome, root: Path | None = None) -> dict:
+    """The task's record (or a failed one written here if the process left none), with run_all's keys.
+
+    A job the cluster ended (time limit, preemption, node failure, scancel) is recorded with that
+    cause (``cluster_state``), whatever the task had written; so is a job whose exit status is lost.
+    """
+    rc = outcome.exit_code
+    path = job.out_dir / "record.json"
+    record = None
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            record = None
+    if outcome.cluster_state or outcome.timed_out or rc is None:
+        record = _failed_record(job, outcome.describe(job.spec.timeout_min) + "; " + _log_tail(job))
+        record.update(cluster_state=outcome.cluster_state, slurm_job_id=outcome.job_id)
+    elif not isinstance(record, dict):
+        record = _failed_record(job, f"exit code {rc} without a record; " + _log_tail(job))
+    if not record.get("checkpoint"):  # a task that stopped before reading the checkpoint (e.g. skipped)
+        record["checkpoint"] = _failed_record(job, "")["checkpoint"]
+        record["method"] = record.get("method") or job.ckpt.method
+    record.update(name=job.ckpt.name, task_name=job.spec.name, task_config_hash=job.spec.config_hash,
+                  ckpt_sha256=job.ckpt.sha256, backbone_option=job.ckpt.backbone, ckpt_backbone=job.ckpt.chosen,
+                  task_args=job.spec.args, run_dir=str(job.out_dir),
+                  exit_code=rc, wall_s=outcome.wall_s,
+                  seed_index=job.ckpt.seed_index, pretrain_seed=job.ckpt.pretrain_seed, command=COMMAND or None)
+    if record.get("predictions"):  # per-item scores: a path relative to results.jsonl's folder, so OUT can move
+        where = job.out_dir / record["predictions"]
+        record["predictions"] = str(where.relative_to(root) if root and where.is_relative_to(root) else where)
+    if job.spec.smoke or job.spec.overrides:  # never a paper number: the label says what it is
+        record.update(scale=job.spec.scale_label, overrides=list(job.spec.overrides), smoke=job.spec.smoke)
+    return record
+
+
+def _failed_record(job: Job, error: str) -> dict:
+    from transfer.records import new_record
+
+    ckpt = job.ckpt
+    record = new_record(job.spec.task, str(job.spec.args.get("data", job.spec.args.get("config", ""))),
+                        job.spec.scale, {"path": str(ckpt.path.resolve()), "sha256": ckpt.sha256, "arch": ckpt.arch,
+                                         "method": ckpt.method, "backbone": ckpt.chosen}, ckpt.method, {"args": job.spec.args})
+    record.update(elapsed_s=None, status="failed", error=error)
+    return record
+
+
+def _log_tail(job: Job, lines: int = 15, chars: int = 1500) -> str:
+    try:
+        text = (job.out_dir / "run_all.log").read_text(errors="replace")
+    except OSError:
+        return "no log"
+    tail = " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())
+    return ("log tail: " + tail)[-chars:]
+
+
+def _headline(record: dict) -> str:
+    metrics = {k: v for k, v in (record.get("metrics") or {}).items() if not k.endswith("_ci95")}
+    if record.get("status") != "ok":
+        return (record.get("error") or "")[:100]
+    return "  ".join(f"{k}={float(v):.1f}" for k, v in list(metrics.items())[:4])
+
+
+def _elapsed(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
+
+
+def execute(todo: list[Job], results: Path, runner: Runner) -> list[dict]:
+    """Run (or submit) the tasks through the job runner, appending each finished record; Ctrl-C stops cleanly."""
+    from transfer.records import append_jsonl
+
+    finished = []
+    by_key = {job.key: job for job in todo}
+
+    def on_done(spec: JobSpec, outcome: Outcome) -> str:
+        job = by_key[spec.key]
+        job.record = finish(job, outcome, results.parent)
+        append_jsonl(results, job.record)
+        finished.append(job.record)
+        return f"{job.record['status']} {_elapsed(outcome.wall_s or 0)}  {_headline(job.record)}"
+
+    specs = [JobSpec(job.key, job.label, job_command(job), job.out_dir / "run_all.log", task_env(job.spec),
+                     task_resources(job.spec, runner.slurm), prepare=lambda job=job: prepare(job)) for job in todo]
+    try:
+        runner.run(specs, on_done)
+    except KeyboardInterrupt:
+        stopped = [by_key[k] for k in runner.running]
+        print(f"interrupted: {len(finished)} task(s) recorded, {len(todo) - len(finished)} not "
+              f"(stopped: {', '.join(f'{j.ckpt.label}/{j.spec.name}' for j in stopped) or 'none'}).",
+              file=sys.stderr, flush=True)
+        raise
+    return finished
+
+
+def summary(records: list[dict]) -> str:
+    """The terminal's final table: one line per (checkpoint, task)."""
+    rows = [("checkpoint", "task", "status", "time", "result")]
+    for r in records:
+        elapsed = r.get("wall_s") or r.get("elapsed_s")  # wall time, process start included
+        rows.append((r["name"], r["task_name"], r["status"], _elapsed(elapsed) if elapsed else "-", _headline(r)))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
+    lines = []
+    for j, row in enumerate(rows):
+        lines.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + f" | {row[4]} |")
+        if j == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|---|")
+    return "\n".join(lines)
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point. SIGTERM (e.g. from a job scheduler) stops as cleanly as Ctrl-C."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before or between tasks: nothing is half-written
+        print("run_all: interrupted; re-run the same command to resume.", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
+    global COMMAND
+    args = build_parser().parse_args(argv)
+    COMMAND = "python transfer/run_all.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    try:
+        if args.jobs < 1:
+            raise UsageError(f"--jobs {args.jobs}: expected a positive integer")
+        if args.no_wait and args.launcher != "slurm":
+            raise UsageError("--no-wait needs --launcher slurm (local tasks are this process's children)")
+        suite = load_suite(args.suite, parse_vars(args.var), args.tasks, parse_task_args(args.task_args), args.smoke)
+        if args.check:
+            from transfer.orchestrate.dataset_check import check_suite
+
+            return check_suite(suite)
+        if not args.ckpt:
+            raise UsageError("--ckpt is required (a checkpoint .pth; repeat for several), unless --check")
+        ckpts = resolve_checkpoints(args.ckpt, args.name, args.backbone)
+        if args.baseline is not None and args.baseline not in {c.name for c in ckpts}:
+            raise UsageError(f"--baseline {args.baseline}: not one of the checkpoint names {[c.name for c in ckpts]}")
+    except (UsageError, SuiteError) as e:
+        print(f"run_all: error: {e}", file=sys.stderr)
+        return 2
+    if args.out.exists() and not args.out.is_dir():
+        print(f"run_all: error: --out {args.out}: exists and is not a folder (expected the results folder)",
+              file=sys.stderr)
+        return 2
+    try:  # one run_all per results folder: a second one would interleave records
+        lock = FolderLock(args.out, "run_all")
+    except FolderBusyError as e:
+        print(f"run_all: error: {e}", file=sys.stderr)
+        return 2
+    with lock:
+        try:
+            return _run(args, suite, ckpts, argv)
+        except (DiskFullError, LaunchError) as e:  # results.jsonl keeps every complete record; re-run to resume
+            print(f"run_all: error: {e}", file=sys.stderr)
+            return 2
+
+
+def _run(args: argparse.Namespace, suite: Suite, ckpts: list[Checkpoint], argv: list[str] | None) -> int:
+    results = args.out / "results.jsonl"
+    todo, done = plan(ckpts, suite, args.out, args.force)
+    print(f"suite {suite.name} ({suite.path}): {len(suite.tasks)} task(s) x {len(ckpts)} checkpoint(s); "
+          f"{len(done)} already done, {len(todo)} to run; results -> {results}", flush=True)
+    t0 = time.monotonic()
+    runner = Runner(args.out, args.launcher, args.jobs, slurm_options(args, suite.slurm), wait=not args.no_wait)
+    finished = execute(todo, results, runner)
+    if finished:
+        print(f"\n{len(finished)} task(s) in {_elapsed(time.monotonic() - t0)}:\n" + summary(finished), flush=True)
+    if runner.running:  # --no-wait: the report waits for the jobs; the same command collects them
+        return 1 if any(r["status"] == "failed" for r in finished) else 0
+    if not args.no_report:
+        _report(results, args.report or args.out / "report", args.baseline, argv)
+    line, nothing_ran = outcome(finished)
+    if line:
+        print(line, flush=True)
+    return 1 if nothing_ran or any(r["status"] == "failed" for r in finished) else 0
+
+
+def outcome(records: list[dict]) -> tuple[str, bool]:
+    """``8 tasks: 0 ok, 8 skipped: <first reason>`` and whether none of them gave a result."""
+    if not records:
+        return "", False
+    counts = {s: sum(r.get("status") == s for r in records) for s in ("ok", "skipped", "failed")}
+    parts = [f"{counts['ok']} ok"] + [f"{n} {s}" for s, n in counts.items() if s != "ok" and n]
+    first = next((r for r in records if r.get("status") != "ok"), None)
+    reason = f": {first['task_name']}: {' '.join(str(first.get('error') or '').split())[:200]}" if first else ""
+    return f"{len(records)} tasks: {', '.join(parts)}{reason}", counts["ok"] == 0
+
+
+def _report(results: Path, out: Path, baseline: str | None, argv: list[str] | None) -> None:
+    """Build the report in its own process (``python -m reports.build``), like every task."""
+    command = "python transfer/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    rebuild = ["-m", "reports.build", "--results", str(results), "--out", str(out)]
+    rebuild += ["--baseline", baseline] if baseline else []
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(PROJECT), os.environ.get("PYTHONPATH")) if p))
+    done = subprocess.run([sys.executable, *rebuild, "--command", command], capture_output=True, text=True, env=env)
+    if done.returncode == 0:
+        print(f"report: {done.stdout.strip()}", flush=True)
+    else:  # the results are safe on disk; say how to rebuild
+        reason = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        print(f"run_all: report not built ({reason}); rebuild with python {' '.join(rebuild)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
