@@ -16,6 +16,7 @@ nothing here reads a result pickle: job states come from ``sacct``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import os
 import shutil
@@ -89,8 +90,8 @@ def add_launcher_args(p: argparse.ArgumentParser) -> None:
 class PretrainJob:
     """The pretraining command, run in every SLURM task; requeued with ``--resume auto`` on SIGUSR2."""
 
-    def __init__(self, argv: list[str]):
-        self.argv = list(argv)
+    def __init__(self, argv: list[str], entry: str = "mast.pretrain"):
+        self.argv, self.entry = list(argv), entry  # the module whose main(argv) runs in each task
 
     def __call__(self) -> int:
         import submitit
@@ -99,9 +100,7 @@ class PretrainJob:
         if env._job_env.num_nodes == 1:  # one node: rendezvous on the loopback interface
             env.master_addr = "127.0.0.1"
         env.export(set_cuda_visible_devices=False)
-        from mast.pretrain import main
-
-        code = main(self.argv)
+        code = importlib.import_module(self.entry).main(self.argv)
         if code:
             raise SystemExit(code)
         return code
@@ -111,7 +110,7 @@ class PretrainJob:
         import submitit
 
         argv = self.argv if "--resume" in self.argv else [*self.argv, "--resume", "auto"]
-        return submitit.helpers.DelayedSubmission(PretrainJob(argv))
+        return submitit.helpers.DelayedSubmission(PretrainJob(argv, self.entry))
 
 
 def submit_pretraining(args: argparse.Namespace, argv: list[str], run_dir: Path) -> int:

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from conftest import tiny_args
-from transfer import run_all
+from transfer.orchestrate import run_all
 from transfer.checkpoints import build_resnet
 
 REPO = Path(__file__).resolve().parents[1]
