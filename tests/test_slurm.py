@@ -216,3 +216,35 @@ def test_pretrain_on_slurm_requeued_gives_the_torchrun_weights(slurm_cluster, sy
     b = torch.load(tmp_path / "torchrun" / "backbone.pth", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert oct((tmp_path / "slurm" / "slurm").stat().st_mode & 0o777) == "0o700"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_study_matched_run_starts_after_its_mast_run(slurm_cluster, tmp_path, capsys):
+    """The study's dependencies become afterok: everything is submitted at once, and the matched-λ run
+    (and each checkpoint's probes) starts only after the run it depends on has finished."""
+    from transfer.orchestrate import study
+    from transfer.orchestrate.jobs import Runner, SlurmOptions
+
+    args = study.build_parser().parse_args(["--seeds", "0", "--arms", "vicreg_matched", "mast", "--data",
+                                            str(tmp_path / "data"), "--runs", str(tmp_path / "runs"),
+                                            "--out", str(tmp_path / "out")])
+    jobs = study.plan_jobs(args, [])
+    stamps = tmp_path / "stamps"
+    stamps.mkdir()
+    for job in jobs:  # the real dependency graph, with commands that only record when they ran
+        name = job.name.replace(":", "_")
+        job.cmd = [sys.executable, "-c", f"import time, pathlib; p = pathlib.Path({str(stamps)!r}); "
+                   f"(p / '{name}.start').write_text(repr(time.time())); time.sleep(2); "
+                   f"(p / '{name}.end').write_text(repr(time.time()))"]
+    study.execute(jobs, Runner(tmp_path / "runs", "slurm", slurm=SlurmOptions(cpu_only=True)))
+    out = capsys.readouterr().out
+    assert {j.state for j in jobs} == {"ok"}, out
+    lines = out.splitlines()
+    assert all("submitted: SLURM job" in line for line in lines[:4]), out  # submitted before any ended
+
+    def at(name: str, edge: str) -> float:
+        return float((stamps / f"{name}.{edge}").read_text())
+    assert at("pretrain_vicreg_matched_s0", "start") >= at("pretrain_mast_s0", "end")
+    assert at("probes_mast_s0", "start") >= at("pretrain_mast_s0", "end")
+    assert at("probes_vicreg_matched_s0", "start") >= at("pretrain_vicreg_matched_s0", "end")

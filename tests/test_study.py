@@ -11,6 +11,7 @@ import yaml
 from reports.study_report import collect
 from reports.study_stats import paired_difference, signed, t_interval, verdict
 from transfer.orchestrate import study
+from transfer.orchestrate.jobs import Runner
 
 
 # --- statistics -------------------------------------------------------------------------------------------
@@ -66,11 +67,11 @@ def test_execute_runs_dependencies_first_and_skips_dependents_of_a_failure(tmp_p
         return study.Job(name, [sys.executable, "-c", f"raise SystemExit({code})"], tmp_path / f"{name}.log", list(deps))
     jobs = [job("pretrain:b", 0, ["pretrain:a"]), job("pretrain:a", 0), job("pretrain:bad", 3),
             job("probes:c", 0, ["pretrain:bad"]), job("probes:d", 1, ["pretrain:b"])]
-    study.execute(jobs, parallel=2, poll_s=0.05)
+    study.execute(jobs, Runner(tmp_path / "runs", "local", jobs=2, poll_s=0.05))
     states = {j.name: j.state for j in jobs}
     assert states == {"pretrain:b": "ok", "pretrain:a": "ok", "pretrain:bad": "failed", "probes:c": "skipped",
                       "probes:d": "ok"}  # run_all's exit 1 (a task failed) is recorded in the results, not fatal
-    assert "skip probes:c" in capsys.readouterr().out
+    assert "probes:c skipped: pretrain:bad did not succeed" in capsys.readouterr().out
 
 
 @pytest.mark.slow  # 13 short subprocesses (pretraining, run_all, kNN, report): ~1 CPU-minute

@@ -82,6 +82,7 @@ class JobSpec:
     resources: Resources = field(default_factory=Resources)
     deps: list[str] = field(default_factory=list)      # keys that must finish ok first (SLURM: afterok)
     prepare: Callable[[], None] | None = None          # called just before each (re-)submission
+    new_session: bool = False                          # the command in its own session (fair CPU share)
 
     @property
     def exit_file(self) -> Path:
@@ -120,6 +121,7 @@ class Command:
     timeout_s: float | None = None            # local only: on SLURM the cluster enforces --time
     cuda_visible: str | None = "keep"         # local only: the submitter's CUDA_VISIBLE_DEVICES
     runner_pid: int | None = None             # local only: stop when this process dies (kill -9 included)
+    new_session: bool = False
 
     def __call__(self) -> int:
         env = dict(os.environ)
@@ -140,7 +142,8 @@ class Command:
             log.write(" ".join(self.cmd) + "\n")
             log.flush()
             proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                                    start_new_session=self.new_session)
             try:
                 rc, timed_out = self._wait(proc, t0)
             except BaseException:  # interrupted (Ctrl-C, scancel's SIGTERM): the task stops with us
@@ -352,7 +355,7 @@ class Runner:
         command = Command(spec.cmd, spec.env, str(spec.log), str(spec.exit_file),
                           timeout_s=60 * limit if local and limit else None,
                           cuda_visible=os.environ.get("CUDA_VISIBLE_DEVICES") if local else "keep",
-                          runner_pid=os.getpid() if local else None)
+                          runner_pid=os.getpid() if local else None, new_session=spec.new_session)
         executor = self._local_executor(spec) if local else self._slurm_executor(spec)
         try:
             # LocalExecutor's controller inherits this environment; submitit echoes sbatch's stderr: one line here

@@ -106,6 +106,15 @@ def add_launcher_args(p: argparse.ArgumentParser) -> None:
                    help="request no GPUs (a CPU-only cluster, e.g. scripts/slurm_local.sh)")
 
 
+def launcher_argv(args: argparse.Namespace) -> list[str]:
+    """The --launcher and --slurm-* options of ``args`` as command-line arguments (passed on to run_all)."""
+    out = ["--launcher", args.launcher]
+    for key in ("partition", "account", "qos", "constraint", "time"):
+        if getattr(args, f"slurm_{key}") is not None:
+            out += [f"--slurm-{key}", str(getattr(args, f"slurm_{key}"))]
+    return out + (["--slurm-cpu-only"] if args.slurm_cpu_only else [])
+
+
 def slurm_options(args: argparse.Namespace, defaults: dict | None = None) -> SlurmOptions:
     """The --slurm-* options over a suite's ``slurm:`` section."""
     d = dict(defaults or {})
