@@ -34,6 +34,7 @@ from mast.slurm import ACTIVE, CLUSTER_ENDED, cluster_states, private_folder, sb
 
 HEARTBEAT_S = 60.0
 PROJECT = Path(__file__).resolve().parents[2]
+SACCT_POLL_S = 3.0  # one sacct call per poll for all running jobs
 UNKNOWN_GRACE_S = 60.0  # a just-submitted job may not be in sacct yet
 
 
@@ -271,7 +272,7 @@ class Runner:
                 self._start_ready()
                 if not self.running or not self.wait:
                     break
-                time.sleep(self.poll_s)
+                time.sleep(self.poll_s if self.launcher == "local" else max(self.poll_s, SACCT_POLL_S))
                 self._poll()
         except KeyboardInterrupt:
             self._interrupted()
