@@ -12,9 +12,12 @@ and records where the number came from in ``loss.inv_coeff_source`` of the run's
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from mast import rundir
 
 PREFIX = "auto:"
 
@@ -34,7 +37,7 @@ def matched_inv_coeff(spec: str) -> tuple[float, str]:
     if not raw:
         raise MatchedError(f"{key}: expected auto:RUN_DIR, a finished MAST pretraining run directory")
     run = Path(raw)
-    config_path, metrics_path = run / "config.yaml", run / "metrics.jsonl"
+    config_path, metrics_path = run / rundir.CONFIG, run / rundir.METRICS
     if not config_path.is_file() or not metrics_path.is_file():
         raise MatchedError(f"{key}: {run} is not a pretraining run directory (expected config.yaml and "
                            "metrics.jsonl in it)")
@@ -46,28 +49,51 @@ def matched_inv_coeff(spec: str) -> tuple[float, str]:
         method = config.get("method") if isinstance(config, dict) else None
         raise MatchedError(f"{key}: {run} is a {method!r} run; expected a MAST run (method: mast), whose "
                            "logged mean invariance weight w_mean is what is matched")
-    if not (run / "mast_state.pth").is_file():
+    if not (run / rundir.MAST_STATE).is_file():
         raise MatchedError(f"{key}: {run} has not finished (no mast_state.pth); its last epoch's w_mean is needed")
+    try:
+        last = last_epoch_w_mean(metrics_path)
+    except MatchedError as e:
+        raise MatchedError(f"{key}: {e}") from None
+    if last is None:
+        raise MatchedError(f"{key}: {metrics_path} logs no w_mean (a run from before MAST v2's eq. 4?)")
+    base = float((config.get("loss") or {}).get("inv_coeff", 25.0))
+    source = (f"auto: {base:g} x mean w_mean {last.value:.6f} over epoch {last.epoch} ({last.n_steps} logged steps, "
+              f"steps {last.first_step}-{last.last_step}) of {metrics_path}")
+    return base * last.value, source
+
+
+@dataclass(frozen=True)
+class EpochMean:
+    """The mean of ``w_mean`` (eq. 4's mean invariance weight) over the logged steps of one epoch."""
+    value: float
+    epoch: int
+    n_steps: int
+    first_step: int
+    last_step: int
+
+
+def last_epoch_w_mean(metrics_path: Path) -> EpochMean | None:
+    """Mean ``w_mean`` over a run's last logged epoch (its metrics.jsonl); None when no line logs it.
+
+    The one place this number is computed: the matched λ above and the study report both read it.
+    Raises :class:`MatchedError` for a line that is not JSON.
+    """
     lines = []
-    for n, text in enumerate(metrics_path.read_text().splitlines(), 1):
+    for n, text in enumerate(Path(metrics_path).read_text().splitlines(), 1):
         if text.strip():
             try:
                 record = json.loads(text)
             except json.JSONDecodeError:
-                raise MatchedError(f"{key}: {metrics_path} line {n} is not JSON") from None
+                raise MatchedError(f"{metrics_path} line {n} is not JSON") from None
             if isinstance(record, dict) and "w_mean" in record and "epoch" in record:
                 lines.append(record)
     if not lines:
-        raise MatchedError(f"{key}: {metrics_path} logs no w_mean (a run from before MAST v2's eq. 4?)")
-    last_epoch = max(int(r["epoch"]) for r in lines)
-    last = [r for r in lines if int(r["epoch"]) == last_epoch]
-    w_mean = sum(float(r["w_mean"]) for r in last) / len(last)
-    base = float((config.get("loss") or {}).get("inv_coeff", 25.0))
-    value = base * w_mean
-    steps = f"steps {min(r['step'] for r in last)}-{max(r['step'] for r in last)}"
-    source = (f"auto: {base:g} x mean w_mean {w_mean:.6f} over epoch {last_epoch} ({len(last)} logged steps, "
-              f"{steps}) of {metrics_path}")
-    return value, source
+        return None
+    epoch = max(int(r["epoch"]) for r in lines)
+    last = [r for r in lines if int(r["epoch"]) == epoch]
+    steps = [int(r.get("step", 0)) for r in last]
+    return EpochMean(sum(float(r["w_mean"]) for r in last) / len(last), epoch, len(last), min(steps), max(steps))
 
 
 def resolve_loss_section(data: dict) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from reports.results import Results, finite
-from transfer.stats import difference_interval, group_interval
+from transfer.stats import difference_interval, excludes_zero, group_interval
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,12 @@ class Delta:
     lo: float | None = None
     hi: float | None = None
     n_seeds: int = 1
+    paired_seeds: bool = False  # the interval pairs the two groups' pretraining seeds (:func:`seeds_paired`)
 
     @property
     def marked(self) -> bool:
         """Distinguishable from zero at 95 %: the interval excludes 0 (a † in the tables)."""
-        return self.lo is not None and (self.lo > 0 or self.hi < 0)
+        return excludes_zero(self.lo, self.hi)
 
 
 def _ok(results: Results, name: str, task: str, metric: str) -> list[tuple[dict, float]]:
@@ -132,7 +133,7 @@ def _delta(results: Results, name: str, baseline: str, task: str, metric: str) -
         return Delta(value, n_seeds=min(a.n_seeds, b.n_seeds))
     paired = seeds_paired([r for r, _ in runs_a], [r for r, _ in runs_b])
     iv = difference_interval(sa, sb, seed=0, paired_seeds=paired)
-    return Delta(value, 100 * iv.lo, 100 * iv.hi, iv.n_seeds)
+    return Delta(value, 100 * iv.lo, 100 * iv.hi, iv.n_seeds, paired and len(sa) > 1)
 
 
 def seeds_paired(a: list[dict], b: list[dict]) -> bool:

@@ -23,6 +23,7 @@ import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from mast import model  # noqa: E402
+from reports.plots import save_figure  # noqa: E402
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
@@ -87,7 +88,7 @@ def plot_sensitivities(e: np.ndarray, names: list[str], tau: float, path: Path) 
     ax.set_xlabel(f"embedding dimension (d = {e.shape[1]}, ordered by non-invariance pattern)")
     ax.set_title(f"sensitivity e_kj = ū_k·(1 − m_kj); S_k = {{j : e_kj < τ = {tau:g}}}", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_subspaces(stats: dict, names: list[str], path: Path) -> Path:
@@ -102,7 +103,7 @@ def plot_subspaces(stats: dict, names: list[str], path: Path) -> Path:
     ax.set_title(f"subspace sizes (d = {stats['d']}: {stats['unique_total']} unique, "
                  f"{stats['shared_total']} shared, {stats['in_none']} in none)", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_relations(corr: np.ndarray, jac: np.ndarray, names: list[str], path: Path) -> Path:
@@ -118,7 +119,7 @@ def plot_relations(corr: np.ndarray, jac: np.ndarray, names: list[str], path: Pa
                     color="white" if dark else "black")
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def uncertainty_curves(delta: np.ndarray, u: np.ndarray, bins: int = 8) -> list[dict]:
@@ -157,7 +158,7 @@ def plot_uncertainty(curves: list[dict], names: list[str], path: Path) -> Path:
         ax.set_xlim(0, 1)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def mast_figures(state: dict, out_dir: Path, prefix: str) -> dict[str, Any]:
@@ -188,11 +189,3 @@ def mast_figures(state: dict, out_dir: Path, prefix: str) -> dict[str, Any]:
         result["figures"].append(("Uncertainty against augmentation strength (held-out pairs)",
                                   plot_uncertainty(curves, names, out_dir / f"{prefix}_uncertainty.png")))
     return result
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

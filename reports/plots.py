@@ -3,6 +3,7 @@ with each group's interval and one dot per pretraining seed."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -11,16 +12,19 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mast.atomic import write_bytes_atomic  # noqa: E402
 from reports import compare  # noqa: E402
 from reports.results import Results, metric_names, task_label  # noqa: E402
 from reports.tables import group_label, ordered_names, summary_table  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` (PNG, 110 dpi; atomic: a reader never sees half a file) and close it."""
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format="png")
     plt.close(fig)
+    write_bytes_atomic(path, buffer.getvalue())
     return path
 
 
@@ -55,7 +59,7 @@ def forest(results: Results, baseline: str | None, path: Path) -> Path | None:
     ax.set_title(f"Each group minus {baseline}; hollow: no interval (single fine-tuning run)", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def task_bars(results: Results, task: str, baseline: str | None, path: Path) -> Path | None:
@@ -91,4 +95,4 @@ def task_bars(results: Results, task: str, baseline: str | None, path: Path) -> 
                  fontsize=8)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -91,7 +91,14 @@ def load_results(path: str | Path) -> Results:
         path = path / "results.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"--results {path}: no such file (expected a results.jsonl written by run_all)")
-    records = read_jsonl(path)
+    return results_from_records(read_jsonl(path), path.parent)
+
+
+def results_from_records(records: list[dict], root: Path | None = None) -> Results:
+    """:class:`Results` of ``records`` (in file order); ``root``: the folder relative ``predictions`` paths start from.
+
+    A record's seed is its ``seed_index``; per seed, :func:`select_records` picks what is shown.
+    """
     per_seed: dict[int, list[dict]] = {}
     for record in records:
         per_seed.setdefault(int(record.get("seed_index") or 0), []).append(record)
@@ -107,7 +114,7 @@ def load_results(path: str | Path) -> Results:
     for (name, column, _), record in sorted(chosen.items(), key=lambda kv: kv[0][2]):
         runs.setdefault((name, column), []).append(record)
     shown = {k: next((r for r in v if r.get("status") == "ok"), v[0]) for k, v in runs.items()}
-    return Results(shown, names, sorted(columns, key=columns.get), runs, path.parent)
+    return Results(shown, names, sorted(columns, key=columns.get), runs, root)
 
 
 PAPER_SCALES = ("paper", "demo")  # a record at any other scale label is never a number of these columns

@@ -147,11 +147,15 @@ def format_cell(cell: Cell, style: Style = MD) -> str:
         text += f" sd {s.seed_sd:.1f}"
     if fewer:
         text += f" ({fewer})"
-    d = cell.delta
-    if d is not None:
-        inner = fmt(d.value, True) + (" " + fmt_interval(d.lo, d.hi, True) if d.lo is not None else "")
-        text += f"{style.delta[0]}{inner}{style.dagger if d.marked else ''}{style.delta[1]}"
+    if cell.delta is not None:
+        text += f"{style.delta[0]}{format_delta(cell.delta, style)}{style.delta[1]}"
     return text
+
+
+def format_delta(d: Delta, style: Style = MD) -> str:
+    """``+1.2 [+0.3, +2.1]†``: a difference, its interval when it has one, † when that excludes 0."""
+    inner = fmt(d.value, True) + (" " + fmt_interval(d.lo, d.hi, True) if d.lo is not None else "")
+    return inner + (style.dagger if d.marked else "")
 
 
 def to_markdown(table: Table, with_task: bool = False) -> str:

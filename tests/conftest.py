@@ -17,9 +17,9 @@ import torch
 from mast.data.synthetic import SyntheticSpec, ensure_dataset
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
-    """One torch thread for the test: on small tensors much faster than several (restored after)."""
+    """One torch thread for a module's tests: on small tensors much faster than several (restored after)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

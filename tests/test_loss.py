@@ -14,13 +14,7 @@ from mast.model import MASTModel, ModelConfig, SubspaceModule, UncertaintyHeads
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster than several on a shared machine (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest.py)
 
 
 # --- reference: official VICReg (facebookresearch/vicreg main_vicreg.py), written out inline -------------

@@ -26,12 +26,9 @@ TINY_RUN = ["train_cfg.max_iters=2", "train_cfg.val_interval=2", "param_schedule
 
 
 @pytest.fixture(scope="module", autouse=True)
-def mmseg():
-    # One thread: with tiny tensors, two threads per process mostly wait on each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield require_mmseg()
-    torch.set_num_threads(threads)
+def mmseg(one_thread):
+    # One thread (conftest.py): with tiny tensors, two threads per process mostly wait on each other.
+    return require_mmseg()
 
 
 def _randomise(model: nn.Module, seed: int) -> nn.Module:

@@ -1,63 +1,119 @@
-"""``make study`` (transfer/orchestrate/study.py) and its report (reports/study_report.py, reports/study_stats.py)."""
+"""``make study`` (transfer/orchestrate/study.py) and its report (reports/study_report.py, reports/study_runs.py)."""
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
-from reports.study_report import collect
-from reports.study_stats import paired_difference, signed, t_interval, verdict
-from transfer.orchestrate import study
+from reports import compare, study_report
+from reports.study_report import arm_and_seed, study_results
+from synthetic_state import save_state
+from transfer.orchestrate import run_all, study
 from transfer.orchestrate.jobs import Runner
+from transfer.orchestrate.resolve import Checkpoint
+from transfer.probes.cli import _save_scores, record_scores
+from transfer.records import TaskRun, append_jsonl
+from transfer.stats import difference_interval
+from transfer.suite import TaskSpec
+
+N_ITEMS = 200
+#: arm -> (accuracy level per seed, mean w over the last epoch or None): MAST is 20 points above VICReg
+TINY = {"vicreg": ([0.50, 0.55], None), "mast_unc_none": ([0.52, 0.56], 0.69), "mast": ([0.70, 0.75], 0.28)}
 
 
-# --- statistics -------------------------------------------------------------------------------------------
-def test_t_interval_matches_the_student_t_formula():
-    iv = t_interval([1.0, 2.0, 3.0])
-    half = 4.302652729911275 / 3 ** 0.5  # t_{0.975, 2} · s / √n with s = 1
-    assert iv.mean == pytest.approx(2.0) and iv.n == 3
-    assert iv.lo == pytest.approx(2.0 - half) and iv.hi == pytest.approx(2.0 + half)
-    single = t_interval([5.0])
-    assert single.lo is None and single.text() == "5.0 (1 seed)" and not single.excludes_zero
-    with pytest.raises(ValueError, match="at least one value"):
-        t_interval([])
+def _tiny_study(root: Path) -> tuple[Path, Path, dict]:
+    """A study of 3 arms x 2 seeds, one probe (kNN color), written the way the study writes it: a
+    TaskRun with the probes' per-item scores, finished and appended by run_all, one results.jsonl
+    per checkpoint; each run folder has its config.yaml and metrics.jsonl (and mast_state.pth for MAST)."""
+    truth = np.random.default_rng(0).random(N_ITEMS)
+    scores = {}
+    for arm, (levels, w) in TINY.items():
+        for seed, level in enumerate(levels):
+            name = f"{arm}_s{seed}"
+            run = root / "pretrain" / f"study_{name}"
+            run.mkdir(parents=True)
+            method = "vicreg" if arm.startswith("vicreg") else "mast"
+            (run / "config.yaml").write_text(yaml.safe_dump({"method": method, "seed": seed, "loss": {"inv_coeff": 25.0}}))
+            lines = [{"step": s, "epoch": s // 2, "w_mean": (w or 1.0) * (0.5 if s < 2 else 1.0)} for s in range(4)]
+            (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) if w else "")
+            if method == "mast":
+                save_state(run / "mast_state.pth", dim=16, pairs=64, seed=seed)
+            scores[(arm, seed)] = (truth < level).astype(float)
+            out = root / "transfer" / name
+            task_dir = out / name / "knn_color"
+            with TaskRun("knn", "synthetic/color", "demo", task_dir, None) as task:
+                record_scores(task, "top1_k20", scores[(arm, seed)], "test images")
+                _save_scores(task)
+            ckpt = Checkpoint(name, run / "backbone.pth", f"{seed:02d}{arm}".ljust(64, "0"), "resnet18", method, False,
+                              pretrain_seed=seed)
+            job = run_all.Job(ckpt, TaskSpec("knn_color", "knn", {"data": "d/color"}, "demo"), task_dir)
+            (task_dir / "run_all.log").write_text("")
+            append_jsonl(out / "results.jsonl", run_all.finish(job, run_all.Outcome(job.key, 0), root=out))
+    return root / "transfer", root / "pretrain", scores
 
 
-def test_paired_difference_identical_shifted_and_disjoint():
-    a = {0: 50.0, 1: 60.0, 2: 55.0}
-    same = paired_difference(a, dict(a))
-    assert (same.mean, same.lo, same.hi) == (0.0, 0.0, 0.0) and not same.excludes_zero
-    shifted = paired_difference({s: v + 2 for s, v in a.items()}, a)  # pairing removes the seed spread
-    assert shifted.mean == pytest.approx(2.0) and shifted.lo == pytest.approx(2.0) and shifted.excludes_zero
-    assert "higher" in verdict("kNN color", "VICReg", shifted) and "excludes 0" in verdict("kNN color", "VICReg", shifted)
-    assert "lower" in verdict("x", "VICReg", paired_difference(a, {s: v + 1 for s, v in a.items()}))
-    noisy = paired_difference({0: 1.0, 1: -1.0, 2: 0.5}, {0: 0.0, 1: 0.0, 2: 0.0})
-    assert not noisy.excludes_zero and "includes 0" in verdict("x", "VICReg", noisy)
-    assert paired_difference({0: 1.0}, {1: 1.0}) is None
-    assert "1 seed" in verdict("x", "VICReg", paired_difference({0: 1.0}, {0: 0.0}))
-    assert signed(-0.04) == "+0.0" and signed(-1.25) == "-1.2" and signed(3) == "+3.0"
+# --- the report -------------------------------------------------------------------------------------------
+def test_the_study_report_is_built_through_the_shared_statistics_path(tmp_path):
+    results_dir, runs_dir, scores = _tiny_study(tmp_path)
+    out = tmp_path / "report"
+    study_report.write_report(results_dir, runs_dir, out)
+
+    results = study_results(results_dir)
+    assert results.names == ["vicreg", "mast_unc_none", "mast"] and results.n_seeds("mast") == 2
+    arms = {r["arm"]: r for r in csv.DictReader((out / "arms.csv").open())}
+    stat = compare.group_stat(results, "mast", "knn_color", "top1_k20")
+    assert float(arms["mast"]["mean"]) == pytest.approx(100 * np.mean([scores[("mast", s)].mean() for s in (0, 1)]), abs=1e-3)
+    assert (float(arms["mast"]["lo"]), float(arms["mast"]["hi"])) == pytest.approx((stat.lo, stat.hi), abs=1e-3)
+    diffs = {d["comparison"]: d for d in csv.DictReader((out / "differences.csv").open())}
+    expected = difference_interval([scores[("mast", s)] for s in (0, 1)], [scores[("vicreg", s)] for s in (0, 1)],
+                                   seed=0, paired_seeds=True)  # the demo report's interval, paired by seed
+    d = diffs["mast-vicreg"]
+    assert (float(d["delta_lo"]), float(d["delta_hi"])) == pytest.approx((100 * expected.lo, 100 * expected.hi), abs=1e-3)
+    assert d["excludes_zero"] == "True" and d["paired_seeds"] == "True" and d["n_seeds"] == "2"
+    assert "mast-vicreg_matched" not in diffs  # no such arm in this study
+
+    summary = (out / "summary.md").read_text()
+    assert "kNN color: MAST is higher than VICReg (+" in summary and "over 2 paired seeds" in summary
+    assert "hierarchical bootstrap" in summary and "t-interval" not in summary
+    confound = next(line for line in summary.splitlines() if line.startswith("Reading the ablation"))
+    assert "0.69" in confound and "0.28" in confound and "confounded" in confound
+    index = (out / "index.md").read_text()
+    for section in ("## Summary (generated)", "## Per arm", "## MAST minus each control", "## Per seed",
+                    "## What MAST learned"):
+        assert section in index
+    assert (out / "differences.png").is_file() and (out / "arms.png").is_file()
+    learned = list(csv.DictReader((out / "learned.csv").open()))
+    assert {r["run"] for r in learned} == {"mast_unc_none_s0", "mast_unc_none_s1", "mast_s0", "mast_s1"}
 
 
-def test_collect_keeps_study_names_and_the_last_ok_record():
-    def rec(name, task, value, status="ok"):
-        return {"name": name, "task_name": task, "status": status, "metrics": {"top1_k20": value, "top1": value}}
-    values, used = collect([rec("mast_s0", "knn_color", 10.0), rec("mast_s0", "knn_color", 12.0),
-                            rec("mast_s0", "knn_color", 99.0, "failed"), rec("random_init", "knn_color", 5.0),
-                            rec("vicreg_s1", "linear_side", 70.0), rec("simclr_s0", "knn_color", 1.0)])
-    assert values["kNN color"] == {"mast": {0: 12.0}}
-    assert values["linear side"] == {"vicreg": {1: 70.0}}
-    assert len(used) == 2
+def test_the_report_shows_the_latest_record_and_ignores_other_checkpoints(tmp_path):
+    results_dir, runs_dir, _ = _tiny_study(tmp_path)
+    rerun = json.loads((results_dir / "vicreg_s0" / "results.jsonl").read_text().splitlines()[0])
+    rerun.update(status="failed", error="boom")  # a newer failed run of the same task and config
+    append_jsonl(results_dir / "vicreg_s0" / "results.jsonl", rerun)
+    append_jsonl(results_dir / "vicreg_s0" / "results.jsonl", dict(rerun, name="random_init", status="ok"))
+    results = study_results(results_dir)
+    assert results.names == ["vicreg", "mast_unc_none", "mast"]
+    assert [r["status"] for r in results.seeds("vicreg", "knn_color")] == ["failed", "ok"]  # the shared rule
+    assert compare.group_stat(results, "vicreg", "knn_color", "top1_k20").n_seeds == 1
+
+
+def test_arm_and_seed_reads_study_checkpoint_names():
+    assert arm_and_seed("mast_unc_none_s12") == ("mast_unc_none", 12)
+    assert arm_and_seed("vicreg_matched_s0") == ("vicreg_matched", 0)
+    assert arm_and_seed("random_init") is None and arm_and_seed("simclr_s0") is None and arm_and_seed("mast_sx") is None
 
 
 def test_study_suite_holds_exactly_the_reported_tasks():
-    from reports.study_report import TASKS
     from transfer.suite import load_suite
 
     suite = load_suite(str(study.SUITE))
-    assert {t.name for t in suite.tasks} == {task for task, _, _ in TASKS}
+    assert {t.name for t in suite.tasks} == {task for task, _, _ in study_report.TASKS}
     assert {t.task for t in suite.tasks} == {"knn", "linear", "fewshot"}  # frozen-feature probes only
 
 

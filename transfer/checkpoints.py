@@ -31,6 +31,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from mast import rundir
 from transfer.layouts import (Candidate, LayoutError, backbone_tensors, choose, find_candidates, flatten,
                               guess_codebase)
 
@@ -154,7 +155,7 @@ def load_backbone(path: str | Path, backbone: str | None = None) -> tuple[dict[s
         method=find_method(obj, path),
         pretrain_seed=find_pretrain_seed(obj, path),
         source_format=chosen.name or "torchvision",
-        run_dir=str(path.resolve().parent) if (path.parent / "config.yaml").is_file() else None,
+        run_dir=str(path.resolve().parent) if (path.parent / rundir.CONFIG).is_file() else None,
         backbone=chosen.prefix,
         backbone_choice=how,
         candidates=tuple(c.name for c in cands),
@@ -212,14 +213,11 @@ def canonicalise(state: Mapping[str, Tensor], arch: str, path: Path | str) -> di
     return out
 
 
-INIT_CHECKPOINT = "backbone_init.pth"  # a run's network before step 1 (mast.pretrain writes it)
-
-
 def run_configs(obj: Any, path: Path) -> list[Mapping]:
     """Where a checkpoint says how it was pretrained: its embedded ``config``, then the run's
     ``config.yaml`` next to it (safe YAML); either may be missing."""
     out = [obj["config"]] if isinstance(obj, Mapping) and isinstance(obj.get("config"), Mapping) else []
-    config = path.parent / "config.yaml"
+    config = path.parent / rundir.CONFIG
     if config.is_file():
         import yaml
 
@@ -237,7 +235,7 @@ def find_method(obj: Any, path: Path) -> str | None:
 
     A run's ``backbone_init.pth`` was never trained: its method is ``"init"``, whatever the run's.
     """
-    if path.name == INIT_CHECKPOINT and (path.parent / "config.yaml").is_file():
+    if path.name == rundir.BACKBONE_INIT and (path.parent / rundir.CONFIG).is_file():
         return "init"
     return next((c["method"] for c in run_configs(obj, path) if isinstance(c.get("method"), str)), None)
 

@@ -30,7 +30,12 @@ class Interval:
 
     @property
     def excludes_zero(self) -> bool:
-        return self.lo > 0 or self.hi < 0
+        return excludes_zero(self.lo, self.hi)
+
+
+def excludes_zero(lo: float | None, hi: float | None) -> bool:
+    """Whether the interval [lo, hi] lies on one side of 0 (what a report marks †); no interval never does."""
+    return lo is not None and hi is not None and (lo > 0 or hi < 0)
 
 
 def _rng(seed: int) -> np.random.Generator:

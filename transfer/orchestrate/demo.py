@@ -45,7 +45,7 @@ def _step(title: str) -> float:
 
 def is_finished(run_dir: Path) -> bool:
     """A pretraining run that wrote its final exports (kept by demo and study)."""
-    return (run_dir / "mast_state.pth").is_file() and (run_dir / "backbone.pth").is_file()
+    return (run_dir / rundir.MAST_STATE).is_file() and (run_dir / rundir.BACKBONE).is_file()
 
 
 def pretrain_command(name: str, runs: Path, data: Path, preset: str, overrides: list[str]) -> list[str]:
@@ -53,7 +53,7 @@ def pretrain_command(name: str, runs: Path, data: Path, preset: str, overrides: 
     cmd = [sys.executable, "-m", "mast.pretrain", "--config", "demo", "--name", name,
            f"out_dir={runs}", f"data.root={data}/unlabeled", f"data.synthetic={preset}", f"data.synthetic_dir={data}",
            f"knn.root={data}/classification/shape", *overrides]
-    if (runs / name / "last.pth").is_file():
+    if (runs / name / rundir.LAST).is_file():
         cmd += ["--resume", "auto"]
     return cmd
 

@@ -16,8 +16,8 @@ Arms (same demo config otherwise: ResNet-18, 32 px views, batch 128, expander 10
 Each arm is pretrained once per seed (``python -m mast.pretrain``, one thread each, ``--jobs`` at
 a time); every finished checkpoint gets the frozen-feature probes of ``transfer/suites/study.yaml``
 (``python transfer/run_all.py``, kNN + linear on color/side/shape, 5-way few-shot); then
-``python -m reports.study_report`` writes the report (per-seed tables, per-arm means with t-intervals
-over seeds, MAST minus each control paired by seed). Re-running resumes: finished runs and probe
+``python -m reports.study_report`` writes the report (per-seed tables, per-arm means and MAST minus
+each control with the intervals of docs/STATISTICS.md). Re-running resumes: finished runs and probe
 records are kept, an interrupted pretraining continues from its last.pth.
 """
 
@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mast import rundir
 from transfer.orchestrate.demo import _step, is_finished, pretrain_command
 from transfer.orchestrate.jobs import JobSpec, LaunchError, Outcome, Runner
 from transfer.orchestrate.run_all import add_launcher_args, slurm_options
@@ -124,11 +125,11 @@ def plan_jobs(args: argparse.Namespace, overrides: list[str]) -> list[Job]:
             job.state = "ok"
         pretrain.append(job)
         probe_cmd = [sys.executable, "-m", "transfer.run_all",
-                     "--ckpt", str(run_dir / "backbone.pth"), "--name", name, "--suite", str(args.suite), "--var", f"data={args.data}",
+                     "--ckpt", str(run_dir / rundir.BACKBONE), "--name", name, "--suite", str(args.suite), "--var", f"data={args.data}",
                      "--out", str(args.out / name), "--no-report", "--jobs", "1"]  # one run_all per folder
         probe_cmd += ["--tasks", *args.tasks] if args.tasks else []
         probe = Job(f"probes:{name}", probe_cmd, logs / f"probes_{name}.log", [job.name], PROBES_S)
-        if job.state == "ok" and probes_done(args.out / name, name, args.suite, run_dir / "backbone.pth"):
+        if job.state == "ok" and probes_done(args.out / name, name, args.suite, run_dir / rundir.BACKBONE):
             probe.state, probe.estimate_s = "ok", 0.0  # kept; run_all would skip every task anyway
         probes.append(probe)
     n_main = len(main_arms) * len(args.seeds)
