@@ -2,14 +2,17 @@
 
     python transfer/run_all.py --ckpt runs/pretrain/demo_mast/backbone.pth --ckpt vicreg.pth \\
         [--name mast --name vicreg] [--backbone NAME ...] [--suite demo|paper|my.yaml] [--tasks knn linear] \\
-        [--out runs/transfer] [--force] [--jobs N] [--report reports/NAME] [--baseline vicreg]
+        [--out runs/transfer] [--force] [--jobs N] [--report reports/NAME] [--baseline vicreg] \\
+        [--launcher local|slurm] [--no-wait] [--slurm-partition P --slurm-account A --slurm-time MIN ...]
 
 A thin orchestrator over the task CLIs (``python -m transfer.<task> --ckpt C --out D --scale S``):
 every task runs in its own process, writes ``D/record.json``, and run_all appends that record
 (with the checkpoint name and task-config hash) to ``OUT/results.jsonl``. A crash, NaN or missing
 dataset is one failed/skipped record and the suite goes on; a re-run skips every task that already
 has an ``ok`` record for the same checkpoint sha256 and task config, so an interrupted suite
-resumes where it stopped. ``D = OUT/<checkpoint name>/<task name>``.
+resumes where it stopped. ``D = OUT/<checkpoint name>/<task name>``. Tasks run through the job
+runner (``transfer/orchestrate/jobs.py``): local subprocesses, ``--jobs`` at a time, or one SLURM
+job each with ``--launcher slurm`` (docs/CLUSTER.md: resources per task type, --no-wait and collect).
 
 Pretraining seeds: several checkpoints may share a ``--name`` (``--ckpt s0.pth --ckpt s1.pth --name
 mast --name mast``); they form one group, one row of the report (mean over seeds, hierarchical
