@@ -3,6 +3,7 @@
     python -m mast.pretrain [--config demo|stl10_r18|imagenet_r50|PATH.yaml] [--resume auto|PATH]
                             [--name NAME] [key=value ...]
     torchrun --nproc_per_node 8 -m mast.pretrain --config imagenet_r50 data.root=/data/imagenet/train
+    python -m mast.pretrain --launcher slurm --nodes 2 --gpus-per-node 8 --config imagenet_r50 ...  # mast/slurm.py
 
 No arguments = the CPU demo. The loop is written out (as facebookresearch/vicreg main_vicreg.py):
 two views are cropped in DataLoader workers, colour-augmented on the device with recorded
@@ -40,6 +41,7 @@ from mast.lock import FolderBusyError, FolderLock
 from mast.model import MASTModel
 from mast.optim import build_optimizer, build_subspace_optimizer, learning_rate, set_lr
 from mast.run_log import RunLog
+from mast.slurm import add_launcher_args, submit_pretraining
 
 
 class TrainingError(RuntimeError):
@@ -364,6 +366,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="continue from OUT_DIR/NAME/last.pth (auto) or from PATH")
     parser.add_argument("--name", default=None, help="run name (directory under out_dir); default: the preset's")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. optim.epochs=10 method=vicreg")
+    add_launcher_args(parser)
     return parser.parse_intermixed_args(argv)
 
 
@@ -373,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = list(args.overrides) + ([f"name={args.name}"] if args.name else [])
         cfg = load_config(args.config, overrides)
+        if args.launcher == "slurm":  # validated here; the job runs this command without the launcher options
+            job_argv = ["--config", args.config, *(["--resume", args.resume] if args.resume else []),
+                        *(["--name", args.name] if args.name else []), *args.overrides]
+            return submit_pretraining(args, job_argv, Path(cfg.out_dir) / cfg.name)
         ctx = setup(cfg, args.resume)
         start = time.time()
         train(ctx)

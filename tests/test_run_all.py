@@ -201,8 +201,7 @@ def test_a_task_that_dies_without_a_record_gets_a_failed_one(ckpt, tmp_path):
     job = run_all.Job(c, spec, tmp_path / "out" / "r18" / "t")
     job.out_dir.mkdir(parents=True)
     (job.out_dir / "run_all.log").write_text("Traceback (most recent call last):\nMemoryError: boom\n")
-    job.log = open(job.out_dir / "run_all.log", "a")
-    record = run_all.finish(job, -9)
+    record = run_all.finish(job, run_all.Outcome(job.key, -9))
     assert record["status"] == "failed" and record["metrics"] == {}
     assert "exit code -9 without a record" in record["error"] and "MemoryError: boom" in record["error"]
     assert record["checkpoint"]["sha256"] == c.sha256 and record["task_config_hash"] == spec.config_hash

@@ -14,6 +14,7 @@ from reports import compare, study_report
 from reports.study_report import arm_and_seed, study_results
 from synthetic_state import save_state
 from transfer.orchestrate import run_all, study
+from transfer.orchestrate.jobs import Runner
 from transfer.orchestrate.resolve import Checkpoint
 from transfer.probes.cli import _save_scores, record_scores
 from transfer.records import TaskRun, append_jsonl
@@ -51,8 +52,8 @@ def _tiny_study(root: Path) -> tuple[Path, Path, dict]:
             ckpt = Checkpoint(name, run / "backbone.pth", f"{seed:02d}{arm}".ljust(64, "0"), "resnet18", method, False,
                               pretrain_seed=seed)
             job = run_all.Job(ckpt, TaskSpec("knn_color", "knn", {"data": "d/color"}, "demo"), task_dir)
-            job.log = (task_dir / "run_all.log").open("w")
-            append_jsonl(out / "results.jsonl", run_all.finish(job, 0, root=out))
+            (task_dir / "run_all.log").write_text("")
+            append_jsonl(out / "results.jsonl", run_all.finish(job, run_all.Outcome(job.key, 0), root=out))
     return root / "transfer", root / "pretrain", scores
 
 
@@ -122,11 +123,11 @@ def test_execute_runs_dependencies_first_and_skips_dependents_of_a_failure(tmp_p
         return study.Job(name, [sys.executable, "-c", f"raise SystemExit({code})"], tmp_path / f"{name}.log", list(deps))
     jobs = [job("pretrain:b", 0, ["pretrain:a"]), job("pretrain:a", 0), job("pretrain:bad", 3),
             job("probes:c", 0, ["pretrain:bad"]), job("probes:d", 1, ["pretrain:b"])]
-    study.execute(jobs, parallel=2, poll_s=0.05)
+    study.execute(jobs, Runner(tmp_path / "runs", "local", jobs=2, poll_s=0.05))
     states = {j.name: j.state for j in jobs}
     assert states == {"pretrain:b": "ok", "pretrain:a": "ok", "pretrain:bad": "failed", "probes:c": "skipped",
                       "probes:d": "ok"}  # run_all's exit 1 (a task failed) is recorded in the results, not fatal
-    assert "skip probes:c" in capsys.readouterr().out
+    assert "probes:c skipped: pretrain:bad did not succeed" in capsys.readouterr().out
 
 
 @pytest.mark.slow  # 13 short subprocesses (pretraining, run_all, kNN, report): ~1 CPU-minute

@@ -47,7 +47,9 @@ SCALES = ("demo", "paper")
 ENTRY_KEYS = ("name", "task", "args", "extra_args", "checkpoints", "scale", "timeout_min", "env", "backbones")
 BACKBONE_FAMILIES = ("resnet", "vit", "any")
 PROBE_TASKS = ("knn", "linear", "fewshot")  # frozen features: a ResNet or a ViT (transfer.vit)
-SUITE_KEYS = ("scale", "vars", "tasks")
+SUITE_KEYS = ("scale", "vars", "tasks", "slurm")
+#: A suite's ``slurm:`` section: defaults for ``--launcher slurm`` (the --slurm-* options win).
+SLURM_KEYS = ("partition", "account", "qos", "constraint", "time", "cpu_only", "cpus_per_gpu", "mem_per_gpu_gb")
 CHECKPOINT_SETS = ("all", "trained")
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 PROJECT = Path(__file__).resolve().parents[1]
@@ -142,6 +144,7 @@ class Suite:
     name: str
     path: Path
     tasks: list[TaskSpec] = field(default_factory=list)
+    slurm: dict[str, Any] = field(default_factory=dict)  # the suite's ``slurm:`` section (SLURM_KEYS)
 
 
 def resolve_suite_path(suite: str) -> Path:
@@ -199,7 +202,25 @@ def load_suite(suite: str, overrides: dict[str, str] | None = None, tasks: list[
     if task_args or smoke:
         specs = [replace(s, smoke=smoke, overrides=tuple((task_args or {}).get(s.task, []))
                          + tuple((task_args or {}).get(s.name, []))) for s in specs]
-    return Suite(name=path.stem, path=path, tasks=specs)
+    return Suite(name=path.stem, path=path, tasks=specs, slurm=_slurm_section(data.get("slurm"), path))
+
+
+def _slurm_section(section: Any, path: Path) -> dict[str, Any]:
+    """The ``slurm:`` defaults, checked: known keys, strings / positive numbers / a boolean."""
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise SuiteError(f"suite {path}: 'slurm' must be a mapping of {list(SLURM_KEYS)}")
+    _check_keys(section, SLURM_KEYS, f"suite {path}: slurm")
+    for key, value in section.items():
+        numeric = key in ("time", "cpus_per_gpu", "mem_per_gpu_gb")
+        good = (isinstance(value, bool) if key == "cpu_only" else
+                isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 if numeric else
+                isinstance(value, str) and value != "")
+        if not good:
+            want = "true or false" if key == "cpu_only" else "a positive number" if numeric else "a non-empty string"
+            raise SuiteError(f"suite {path}: slurm.{key} {value!r} (expected {want})")
+    return dict(section)
 
 
 def _resolve_vars(variables: dict[str, str], path: Path) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """``make demo``: the paper's story at small scale, from nothing to ``reports/demo/``.
 
     python -m transfer.orchestrate.demo [--data data/synthetic] [--runs runs/pretrain] [--out runs/transfer/demo]
-                            [--report reports/demo] [--jobs 1]
+                            [--report reports/demo] [--jobs 1] [--launcher local|slurm --slurm-... (docs/CLUSTER.md)]
     # a few-minute smoke run of the same pipeline (tiny data, 1 epoch, probes only):
     python -m transfer.orchestrate.demo --preset tiny --data /tmp/d/data --runs /tmp/d/runs --out /tmp/d/out \
         --report /tmp/d/report --set optim.epochs=1 --set optim.batch_size=32 --tasks knn linear fewshot --seeds 2
@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 
 from mast import rundir
+from transfer.orchestrate.jobs import JobSpec, LaunchError, Runner
+from transfer.orchestrate.run_all import add_launcher_args, launcher_argv, slurm_options
+from transfer.suite import PROJECT
 
 METHODS = ("vicreg", "mast")
 FINE_TUNING = ("detection", "segmentation")  # minutes per run: on seed 0 only (README "The demo report")
@@ -38,13 +41,6 @@ PROBES = ("knn", "linear", "fewshot")
 def _step(title: str) -> float:
     print(f"\n=== {time.strftime('%H:%M:%S')} {title}", flush=True)
     return time.monotonic()
-
-
-def _run(cmd: list[str]) -> None:
-    print("$ " + " ".join(cmd), flush=True)
-    code = subprocess.call(cmd)
-    if code != 0:
-        raise SystemExit(f"demo: step failed (exit {code}): {' '.join(cmd)}")
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -62,15 +58,29 @@ def pretrain_command(name: str, runs: Path, data: Path, preset: str, overrides: 
     return cmd
 
 
-def pretrain(method: str, seed: int, runs: Path, data: Path, preset: str, overrides: list[str]) -> Path:
-    """Pretrain ``demo_<method>_s<seed>`` (deterministic) unless finished; returns its run folder."""
-    run_dir = runs / f"demo_{method}_s{seed}"
-    if is_finished(run_dir):
-        print(f"{run_dir}: finished earlier, kept (delete the folder to retrain)", flush=True)
-        return run_dir
-    _run(pretrain_command(run_dir.name, runs, data, preset,
-                          [f"method={method}", f"seed={seed}", "runtime.deterministic=true", *overrides]))
-    return run_dir
+def pretrain_all(args: argparse.Namespace) -> dict[tuple[str, int], Path]:
+    """Pretrain every ``demo_<method>_s<seed>`` (deterministic) not finished yet, through the job runner
+    (locally one after another, on SLURM all at once); returns the run folders."""
+    runs, specs = {}, []
+    for method in METHODS:
+        for seed in range(args.seeds):
+            run_dir = runs[(method, seed)] = args.runs / f"demo_{method}_s{seed}"
+            if is_finished(run_dir):
+                print(f"{run_dir}: finished earlier, kept (delete the folder to retrain)", flush=True)
+                continue
+            cmd = pretrain_command(run_dir.name, args.runs, args.data, args.preset,
+                                   [f"method={method}", f"seed={seed}", "runtime.deterministic=true", *args.set])
+            specs.append(JobSpec(run_dir.name, f"pretrain {method} seed {seed}", cmd,
+                                 args.runs / "logs" / f"{run_dir.name}.log", {"PYTHONPATH": str(PROJECT)},
+                                 slurm_options(args).resources(1, None)))
+    if specs:
+        failed = []
+        runner = Runner(args.runs, args.launcher, 1, slurm_options(args))
+        runner.run(specs, lambda spec, o: "ok" if o.ok else failed.append(spec) or
+                   f"failed ({o.describe(None)}; log {spec.log})")
+        if failed:
+            raise SystemExit(f"demo: pretraining failed: {', '.join(s.label for s in failed)} (see {failed[0].log})")
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,9 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="pretraining config override")
     p.add_argument("--tasks", nargs="+", default=None, help="only these task types of the suite")
     p.add_argument("--seeds", type=int, default=3, help="pretraining seeds per method (default 3)")
+    add_launcher_args(p)
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.no_wait:
+        p.error("--no-wait: the demo's probes need its pretrained checkpoints; run it without --no-wait")
     t_all = time.monotonic()
 
     t = _step(f"1/4 synthetic data -> {args.data}")
@@ -95,16 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     ensure_dataset(args.data, getattr(SyntheticSpec, args.preset)())
     print(f"data ready in {time.monotonic() - t:.0f}s", flush=True)
 
-    runs = {}  # (method, seed) -> run folder
-    for method in METHODS:
-        for seed in range(args.seeds):
-            t = _step(f"2/4 pretrain {method} seed {seed} (demo config, deterministic)")
-            runs[(method, seed)] = pretrain(method, seed, args.runs, args.data, args.preset, args.set)
-            print(f"{method} seed {seed} ready in {time.monotonic() - t:.0f}s", flush=True)
+    t = _step(f"2/4 pretrain {' and '.join(METHODS)}, {args.seeds} seed(s) each (demo config, deterministic)")
+    try:
+        runs = pretrain_all(args)  # (method, seed) -> run folder
+    except LaunchError as e:
+        raise SystemExit(f"demo: {e}") from None
+    print(f"pretraining ready in {time.monotonic() - t:.0f}s", flush=True)
 
     t = _step("3/4 probes on every seed and the random-init floor; fine-tuning on seed 0 of each method")
     suite = [sys.executable, "-m", "transfer.run_all", "--suite", "demo", "--var", f"data={args.data}",
-             "--out", str(args.out), "--report", str(args.report), "--baseline", "vicreg", "--jobs", str(args.jobs)]
+             "--out", str(args.out), "--report", str(args.report), "--baseline", "vicreg", "--jobs", str(args.jobs),
+             *launcher_argv(args)]
     probes = [k for k in PROBES if args.tasks is None or k in args.tasks]
     fine = [k for k in FINE_TUNING if args.tasks is None or k in args.tasks]
     ckpts = [a for (m, _), d in runs.items() for a in ("--ckpt", str(d / rundir.BACKBONE), "--name", m)]

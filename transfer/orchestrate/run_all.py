@@ -2,14 +2,17 @@
 
     python transfer/run_all.py --ckpt runs/pretrain/demo_mast/backbone.pth --ckpt vicreg.pth \\
         [--name mast --name vicreg] [--backbone NAME ...] [--suite demo|paper|my.yaml] [--tasks knn linear] \\
-        [--out runs/transfer] [--force] [--jobs N] [--report reports/NAME] [--baseline vicreg]
+        [--out runs/transfer] [--force] [--jobs N] [--report reports/NAME] [--baseline vicreg] \\
+        [--launcher local|slurm] [--no-wait] [--slurm-partition P --slurm-account A --slurm-time MIN ...]
 
 A thin orchestrator over the task CLIs (``python -m <TASK_MODULES[task]> --ckpt C --out D --scale S``):
 every task runs in its own process, writes ``D/record.json``, and run_all appends that record
 (with the checkpoint name and task-config hash) to ``OUT/results.jsonl``. A crash, NaN or missing
 dataset is one failed/skipped record and the suite goes on; a re-run skips every task that already
 has an ``ok`` record for the same checkpoint sha256 and task config, so an interrupted suite
-resumes where it stopped. ``D = OUT/<checkpoint name>/<task name>``.
+resumes where it stopped. ``D = OUT/<checkpoint name>/<task name>``. Tasks run through the job
+runner (``transfer/orchestrate/jobs.py``): local subprocesses, ``--jobs`` at a time, or one SLURM
+job each with ``--launcher slurm`` (docs/CLUSTER.md: resources per task type, --no-wait and collect).
 
 Pretraining seeds: several checkpoints may share a ``--name`` (``--ckpt s0.pth --ckpt s1.pth --name
 mast --name mast``); they form one group, one row of the report (mean over seeds, hierarchical
@@ -20,7 +23,6 @@ are numbered (``seed_index``, ``pretrain_seed``) and paired: ``transfer/orchestr
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import shlex
@@ -33,24 +35,30 @@ from pathlib import Path
 
 from mast.atomic import DiskFullError
 from mast.lock import FolderBusyError, FolderLock
+from transfer.orchestrate.jobs import JobSpec, LaunchError, Outcome, Resources, Runner, SlurmOptions
 from transfer.orchestrate.resolve import UNTRAINED_STEM, Checkpoint, UsageError, resolve_checkpoints
 from transfer.suite import PROJECT, Suite, SuiteError, TaskSpec, load_suite, parse_task_args, parse_vars
 
-HEARTBEAT_S = 60.0
 COMMAND = ""  # this run_all's command line, stored in every record it writes (set by main)
 
 
 @dataclass
 class Job:
+    """One (checkpoint, suite task): run through the job runner (transfer/orchestrate/jobs.py)."""
     ckpt: Checkpoint
     spec: TaskSpec
     out_dir: Path
     index: int = 0
-    proc: subprocess.Popen | None = None
-    log: object = None
-    t0: float = 0.0
-    last_beat: float = 0.0
     record: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.ckpt.label} · {self.spec.name}"
+
+    @property
+    def key(self) -> str:
+        """Identity of this task's job in OUT/jobs.json: folder, task config and backbone choice."""
+        return f"{self.out_dir.as_posix()}@{self.spec.config_hash[:12]}@{self.ckpt.backbone or ''}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +89,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, default=None, help="report folder (default OUT/report)")
     p.add_argument("--baseline", default=None, help="checkpoint name the tables compare against")
     p.add_argument("--no-report", action="store_true", help="do not build the report at the end")
+    add_launcher_args(p)
     return p
+
+
+def add_launcher_args(p: argparse.ArgumentParser) -> None:
+    """--launcher and the --slurm-* options (shared by run_all, study and demo; docs/CLUSTER.md)."""
+    p.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                   help="local: subprocesses here (--jobs at a time); slurm: one SLURM job per task (submitit)")
+    p.add_argument("--no-wait", action="store_true", help="slurm: return after submitting; the same command "
+                   "again collects finished jobs and submits only what failed or never ran")
+    p.add_argument("--slurm-partition", default=None)
+    p.add_argument("--slurm-account", default=None)
+    p.add_argument("--slurm-qos", default=None)
+    p.add_argument("--slurm-constraint", default=None)
+    p.add_argument("--slurm-time", type=int, default=None, metavar="MIN",
+                   help="time limit of every job in minutes (default: the task's timeout_min, else 24 h)")
+    p.add_argument("--slurm-cpu-only", action="store_true", default=None,
+                   help="request no GPUs (a CPU-only cluster, e.g. scripts/slurm_local.sh)")
+
+
+def launcher_argv(args: argparse.Namespace) -> list[str]:
+    """The --launcher and --slurm-* options of ``args`` as command-line arguments (passed on to run_all)."""
+    out = ["--launcher", args.launcher]
+    for key in ("partition", "account", "qos", "constraint", "time"):
+        if getattr(args, f"slurm_{key}") is not None:
+            out += [f"--slurm-{key}", str(getattr(args, f"slurm_{key}"))]
+    return out + (["--slurm-cpu-only"] if args.slurm_cpu_only else [])
+
+
+def slurm_options(args: argparse.Namespace, defaults: dict | None = None) -> SlurmOptions:
+    """The --slurm-* options over a suite's ``slurm:`` section."""
+    d = dict(defaults or {})
+    pick = {k: getattr(args, f"slurm_{k}") for k in ("partition", "account", "qos", "constraint", "time", "cpu_only")}
+    d.update({k: v for k, v in pick.items() if v is not None})
+    return SlurmOptions(partition=d.get("partition"), account=d.get("account"), qos=d.get("qos"),
+                        constraint=d.get("constraint"), time_min=d.get("time"), cpu_only=bool(d.get("cpu_only")),
+                        cpus_per_gpu=d.get("cpus_per_gpu"), mem_per_gpu_gb=d.get("mem_per_gpu_gb"))
 
 
 
@@ -109,55 +153,41 @@ def plan(ckpts: list[Checkpoint], suite: Suite, out: Path, force: bool) -> tuple
     return todo, done
 
 
-def _libc_prctl():
-    try:
-        return ctypes.CDLL(None).prctl  # resolved once here: the forked child must not dlopen
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _libc_prctl() if sys.platform.startswith("linux") else None
-
-
-def _die_with_parent() -> None:
-    """Child side of fork: get SIGTERM if run_all dies (even by SIGKILL), so no orphan keeps writing."""
-    _PRCTL(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-
-
 def job_command(job: Job) -> list[str]:
     """The task's command line: the suite entry's, plus the checkpoint's --backbone if one was given."""
     cmd = job.spec.command(sys.executable, job.ckpt.path, job.out_dir)
     return cmd + (["--backbone", job.ckpt.backbone] if job.ckpt.backbone else [])
 
 
-def start(job: Job, total: int) -> None:
+def task_resources(spec: TaskSpec, slurm: SlurmOptions) -> Resources:
+    """What a task's job asks for: detection and segmentation ``num_gpus`` GPUs on one node (their own
+    launchers inside the job); probes one GPU; the time limit from ``timeout_min``."""
+    gpus = int(spec.args.get("num_gpus", 1)) if spec.task in ("detection", "segmentation") else 1
+    return slurm.resources(gpus, spec.timeout_min)
+
+
+def prepare(job: Job) -> None:
+    """Just before (re-)submission: a record of an earlier run is kept, but out of the task's way."""
     job.out_dir.mkdir(parents=True, exist_ok=True)
     stale = job.out_dir / "record.json"
-    if stale.exists():  # from a failed or forced earlier run: keep it, but out of the task's way
+    if stale.exists():
         os.replace(stale, job.out_dir / "record.prev.json")
-    cmd = job_command(job)
-    job.log = open(job.out_dir / "run_all.log", "w")
-    job.log.write(" ".join(cmd) + "\n")
-    job.log.flush()
-    preexec = _die_with_parent if _PRCTL is not None else None
-    job.proc = subprocess.Popen(cmd, stdout=job.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=preexec, env=task_env(job.spec))
-    job.t0 = job.last_beat = time.monotonic()
-    print(f"[{job.index}/{total}] {job.ckpt.label} · {job.spec.name} ({job.spec.task}) started", flush=True)
+    (job.out_dir / "run_all.log").unlink(missing_ok=True)
 
 
 def task_env(spec: TaskSpec) -> dict[str, str]:
-    """The task's environment: the suite's ``env`` unless the user set the variable; the project importable."""
-    env = dict(os.environ)
-    for key, value in spec.env.items():
-        env.setdefault(key, value)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT), env.get("PYTHONPATH")) if p)
-    return env
+    """The task's environment defaults: the suite's ``env`` (a variable the user set wins); the project
+    importable (prepended to PYTHONPATH)."""
+    return {**spec.env, "PYTHONPATH": str(PROJECT)}
 
 
-def finish(job: Job, rc: int, timed_out: bool = False, root: Path | None = None) -> dict:
-    """The task's record (or a failed one written here if the process left none), with run_all's keys."""
-    job.log.close()
+def finish(job: Job, outcome: Outcome, root: Path | None = None) -> dict:
+    """The task's record (or a failed one written here if the process left none), with run_all's keys.
+
+    A job the cluster ended (time limit, preemption, node failure, scancel) is recorded with that
+    cause (``cluster_state``), whatever the task had written; so is a job whose exit status is lost.
+    """
+    rc = outcome.exit_code
     path = job.out_dir / "record.json"
     record = None
     if path.is_file():
@@ -165,8 +195,9 @@ def finish(job: Job, rc: int, timed_out: bool = False, root: Path | None = None)
             record = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             record = None
-    if timed_out:
-        record = _failed_record(job, f"timed out after {job.spec.timeout_min} min; " + _log_tail(job))
+    if outcome.cluster_state or outcome.timed_out or rc is None:
+        record = _failed_record(job, outcome.describe(job.spec.timeout_min) + "; " + _log_tail(job))
+        record.update(cluster_state=outcome.cluster_state, slurm_job_id=outcome.job_id)
     elif not isinstance(record, dict):
         record = _failed_record(job, f"exit code {rc} without a record; " + _log_tail(job))
     if not record.get("checkpoint"):  # a task that stopped before reading the checkpoint (e.g. skipped)
@@ -175,7 +206,7 @@ def finish(job: Job, rc: int, timed_out: bool = False, root: Path | None = None)
     record.update(name=job.ckpt.name, task_name=job.spec.name, task_config_hash=job.spec.config_hash,
                   ckpt_sha256=job.ckpt.sha256, backbone_option=job.ckpt.backbone, ckpt_backbone=job.ckpt.chosen,
                   task_args=job.spec.args, run_dir=str(job.out_dir),
-                  exit_code=rc, wall_s=round(time.monotonic() - job.t0, 1) if job.t0 else None,
+                  exit_code=rc, wall_s=outcome.wall_s,
                   seed_index=job.ckpt.seed_index, pretrain_seed=job.ckpt.pretrain_seed, command=COMMAND or None)
     if record.get("predictions"):  # per-item scores: a path relative to results.jsonl's folder, so OUT can move
         where = job.out_dir / record["predictions"]
@@ -192,7 +223,7 @@ def _failed_record(job: Job, error: str) -> dict:
     record = new_record(job.spec.task, str(job.spec.args.get("data", job.spec.args.get("config", ""))),
                         job.spec.scale, {"path": str(ckpt.path.resolve()), "sha256": ckpt.sha256, "arch": ckpt.arch,
                                          "method": ckpt.method, "backbone": ckpt.chosen}, ckpt.method, {"args": job.spec.args})
-    record.update(elapsed_s=round(time.monotonic() - job.t0, 3) if job.t0 else None, status="failed", error=error)
+    record.update(elapsed_s=None, status="failed", error=error)
     return record
 
 
@@ -218,70 +249,31 @@ def _elapsed(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
 
 
-def execute(todo: list[Job], results: Path, jobs: int) -> list[dict]:
-    """Run the jobs, ``jobs`` at a time, appending each finished record; Ctrl-C terminates cleanly."""
+def execute(todo: list[Job], results: Path, runner: Runner) -> list[dict]:
+    """Run (or submit) the tasks through the job runner, appending each finished record; Ctrl-C stops cleanly."""
     from transfer.records import append_jsonl
 
-    pending, running, finished = list(todo), [], []
-    total = len(todo)
+    finished = []
+    by_key = {job.key: job for job in todo}
+
+    def on_done(spec: JobSpec, outcome: Outcome) -> str:
+        job = by_key[spec.key]
+        job.record = finish(job, outcome, results.parent)
+        append_jsonl(results, job.record)
+        finished.append(job.record)
+        return f"{job.record['status']} {_elapsed(outcome.wall_s or 0)}  {_headline(job.record)}"
+
+    specs = [JobSpec(job.key, job.label, job_command(job), job.out_dir / "run_all.log", task_env(job.spec),
+                     task_resources(job.spec, runner.slurm), prepare=lambda job=job: prepare(job)) for job in todo]
     try:
-        while pending or running:
-            while pending and len(running) < max(1, jobs):
-                job = pending.pop(0)
-                start(job, total)
-                running.append(job)
-            time.sleep(0.2)
-            for job in list(running):
-                rc = job.proc.poll()
-                now = time.monotonic()
-                limit = job.spec.timeout_min
-                timed_out = rc is None and limit is not None and now - job.t0 > 60 * limit
-                if timed_out:
-                    _terminate(job.proc)
-                    rc = job.proc.returncode
-                if rc is None:
-                    if now - job.last_beat >= HEARTBEAT_S:
-                        job.last_beat = now
-                        print(f"[{job.index}/{total}] {job.ckpt.label} · {job.spec.name} running "
-                              f"{_elapsed(now - job.t0)}  {_last_line(job)}", flush=True)
-                    continue
-                running.remove(job)
-                record = finish(job, rc, timed_out, results.parent)
-                append_jsonl(results, record)
-                job.record = record
-                finished.append(record)
-                print(f"[{job.index}/{total}] {job.ckpt.label} · {job.spec.name} {record['status']} "
-                      f"{_elapsed(now - job.t0)}  {_headline(record)}", flush=True)
+        runner.run(specs, on_done)
     except KeyboardInterrupt:
-        for job in running:
-            _terminate(job.proc)
-            job.log.close()
-        print(f"\ninterrupted: {len(finished)} task(s) recorded, {len(running) + len(pending)} not "
-              f"(stopped: {', '.join(f'{j.ckpt.label}/{j.spec.name}' for j in running) or 'none'}).",
+        stopped = [by_key[k] for k in runner.running]
+        print(f"interrupted: {len(finished)} task(s) recorded, {len(todo) - len(finished)} not "
+              f"(stopped: {', '.join(f'{j.ckpt.label}/{j.spec.name}' for j in stopped) or 'none'}).",
               file=sys.stderr, flush=True)
         raise
     return finished
-
-
-def _last_line(job: Job) -> str:
-    try:
-        with open(job.out_dir / "run_all.log", "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 2000))
-            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
-        return ("| " + lines[-1][:120]) if lines else ""
-    except OSError:
-        return ""
-
-
-def _terminate(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def summary(records: list[dict]) -> str:
@@ -327,6 +319,8 @@ def _main(argv: list[str] | None) -> int:
     try:
         if args.jobs < 1:
             raise UsageError(f"--jobs {args.jobs}: expected a positive integer")
+        if args.no_wait and args.launcher != "slurm":
+            raise UsageError("--no-wait needs --launcher slurm (local tasks are this process's children)")
         suite = load_suite(args.suite, parse_vars(args.var), args.tasks, parse_task_args(args.task_args), args.smoke)
         if args.check:
             from transfer.orchestrate.dataset_check import check_suite
@@ -352,7 +346,7 @@ def _main(argv: list[str] | None) -> int:
     with lock:
         try:
             return _run(args, suite, ckpts, argv)
-        except DiskFullError as e:  # results.jsonl keeps every complete record; re-run to resume
+        except (DiskFullError, LaunchError) as e:  # results.jsonl keeps every complete record; re-run to resume
             print(f"run_all: error: {e}", file=sys.stderr)
             return 2
 
@@ -369,9 +363,12 @@ def _run(args: argparse.Namespace, suite: Suite, ckpts: list[Checkpoint], argv: 
     print(f"suite {suite.name} ({suite.path}): {len(suite.tasks)} task(s) x {len(ckpts)} checkpoint(s); "
           f"{len(done)} already done, {len(todo)} to run; results -> {results}", flush=True)
     t0 = time.monotonic()
-    finished = execute(todo, results, args.jobs)
+    runner = Runner(args.out, args.launcher, args.jobs, slurm_options(args, suite.slurm), wait=not args.no_wait)
+    finished = execute(todo, results, runner)
     if finished:
         print(f"\n{len(finished)} task(s) in {_elapsed(time.monotonic() - t0)}:\n" + summary(finished), flush=True)
+    if runner.running:  # --no-wait: the report waits for the jobs; the same command collects them
+        return 1 if any(r["status"] == "failed" for r in finished) else 0
     if not args.no_report:
         _report(results, args.report or args.out / "report", args.baseline, argv)
     line, nothing_ran = outcome(finished)

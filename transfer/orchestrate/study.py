@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -35,6 +34,9 @@ from pathlib import Path
 
 from mast import rundir
 from transfer.orchestrate.demo import _step, is_finished, pretrain_command
+from transfer.orchestrate.jobs import JobSpec, LaunchError, Outcome, Runner
+from transfer.orchestrate.run_all import add_launcher_args, slurm_options
+from transfer.suite import PROJECT
 
 ARMS: dict[str, list[str]] = {
     "vicreg": ["method=vicreg"],
@@ -62,9 +64,7 @@ class Job:
     log: Path
     deps: list[str] = field(default_factory=list)
     estimate_s: float = 0.0
-    proc: subprocess.Popen | None = None
-    t0: float = 0.0
-    state: str = "pending"  # pending | running | ok | failed | skipped
+    state: str = "pending"  # pending | ok | failed | skipped
 
 
 def run_name(arm: str, seed: int) -> str:
@@ -170,53 +170,32 @@ def _fmt(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
-def _start(job: Job, env: dict) -> None:
-    job.log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[{time.strftime('%H:%M:%S')}] start {job.name}  (log {job.log})", flush=True)
-    with open(job.log, "a") as log:
-        log.write("$ " + " ".join(job.cmd) + "\n")
-        log.flush()
-        # own session, like a separately typed command: with the kernel's autogroup scheduling every
-        # session gets an equal CPU share, so jobs in the orchestrator's session would split one share
-        job.proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    job.t0, job.state = time.monotonic(), "running"
+def execute(jobs: list[Job], runner: Runner) -> None:
+    """Run the pending jobs through the job runner, each after its dependencies succeeded (SLURM: afterok).
 
-
-def execute(jobs: list[Job], parallel: int, poll_s: float = 2.0) -> None:
-    """Run the jobs, at most ``parallel`` at a time, each after its dependencies succeeded."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    Jobs run in their own sessions (like separately typed commands: with the kernel's autogroup
+    scheduling every session gets an equal CPU share). run_all's exit 1 (a task failed) is a record
+    in the results, not a study failure.
+    """
+    pending = {j.name for j in jobs if j.state == "pending"}
     by_name = {j.name: j for j in jobs}
-    try:
-        while True:
-            for job in jobs:
-                if job.state == "pending" and any(by_name[d].state in ("failed", "skipped") for d in job.deps):
-                    job.state = "skipped"
-                    print(f"[{time.strftime('%H:%M:%S')}] skip {job.name}: {', '.join(job.deps)} did not succeed", flush=True)
-            running = [j for j in jobs if j.state == "running"]
-            for job in jobs:
-                if len(running) >= parallel:
-                    break
-                if job.state == "pending" and all(by_name[d].state == "ok" for d in job.deps):
-                    _start(job, env)
-                    running.append(job)
-            if not running:
-                return
-            time.sleep(poll_s)
-            for job in running:
-                code = job.proc.poll()
-                if code is None:
-                    continue
-                # run_all exits 1 when a task failed: that failure is a record in the results, not a study failure
-                ok = code == 0 or (job.name.startswith("probes:") and code == 1)
-                job.state = "ok" if ok else "failed"
-                left = sum(j.estimate_s for j in jobs if j.state == "pending") / parallel
-                print(f"[{time.strftime('%H:%M:%S')}] {job.state} {job.name} in {_fmt(time.monotonic() - job.t0)}"
-                      f"{'' if ok else f' (exit {code}; see {job.log})'}; queued work ~{_fmt(left)}", flush=True)
-    finally:
-        for job in jobs:
-            if job.state == "running" and job.proc.poll() is None:
-                job.proc.terminate()
-                job.proc.wait()
+    specs = [JobSpec(j.name, j.name, j.cmd, j.log, {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                                                     "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(PROJECT)},
+                     runner.slurm.resources(1, None), [d for d in j.deps if d in pending], new_session=True)
+             for j in jobs if j.state == "pending"]
+
+    def on_done(spec: JobSpec, outcome: Outcome) -> str:
+        job = by_name[spec.key]
+        ok = outcome.ok or (job.name.startswith("probes:") and outcome.exit_code == 1 and not outcome.cluster_state)
+        job.state = "ok" if ok else "failed"
+        left = sum(j.estimate_s for j in jobs if j.state == "pending") / runner.parallel
+        why = "" if ok else f" ({outcome.describe(None)}; see {job.log})"
+        return f"{job.state} in {_fmt(outcome.wall_s or 0)}{why}; queued work ~{_fmt(left)}"
+
+    runner.run(specs, on_done)
+    for key, state in runner.state.items():
+        if state == "skipped":
+            by_name[key].state = "skipped"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,13 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="pretraining override for every arm (e.g. runtime.device=cuda)")
     p.add_argument("--plan", action="store_true", help="print the jobs and the expected duration, run nothing")
+    add_launcher_args(p)
     return p
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # jobs run in their own sessions: on `kill` the orchestrator stops them itself (execute's finally)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # jobs run in their own sessions: on `kill` the runner stops them itself (as on Ctrl-C)
+    signal.signal(signal.SIGTERM, _interrupt)
     if "mast" not in args.arms and "vicreg_matched" in args.arms:
         raise SystemExit("study: --arms vicreg_matched needs the mast arm (its λ comes from the same-seed MAST run)")
     if args.jobs < 1 or not args.seeds:
@@ -272,8 +256,18 @@ def main(argv: list[str] | None = None) -> int:
         for job in jobs:
             print(f"  {job.state:8s} {job.name:28s} ~{_fmt(job.estimate_s)}  after {job.deps or '-'}")
         return 0
-    _step(f"2/3 pretraining and probes ({len(todo)} jobs, {args.jobs} at a time)")
-    execute(jobs, args.jobs)
+    where = f"{args.jobs} at a time" if args.launcher == "local" else "SLURM jobs"
+    _step(f"2/3 pretraining and probes ({len(todo)} jobs, {where})")
+    try:
+        runner = Runner(args.runs, args.launcher, args.jobs, slurm_options(args), wait=not args.no_wait)
+        execute(jobs, runner)
+    except LaunchError as e:
+        raise SystemExit(f"study: {e}") from None
+    except KeyboardInterrupt:
+        print("study: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    if runner.running:  # --no-wait: the same command later collects the jobs, then writes the report
+        return 0
     failed = [j.name for j in jobs if j.state in ("failed", "skipped")]
     _step(f"3/3 report -> {args.report}")
     code = subprocess.call([sys.executable, "-m", "reports.study_report", "--results", str(args.out),
