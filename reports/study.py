@@ -108,8 +108,16 @@ def run_facts(run_dir: Path) -> dict[str, Any]:
         "u_bar": state["u_bar"].tolist(), "logit_std": state["mask_logits"].std(dim=1).tolist(),
         "subspace_size": subspace_stats(sensitivities(state), tau)["size"], "rho": rho,
         "w_mean_heldout": held.get("w_mean"),
+        "D": _differentiation(held, len(names)),
     }
     return facts
+
+
+def _differentiation(held: dict, k: int) -> list[float | None]:
+    """D_k per augmentation from the held-out pass (METHOD.md §5); None where absent or undefined."""
+    diff = held.get("differentiation")
+    values = diff.get("D") if isinstance(diff, dict) else None
+    return list(values) if isinstance(values, list) and len(values) == k else [None] * k
 
 
 # ----------------------------------------------------------------------------- text
@@ -179,11 +187,14 @@ def learned_tables(runs: dict[str, dict]) -> list[str]:
     for key, title in (("u_bar", "ū_k (running mean of u over training pairs)"),
                        ("logit_std", "spread of the mask logits φ_k over dimensions (std)"),
                        ("subspace_size", f"subspace size |S_k| at τ = {first['tau']:g} (of d = {first['d']})"),
+                       ("D", "mask differentiation D_k on held-out images (METHOD.md §5: Spearman over dimensions of "
+                             "1 − m_kj against the measured sensitivity to k; ≈ 0: S_k is a per-augmentation "
+                             "weight, not a subspace)"),
                        ("rho", "Spearman ρ(u_k, δ_k) on held-out pairs")):
         out += [f"**{title}**", "", "| run | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
         for run, facts in mast_runs.items():
             fmt = "{:.0f}" if key == "subspace_size" else "{:.2f}"
-            out.append(f"| {run} | " + " | ".join(_cell(v, fmt) for v in facts["learned"][key]) + " |")
+            out.append(f"| {run} | " + " | ".join(_cell(v, fmt) for v in facts["learned"].get(key, [])) + " |")
         out.append("")
     out += ["**mean invariance weight w (eq. 4) and λ**", "",
             "| run | mean w, last epoch (training) | mean w, held-out pairs | λ |", "|---|---:|---:|---:|"]
@@ -230,14 +241,15 @@ def write_csvs(values: Values, runs: dict[str, dict], out: Path) -> None:
         for k, aug in enumerate(info["aug_names"] if info else []):
             learned.append({"run": run, "augmentation": aug, "u_bar": _num(info["u_bar"][k]),
                             "mask_logit_std": _num(info["logit_std"][k]), "subspace_size": info["subspace_size"][k],
-                            "rho_u_delta": _num(info["rho"][k]), "w_mean_train": _num(facts.get("w_mean_train")),
+                            "rho_u_delta": _num(info["rho"][k]), "mask_differentiation": _num(info.get("D", [None] * (k + 1))[k]),
+                            "w_mean_train": _num(facts.get("w_mean_train")),
                             "w_mean_heldout": _num(info.get("w_mean_heldout"))})
     write_text_atomic(out / "results.csv", _csv(per_seed, ["task", "metric", "arm", "seed", "value"]))
     write_text_atomic(out / "arms.csv", _csv(arms, ["task", "metric", "arm", "n_seeds", "mean", "lo", "hi"]))
     write_text_atomic(out / "differences.csv", _csv(diffs, ["task", "metric", "comparison", "n_seeds", "delta",
                                                              "delta_lo", "delta_hi", "excludes_zero"]))
     write_text_atomic(out / "learned.csv", _csv(learned, ["run", "augmentation", "u_bar", "mask_logit_std",
-                                                           "subspace_size", "rho_u_delta", "w_mean_train",
+                                                           "subspace_size", "rho_u_delta", "mask_differentiation", "w_mean_train",
                                                            "w_mean_heldout"]))
 
 
