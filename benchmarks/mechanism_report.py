@@ -83,6 +83,8 @@ def verdict(out: dict, world) -> dict:
                                  for n in signal)
     if "mast-vicreg" in diffs:
         res["content_kept"] = diffs["mast-vicreg"]["content_acc"]["hi"] >= 0
+    if res["ground_truth_ok"] is False:  # CRITERIA: the measure is not read when its check fails
+        res["masks_differentiate"] = None
     parts = [res["masks_differentiate"], res["keeps_style"], res["content_kept"]]
     res["mechanism_works"] = None if None in parts else all(parts)
     return res
@@ -185,6 +187,7 @@ def write_report(out_dir: Path) -> Path:
     plot(res, out_dir / "mechanism.png")
     v, t, s = res["verdict"], res["time"], res["settings"]
     yes = {True: "yes", False: "**no**", None: "not measured"}
+    unread = "not readable (the ground-truth check failed)" if v["ground_truth_ok"] is False else yes[None]
     world = res["world"]
     lines = [
         "# Does MAST's mechanism work when the answer is known? (issue 25)", "",
@@ -199,10 +202,10 @@ def write_report(out_dir: Path) -> Path:
         *[f"{i + 1}. {c}" for i, c in enumerate(res["criteria"])], "",
         "## Verdict", "",
         f"- ground-truth check of the measure (known answer ≈ 1, random ≈ 0): {yes[v['ground_truth_ok']]}",
-        f"- masks differentiate: {yes[v['masks_differentiate']]}",
+        f"- masks differentiate: {unread if v['masks_differentiate'] is None else yes[v['masks_differentiate']]}",
         f"- MAST keeps style information that VICReg and the matched control discard: {yes[v['keeps_style']]}",
         f"- content accuracy kept: {yes[v['content_kept']]}",
-        f"- **the mechanism works: {yes[v['mechanism_works']]}**", "",
+        f"- **the mechanism works: {unread if v['mechanism_works'] is None else yes[v['mechanism_works']]}**", "",
         "## Each arm (mean [95 % interval] over seeds)", "", *arm_table(res), "",
         "D_k is n/a for the VICReg arms (no masks).", "",
         "## MAST minus each control (paired by seed and test item)", "", *diff_table(res), "",
