@@ -28,6 +28,7 @@ def _interval(x: dict) -> bool:
     return set(x) == {"value", "lo", "hi", "n_seeds"} and x["lo"] <= x["value"] <= x["hi"]
 
 
+@pytest.mark.slow  # the tiny benchmark: ~25 s of CPU, shared with the next test
 def test_known_answer_reads_one_and_random_masks_read_chance(tiny):
     res, _ = tiny
     for arm in ("mast_unc_none", "mast"):
@@ -37,6 +38,7 @@ def test_known_answer_reads_one_and_random_masks_read_chance(tiny):
     assert res["verdict"]["ground_truth_ok"] is True
 
 
+@pytest.mark.slow
 def test_json_schema_and_report(tiny):
     res, out = tiny
     assert res["factors"] == FACTORS and list(res["arms"]) == ARMS
