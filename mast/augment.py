@@ -43,6 +43,9 @@ from torch import Tensor, nn
 AUG_NAMES: tuple[str, ...] = ("crop", "flip", "color", "gray", "blur", "solarize")
 PARAM_SIZES: dict[str, int] = {"crop": 4, "flip": 1, "color": 5, "gray": 1, "blur": 1, "solarize": 1}
 SPATIAL_PARAMS = 5  # (cx, cy, w, h, flip)
+#: the keys of :meth:`PhotometricAugment.sample`'s parameters that belong to each photometric op
+PHOTOMETRIC_KEYS: dict[str, tuple[str, ...]] = {"color": ("color_applied", "color_factors", "color_order"),
+                                                "gray": ("gray",), "blur": ("blur_sigma",), "solarize": ("solarize",)}
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
 
@@ -366,12 +369,15 @@ class PhotometricAugment(nn.Module):
 
     def forward(self, views: Tensor, spatial: Tensor, generator: torch.Generator | None = None) -> AugmentedBatch:
         """views uint8 [N,2,3,S,S], spatial [N,2,5] (from SpatialTwoView) → AugmentedBatch (float32)."""
+        return self.render(views, spatial, self.sample(views.shape[0], views.device, generator))
+
+    def render(self, views: Tensor, spatial: Tensor, p: dict[str, Tensor]) -> AugmentedBatch:
+        """Apply given parameters ``p`` (:meth:`sample`'s layout: rows 0..N-1 view 1, N..2N-1 view 2)."""
         if views.dim() != 5 or views.shape[1:3] != (2, 3) or spatial.shape[:2] != views.shape[:2]:
             raise ValueError(f"PhotometricAugment: expected views [N,2,3,S,S] and spatial [N,2,5], "
                              f"got {tuple(views.shape)} and {tuple(spatial.shape)}")
         with torch.autocast(device_type=views.device.type, enabled=False):
             n, device = views.shape[0], views.device
-            p = self.sample(n, device, generator)
             x8 = views.transpose(0, 1).reshape(2 * n, *views.shape[2:])  # view-major
             if device.type == "cpu":
                 x = torch.empty(x8.shape, dtype=torch.float32)

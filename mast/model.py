@@ -1,11 +1,18 @@
 """Backbone, expander, subspace masks and uncertainty heads (METHOD.md §2); one model for VICReg and MAST.
 
+A method takes its encoder, as moco-v3's builder does: :class:`MAST` wraps ANY backbone f and
+expander g (modules) with the loss of eq. (6); :class:`MASTModel` is its use on a torchvision ResNet
+(the pretraining trainer's model). θ and δ come from any source that supplies them per pair
+(:class:`PairBatch`: the image pipeline's ``AugmentedBatch`` is one, ``benchmarks/mechanism.py``'s
+synthetic factors another).
+
 API (stable, the trainer codes against it)::
 
     ModelConfig(arch, expander, zero_init_residual, method, uncertainty, mask_init_logit,
                 head_hidden, tau, u_bar_momentum)
-    model = MASTModel(ModelConfig, LossConfig, AugmentConfig)
-    out = model(batch: AugmentedBatch)   # dict: "loss" (eq. 6, backprop this); detached "inv", "var",
+    model = MASTModel(ModelConfig, LossConfig, AugmentConfig)            # ResNet + VICReg expander
+    model = MAST(backbone, expander, dim, param_slices, MethodConfig, LossConfig)   # any encoder
+    out = model(batch: PairBatch)   # dict: "loss" (eq. 6, backprop this); detached "inv", "var",
                                          # "cov", "unc", "mask_prior"; MAST only: "u_mean" [K],
                                          # "subspace_size" [K], "mask_mean" [K], "w_min", "w_mean", "w_max"
     model.main_parameters()      # backbone + expander (LARS)
@@ -17,18 +24,50 @@ API (stable, the trainer codes against it)::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Protocol
 
 import torch
 import torchvision
 from torch import Tensor, nn
 
-from mast.augment import AugmentConfig, AugmentedBatch, param_layout
+from mast.augment import AugmentConfig, param_layout
 from mast.loss import LossConfig, float32_region, objective
 
 # torchvision's ResNets; their block table lives in transfer.checkpoints.RESNET_LAYERS, not here.
 ARCHS = tuple(sorted((n for n in torchvision.models.list_models(torchvision.models) if n.startswith("resnet")),
                      key=lambda n: int(n.removeprefix("resnet"))))
+
+
+class PairBatch(Protocol):
+    """Two views and what made them, per pair: x1, x2 [N, ...]; θ¹, θ² [N, P] (columns per augmentation
+    as the model's ``param_slices``); δ [N, K] in [0, 1] (METHOD.md §1). ``AugmentedBatch`` is one."""
+
+    x1: Tensor
+    x2: Tensor
+    theta1: Tensor
+    theta2: Tensor
+    delta: Tensor
+
+
+@dataclass
+class MethodConfig:
+    """The method's own settings (METHOD.md §2), independent of the encoder."""
+
+    method: str = "mast"  # "vicreg" | "mast"
+    uncertainty: str = "head"  # "head" (h_k MLPs) | "none" (one scalar a_k per augmentation)
+    mask_init_logit: float = 3.0  # m ≈ 0.95 at start, close to VICReg
+    head_hidden: int = 32
+    tau: float = 0.5  # subspace threshold of eq. (1')
+    u_bar_momentum: float = 0.99  # running mean ū_k of eq. (1')
+
+    def __post_init__(self) -> None:
+        if self.method not in ("vicreg", "mast"):
+            raise ValueError(f"model.method: expected 'vicreg' or 'mast', got {self.method!r}")
+        if self.uncertainty not in ("head", "none"):
+            raise ValueError(f"model.uncertainty: expected 'head' or 'none', got {self.uncertainty!r}")
+        if not (0.0 <= self.u_bar_momentum < 1.0 and self.tau > 0 and self.head_hidden >= 1):
+            raise ValueError("model: expected 0 <= u_bar_momentum < 1, tau > 0, head_hidden >= 1")
 
 
 @dataclass
@@ -49,12 +88,11 @@ class ModelConfig:
             raise ValueError(f"model.arch: expected one of {list(ARCHS)}, got {self.arch!r}")
         if not self.expander or min(self.expander) < 1:
             raise ValueError(f"model.expander: expected positive layer widths, got {list(self.expander)}")
-        if self.method not in ("vicreg", "mast"):
-            raise ValueError(f"model.method: expected 'vicreg' or 'mast', got {self.method!r}")
-        if self.uncertainty not in ("head", "none"):
-            raise ValueError(f"model.uncertainty: expected 'head' or 'none', got {self.uncertainty!r}")
-        if not (0.0 <= self.u_bar_momentum < 1.0 and self.tau > 0 and self.head_hidden >= 1):
-            raise ValueError("model: expected 0 <= u_bar_momentum < 1, tau > 0, head_hidden >= 1")
+        self.method_config()  # validates the method's fields
+
+    def method_config(self) -> MethodConfig:
+        """The method fields of this config (ResNet fields dropped)."""
+        return MethodConfig(**{f.name: getattr(self, f.name) for f in fields(MethodConfig)})
 
 
 def build_expander(in_dim: int, widths: tuple[int, ...]) -> nn.Sequential:
@@ -121,7 +159,7 @@ def sensitivities(u_bar: Tensor, mask_logits: Tensor) -> Tensor:
 class SubspaceModule(nn.Module):
     """Mask logits φ [K, d] and uncertainty heads h (METHOD §2), plus the running mean ū_k."""
 
-    def __init__(self, cfg: ModelConfig, slices: dict[str, slice], dim: int) -> None:
+    def __init__(self, cfg: MethodConfig | ModelConfig, slices: dict[str, slice], dim: int) -> None:
         super().__init__()
         self.tau, self.momentum = cfg.tau, cfg.u_bar_momentum
         k = len(slices)
@@ -156,25 +194,30 @@ class SubspaceModule(nn.Module):
         return self.sensitivities() < self.tau
 
 
-class MASTModel(nn.Module):
-    """f (torchvision ResNet, fc = Identity) + g (expander) + optional subspaces; forward = eq. (6)."""
+class MAST(nn.Module):
+    """Any backbone f and expander g + optional subspaces; forward = eq. (6) (moco-v3 builder style).
 
-    def __init__(self, cfg: ModelConfig, loss: LossConfig, aug: AugmentConfig) -> None:
+    ``dim`` is the width of g's output (the embedding), ``param_slices`` the columns of θ per
+    augmentation (its keys name the K augmentations), ``aug_spec`` plain data describing where θ and
+    δ came from (stored in mast_state.pth).
+    """
+
+    def __init__(self, backbone: nn.Module, expander: nn.Module, dim: int, param_slices: dict[str, slice],
+                 method: MethodConfig, loss: LossConfig, aug_spec: dict | None = None) -> None:
         super().__init__()
-        self.cfg, self.loss_cfg, self.aug_cfg = cfg, loss, aug
-        self.backbone = torchvision.models.get_model(cfg.arch, weights=None, zero_init_residual=cfg.zero_init_residual)
-        feat_dim = self.backbone.fc.in_features
-        self.backbone.fc = nn.Identity()
-        self.expander = build_expander(feat_dim, cfg.expander)
-        self.param_slices = param_layout(aug.ops)
-        self.aug_names = list(aug.ops)
-        self.subspace = SubspaceModule(cfg, self.param_slices, cfg.expander[-1]) if cfg.method == "mast" else None
+        if not param_slices or dim < 1:
+            raise ValueError(f"MAST: expected >= 1 augmentation and dim >= 1, got {list(param_slices)} and {dim}")
+        self.method_cfg, self.loss_cfg, self.aug_spec = method, loss, dict(aug_spec or {})
+        self.backbone, self.expander = backbone, expander
+        self.param_slices = dict(param_slices)
+        self.aug_names = list(param_slices)
+        self.subspace = SubspaceModule(method, self.param_slices, dim) if method.method == "mast" else None
 
     def embed(self, x: Tensor) -> Tensor:
         """z = g(f(x))."""
         return self.expander(self.backbone(x))
 
-    def forward(self, batch: AugmentedBatch) -> dict[str, Tensor]:
+    def forward(self, batch: PairBatch) -> dict[str, Tensor]:
         # Two separate passes, as official VICReg (BatchNorm statistics per view).
         z1, z2 = self.embed(batch.x1), self.embed(batch.x2)
         if self.subspace is None:
@@ -218,11 +261,24 @@ class MASTModel(nn.Module):
 
     def mast_state(self) -> dict:
         """mast_state.pth content (weights_only-loadable), without "heldout" and "config"."""
-        state: dict = {"method": self.cfg.method, "aug_names": list(self.aug_names), "tau": float(self.cfg.tau),
-                       "uncertainty": self.cfg.uncertainty, "aug_spec": self.aug_cfg.spec()}
+        cfg = self.method_cfg
+        state: dict = {"method": cfg.method, "aug_names": list(self.aug_names), "tau": float(cfg.tau),
+                       "uncertainty": cfg.uncertainty, "aug_spec": dict(self.aug_spec)}
         if self.subspace is not None:
             state.update(mask_logits=self.subspace.mask_logits.detach().cpu().clone(),
                          u_bar=self.subspace.u_bar.detach().cpu().clone(),
                          uncertainty_state={k: v.detach().cpu().clone()
                                             for k, v in self.subspace.head.state_dict().items()})
         return state
+
+
+class MASTModel(MAST):
+    """The trainer's model: f = torchvision ResNet (fc = Identity), g = VICReg expander (METHOD §2)."""
+
+    def __init__(self, cfg: ModelConfig, loss: LossConfig, aug: AugmentConfig) -> None:
+        backbone = torchvision.models.get_model(cfg.arch, weights=None, zero_init_residual=cfg.zero_init_residual)
+        feat_dim = backbone.fc.in_features
+        backbone.fc = nn.Identity()
+        super().__init__(backbone, build_expander(feat_dim, cfg.expander), cfg.expander[-1], param_layout(aug.ops),
+                         cfg.method_config(), loss, aug.spec())
+        self.cfg, self.aug_cfg = cfg, aug

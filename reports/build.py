@@ -203,21 +203,39 @@ def _mast_numbers(res: dict) -> list[str]:
                   f"{s['shared_total']} in several (shared), {s['in_none']} in none.", ""]
     if "w_mean_heldout" in res:
         lines += [f"Mean invariance weight w = 1/q (eq. 4) over the held-out pairs: {res['w_mean_heldout']:.3f}.", ""]
+    diff = res.get("differentiation")
+    if "stats" in res:
+        lines += [MASK_DIFFERENTIATION_NOTE if diff else
+                  "Mask differentiation D_k: not in this run's mast_state.pth (a run from before issue 25).", ""]
     if "stats" in res or "rho" in res:
         lines += ["| augmentation | " + ("size of S_k | unique | non-invariant | " if "stats" in res else "")
-                  + ("Spearman ρ(u_k, δ_k) |" if "rho" in res else ""),
-                  "|---|" + ("---|---|---|" if "stats" in res else "") + ("---|" if "rho" in res else "")]
+                  + ("D_k | mask-logit spread | " if diff else "") + ("Spearman ρ(u_k, δ_k) |" if "rho" in res else ""),
+                  "|---|" + ("---|---|---|" if "stats" in res else "") + ("---|---|" if diff else "")
+                  + ("---|" if "rho" in res else "")]
         for k, n in enumerate(names):
             row = f"| {n} | "
             if "stats" in res:
                 s = res["stats"]
                 row += f"{s['size'][k]} | {s['unique'][k]} | {s['non_invariant'][k]} | "
+            if diff:
+                row += f"{_num(diff['D'].get(n))} | {_num(diff['logit_spread'].get(n))} | "
             if "rho" in res:
                 rho = res["rho"].get(n)
                 row += ("n/a" if rho is None else f"{rho:.2f}") + " |"
             lines.append(row)
         lines.append("")
     return lines
+
+
+MASK_DIFFERENTIATION_NOTE = (
+    "Beside each subspace (eq. 1'), its mask differentiation D_k (METHOD.md §5): on held-out images, the "
+    "Spearman correlation over dimensions between 1 − m_kj and each dimension's measured sensitivity to k "
+    "(pairs where only k differs). D_k ≈ 1: mask k knows which dimensions k moves; D_k ≈ 0: it does not, "
+    "and an all-or-nothing S_k is then a per-augmentation weight set by ū_k, not a subspace.")
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,10 @@
 - how augmentations relate: K × K correlation of the profiles e_k, Jaccard of the non-invariant
   sets {j : e_kj ≥ τ};
 - how uncertainty reflects difficulty: u_k against δ_k per augmentation on held-out pairs (binned
-  mean with quartile band, Spearman ρ).
+  mean with quartile band, Spearman ρ);
+- mask differentiation D_k beside the subspaces: does mask k rank the dimensions augmentation k moves
+  on held-out pairs (computed by :mod:`mast.differentiation` in the held-out pass, stored in
+  ``heldout["differentiation"]``)? An all-or-nothing S_k with D_k ≈ 0 is a per-augmentation weight.
 """
 
 from __future__ import annotations
@@ -178,6 +181,11 @@ def mast_figures(state: dict, out_dir: Path, prefix: str) -> dict[str, Any]:
             ("How augmentations relate", plot_relations(corr, jac, names, out_dir / f"{prefix}_relations.png")),
         ]
     held = state.get("heldout") or {}
+    diff = held.get("differentiation")
+    if isinstance(diff, dict) and isinstance(diff.get("D"), list) and len(diff["D"]) == len(names):
+        result["differentiation"] = {"D": dict(zip(names, diff["D"])),
+                                     "logit_spread": dict(zip(names, diff.get("logit_spread") or [None] * len(names))),
+                                     "n_pairs": diff.get("n_pairs")}
     if isinstance(held.get("w_mean"), float):
         result["w_mean_heldout"] = held["w_mean"]  # mean invariance weight w (eq. 4) over the held-out pairs
     delta, u = held.get("delta"), held.get("u")

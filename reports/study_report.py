@@ -211,7 +211,8 @@ def write_csvs(results: Results, runs: dict[str, dict], out: Path) -> None:
     write_text_atomic(out / "differences.csv", _csv(diffs, ["task", "metric", "comparison", "n_seeds", "paired_seeds",
                                                              "delta", "delta_lo", "delta_hi", "excludes_zero"]))
     write_text_atomic(out / "learned.csv", _csv(learned, ["run", "augmentation", "u_bar", "mask_logit_std",
-                                                           "subspace_size", "rho_u_delta", "w_mean_train",
+                                                           "subspace_size", "rho_u_delta", "mask_differentiation",
+                                                           "w_mean_train",
                                                            "w_mean_heldout"]))
 
 

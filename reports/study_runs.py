@@ -56,9 +56,16 @@ def run_facts(run_dir: Path) -> dict[str, Any]:
         "aug_names": names, "tau": tau, "d": int(state["mask_logits"].shape[1]),
         "u_bar": state["u_bar"].tolist(), "logit_std": state["mask_logits"].std(dim=1).tolist(),
         "subspace_size": subspace_stats(sensitivities(state), tau)["size"], "rho": rho,
-        "w_mean_heldout": held.get("w_mean"),
+        "w_mean_heldout": held.get("w_mean"), "D": _differentiation(held, len(names)),
     }
     return facts
+
+
+def _differentiation(held: dict, k: int) -> list[float | None]:
+    """D_k per augmentation from the held-out pass (METHOD.md §5); None where absent or undefined."""
+    diff = held.get("differentiation")
+    values = diff.get("D") if isinstance(diff, dict) else None
+    return list(values) if isinstance(values, list) and len(values) == k else [None] * k
 
 
 def _cell(x: float | None, fmt: str = "{:.2f}") -> str:
@@ -75,10 +82,13 @@ def learned_tables(runs: dict[str, dict]) -> list[str]:
         for key, title in (("u_bar", "ū_k (running mean of u over training pairs)"),
                            ("logit_std", "spread of the mask logits φ_k over dimensions (std)"),
                            ("subspace_size", f"subspace size |S_k| at τ = {first['tau']:g} (of d = {first['d']})"),
+                           ("D", "mask differentiation D_k on held-out images (METHOD.md §5: Spearman over dimensions of "
+                                 "1 − m_kj against the measured sensitivity to k; ≈ 0: S_k is a per-augmentation "
+                                 "weight, not a subspace)"),
                            ("rho", "Spearman ρ(u_k, δ_k) on held-out pairs")):
             out += [f"**{title}**", "", "| run | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
             fmt = "{:.0f}" if key == "subspace_size" else "{:.2f}"
-            out += [f"| {run} | " + " | ".join(_cell(v, fmt) for v in facts["learned"][key]) + " |"
+            out += [f"| {run} | " + " | ".join(_cell(v, fmt) for v in facts["learned"].get(key, [])) + " |"
                     for run, facts in mast_runs.items()]
             out.append("")
     out += ["**mean invariance weight w (eq. 4) and λ**", "",
@@ -99,7 +109,8 @@ def learned_rows(runs: dict[str, dict]) -> list[dict]:
         for k, aug in enumerate(info["aug_names"] if info else []):
             rows.append({"run": run, "augmentation": aug, "u_bar": info["u_bar"][k],
                          "mask_logit_std": info["logit_std"][k], "subspace_size": info["subspace_size"][k],
-                         "rho_u_delta": info["rho"][k], "w_mean_train": facts.get("w_mean_train"),
+                         "rho_u_delta": info["rho"][k],
+                         "mask_differentiation": info.get("D", [None] * (k + 1))[k], "w_mean_train": facts.get("w_mean_train"),
                          "w_mean_heldout": info.get("w_mean_heldout")})
     return rows
 
