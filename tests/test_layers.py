@@ -17,7 +17,7 @@ PACKAGES = ("mast", "transfer", "reports")
 TASKS = ("transfer.detection", "transfer.segmentation", "transfer.probes",
          "transfer.fewshot", "transfer.linear", "transfer.knn")
 ORCHESTRATION = ("transfer.run_all", "transfer.demo")
-FLOOR = ("checkpoints", "layouts", "convert", "inspect", "records", "engines", "suite", "stats")
+FLOOR = ("checkpoints", "layouts", "safe_files", "convert", "inspect", "records", "engines", "suite", "stats")
 # (importer prefix, forbidden prefixes): a module under the first must not import the others.
 FORBIDDEN = (
     ("mast", ("transfer", "reports")),

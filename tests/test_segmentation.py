@@ -15,8 +15,8 @@ from torch import nn
 from transfer.checkpoints import load_backbone
 from transfer.engines import require_mmseg
 from transfer.records import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED
-from transfer.segmentation.backbone import (BackboneMismatch, read_converted, register_trusted_scheme, to_mmseg_file,
-                                   trusted, verify_backbone_state)
+from transfer.segmentation.backbone import (BackboneMismatch, read_converted, register_runner_scheme, runner_file,
+                                   to_mmseg_file, verify_backbone_state)
 from transfer.segmentation.runner import DEFAULT_CONFIGS, attach_checkpoint, build_parser, load_config, main
 
 PAPER = str(DEFAULT_CONFIGS["paper"])
@@ -206,7 +206,7 @@ def test_nan_loss_gives_failed_record(tmp_path: Path, synthetic_root: Path) -> N
     assert list((out / "work").glob("*/vis_data/config.py"))  # its own folder, not an earlier run's in this process
 
 
-def test_runner_checkpoints_load_only_through_the_trusted_scheme(tmp_path: Path) -> None:
+def test_runner_checkpoints_load_only_through_the_runner_scheme(tmp_path: Path) -> None:
     from mmengine.logging import HistoryBuffer
     from mmengine.runner import CheckpointLoader
 
@@ -217,8 +217,39 @@ def test_runner_checkpoints_load_only_through_the_trusted_scheme(tmp_path: Path)
     torch.save({"state_dict": model.state_dict(), "message_hub": {"loss": HistoryBuffer()}}, path)
     with pytest.raises(Exception, match="weights_only"):
         torch.load(path)  # torch >= 2.6 default: a Runner checkpoint is refused
-    with pytest.raises(CheckpointError):
-        load_backbone(path)  # the user-checkpoint path stays weights_only=True
-    register_trusted_scheme()
-    loaded = CheckpointLoader.load_checkpoint(trusted(path), map_location="cpu")
+    load_backbone(path)  # the user-checkpoint path reads it too, as data (HistoryBuffer stays a placeholder)
+    register_runner_scheme()
+    loaded = CheckpointLoader.load_checkpoint(runner_file(path), map_location="cpu")
     assert isinstance(loaded["message_hub"]["loss"], HistoryBuffer)
+
+
+class _Payload:
+    """Unpickling this object runs ``open(marker, 'w')``: the marker proves code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.slow
+def test_resume_reads_the_runner_file_as_data(tmp_path: Path, synthetic_root: Path) -> None:
+    """A payload planted in the run's own Runner checkpoint never runs; the resume itself works."""
+    from transfer.safe_files import read_torch_file, runner_admits
+
+    _save_resnet(tmp_path / "r18.pth")
+    out, marker = tmp_path / "seg", tmp_path / "PWNED"
+    base = ["--ckpt", str(tmp_path / "r18.pth"), "--out", str(out), "--data-root", str(synthetic_root),
+            "--cfg-options", *TINY_RUN, "default_hooks.checkpoint.interval=2"]
+    assert main(base) == EXIT_OK
+    saved = out / "work" / "iter_2.pth"
+    assert (out / "work" / "last_checkpoint").read_text().strip() == str(saved)
+    obj = read_torch_file(saved, admit=runner_admits())
+    obj["meta"]["evil"] = _Payload(marker)
+    torch.save(obj, saved)
+    code = main(base + ["train_cfg.max_iters=3", "--resume"])
+    record = json.loads((out / "record.json").read_text())
+    assert code == EXIT_OK, record["error"]
+    assert not marker.exists()
+    assert "resumed epoch: 0, iter: 2" in (out / "train.log").read_text()

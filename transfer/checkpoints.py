@@ -31,6 +31,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from transfer.safe_files import FileReadError, Opaque, read_any
 from transfer.layouts import (Candidate, LayoutError, backbone_tensors, choose, find_candidates, flatten,
                               guess_codebase)
 
@@ -45,9 +46,6 @@ RESNET_LAYERS = {
 # The stem's first conv: present in every torchvision ResNet.
 _ANCHOR = "conv1.weight"
 _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.(conv3|conv1)\.weight$")
-# Plain classes some trainers pickle next to the weights (timm and DINO save their argparse
-# ``args``); allowed to be rebuilt under weights_only=True, which still never runs code.
-SAFE_GLOBALS = [argparse.Namespace]
 
 
 class CheckpointError(ValueError):
@@ -106,22 +104,25 @@ def add_backbone_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def read_checkpoint(path: str | Path) -> Any:
-    """The object in ``path``, loaded with ``weights_only=True``: a checkpoint is data, never code."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist (expected a .pth/.pt/.pkl file)")
+    """The object in ``path`` (a torch file or ``.safetensors``), read as data: a checkpoint never runs code.
+
+    Classes a trainer pickled next to the weights (an mmengine Runner's ``HistoryBuffer``, numpy
+    scalars) come back as inert placeholders (:mod:`transfer.safe_files`); tensors come back as tensors.
+    """
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is one user-facing error
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read as a torch file ({msg[:200]})") from None
+        return read_any(path)
+    except FileReadError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def locate_backbone(obj: Any, path: Path, backbone: str | None = None) -> tuple[dict[str, Tensor], list[Candidate], Candidate, str]:
     """``(flat tensors, candidates, chosen, how it was chosen)`` of a loaded checkpoint object."""
+    if isinstance(obj, Opaque):
+        raise CheckpointError(f"checkpoint {path} holds a pickled {obj.global_name} object, not a state_dict; it is "
+                              "never unpickled here: re-save it with torch.save(model.state_dict(), PATH)")
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a state_dict (a dict of tensors)")
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a state_dict (a dict of "
+                              "tensors): re-save it with torch.save(model.state_dict(), PATH)")
     flat = flatten(obj)
     cands = find_candidates(flat)
     if not cands:

@@ -151,9 +151,9 @@ def train_and_evaluate(cfg: Any, converted: Path) -> dict[str, float]:
     from mmengine.runner import Runner, find_latest_checkpoint
 
     from transfer.segmentation.backbone import (backbone_of, make_loaded_hook, read_converted,
-                                       register_trusted_scheme, trusted, verify_backbone_state)
+                                       register_runner_scheme, runner_file, verify_backbone_state)
 
-    register_trusted_scheme()
+    register_runner_scheme()
     _init_cpu_group(cfg)
     if cfg.get("resume"):
         latest = find_latest_checkpoint(cfg.work_dir)
@@ -163,7 +163,7 @@ def train_and_evaluate(cfg: Any, converted: Path) -> dict[str, float]:
         if Path(latest).resolve().parent != work:  # last_checkpoint is a text file naming any path
             raise FileNotFoundError(f"--resume: {work}/last_checkpoint points outside the run ({latest}); "
                                     "only the Runner's own checkpoints in its work folder are resumed")
-        cfg.load_from = trusted(latest)  # the Runner's own file: weights_only=False
+        cfg.load_from = runner_file(latest)  # read as data: transfer.safe_files
     if cfg.get("visualizer") is not None:
         # mmseg's configs name it 'visualizer', and mmengine hands back an existing instance of that
         # name, whose save_dir is an earlier run's folder: a second run in one process would write its
