@@ -33,8 +33,10 @@ def _disk_full(path: Path, needed: int) -> DiskFullError:
         free = shutil.disk_usage(path.parent).free
     except OSError:
         free = 0
-    return DiskFullError(errno.ENOSPC, f"{path}: no space left on the device (needs at least "
-                         f"{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free); nothing was changed")
+    # ``needed`` counts what was written before the failure: unknown (0) when the first write failed.
+    need = f"needs at least {needed / 2**20:.1f} MiB, " if needed >= 2**20 // 10 else ""
+    return DiskFullError(errno.ENOSPC, f"{path}: no space left on the device ({need}{free / 2**20:.1f} MiB free); "
+                         "nothing was changed: free some space and run the same command again")
 
 
 class _Counting:
