@@ -145,6 +145,7 @@ def _run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[i
                                          dataset=args.dataset if args.dataset in REGISTRY else None,
                                          split_file=args.split_file, fewshot=fewshot, carve_val=carve_val)
             config["image_size"] = extractor.image_size
+            config["image_size_source"] = extractor.image_size_source
             config["normalize"] = extractor.preprocess.normalize
         except (CheckpointError, FeatureError, OSError, ValueError) as e:
             load_error = e

@@ -219,7 +219,7 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
     """The whole task; ``task`` is None on ranks > 0 (only rank 0 writes the record)."""
     from dataclasses import asdict
 
-    from transfer.checkpoints import load_backbone
+    from transfer.checkpoints import load_backbone, refuse_cifar_stem
     from transfer.engines import require_mmseg
     from transfer.segmentation.backbone import to_mmseg_file
     from transfer.segmentation.data import check_data_layout
@@ -230,6 +230,7 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
 
         torch.set_num_threads(args.threads)
     state, info = load_backbone(args.ckpt, args.backbone)
+    refuse_cifar_stem(info, "mmseg")
     cfg = load_config(args, info)
     cfg.resume = bool(args.resume)
     dataset = str(cfg.get("dataset_name") or Path(cfg.config_file).stem)
