@@ -162,7 +162,8 @@ def locate_backbone(obj: Any, path: Path, backbone: str | None = None) -> tuple[
     cands = find_candidates(flat)
     if not cands:
         raise CheckpointError(f"checkpoint {path}: no ResNet weights found (no 3-channel stem conv such as "
-                              f"{_ANCHOR!r}; top-level keys: {', '.join(map(str, list(obj)[:8]))})")
+                              f"{_ANCHOR!r}; top-level keys: {', '.join(map(str, list(obj)[:8]))}); only torchvision-layout ResNets "
+                              "are read: python -m transfer.inspect FILE lists what it holds")
     try:
         chosen, how = choose(cands, backbone, f"checkpoint {path}")
     except LayoutError as e:
@@ -235,21 +236,25 @@ def canonicalise(state: Mapping[str, Tensor], arch: str, path: Path | str, stem:
     if missing or bad_shape:
         raise CheckpointError(
             f"checkpoint {path} ({arch}): {len(missing)} missing tensors {missing[:4]}, "
-            f"{len(bad_shape)} mis-shaped {bad_shape[:4]}"
+            f"{len(bad_shape)} mis-shaped {bad_shape[:4]}; a truncated or modified ResNet? "
+            "python -m transfer.inspect FILE lists what it holds"
         )
     extra = [k for k in state if k not in expected and not k.startswith("fc.")]
     if extra:
-        raise CheckpointError(f"checkpoint {path} ({arch}): {len(extra)} unexpected backbone tensors {extra[:4]}")
+        raise CheckpointError(f"checkpoint {path} ({arch}): {len(extra)} unexpected backbone tensors {extra[:4]}; "
+                              "a modified ResNet (extra layers) cannot be evaluated as a torchvision one")
     out = {}
     for key, shape in expected.items():
         value = state.get(key)
         if value is None:  # num_batches_tracked, absent in some exports
             value = torch.zeros(shape, dtype=torch.long)
         if value.layout != torch.strided:
-            raise CheckpointError(f"checkpoint {path} ({arch}): tensor {key} is {value.layout}; expected dense weights")
+            raise CheckpointError(f"checkpoint {path} ({arch}): tensor {key} is {value.layout}; expected dense "
+                                  "weights: re-save it with every tensor .to_dense()")
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise CheckpointError(f"checkpoint {path} ({arch}): tensor {key} holds NaN/Inf values "
-                                  f"({int((~torch.isfinite(value)).sum())} of {value.numel()}); a diverged run?")
+                                  f"({int((~torch.isfinite(value)).sum())} of {value.numel()}); a diverged run? "
+                                  "evaluate an earlier checkpoint of it")
         out[key] = value.detach().clone()
     return out
 
