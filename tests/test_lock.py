@@ -105,3 +105,14 @@ def test_run_all_and_pretraining_refuse_a_folder_lock_in_one_line(tmp_path: Path
                 [sys.executable, "-m", "mast.pretrain", *tiny_args(synthetic_root, tmp_path / "runs", "--name", "x")]):
         out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 2 and "is a folder" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_a_write_that_fails_at_once_does_not_claim_0_mib_needed(tmp_path: Path) -> None:
+    from mast.atomic import DiskFullError, atomic_write
+
+    def full(_f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskFullError) as err:
+        atomic_write(tmp_path / "x.json", full)
+    assert "0.0 MiB" not in str(err.value) and "MiB free" in str(err.value) and "run the same command again" in str(err.value)
