@@ -95,6 +95,23 @@ def test_runner_admits_rebuild_the_message_hub_for_resume(runner_file) -> None:
     assert HistoryBuffer._statistics_methods["mean"] is HistoryBuffer.mean  # the class registry is intact
 
 
+def test_a_runner_file_cannot_change_the_message_hub_statistics(tmp_path: Path, monkeypatch) -> None:
+    from mmengine.logging import HistoryBuffer
+
+    from transfer.safe_files import read_runner_file
+
+    buffer = HistoryBuffer([1.0, 3.0], [1, 1])
+    buffer.__dict__["statistics_methods"] = {"mean": Payload(tmp_path / "PWNED")}
+    path = tmp_path / "iter_1.pth"
+    with monkeypatch.context() as m:  # pickle the planted statistics as they are (__getstate__ would replace them)
+        m.setattr(HistoryBuffer, "__getstate__", lambda self: dict(self.__dict__))
+        torch.save({"message_hub": {"log_scalars": {"loss": buffer}}}, path)
+    before = dict(HistoryBuffer._statistics_methods)
+    loaded = read_runner_file(path)["message_hub"]["log_scalars"]["loss"]
+    assert HistoryBuffer._statistics_methods == before and float(loaded.mean()) == 2.0
+    assert not (tmp_path / "PWNED").exists()
+
+
 @pytest.mark.parametrize("payload", [Payload, SystemPayload])
 def test_payload_in_a_runner_shaped_file_never_runs(tmp_path: Path, payload) -> None:
     from mmengine.logging import HistoryBuffer

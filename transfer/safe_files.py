@@ -127,6 +127,22 @@ def read_any(path: str | Path, admit: Mapping[str, Any] | None = None) -> Any:
     return read_safetensors(path) if is_safetensors(path) else read_torch_file(path, admit)
 
 
+def read_runner_file(path: str | Path) -> Any:
+    """An mmengine Runner checkpoint with its message hub rebuilt (:func:`runner_admits`), for resuming.
+
+    ``HistoryBuffer.__setstate__`` merges the file's ``statistics_methods`` into a dict shared by
+    the class; it is restored afterwards, so a file can never change what ``mean`` computes.
+    """
+    from mmengine.logging import HistoryBuffer
+
+    registry = dict(HistoryBuffer._statistics_methods)
+    try:
+        return read_torch_file(path, admit=runner_admits())
+    finally:
+        HistoryBuffer._statistics_methods.clear()
+        HistoryBuffer._statistics_methods.update(registry)
+
+
 def runner_admits() -> dict[str, Any]:
     """What an mmengine Runner checkpoint needs rebuilt for real to be resumed: its message hub.
 

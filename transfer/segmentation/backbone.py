@@ -176,13 +176,13 @@ def register_runner_scheme() -> None:
     """
     from mmengine.runner import CheckpointLoader
 
-    from transfer.safe_files import read_torch_file, runner_admits
+    from transfer.safe_files import read_runner_file
 
     def load_runner_file(filename: str, map_location=None) -> Any:
         path = filename[len(RUNNER_SCHEME):]
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} can not be found.")
-        return read_torch_file(path, admit=runner_admits())
+        return read_runner_file(path)
 
     CheckpointLoader.register_scheme(prefixes=RUNNER_SCHEME, loader=load_runner_file, force=True)
 
