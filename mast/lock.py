@@ -89,6 +89,9 @@ class FolderLock:
             self._forget()
         _HELD.discard(self)
 
+    def __del__(self) -> None:  # dropped without release(): closing the last copy unlocks, like a file object
+        self._forget()
+
     def __enter__(self) -> "FolderLock":
         return self
 
