@@ -7,7 +7,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SUPPORTED="3.11 3.12 3.13"
-BUDGET=${FAST_PY_BUDGET_S:-2700}
+BUDGET=${FAST_PY_BUDGET_S:-2400}
 START=${CI_STARTED_AT:-$(date +%s)}
 FAST=(tests/test_environment.py tests/test_layers.py tests/test_config.py tests/test_loss.py tests/test_augment.py
       tests/test_checkpoints.py tests/test_layouts.py tests/test_convert.py tests/test_safe_files.py
