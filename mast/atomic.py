@@ -59,7 +59,7 @@ def _disk_full(path: Path, needed: int) -> DiskFullError:
         free = 0
     needs = f"needs at least {_size(needed)}, " if needed > 0 else ""  # 0: the first write failed
     return DiskFullError(errno.ENOSPC, f"{path}: no space left on the device ({needs}{_size(free)} free); "
-                         "nothing was changed")
+                         "nothing was changed: free some space and run the same command again")
 
 
 def make_folder(path: str | Path, what: str = "--out") -> Path:

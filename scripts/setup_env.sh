@@ -6,25 +6,38 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
-PY=${PYTHON:-python3.11}
+SUPPORTED="3.13 3.12 3.11"  # newest first: without PYTHON, the newest one on PATH is used
 D2_PIN="sal-detectron2==0.7.2"
 MARKER="$VENV/.mast-env-ok"
 LOG="$VENV.install.log"
 
 die() { echo "setup_env: $*" >&2; exit 1; }
 
-key=$( { cat requirements.txt scripts/setup_env.sh scripts/install_detectron2.sh pyproject.toml; echo "$D2_PIN"; } | sha256sum | cut -c1-16)
+if [ -n "${PYTHON:-}" ]; then
+  PY=$PYTHON
+  command -v "$PY" >/dev/null 2>&1 || die "PYTHON=$PY is not an interpreter on PATH (expected Python ${SUPPORTED// /, })"
+else
+  # An existing venv keeps its version; a new one gets the newest supported Python on PATH.
+  PY=""
+  venv_ver=$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)
+  for v in $venv_ver $SUPPORTED; do
+    if command -v "python$v" >/dev/null 2>&1 && "python$v" -c 'import sys' >/dev/null 2>&1; then PY="python$v"; break; fi
+  done
+  [ -n "$PY" ] || die "needs Python ${SUPPORTED// /, } on PATH (none found); set PYTHON=/path/to/python3.X"
+fi
+pyver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || die "$PY does not run"
+case " $SUPPORTED " in *" $pyver "*) ;; *) die "$PY is Python $pyver, expected one of ${SUPPORTED// /, } (set PYTHON)";; esac
+
+key=$( { cat requirements.txt scripts/setup_env.sh scripts/install_detectron2.sh pyproject.toml; echo "$D2_PIN $pyver"; } | sha256sum | cut -c1-16)
 if [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$key" ] && [ -x "$VENV/bin/python" ]; then
   exit 0
 fi
 
-command -v "$PY" >/dev/null 2>&1 || die "needs $PY (Python 3.11) on PATH; set PYTHON=/path/to/python3.11"
-"$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null \
-  || die "$PY is $("$PY" -V 2>&1), expected Python 3.11"
-
-echo "setup_env: building $VENV (pins changed or first run; log: $LOG)"
+echo "setup_env: building $VENV with Python $pyver (pins changed or first run; log: $LOG)"
 rm -f "$MARKER"
-"$VENV/bin/python" -c "import sys" 2>/dev/null || { rm -rf "$VENV"; "$PY" -m venv "$VENV"; }
+# A venv of another Python version (PYTHON changed) is rebuilt, not patched.
+venv_ver=$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)
+[ "$venv_ver" = "$pyver" ] || { rm -rf "$VENV"; "$PY" -m venv "$VENV"; }
 pip_() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@" >>"$LOG" 2>&1; }
 : >"$LOG"
 

@@ -119,4 +119,4 @@ def test_unknown_architecture_depth(tmp_path, resnet18_state):
     for k, v in resnet18_state.items():
         if k.startswith("layer1.1."):
             extra_block[k.replace("layer1.1.", "layer1.2.")] = v
-    assert "match no torchvision ResNet" in _one_line_error(_save(tmp_path, "d.pth", extra_block))
+    assert "which is no torchvision depth" in _one_line_error(_save(tmp_path, "d.pth", extra_block))

@@ -15,8 +15,8 @@ from torch import nn
 from transfer.checkpoints import load_backbone
 from transfer.engines import require_mmseg
 from transfer.records import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED
-from transfer.segmentation.backbone import (BackboneMismatch, read_converted, register_trusted_scheme, to_mmseg_file,
-                                   trusted, verify_backbone_state)
+from transfer.segmentation.backbone import (BackboneMismatch, read_converted, register_runner_scheme, runner_file,
+                                   to_mmseg_file, verify_backbone_state)
 from transfer.segmentation.runner import DEFAULT_CONFIGS, attach_checkpoint, build_parser, load_config, main
 
 PAPER = str(DEFAULT_CONFIGS["paper"])
@@ -203,7 +203,7 @@ def test_nan_loss_gives_failed_record(tmp_path: Path, synthetic_root: Path) -> N
     assert list((out / "work").glob("*/vis_data/config.py"))  # its own folder, not an earlier run's in this process
 
 
-def test_runner_checkpoints_load_only_through_the_trusted_scheme(tmp_path: Path) -> None:
+def test_runner_checkpoints_load_only_through_the_runner_scheme(tmp_path: Path) -> None:
     from mmengine.logging import HistoryBuffer
     from mmengine.runner import CheckpointLoader
 
@@ -214,8 +214,62 @@ def test_runner_checkpoints_load_only_through_the_trusted_scheme(tmp_path: Path)
     torch.save({"state_dict": model.state_dict(), "message_hub": {"loss": HistoryBuffer()}}, path)
     with pytest.raises(Exception, match="weights_only"):
         torch.load(path)  # torch >= 2.6 default: a Runner checkpoint is refused
-    with pytest.raises(CheckpointError):
-        load_backbone(path)  # the user-checkpoint path stays weights_only=True
-    register_trusted_scheme()
-    loaded = CheckpointLoader.load_checkpoint(trusted(path), map_location="cpu")
+    load_backbone(path)  # the user-checkpoint path reads it too, as data (HistoryBuffer stays a placeholder)
+    register_runner_scheme()
+    loaded = CheckpointLoader.load_checkpoint(runner_file(path), map_location="cpu")
     assert isinstance(loaded["message_hub"]["loss"], HistoryBuffer)
+
+
+class _Payload:
+    """Unpickling this object runs ``open(marker, 'w')``: the marker proves code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.slow
+def test_resume_reads_the_runner_file_as_data(tmp_path: Path, synthetic_root: Path) -> None:
+    """A payload planted in the run's own Runner checkpoint never runs; the resume itself works."""
+    from transfer.safe_files import read_torch_file, runner_admits
+
+    _save_resnet(tmp_path / "r18.pth")
+    out, marker = tmp_path / "seg", tmp_path / "PWNED"
+    base = ["--ckpt", str(tmp_path / "r18.pth"), "--out", str(out), "--data-root", str(synthetic_root),
+            "--cfg-options", *TINY_RUN, "default_hooks.checkpoint.interval=2"]
+    assert main(base) == EXIT_OK
+    saved = out / "work" / "iter_2.pth"
+    assert (out / "work" / "last_checkpoint").read_text().strip() == str(saved)
+    obj = read_torch_file(saved, admit=runner_admits())
+    obj["meta"]["evil"] = _Payload(marker)
+    torch.save(obj, saved)
+    code = main(base + ["train_cfg.max_iters=3", "--resume"])
+    record = json.loads((out / "record.json").read_text())
+    assert code == EXIT_OK, record["error"]
+    assert not marker.exists()
+    assert "resumed epoch: 0, iter: 2" in (out / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_deterministic_mode_gives_bit_identical_runs(tmp_path: Path, synthetic_root: Path) -> None:
+    """Two runs of one config in deterministic mode (the demo's) train to the same bits."""
+    from transfer.safe_files import read_torch_file, runner_admits
+
+    _save_resnet(tmp_path / "r18.pth")
+    states, records = [], []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        code = main(["--ckpt", str(tmp_path / "r18.pth"), "--out", str(out), "--data-root", str(synthetic_root),
+                     "--deterministic", "--cfg-options", *TINY_RUN, "train_cfg.max_iters=4", "train_cfg.val_interval=4",
+                     "param_scheduler.0.end=4", "default_hooks.checkpoint.interval=4"])
+        records.append(json.loads((out / "record.json").read_text()))
+        assert code == EXIT_OK, records[-1]["error"]
+        states.append(read_torch_file(out / "work" / "iter_4.pth", admit=runner_admits())["state_dict"])
+    assert records[0]["config"]["deterministic"] is True and records[0]["config"]["randomness"] == {"seed": 0}
+    assert records[0]["metrics"] == records[1]["metrics"]
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    trained = read_converted(tmp_path / "a" / "backbone_mmseg.pth")
+    assert not torch.equal(states[0]["backbone.conv1.weight"], trained["conv1.weight"])  # it did train

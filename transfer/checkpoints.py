@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from mast import rundir
 from transfer.vit_layouts import find_vit_candidates
+from transfer.safe_files import FileReadError, Opaque, read_any
 from transfer.layouts import (Candidate, LayoutError, backbone_tensors, choose, find_candidates, flatten,
                               guess_codebase)
 
@@ -46,10 +47,8 @@ RESNET_LAYERS = {
 }
 # The stem's first conv: present in every torchvision ResNet.
 _ANCHOR = "conv1.weight"
+STEMS = ("imagenet", "cifar")
 _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.(conv3|conv1)\.weight$")
-# Plain classes some trainers pickle next to the weights (timm and DINO save their argparse
-# ``args``); allowed to be rebuilt under weights_only=True, which still never runs code.
-SAFE_GLOBALS = [argparse.Namespace]
 
 
 class CheckpointError(ValueError):
@@ -74,6 +73,8 @@ class CheckpointInfo:
     layout: str = "torchvision"  # "torchvision" names or lightly's "sequential" child indices
     codebase: str | None = None  # best guess of the writer, for people reading the record
     pretrain_seed: int | None = None  # the pretraining run's ``seed``, when its config says (pairs seeds in reports)
+    stem: str = "imagenet"  # "imagenet" (7x7 stride-2 conv1 + max-pool) or "cifar" (3x3 stride-1 conv1, no max-pool)
+    stem_padding: int | None = None  # the CIFAR stem's conv1 padding (not in the tensors: by codebase convention)
 
 
 def weights_id(info: CheckpointInfo) -> str:
@@ -90,18 +91,50 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def build_resnet(arch: str) -> nn.Module:
-    """A torchvision ResNet of ``arch`` with ``fc`` replaced by ``nn.Identity`` (random weights)."""
+def build_resnet(arch: str, stem: str = "imagenet", stem_padding: int | None = None) -> nn.Module:
+    """A torchvision ResNet of ``arch`` with ``fc`` replaced by ``nn.Identity`` (random weights).
+
+    ``stem="cifar"``: the CIFAR variant SSL codebases train on 32 px images (solo-learn, lightly's
+    benchmarks, DIET...): ``conv1`` 3x3 stride 1 (padding ``stem_padding``) and no max-pool.
+    """
     if arch not in RESNET_LAYERS:
         raise CheckpointError(f"unknown arch {arch!r}; expected one of {sorted(RESNET_LAYERS)}")
+    if stem not in STEMS:
+        raise CheckpointError(f"unknown stem {stem!r}; expected one of {sorted(STEMS)}")
     model = getattr(torchvision.models, arch)(weights=None)
     model.fc = nn.Identity()
+    if stem == "cifar":
+        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1 if stem_padding is None else stem_padding,
+                                bias=False)
+        model.maxpool = nn.Identity()
     return model
 
 
-def canonical_keys(arch: str) -> dict[str, torch.Size]:
-    """The canonical key -> shape table of ``arch`` (torchvision layout without ``fc``)."""
-    return {k: v.shape for k, v in build_resnet(arch).state_dict().items()}
+def canonical_keys(arch: str, stem: str = "imagenet") -> dict[str, torch.Size]:
+    """The canonical key -> shape table of ``arch`` (torchvision layout without ``fc``) with ``stem``."""
+    return {k: v.shape for k, v in build_resnet(arch, stem).state_dict().items()}
+
+
+def detect_stem(state: Mapping[str, Tensor]) -> str:
+    """``"cifar"`` when ``conv1`` is a 3x3 kernel (the CIFAR variant; its missing max-pool has no
+    tensors and always goes with it), else ``"imagenet"`` (7x7)."""
+    conv1 = state.get(_ANCHOR)
+    return "cifar" if conv1 is not None and tuple(conv1.shape[-2:]) == (3, 3) else "imagenet"
+
+
+def stem_padding(codebase: str | None) -> int:
+    """The CIFAR stem's conv1 padding, which the tensors do not hold: solo-learn uses 2
+    (``nn.Conv2d(3, 64, 3, 1, 2)``), every other known codebase 1 (a same-size 3x3 conv)."""
+    return 2 if codebase == "solo-learn" else 1
+
+
+def refuse_cifar_stem(info: CheckpointInfo, engine: str) -> None:
+    """Detectron2's and mmseg's ResNets have a 7x7 stride-2 stem and a max-pool (mmseg's V1c a deep
+    3x3 stem of three convs): a 3x3 stride-1 conv1 has no place in them that computes the same network."""
+    if info.stem == "cifar":
+        raise CheckpointError(f"checkpoint {info.path} is a CIFAR-stem {info.arch} (3x3 stride-1 conv1, no max-pool); "
+                              f"{engine}'s ResNet has a 7x7 stride-2 stem and a max-pool, so its weights cannot be "
+                              "placed there: evaluate it with the probes (transfer.probes) at 32 px instead")
 
 
 def add_backbone_arg(parser: argparse.ArgumentParser) -> None:
@@ -112,22 +145,25 @@ def add_backbone_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def read_checkpoint(path: str | Path) -> Any:
-    """The object in ``path``, loaded with ``weights_only=True``: a checkpoint is data, never code."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist (expected a .pth/.pt/.pkl file)")
+    """The object in ``path`` (a torch file or ``.safetensors``), read as data: a checkpoint never runs code.
+
+    Classes a trainer pickled next to the weights (an mmengine Runner's ``HistoryBuffer``, numpy
+    scalars) come back as inert placeholders (:mod:`transfer.safe_files`); tensors come back as tensors.
+    """
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is one user-facing error
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read as a torch file ({msg[:200]})") from None
+        return read_any(path)
+    except FileReadError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def locate_backbone(obj: Any, path: Path, backbone: str | None = None) -> tuple[dict[str, Tensor], list[Candidate], Candidate, str]:
     """``(flat tensors, candidates, chosen, how it was chosen)`` of a loaded checkpoint object."""
+    if isinstance(obj, Opaque):
+        raise CheckpointError(f"checkpoint {path} holds a pickled {obj.global_name} object, not a state_dict; it is "
+                              "never unpickled here: re-save it with torch.save(model.state_dict(), PATH)")
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a state_dict (a dict of tensors)")
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a state_dict (a dict of "
+                              "tensors): re-save it with torch.save(model.state_dict(), PATH)")
     flat = flatten(obj)
     cands = find_candidates(flat)
     if not cands and find_vit_candidates(flat):  # a ViT: transfer.vit reads it (the tasks that take one)
@@ -135,7 +171,8 @@ def locate_backbone(obj: Any, path: Path, backbone: str | None = None) -> tuple[
                               "this step does not take (the probes do; see docs/VIT.md)")
     if not cands:
         raise CheckpointError(f"checkpoint {path}: no ResNet weights found (no 3-channel stem conv such as "
-                              f"{_ANCHOR!r}; top-level keys: {', '.join(map(str, list(obj)[:8]))})")
+                              f"{_ANCHOR!r}; top-level keys: {', '.join(map(str, list(obj)[:8]))}); only torchvision-layout ResNets "
+                              "are read: python -m transfer.inspect_checkpoint FILE lists what it holds")
     try:
         chosen, how = choose(cands, backbone, f"checkpoint {path}")
     except LayoutError as e:
@@ -155,7 +192,9 @@ def load_backbone(path: str | Path, backbone: str | None = None) -> tuple[dict[s
     stripped = backbone_tensors(chosen, flat)
     where = f"{path} [{chosen.name}]" if len(cands) > 1 else str(path)
     arch = detect_arch(stripped, where)
-    canonical = canonicalise(stripped, arch, where)
+    stem = detect_stem(stripped)
+    canonical = canonicalise(stripped, arch, where, stem)
+    codebase = guess_codebase(obj, cands, chosen)
     info = CheckpointInfo(
         path=str(path.resolve()),
         sha256=sha256_file(path),
@@ -168,7 +207,9 @@ def load_backbone(path: str | Path, backbone: str | None = None) -> tuple[dict[s
         backbone_choice=how,
         candidates=tuple(c.name for c in cands),
         layout=chosen.layout,
-        codebase=guess_codebase(obj, cands, chosen),
+        codebase=codebase,
+        stem=stem,
+        stem_padding=stem_padding(codebase) if stem == "cifar" else None,
     )
     return canonical, info
 
@@ -188,35 +229,41 @@ def detect_arch(state: Mapping[str, Tensor], path: Path | str) -> str:
         is_bottleneck = arch not in ("resnet18", "resnet34")
         if layers == expected and is_bottleneck == bottleneck:
             return arch
+    kind = "a CIFAR-stem ResNet (3x3 conv1)" if detect_stem(state) == "cifar" else "a ResNet"
+    known = ", ".join(f"{a} {b}" for a, b in RESNET_LAYERS.items())
     raise CheckpointError(
-        f"checkpoint {path}: blocks per stage {layers} ({'bottleneck' if bottleneck else 'basic'}) match no "
-        f"torchvision ResNet (expected one of {RESNET_LAYERS})"
+        f"checkpoint {path} holds {kind} with blocks per stage {layers} ({'bottleneck' if bottleneck else 'basic'}), "
+        f"which is no torchvision depth ({known}); only those depths can be evaluated"
     )
 
 
-def canonicalise(state: Mapping[str, Tensor], arch: str, path: Path | str) -> dict[str, Tensor]:
-    """``state`` as exactly ``arch``'s canonical keys; missing, mis-shaped or left-over tensors are refused."""
-    expected = canonical_keys(arch)
+def canonicalise(state: Mapping[str, Tensor], arch: str, path: Path | str, stem: str = "imagenet") -> dict[str, Tensor]:
+    """``state`` as exactly ``arch``'s canonical keys (with ``stem``); missing, mis-shaped or left-over tensors are refused."""
+    expected = canonical_keys(arch, stem)
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     bad_shape = [k for k in expected if k in state and state[k].shape != expected[k]]
     if missing or bad_shape:
         raise CheckpointError(
             f"checkpoint {path} ({arch}): {len(missing)} missing tensors {missing[:4]}, "
-            f"{len(bad_shape)} mis-shaped {bad_shape[:4]}"
+            f"{len(bad_shape)} mis-shaped {bad_shape[:4]}; a truncated or modified ResNet? "
+            "python -m transfer.inspect_checkpoint FILE lists what it holds"
         )
     extra = [k for k in state if k not in expected and not k.startswith("fc.")]
     if extra:
-        raise CheckpointError(f"checkpoint {path} ({arch}): {len(extra)} unexpected backbone tensors {extra[:4]}")
+        raise CheckpointError(f"checkpoint {path} ({arch}): {len(extra)} unexpected backbone tensors {extra[:4]}; "
+                              "a modified ResNet (extra layers) cannot be evaluated as a torchvision one")
     out = {}
     for key, shape in expected.items():
         value = state.get(key)
         if value is None:  # num_batches_tracked, absent in some exports
             value = torch.zeros(shape, dtype=torch.long)
         if value.layout != torch.strided:
-            raise CheckpointError(f"checkpoint {path} ({arch}): tensor {key} is {value.layout}; expected dense weights")
+            raise CheckpointError(f"checkpoint {path} ({arch}): tensor {key} is {value.layout}; expected dense "
+                                  "weights: re-save it with every tensor .to_dense()")
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise CheckpointError(f"checkpoint {path} ({arch}): tensor {key} holds NaN/Inf values "
-                                  f"({int((~torch.isfinite(value)).sum())} of {value.numel()}); a diverged run?")
+                                  f"({int((~torch.isfinite(value)).sum())} of {value.numel()}); a diverged run? "
+                                  "evaluate an earlier checkpoint of it")
         out[key] = value.detach().clone()
     return out
 

@@ -30,7 +30,8 @@ from torch import Tensor
 
 from mast.atomic import DiskFullError, OutputError, pickle_atomic, torch_save_atomic
 
-from transfer.checkpoints import CheckpointError, CheckpointInfo, add_backbone_arg, canonical_keys, load_backbone
+from transfer.checkpoints import (CheckpointError, CheckpointInfo, add_backbone_arg, canonical_keys, load_backbone,
+                                  refuse_cifar_stem)
 
 __all__ = ["ConversionError", "MAPPING_VERSION", "detectron2_name", "to_detectron2", "to_mmseg", "convert_file", "main"]
 
@@ -97,6 +98,7 @@ def to_detectron2(state: Mapping[str, Tensor], info: CheckpointInfo) -> dict[str
     checked both ways: every kept input tensor maps to exactly one new name and no two inputs
     share one.
     """
+    refuse_cifar_stem(info, "detectron2")
     order = _check_canonical(state, info.arch)
     model: dict[str, np.ndarray] = {}
     sources: dict[str, str] = {}
@@ -128,6 +130,7 @@ def to_mmseg(state: Mapping[str, Tensor], info: CheckpointInfo) -> dict[str, Ten
     ``num_batches_tracked`` is kept (mmseg's BN has it), ``fc.*`` is dropped. Load with
     ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')``.
     """
+    refuse_cifar_stem(info, "mmseg")
     order = _check_canonical(state, info.arch)
     counters = [k for k in state if k.endswith("num_batches_tracked")]
     return {f"backbone.{k}": state[k].detach().cpu().clone() for k in order + counters}

@@ -18,8 +18,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
-from transfer.checkpoints import (CheckpointError, canonicalise, detect_arch, find_method, add_backbone_arg,
-                                  read_checkpoint, sha256_file)
+from transfer.checkpoints import (CheckpointError, canonicalise, detect_arch, detect_stem, find_method, add_backbone_arg,
+                                  read_checkpoint, sha256_file, stem_padding)
 from transfer.vit_layouts import find_vit_candidates
 from transfer.layouts import Candidate, LayoutError, backbone_tensors, choose, find_candidates, flatten, guess_codebase
 
@@ -33,13 +33,14 @@ def inspect_checkpoint(path: str | Path, backbone: str | None = None) -> dict[st
     path = Path(path)
     obj = read_checkpoint(path)
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a state_dict (a dict of tensors)")
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a state_dict (a dict of "
+                              "tensors): re-save it with torch.save(model.state_dict(), PATH)")
     flat = flatten(obj)
     cands = find_candidates(flat)
     report: dict[str, Any] = {
         "path": str(path), "sha256": sha256_file(path), "size_mb": round(path.stat().st_size / 2**20, 1),
         "tensors": len(flat), "candidates": [_describe(c, flat) for c in cands], "metadata": metadata(obj, path),
-        "codebase": None, "chosen": None, "choice": None, "arch": None, "layout": None, "parameters": None,
+        "codebase": None, "chosen": None, "choice": None, "arch": None, "stem": None, "layout": None, "parameters": None,
         "unused": [], "error": None,
     }
     if not cands and find_vit_candidates(flat):
@@ -54,7 +55,10 @@ def inspect_checkpoint(path: str | Path, backbone: str | None = None) -> dict[st
         report.update(chosen=chosen.name, codebase=guess_codebase(obj, cands, chosen), layout=chosen.layout)
         tensors = backbone_tensors(chosen, flat)
         report["arch"] = arch = detect_arch(tensors, path)
-        state = canonicalise(tensors, arch, path)
+        report["stem"] = stem = detect_stem(tensors)
+        if stem == "cifar":
+            report["stem_padding"] = stem_padding(report["codebase"])
+        state = canonicalise(tensors, arch, path, stem)
         report["parameters"] = sum(v.numel() for k, v in state.items() if not k.endswith(_BUFFERS))
     except (CheckpointError, LayoutError) as e:
         report["error"] = str(e)
@@ -68,7 +72,7 @@ _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 def _describe(c: Candidate, flat: Mapping) -> dict[str, Any]:
     tensors = backbone_tensors(c, flat)
     try:
-        arch = detect_arch(tensors, c.name)
+        arch = detect_arch(tensors, c.name) + (" (CIFAR stem)" if detect_stem(tensors) == "cifar" else "")
     except CheckpointError:
         arch = "not a torchvision ResNet"
     return {"name": c.name, "role": c.role, "layout": c.layout, "arch": arch, "tensors": len(c.keys),
@@ -129,7 +133,9 @@ def format_report(r: dict[str, Any]) -> str:
     if r["arch"]:
         layout = {"sequential": "nn.Sequential child indices", "torchvision": "torchvision names"}.get(r["layout"], r["layout"])
         params = f", {r['parameters']:,} parameters without {'head' if r.get('vit_pool') else 'fc'}" if r["parameters"] else ""
-        lines.append(f"architecture: {r['arch']} ({layout}{params})")
+        stem = (f", CIFAR stem: 3x3 stride-1 conv1 (padding {r.get('stem_padding')}), no max-pool; probes run at 32 px, "
+                "detection and segmentation refuse it") if r.get("stem") == "cifar" else ""
+        lines.append(f"architecture: {r['arch']} ({layout}{params}{stem})")
     if r.get("vit_pool"):
         lines.append(f"probe features: {r['vit_pool']} (as {r['codebase']} evaluates; --vit-pool to change)")
     if r["unused"]:
@@ -141,7 +147,7 @@ def format_report(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transfer.inspect_checkpoint", description=__doc__.split("\n")[0])
-    parser.add_argument("ckpt", help="checkpoint file (.pth/.pt/.pkl)")
+    parser.add_argument("ckpt", help="checkpoint file (.pth/.pt/.pkl/.safetensors)")
     add_backbone_arg(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     args = parser.parse_args(argv)

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from mast.atomic import write_text_atomic
-from transfer.checkpoints import CheckpointInfo, add_backbone_arg, load_backbone
+from transfer.checkpoints import CheckpointInfo, add_backbone_arg, load_backbone, refuse_cifar_stem
 from transfer.convert import MAPPING_VERSION
 from transfer.detection.data import SYNTHETIC_SPLITS, prepare_datasets, synthetic_num_classes
 from transfer.detection.train import RESULT_FILE, WeightsSource, setup_logging, train_and_evaluate
@@ -215,6 +215,7 @@ def execute(run: TaskRun, cfg: Any, args: argparse.Namespace) -> None:
     setup_logging(out / "log.txt", rank=0)
     state, info = load_backbone(args.ckpt, args.backbone)
     run.extra.update(checkpoint=asdict(info), method=info.method)
+    refuse_cifar_stem(info, "detectron2")
     notes = resolve_config(cfg, args, info)
     prepare_datasets((*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST), args.data_root)
     check_synthetic_config(cfg, args.data_root)

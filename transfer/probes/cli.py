@@ -163,6 +163,7 @@ def _run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[i
                                          vit_last_blocks=getattr(args, "vit_last_blocks", None), linear=linear)
             config["image_size"] = extractor.image_size
             config["vit_pool"], config["vit_last_blocks"] = extractor.vit_pool, extractor.vit_last_blocks
+            config["image_size_source"] = extractor.image_size_source
             config["normalize"] = extractor.preprocess.normalize
         except (CheckpointError, FeatureError, OSError, ValueError) as e:
             load_error = e

@@ -49,6 +49,7 @@ NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD),
                   "stl10": ((0.43, 0.42, 0.39), (0.27, 0.26, 0.27))}  # AugSelf's STL-10 statistics
 CACHE_FORMAT = 3  # bump when the stored content or the feature definition changes
 DEFAULT_RESOLUTION = 224  # ImageNet models; used when the checkpoint's run config gives none
+CIFAR_RESOLUTION = 32  # a CIFAR-stem ResNet (3x3 stride-1 conv1, no max-pool) is trained on 32 px images
 
 
 class FeatureError(ValueError):
@@ -111,9 +112,18 @@ def _run_config(info: CheckpointInfo) -> dict:
 
 
 def pretrain_resolution(info: CheckpointInfo) -> int | None:
-    """The crop size the checkpoint was pretrained at, from its run's ``config.yaml`` (``augment.size``)."""
+    """The crop size the checkpoint was pretrained at: its run's ``config.yaml`` (``augment.size``),
+    else 32 px for a CIFAR-stem ResNet (the stem itself says so)."""
+    return _resolution_and_source(info)[0]
+
+
+def _resolution_and_source(info: CheckpointInfo) -> tuple[int | None, str | None]:
     size = (_run_config(info).get("augment") or {}).get("size")
-    return int(size) if isinstance(size, int) and size > 0 else None
+    if isinstance(size, int) and size > 0:
+        return int(size), "the run's config.yaml (augment.size)"
+    if info.stem == "cifar":
+        return CIFAR_RESOLUTION, "the checkpoint's CIFAR stem (3x3 stride-1 conv1, no max-pool: 32 px images)"
+    return None, None
 
 
 def _pretrain_normalization(info: CheckpointInfo) -> tuple[tuple, tuple] | None:
@@ -179,7 +189,9 @@ class FeatureExtractor:
 
             pool, blocks = linear_default(self.info) if linear else (self.info.default_pool, 1)
             self.vit_pool, self.vit_last_blocks = vit_pool or pool, vit_last_blocks or blocks
-        recorded = pretrain_resolution(self.info) or (self.info.vit["img_size"] if self.vit else None)
+        recorded, source = _resolution_and_source(self.info)
+        if recorded is None and self.vit:
+            recorded, source = self.info.vit["img_size"], "the ViT's position embeddings (its training resolution)"
         if image_size is None and recorded is None:
             if require_size:
                 raise FeatureError(f"checkpoint {ckpt} has no recorded pretraining resolution (no run config.yaml "
@@ -191,6 +203,7 @@ class FeatureExtractor:
         if self.vit and self.image_size % self.info.vit["patch_size"]:
             raise FeatureError(f"--image-size {self.image_size} is not a multiple of the ViT's patch size "
                                f"{self.info.vit['patch_size']} ({ckpt})")
+        self.image_size_source = ("--image-size" if image_size else source) or f"default ({DEFAULT_RESOLUTION} px)"
         if normalize is not None:
             name, mean, std = parse_normalize(normalize)
         else:
@@ -208,6 +221,7 @@ class FeatureExtractor:
 
     def cache_key(self, root: Path, split: str, items) -> str:
         head = {"ckpt_sha256": weights_id(self.info), "arch": self.info.arch, "root": str(root.resolve()),
+                **({"stem": self.info.stem, "stem_padding": self.info.stem_padding} if self.info.stem != "imagenet" else {}),
                 "dataset": self.dataset, "split": split, "split_info": items.info, "transform": self.preprocess.transform_id(),
                 "items": items.fingerprint()}
         if self.vit:  # a ViT's feature depends on the pooling too (ResNet keys stay as they were)
@@ -259,7 +273,7 @@ class FeatureExtractor:
             self.model = VitFeatures.from_state(self.state, self.info, self.image_size, self.vit_pool,
                                                 self.vit_last_blocks).eval().to(self.device)
         if self.model is None:
-            model = build_resnet(self.info.arch)
+            model = build_resnet(self.info.arch, self.info.stem, self.info.stem_padding)
             model.load_state_dict(self.state, strict=True)
             self.model = model.eval().to(self.device, memory_format=torch.channels_last)
         return self.model

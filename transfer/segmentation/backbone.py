@@ -11,10 +11,12 @@ network computes something else). This module refuses both before training:
   with the same shape, and nothing is left over (and, after mmengine's load, equal values);
 - :class:`BackboneLoadedHook`: runs that check on the Runner's model right before iteration 1.
 
-It also lets the Runner reload its *own* checkpoints (resume) under torch >= 2.6, where
-``torch.load`` defaults to ``weights_only=True``: the ``trusted://`` scheme loads with
-``weights_only=False`` and is used only for files the Runner wrote. User checkpoints keep going
-through :func:`transfer.checkpoints.load_backbone` (``weights_only=True``).
+It also lets the Runner reload its *own* checkpoints (resume): torch >= 2.6 refuses a Runner file
+under ``weights_only=True`` (its message hub pickles ``HistoryBuffer``), and a file in the run's
+folder is no more trusted than any other. The ``runner-file://`` scheme reads it with
+:func:`transfer.safe_files.read_torch_file`: ``weights_only``, with only the message hub's exact
+classes rebuilt (:func:`transfer.safe_files.runner_admits`); nothing in the file is ever run.
+User checkpoints keep going through :func:`transfer.checkpoints.load_backbone`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from torch import Tensor, nn
 from transfer.checkpoints import CheckpointInfo
 
 MMSEG_PREFIX = "backbone."
-TRUSTED_SCHEME = "trusted://"
+RUNNER_SCHEME = "runner-file://"
 # Backbone types that build a torchvision-like ResNet; only plain ResNet without deep stem matches.
 RESNET_TYPES = ("ResNet", "ResNetV1c", "ResNetV1d", "mmseg.ResNet", "mmseg.ResNetV1c", "mmseg.ResNetV1d")
 
@@ -167,23 +169,26 @@ def make_loaded_hook(expected_path: Path, resumed: bool) -> Any:
     return BackboneLoadedHook()
 
 
-def register_trusted_scheme() -> None:
-    """``trusted://PATH``: load a checkpoint the Runner itself wrote, with ``weights_only=False``.
+def register_runner_scheme() -> None:
+    """``runner-file://PATH``: read a checkpoint the Runner wrote, as data (never ``weights_only=False``).
 
-    mmengine's Runner saves its message hub (``HistoryBuffer``) and optimizer, which torch >= 2.6
-    refuses under the default ``weights_only=True``. Only :func:`trusted` paths use this loader.
+    mmengine's Runner saves its message hub (``HistoryBuffer``, numpy scalars) and optimizer, which
+    torch >= 2.6 refuses under plain ``weights_only=True``; :func:`transfer.safe_files.runner_admits`
+    names exactly those classes, and anything else the file names stays an inert placeholder.
     """
     from mmengine.runner import CheckpointLoader
 
-    def load_trusted(filename: str, map_location=None) -> Any:
-        path = filename[len(TRUSTED_SCHEME):]
+    from transfer.safe_files import read_runner_file
+
+    def load_runner_file(filename: str, map_location=None) -> Any:
+        path = filename[len(RUNNER_SCHEME):]
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} can not be found.")
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return read_runner_file(path)
 
-    CheckpointLoader.register_scheme(prefixes=TRUSTED_SCHEME, loader=load_trusted, force=True)
+    CheckpointLoader.register_scheme(prefixes=RUNNER_SCHEME, loader=load_runner_file, force=True)
 
 
-def trusted(path: str | Path) -> str:
-    """Mark a Runner-written checkpoint for :func:`register_trusted_scheme`'s loader."""
-    return TRUSTED_SCHEME + str(path)
+def runner_file(path: str | Path) -> str:
+    """Mark a Runner-written checkpoint for :func:`register_runner_scheme`'s loader."""
+    return RUNNER_SCHEME + str(path)

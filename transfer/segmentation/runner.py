@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default); 1 avoids oversubscribing a CPU shared with data workers")
+    p.add_argument("--deterministic", action="store_true",
+                   help="reproducible to the bit on one machine: seeded data order and augmentation, deterministic "
+                        "kernels (torch.use_deterministic_algorithms), one CPU thread unless --threads says otherwise")
     p.add_argument("--resume", action="store_true", help="resume from the latest Runner checkpoint in DIR/work")
     p.add_argument("--force", action="store_true", help="re-run even if DIR/record.json exists")
     add_backbone_arg(p)
@@ -109,9 +112,33 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
         cfg.env_cfg = dict(cfg.get("env_cfg") or {}, dist_cfg=dict(backend="gloo"))
         cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
     cfg.randomness = dict(seed=args.seed)
+    if getattr(args, "deterministic", False):
+        make_deterministic(cfg)
     cfg.work_dir = str(Path(args.out) / "work")
     cfg.config_file = str(path)
     return cfg
+
+
+def make_deterministic(cfg: Any) -> None:
+    """Everything that could make two runs of one config on one machine differ, pinned.
+
+    mmengine seeds ``random``, numpy and torch from ``randomness.seed`` (data order and augmentation:
+    ``InfiniteSampler`` draws its seed from numpy); data workers would each get a seed of their own,
+    so there are none; OpenCV's resize runs on one thread (``env_cfg.opencv_num_threads=0``); torch
+    uses deterministic kernels where it has them (``warn_only``: CUDA's bilinear-upsampling backward
+    has none and would otherwise refuse the run; on a CPU every kernel used here is deterministic).
+    The thread count, which changes how float sums are split, is pinned in :func:`run`.
+    """
+    import torch
+
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        if cfg.get(loader) is not None:
+            cfg[loader].update(num_workers=0, persistent_workers=False)
+    cfg.env_cfg = dict(cfg.get("env_cfg") or {}, cudnn_benchmark=False, opencv_num_threads=0)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic mode needs it
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    cfg.deterministic = True  # in the record
 
 
 def make_metrics_hook() -> Any:
@@ -156,9 +183,9 @@ def train_and_evaluate(cfg: Any, converted: Path) -> dict[str, float]:
     from mmengine.runner import Runner, find_latest_checkpoint
 
     from transfer.segmentation.backbone import (backbone_of, make_loaded_hook, read_converted,
-                                       register_trusted_scheme, trusted, verify_backbone_state)
+                                       register_runner_scheme, runner_file, verify_backbone_state)
 
-    register_trusted_scheme()
+    register_runner_scheme()
     _init_cpu_group(cfg)
     if cfg.get("resume"):
         latest = find_latest_checkpoint(cfg.work_dir)
@@ -168,7 +195,7 @@ def train_and_evaluate(cfg: Any, converted: Path) -> dict[str, float]:
         if Path(latest).resolve().parent != work:  # last_checkpoint is a text file naming any path
             raise FileNotFoundError(f"--resume: {work}/last_checkpoint points outside the run ({latest}); "
                                     "only the Runner's own checkpoints in its work folder are resumed")
-        cfg.load_from = trusted(latest)  # the Runner's own file: weights_only=False
+        cfg.load_from = runner_file(latest)  # read as data: transfer.safe_files
     if cfg.get("visualizer") is not None:
         # mmseg's configs name it 'visualizer', and mmengine hands back an existing instance of that
         # name, whose save_dir is an earlier run's folder: a second run in one process would write its
@@ -224,22 +251,24 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
     """The whole task; ``task`` is None on ranks > 0 (only rank 0 writes the record)."""
     from dataclasses import asdict
 
-    from transfer.checkpoints import HoldsViT, load_backbone
+    from transfer.checkpoints import HoldsViT, load_backbone, refuse_cifar_stem
     from transfer.engines import require_mmseg
     from transfer.segmentation.backbone import to_mmseg_file
     from transfer.segmentation.data import check_data_layout
 
     require_mmseg()
-    if args.threads > 0:
+    threads = args.threads or (1 if args.deterministic else 0)  # float sums split by thread count
+    if threads > 0:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
     try:
         state, info = load_backbone(args.ckpt, args.backbone)
     except HoldsViT:
         from transfer.vit import load_vit
 
         state, info = load_vit(args.ckpt, args.backbone)
+    refuse_cifar_stem(info, "mmseg")
     cfg = load_config(args, info)
     cfg.resume = bool(args.resume)
     dataset = str(cfg.get("dataset_name") or Path(cfg.config_file).stem)
