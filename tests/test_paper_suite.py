@@ -120,7 +120,14 @@ def test_suite_overrides_smoke_and_one_dataset_root():
     assert smoke["segmentation_voc12aug"].scale_label == "smoke"
     assert "--smoke" in smoke["segmentation_voc12aug"].command("python", "c", "o")
     det = smoke["detection_coco_C4_1x"].command("python", "c", "o")
-    assert det[det.index("MODEL.ROI_HEADS.SCORE_THRESH_TEST") + 1] == "0.0"
+    assert "--smoke" in det  # transfer.detection's own smoke (SMOKE_OPTS: precise-BN off, score threshold 0)
+    from transfer.detection.runner import SMOKE_OPTS
+    assert SMOKE_OPTS[SMOKE_OPTS.index("MODEL.ROI_HEADS.SCORE_THRESH_TEST") + 1] == "0.0"
+    assert SMOKE_OPTS[SMOKE_OPTS.index("TEST.PRECISE_BN.ENABLED") + 1] == "False"
+    # a checkpoint without a run config: --smoke gives the probes the documented 224 px / ImageNet statistics
+    assert smoke["linear_pets"].args["image_size"] == "224" and smoke["linear_pets"].args["normalize"] == "imagenet"
+    mine = {s.name: s for s in load_suite("paper", {"image_size": "96"}, smoke=True).tasks}
+    assert mine["linear_pets"].args["image_size"] == "96"  # the user's choice wins
     with pytest.raises(SuiteError, match="--task-args detectoin: not a task type"):
         load_suite("paper", task_args={"detectoin": ["X"]})
     with pytest.raises(SuiteError, match="expected TASK=ARGS"):
