@@ -99,7 +99,11 @@ class Verdict:
 
     task: str
     status: str
-    line: str
+    detail: str  # "found ...", "missing PATH; expected ...", "unreadable PATH (...); expected ..."
+
+    @property
+    def line(self) -> str:
+        return f"{self.task}: {self.detail}"
 
 
 def probe_layout(dataset: str | None) -> str:
@@ -125,12 +129,12 @@ def probe_splits(spec: TaskSpec) -> tuple[argparse.Namespace, list[tuple[str, bo
 
 def check_probe(spec: TaskSpec) -> Verdict:
     """Open the probe's dataset as the task will: every split's index, its first item, its classes."""
-    from transfer.probes.datasets import load_split
+    from transfer.probes.datasets import LayoutError, load_split
 
     args, splits = probe_splits(spec)
     data, layout = Path(args.data), probe_layout(args.dataset)
     if not data.is_dir():
-        return Verdict(spec.name, "missing", f"{spec.name}: missing {data}; expected {data}/{layout}")
+        return Verdict(spec.name, "missing", f"missing {data}; expected {data}/{layout}")
     sizes, classes = [], 0
     for split, fewshot, carve_val in splits:
         try:
@@ -138,11 +142,13 @@ def check_probe(spec: TaskSpec) -> Verdict:
             _first_item(items)
         except Exception as e:  # noqa: BLE001 - any reader error is this dataset's verdict, in one line
             what = " ".join(str(e).split())[:300]
-            return Verdict(spec.name, "unreadable", f"{spec.name}: unreadable {data} (split {split}: "
-                           f"{type(e).__name__}: {what}); expected {data}/{layout}")
+            if not isinstance(e, LayoutError):  # the reader's own messages name the file and the layout
+                what = f"split {split}: {type(e).__name__}: {what}"
+            return Verdict(spec.name, "unreadable", f"unreadable {data} ({what}); "
+                           f"expected {data}/{layout}")
         sizes.append(f"{split} {len(items)}")
         classes = len(items.classes)
-    return Verdict(spec.name, "found", f"{spec.name}: found {data} ({classes} classes; {', '.join(sizes)})")
+    return Verdict(spec.name, "found", f"found {data} ({classes} classes; {', '.join(sizes)})")
 
 
 def _first_item(items) -> None:
@@ -166,9 +172,9 @@ def check_task(spec: TaskSpec) -> Verdict:
     missing = [p for p in paths if not p.exists()]
     if missing:
         more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
-        return Verdict(spec.name, "missing", f"{spec.name}: missing {missing[0]}{more}" + (f"; {hint}" if hint else ""))
+        return Verdict(spec.name, "missing", f"missing {missing[0]}{more}" + (f"; {hint}" if hint else ""))
     shown = ", ".join(map(str, paths[:2])) + (", ..." if len(paths) > 2 else "")
-    return Verdict(spec.name, "found", f"{spec.name}: found ({shown})")
+    return Verdict(spec.name, "found", f"found ({shown})")
 
 
 def check_suite(suite: Suite, out=sys.stdout) -> int:

@@ -427,7 +427,7 @@ def precheck(todo: list[Job], results: Path) -> tuple[list[Job], list[dict]]:
         job.log = open(job.out_dir / "run_all.log", "w")
         job.log.write(f"not started: dataset check: {verdict.line}\n")
         record = finish(job, 3 if verdict.status == "missing" else 1, root=results.parent)
-        record.update(status="skipped" if verdict.status == "missing" else "failed", error=f"dataset {verdict.line}")
+        record.update(status="skipped" if verdict.status == "missing" else "failed", error=f"dataset check: {verdict.detail}")
         write_json_atomic(job.out_dir / "record.json", record)
         append_jsonl(results, record)
         records.append(record)

@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _refuse(message: str) -> None:
+    """A usage error: one line, exit code 2, before anything starts (also before any worker process)."""
+    print(f"detection: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = build_parser()
     args_only, opts = split_overrides(sys.argv[1:] if argv is None else list(argv))
@@ -110,17 +116,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.scale = "demo" if args.config is None or Path(args.config).name.startswith("demo_") else "paper"
     args.config = str(project_path(args.config or DEFAULT_CONFIG[args.scale]))
     if not Path(args.config).is_file():
-        p.error(f"--config {args.config}: no such file (expected a YAML path, or a name under {REPO}, "
+        _refuse(f"--config {args.config}: no such file (expected a YAML path, or a name under {REPO}, "
                 "e.g. detectron_configs/coco_R_50_FPN_1x.yaml)")
     if args.smoke:
         args.opts = SMOKE_OPTS + args.opts
         args.seeds, args.save_model = args.seeds[:1], False
     if len(args.opts) % 2:
-        p.error(f"overrides must be KEY VALUE pairs, got {args.opts}")
+        _refuse(f"overrides must be KEY VALUE pairs, got {args.opts}")
     if min(args.num_gpus, args.num_machines) < 1:
-        p.error("--num-gpus and --num-machines must be >= 1")
+        _refuse("--num-gpus and --num-machines must be >= 1")
     if args.num_gpus > 1 and not _has_cuda():
-        p.error(f"--num-gpus {args.num_gpus}: no GPU here; detectron2's trainer gives DistributedDataParallel "
+        _refuse(f"--num-gpus {args.num_gpus}: no GPU here; detectron2's trainer gives DistributedDataParallel "
                 "device ids, which CPU processes cannot take: use --num-gpus 1 on a CPU")
     return args
 
