@@ -16,6 +16,8 @@ an hour into the suite. run_all runs the same check before it starts anything.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 from dataclasses import dataclass
@@ -118,7 +120,11 @@ def probe_splits(spec: TaskSpec) -> tuple[argparse.Namespace, list[tuple[str, bo
     from transfer.suite import TASK_MODULES
 
     parser = importlib.import_module(TASK_MODULES[spec.task]).build_parser()
-    args, _ = parser.parse_known_args(spec.command("python", "CKPT", "OUT")[3:])
+    try:
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            args, _ = parser.parse_known_args(spec.command("python", "CKPT", "OUT")[3:])
+    except SystemExit:  # argparse's way to refuse: the task would refuse the same, in its own record
+        raise ValueError(f"its options do not parse ({' '.join(err.getvalue().split())[-200:]})") from None
     if spec.task == "fewshot":
         split = args.split or (REGISTRY[args.dataset].fewshot if args.dataset in REGISTRY else None) or "test"
         return args, [(split, True, False)]
@@ -177,12 +183,19 @@ def check_task(spec: TaskSpec) -> Verdict:
     return Verdict(spec.name, "found", f"found ({shown})")
 
 
+def _verdict(spec: TaskSpec) -> Verdict:
+    try:
+        return check_task(spec)
+    except Exception as e:  # noqa: BLE001 - a check that cannot run says so; the task decides when it runs
+        return Verdict(spec.name, "unchecked", f"not checked ({type(e).__name__}: {' '.join(str(e).split())[:200]})")
+
+
 def check_suite(suite: Suite, out=sys.stdout) -> int:
     """Print one line per task (found / missing / unreadable); 0 when every dataset is readable, else 1."""
-    verdicts = [check_task(spec) for spec in suite.tasks]
+    verdicts = [_verdict(spec) for spec in suite.tasks]
     for v in verdicts:
         print(v.line, file=out)
-    counts = {s: sum(v.status == s for v in verdicts) for s in ("found", "missing", "unreadable")}
+    counts = {s: sum(v.status == s for v in verdicts) for s in ("found", "missing", "unreadable", "unchecked")}
     if counts["found"] == len(verdicts):
         print(f"{suite.name}: all {len(verdicts)} datasets found", file=out)
         return 0
