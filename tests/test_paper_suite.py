@@ -203,6 +203,9 @@ def test_paper_smoke_from_another_directory_runs_every_fine_tuning_task(r50, tmp
     index = (cwd / "runs" / "transfer" / "report" / "index.md").read_text()  # the default: inside --out
     assert "segmentation_voc12aug [smoke]" in index and "--smoke" in index
     assert "5 tasks: 5 ok" in done.stdout
+    assert sorted(p.name for p in cwd.iterdir()) == ["runs"]  # nothing else lands in the working directory
+    det = next(r for r in records if r["task_name"] == "detection_coco_FPN_1x")  # transfer.detection --smoke
+    assert det["config"]["detectron2"]["TEST"]["PRECISE_BN"]["ENABLED"] is False and det["seeds"] == [0]
 
 
 def test_readme_gives_the_paper_commands_under_one_root():
