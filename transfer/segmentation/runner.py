@@ -73,7 +73,7 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
     from transfer.segmentation.backbone import check_backbone_cfg
     from transfer.segmentation.data import set_data_root
 
-    path = Path(args.config) if args.config else DEFAULT_CONFIGS[args.scale]
+    path = Path(args.config) if args.config else DEFAULT_CONFIGS[args.scale or "demo"]
     if not path.is_file():
         raise FileNotFoundError(f"--config {path}: no such file (expected an mmseg config, e.g. {CONFIG_DIR}/*.py)")
     cfg = Config.fromfile(str(path))
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     if _rank(args.launcher) != 0:
         run(args, None)
         return 0
-    scale_config = args.config or str(DEFAULT_CONFIGS[args.scale])
+    scale_config = args.config or str(DEFAULT_CONFIGS[args.scale or "demo"])
     try:
         # --cfg-options change the protocol: a paper-scale run with any is labelled so (never a paper number)
         scale = "paper+overrides" if args.scale == "paper" and args.cfg_options else args.scale
