@@ -135,7 +135,7 @@ def _index(results: Results, results_path, out: Path, baseline, command: str, md
     versions = sorted({str(r.get("code_version")) for r in results.records.values() if r.get("code_version")})
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"# Transfer report: {out.name}", "",
+        "# Transfer report" + (f": {out.name}" if out.name.lower() not in ("report", "reports") else ""), "",
         f"How this was made: `{command}` on {now}; report code {code_version()}; results from "
         f"`{results_path}` ({len(results.records)} task records, code versions {', '.join(versions) or 'unknown'}). "
         f"Rebuild with `python -m reports.build --results {results_path} --out {out}"

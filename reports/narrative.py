@@ -13,7 +13,7 @@ from __future__ import annotations
 from reports import compare
 from reports.compare import Delta
 from reports.results import Results
-from reports.tables import fmt, fmt_interval, ordered_names, seeds_note, summary_table
+from reports.tables import fmt, fmt_interval, ordered_names, summary_table
 
 
 def _item(task: str, metric: str, d: Delta) -> str:
@@ -35,10 +35,10 @@ def summary_lines(results: Results, baseline: str | None) -> list[str]:
     then, if there is an untrained floor, one paragraph per trained group on its differences to it."""
     if baseline is None:
         return ["No baseline was given (`--baseline`): the report shows each group's numbers with their "
-                "intervals but no differences.", "", seeds_note(results)]
+                "intervals but no differences.", ""]  # the seeds note: once, above the tables
     columns = summary_table(results, baseline).columns
     lines = [f"Differences to **{baseline}**, one per task (its headline metric), percentage points with "
-             "95% intervals; \"distinguishable\" means the interval excludes 0.", "", seeds_note(results), ""]
+             "95% intervals; \"distinguishable\" means the interval excludes 0.", ""]  # seeds note: with the tables
     floor_names = floors(results)
     for name in ordered_names(results, baseline)[1:]:
         if name not in floor_names:  # a floor is compared with every trained group below

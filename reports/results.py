@@ -16,7 +16,8 @@ import numpy as np
 
 from transfer.records import read_jsonl
 
-# The number a summary table shows per task type (PROTOCOLS.md metric names), first match wins.
+# The number a summary table shows per task type (PROTOCOLS.md metric names), first match wins; a
+# probe's record names its own (``headline``: the dataset registry's metric, transfer.probes.datasets).
 HEADLINE = {
     "detection": ("bbox_AP", "AP"),
     "segmentation": ("mIoU",),
@@ -87,11 +88,17 @@ def load_results(path: str | Path) -> Results:
     (the latest record of the current config, so a newer failure is shown, never an older ok one).
     """
     path = Path(path)
-    if path.is_dir():
-        path = path / "results.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"--results {path}: no such file (expected a results.jsonl written by run_all)")
-    return results_from_records([r for r in read_jsonl(path) if _well_formed(r, path)], path.parent)
+    if path.is_dir() and not (path / "results.jsonl").is_file() and any(path.rglob("record.json")):
+        records = task_folder_records(path)
+        path = path / "results.jsonl"  # not written: its folder is the root of the predictions paths
+    else:
+        if path.is_dir():
+            path = path / "results.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"--results {path}: no such file (expected a results.jsonl written by run_all, "
+                                    "or a folder of task outputs holding record.json files)")
+        records = read_jsonl(path)
+    return results_from_records([r for r in records if _well_formed(r, path)], path.parent)
 
 
 def results_from_records(records: list[dict], root: Path | None = None) -> Results:
@@ -136,6 +143,30 @@ def _well_formed(record: dict, path: Path) -> bool:
         warnings.warn(f"{path}: skipping the record of {record.get('name') or '?'} / {record.get('task_name') or record.get('task') or '?'}: "
                       f"{problem}", stacklevel=3)
     return problem is None
+
+
+def task_folder_records(folder: Path) -> list[dict]:
+    """The ``record.json`` of every single-task command under ``folder`` (``--out`` of each), oldest first.
+
+    Their ``predictions`` become paths relative to ``folder``; the task name is the record's task.
+    """
+    import json
+
+    records = []
+    for file in sorted(folder.rglob("record.json")):
+        try:
+            record = json.loads(file.read_text())
+        except (OSError, ValueError) as e:
+            warnings.warn(f"{file}: skipped, not a readable record ({type(e).__name__})", stacklevel=2)
+            continue
+        if not isinstance(record, dict) or "task" not in record:
+            continue
+        if record.get("predictions"):
+            record["predictions"] = str((file.parent / record["predictions"]).relative_to(folder))
+        if not record.get("task_name") and record.get("dataset"):  # linear on two datasets: two columns
+            record["task_name"] = f"{record['task']}_{str(record['dataset']).replace('/', '_')}"
+        records.append(record)
+    return sorted(records, key=lambda r: str(r.get("start") or ""))
 
 
 PAPER_SCALES = ("paper", "demo")  # a record at any other scale label is never a number of these columns
@@ -207,10 +238,16 @@ def metric_names(results: Results, task: str) -> list[str]:
 
 
 def headline_metric(results: Results, task: str) -> str | None:
+    """The task's one number: its records' ``headline`` (a probe writes its dataset registry's metric,
+    transfer.probes.datasets.headline_metric: ``class_avg`` for Pets or Flowers-102), else the first
+    of :data:`HEADLINE` the records have, else the first few-shot accuracy."""
     names = metric_names(results, task)
     if not names:
         return None
     kind = next((r.get("task") for (n, t), r in results.records.items() if t == task), None)
+    for (n, t), record in results.records.items():
+        if t == task and record.get("status") == "ok" and record.get("headline") in names:
+            return record["headline"]
     for candidate in HEADLINE.get(kind, ()):
         if candidate in names:
             return candidate

@@ -83,6 +83,8 @@ def build_table(results: Results, columns: list[tuple[str, str]], baseline: str 
         groups = [group_label(results, n) for n in ordered_names(results, baseline)]
         shown = [round(cells[(g, i)].value, 1) for g in groups if cells[(g, i)].value is not None]
         top = max(shown) if len(shown) > 1 else None
+        if top is not None and shown.count(top) == len(shown):  # all tied (e.g. every one 0.0): no best
+            top = None
         for g in groups:
             c = cells[(g, i)]
             if c.value is not None and round(c.value, 1) == top:

@@ -17,6 +17,20 @@ import torch
 from mast.data.synthetic import SyntheticSpec, ensure_dataset
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _user_cache(tmp_path_factory: pytest.TempPathFactory):
+    """The probes' default feature cache ($XDG_CACHE_HOME/mast) in a session folder, not the user's home."""
+    import os
+
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module's tests: on small tensors much faster than several (restored after)."""

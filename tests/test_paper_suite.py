@@ -120,7 +120,14 @@ def test_suite_overrides_smoke_and_one_dataset_root():
     assert smoke["segmentation_voc12aug"].scale_label == "smoke"
     assert "--smoke" in smoke["segmentation_voc12aug"].command("python", "c", "o")
     det = smoke["detection_coco_C4_1x"].command("python", "c", "o")
-    assert det[det.index("MODEL.ROI_HEADS.SCORE_THRESH_TEST") + 1] == "0.0"
+    assert "--smoke" in det  # transfer.detection's own smoke (SMOKE_OPTS: precise-BN off, score threshold 0)
+    from transfer.detection.runner import SMOKE_OPTS
+    assert SMOKE_OPTS[SMOKE_OPTS.index("MODEL.ROI_HEADS.SCORE_THRESH_TEST") + 1] == "0.0"
+    assert SMOKE_OPTS[SMOKE_OPTS.index("TEST.PRECISE_BN.ENABLED") + 1] == "False"
+    # a checkpoint without a run config: --smoke gives the probes the documented 224 px / ImageNet statistics
+    assert smoke["linear_pets"].args["image_size"] == "224" and smoke["linear_pets"].args["normalize"] == "imagenet"
+    mine = {s.name: s for s in load_suite("paper", {"image_size": "96"}, smoke=True).tasks}
+    assert mine["linear_pets"].args["image_size"] == "96"  # the user's choice wins
     with pytest.raises(SuiteError, match="--task-args detectoin: not a task type"):
         load_suite("paper", task_args={"detectoin": ["X"]})
     with pytest.raises(SuiteError, match="expected TASK=ARGS"):
@@ -196,6 +203,9 @@ def test_paper_smoke_from_another_directory_runs_every_fine_tuning_task(r50, tmp
     index = (cwd / "runs" / "transfer" / "report" / "index.md").read_text()  # the default: inside --out
     assert "segmentation_voc12aug [smoke]" in index and "--smoke" in index
     assert "5 tasks: 5 ok" in done.stdout
+    assert sorted(p.name for p in cwd.iterdir()) == ["runs"]  # nothing else lands in the working directory
+    det = next(r for r in records if r["task_name"] == "detection_coco_FPN_1x")  # transfer.detection --smoke
+    assert det["config"]["detectron2"]["TEST"]["PRECISE_BN"]["ENABLED"] is False and det["seeds"] == [0]
 
 
 def test_readme_gives_the_paper_commands_under_one_root():

@@ -34,6 +34,9 @@ __all__ = ["TaskRun", "TaskSkipped", "TaskFailed", "new_record", "write_json_ato
            "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_SKIPPED"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED = 0, 1, 2, 3
+# What an earlier attempt in the same folder left beside its record (its traceback, detectron2's
+# per-rank logs): removed when a new attempt starts, so nothing stale sits next to the new record.
+LEFTOVERS = ("traceback.txt", "log.txt.rank*")
 
 
 class TaskSkipped(Exception):
@@ -125,6 +128,9 @@ class TaskRun:
     def __enter__(self) -> "TaskRun":
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.record_path.unlink(missing_ok=True)
+        for pattern in LEFTOVERS:
+            for stale in self.out_dir.glob(pattern):
+                stale.unlink(missing_ok=True)
         self._t0 = time.monotonic()
         self.record["start"] = _now()
         write_text_atomic(self.out_dir / "config.yaml", yaml.safe_dump(_jsonable(self.config), sort_keys=False))

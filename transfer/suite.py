@@ -54,24 +54,18 @@ CHECKPOINT_SETS = ("all", "trained")
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 PROJECT = Path(__file__).resolve().parents[1]
 PATH_ARGS = ("config",)  # args naming a project file: resolved against PROJECT when found there
-# --smoke: every task becomes a pipeline check (few iterations, small images, few episodes, every
-# detection kept at score 0 so the evaluation has predictions, no data-loader workers).
+# --smoke: every task becomes a pipeline check (few iterations, small images, few episodes, no
+# data-loader workers). Detection's and segmentation's own --smoke say how (transfer.detection.runner.SMOKE_OPTS).
 SMOKE_ARGS = {
-    "detection": ["--seeds", "0", "--no-save-model",
-                  "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.0001",
-                  "SOLVER.STEPS", "(1,)", "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "100000",
-                  "SOLVER.CLIP_GRADIENTS.ENABLED", "True", "INPUT.MIN_SIZE_TRAIN", "(64,)",
-                  "INPUT.MAX_SIZE_TRAIN", "96", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96",
-                  "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "8",
-                  "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "32", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "8",
-                  "MODEL.RPN.PRE_NMS_TOPK_TEST", "32", "MODEL.RPN.POST_NMS_TOPK_TEST", "4",
-                  "TEST.DETECTIONS_PER_IMAGE", "4", "TEST.PRECISE_BN.ENABLED", "False",
-                  "DATALOADER.NUM_WORKERS", "0"],
+    "detection": ["--smoke"],
     "segmentation": ["--smoke"],
     "fewshot": ["--episodes", "10", "--num-workers", "0"],
     "linear": ["--max-iter", "20", "--num-workers", "0"],
     "knn": ["--num-workers", "0"],
 }
+# --smoke on a checkpoint without a run config: the probes' crop size and normalisation when the
+# suite leaves them empty (a pipeline check needs no protocol choice; a paper run must state them).
+SMOKE_PREPROCESS = {"image_size": "224", "normalize": "imagenet"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -202,6 +196,9 @@ def load_suite(suite: str, overrides: dict[str, str] | None = None, tasks: list[
     if task_args or smoke:
         specs = [replace(s, smoke=smoke, overrides=tuple((task_args or {}).get(s.task, []))
                          + tuple((task_args or {}).get(s.name, []))) for s in specs]
+    if smoke:
+        specs = [replace(s, args={**s.args, **{k: v for k, v in SMOKE_PREPROCESS.items()
+                                                if k in s.args and not str(s.args[k]).strip()}}) for s in specs]
     return Suite(name=path.stem, path=path, tasks=specs, slurm=_slurm_section(data.get("slurm"), path))
 
 

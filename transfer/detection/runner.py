@@ -2,7 +2,7 @@
 
     python -m transfer.detection --ckpt X --config detectron_configs/coco_R_50_C4_1x.yaml --out DIR
         [--num-gpus N --num-machines M --machine-rank R --dist-url U] [--seeds 1 2 3]
-        [--data-root ROOT] [--scale demo|paper] [--force] [KEY VALUE ...]
+        [--data-root ROOT] [--scale demo|paper] [--smoke] [--force] [KEY VALUE ...]
 
 Steps: read the checkpoint (any accepted wrapping, :mod:`transfer.checkpoints`), convert it to a
 detectron2 names in memory (in every training process: no pickle is read), resolve the config (``_BASE_`` chain, then
@@ -35,11 +35,25 @@ from transfer.detection.train import RESULT_FILE, WeightsSource, setup_logging, 
 from transfer.detection.heads import register_heads
 from transfer.engines import sync_norms_to_bn
 from transfer.records import EXIT_USAGE, TaskFailed, TaskRun
+from transfer.suite import project_path
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = {"demo": "detectron_configs/demo_synthetic_R_18_FPN.yaml",
                   "paper": "detectron_configs/coco_R_50_C4_1x.yaml"}
 AP_KEYS = ("AP", "AP50", "AP75")
+# --smoke: a pipeline check that ends on a CPU in about a minute with real predictions: 2 iterations on
+# tiny images, precise-BN off (its 200 iterations dominated), every detection kept (score threshold 0,
+# so the evaluator has predictions), one seed, no model file, no data-loader workers. The user's
+# overrides come after these and win.
+SMOKE_OPTS = ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.0001",
+              "SOLVER.STEPS", "(1,)", "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "100000",
+              "SOLVER.CLIP_GRADIENTS.ENABLED", "True", "INPUT.MIN_SIZE_TRAIN", "(64,)",
+              "INPUT.MAX_SIZE_TRAIN", "96", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96",
+              "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "8",
+              "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "32", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "8",
+              "MODEL.RPN.PRE_NMS_TOPK_TEST", "32", "MODEL.RPN.POST_NMS_TOPK_TEST", "4",
+              "TEST.DETECTIONS_PER_IMAGE", "4", "TEST.PRECISE_BN.ENABLED", "False", "TEST.EVAL_PERIOD", "0",
+              "DATALOADER.NUM_WORKERS", "0"]
 _CFG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 log = logging.getLogger("transfer.detection")
 
@@ -67,10 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="pretrained ResNet checkpoint (any accepted wrapping)")
     p.add_argument("--out", required=True, help="output directory (record.json, log.txt, configs)")
     p.add_argument("--config", help=f"detectron2 YAML (default by --scale: {DEFAULT_CONFIG})")
-    p.add_argument("--scale", choices=("demo", "paper"), default="demo")
+    p.add_argument("--scale", choices=("demo", "paper"), default=None,
+                   help="protocol (default: demo for a demo_* config or no --config, else paper)")
+    p.add_argument("--smoke", action="store_true", help="pipeline check: 2 iterations on tiny images, precise-BN "
+                   "off, score threshold 0, one seed (about a minute on a CPU; recorded as scale: smoke)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed; mean and std recorded")
     p.add_argument("--data-root", default="data/synthetic", help="synthetic data root (holds scenes/)")
-    p.add_argument("--num-gpus", type=int, default=1, help="processes per machine (GPUs, or CPU workers)")
+    p.add_argument("--num-gpus", type=int, default=1, help="processes per machine, one per GPU (1 on a CPU)")
     p.add_argument("--num-machines", type=int, default=1)
     p.add_argument("--machine-rank", type=int, default=0)
     p.add_argument("--dist-url", default="auto", help="e.g. tcp://HOST:PORT; auto = free local port")
@@ -84,19 +101,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _refuse(message: str) -> None:
+    """A usage error: one line, exit code 2, before anything starts (also before any worker process)."""
+    print(f"detection: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = build_parser()
     args_only, opts = split_overrides(sys.argv[1:] if argv is None else list(argv))
     args = p.parse_args(args_only)
     args.opts = opts
-    args.config = args.config or str(REPO / DEFAULT_CONFIG[args.scale])
+    if args.scale is None:
+        args.scale = "demo" if args.config is None or Path(args.config).name.startswith("demo_") else "paper"
+    args.config = str(project_path(args.config or DEFAULT_CONFIG[args.scale]))
     if not Path(args.config).is_file():
-        p.error(f"--config {args.config}: no such file (expected a YAML from detectron_configs/)")
+        _refuse(f"--config {args.config}: no such file (expected a YAML path, or a name under {REPO}, "
+                "e.g. detectron_configs/coco_R_50_FPN_1x.yaml)")
+    if args.smoke:
+        args.opts = SMOKE_OPTS + args.opts
+        args.seeds, args.save_model = args.seeds[:1], False
     if len(args.opts) % 2:
-        p.error(f"overrides must be KEY VALUE pairs, got {args.opts}")
+        _refuse(f"overrides must be KEY VALUE pairs, got {args.opts}")
     if min(args.num_gpus, args.num_machines) < 1:
-        p.error("--num-gpus and --num-machines must be >= 1")
+        _refuse("--num-gpus and --num-machines must be >= 1")
+    if args.num_gpus > 1 and not _has_cuda():
+        _refuse(f"--num-gpus {args.num_gpus}: no GPU here; detectron2's trainer gives DistributedDataParallel "
+                "device ids, which CPU processes cannot take: use --num-gpus 1 on a CPU")
     return args
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def load_config(path: str, opts: list[str]) -> Any:
@@ -257,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
               "backbone": args.backbone}
     try:
         # overrides change the protocol: a paper-scale run with any is labelled so (never a paper number)
-        scale = "paper+overrides" if args.scale == "paper" and args.opts else args.scale
+        scale = "smoke" if args.smoke else "paper+overrides" if args.scale == "paper" and args.opts else args.scale
         run = TaskRun(task="detection", dataset=dataset_label(cfg), scale=scale, out_dir=args.out,
                       ckpt_info=None, config=config, seeds=args.seeds, force=args.force)
     except FileExistsError as exc:

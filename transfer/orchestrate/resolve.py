@@ -48,6 +48,10 @@ def default_name(path: Path) -> str:
     """Run-directory name for a pretraining run's file (``<run>_init`` for backbone_init.pth), else the stem."""
     if (path.parent / rundir.CONFIG).is_file():
         return path.parent.name + ("_init" if path.stem == UNTRAINED_STEM else "")
+    name = path.name
+    for suffix in (".pth.tar", ".pt.tar", ".ckpt", ".pth", ".pt", ".pkl", ".tar", ".bin", ".safetensors"):
+        if name.endswith(suffix) and len(name) > len(suffix):  # MoCo's moco_v2_800ep_pretrain.pth.tar -> moco_v2_800ep_pretrain
+            return name[: -len(suffix)]
     return path.stem
 
 

@@ -166,12 +166,18 @@ def task_resources(spec: TaskSpec, slurm: SlurmOptions) -> Resources:
     return slurm.resources(gpus, spec.timeout_min)
 
 
-def prepare(job: Job) -> None:
-    """Just before (re-)submission: a record of an earlier run is kept, but out of the task's way."""
+def set_aside(job: Job) -> None:
+    """What a failed or forced earlier attempt left (its record, its traceback): kept, out of the new one's way."""
     job.out_dir.mkdir(parents=True, exist_ok=True)
-    stale = job.out_dir / "record.json"
-    if stale.exists():
-        os.replace(stale, job.out_dir / "record.prev.json")
+    for name, aside in (("record.json", "record.prev.json"), ("traceback.txt", "traceback.prev.txt")):
+        stale = job.out_dir / name
+        if stale.exists():
+            os.replace(stale, job.out_dir / aside)
+
+
+def prepare(job: Job) -> None:
+    """Just before (re-)submission: what an earlier attempt left is set aside; a fresh log."""
+    set_aside(job)
     (job.out_dir / "run_all.log").unlink(missing_ok=True)
 
 
@@ -208,11 +214,18 @@ def finish(job: Job, outcome: Outcome, root: Path | None = None) -> dict:
                   task_args=job.spec.args, run_dir=str(job.out_dir),
                   exit_code=rc, wall_s=outcome.wall_s,
                   seed_index=job.ckpt.seed_index, pretrain_seed=job.ckpt.pretrain_seed, command=COMMAND or None)
+    local = record.get("predictions")  # as the task wrote it: relative to its own folder
     if record.get("predictions"):  # per-item scores: a path relative to results.jsonl's folder, so OUT can move
         where = job.out_dir / record["predictions"]
         record["predictions"] = str(where.relative_to(root) if root and where.is_relative_to(root) else where)
     if job.spec.smoke or job.spec.overrides:  # never a paper number: the label says what it is
         record.update(scale=job.spec.scale_label, overrides=list(job.spec.overrides), smoke=job.spec.smoke)
+    try:  # the task's record.json says what results.jsonl says (scale label, run_all's keys)
+        from transfer.records import write_json_atomic
+
+        write_json_atomic(path, dict(record, predictions=local) if local else record)
+    except OSError:
+        pass  # results.jsonl, appended next, is the record of this run
     return record
 
 
@@ -236,11 +249,22 @@ def _log_tail(job: Job, lines: int = 15, chars: int = 1500) -> str:
     return ("log tail: " + tail)[-chars:]
 
 
+def clip(text: str, width: int) -> str:
+    """``text`` on one line, at most ``width`` characters, cut between words (never mid-word) with '…'."""
+    text = " ".join(str(text).split())
+    if len(text) <= width:
+        return text
+    cut = text[: width - 1].rsplit(" ", 1)[0]
+    return (cut if cut else text[: width - 1]) + "…"
+
+
 def _headline(record: dict) -> str:
     metrics = {k: v for k, v in (record.get("metrics") or {}).items() if not k.endswith("_ci95")}
     if record.get("status") != "ok":
-        return (record.get("error") or "")[:100]
-    return "  ".join(f"{k}={float(v):.1f}" for k, v in list(metrics.items())[:4])
+        return clip(record.get("error") or "", 160)
+    first = record.get("headline")
+    names = ([first] if first in metrics else []) + [k for k in metrics if k != first]
+    return "  ".join(f"{k}={float(metrics[k]):.1f}" for k in names[:4])
 
 
 def _elapsed(seconds: float) -> str:
@@ -364,7 +388,8 @@ def _run(args: argparse.Namespace, suite: Suite, ckpts: list[Checkpoint], argv: 
           f"{len(done)} already done, {len(todo)} to run; results -> {results}", flush=True)
     t0 = time.monotonic()
     runner = Runner(args.out, args.launcher, args.jobs, slurm_options(args, suite.slurm), wait=not args.no_wait)
-    finished = execute(todo, results, runner)
+    todo, unrunnable = precheck(todo, results)
+    finished = unrunnable + execute(todo, results, runner)
     if finished:
         print(f"\n{len(finished)} task(s) in {_elapsed(time.monotonic() - t0)}:\n" + summary(finished), flush=True)
     if runner.running:  # --no-wait: the report waits for the jobs; the same command collects them
@@ -377,6 +402,41 @@ def _run(args: argparse.Namespace, suite: Suite, ckpts: list[Checkpoint], argv: 
     return 1 if nothing_ran or any(r["status"] == "failed" for r in finished) else 0
 
 
+def precheck(todo: list[Job], results: Path) -> tuple[list[Job], list[dict]]:
+    """The --check of every task to run, before anything starts (transfer.orchestrate.dataset_check.check_task).
+
+    A task whose dataset is missing is recorded ``skipped``, one whose dataset its reader cannot
+    open ``failed``, each with the check's line (the layout expected, the path tried); the rest run.
+    """
+    from transfer.orchestrate.dataset_check import check_task
+    from transfer.records import append_jsonl, write_json_atomic
+
+    verdicts = {}
+    for job in todo:
+        if job.spec.name not in verdicts:
+            try:
+                verdicts[job.spec.name] = check_task(job.spec)
+            except Exception:  # noqa: BLE001 - a check that cannot run leaves the verdict to the task itself
+                verdicts[job.spec.name] = None
+    runnable, records = [], []
+    for job in todo:
+        verdict = verdicts[job.spec.name]
+        if verdict is None or verdict.status == "found":
+            runnable.append(job)
+            continue
+        print(f"[not started] {job.ckpt.label} · {verdict.line}", flush=True)
+        set_aside(job)
+        (job.out_dir / "run_all.log").write_text(f"not started: dataset check: {verdict.line}\n")
+        record = finish(job, Outcome(job.key, 3 if verdict.status == "missing" else 1), root=results.parent)
+        record.update(status="skipped" if verdict.status == "missing" else "failed", error=f"dataset check: {verdict.detail}")
+        write_json_atomic(job.out_dir / "record.json", record)
+        append_jsonl(results, record)
+        records.append(record)
+    for i, job in enumerate(runnable, 1):
+        job.index = i
+    return runnable, records
+
+
 def outcome(records: list[dict]) -> tuple[str, bool]:
     """``8 tasks: 0 ok, 8 skipped: <first reason>`` and whether none of them gave a result."""
     if not records:
@@ -384,7 +444,7 @@ def outcome(records: list[dict]) -> tuple[str, bool]:
     counts = {s: sum(r.get("status") == s for r in records) for s in ("ok", "skipped", "failed")}
     parts = [f"{counts['ok']} ok"] + [f"{n} {s}" for s, n in counts.items() if s != "ok" and n]
     first = next((r for r in records if r.get("status") != "ok"), None)
-    reason = f": {first['task_name']}: {' '.join(str(first.get('error') or '').split())[:200]}" if first else ""
+    reason = f": {first['task_name']}: {clip(first.get('error') or '', 400)}" if first else ""
     return f"{len(records)} tasks: {', '.join(parts)}{reason}", counts["ok"] == 0
 
 

@@ -13,11 +13,12 @@ import torch
 
 from mast.atomic import write_bytes_atomic
 from transfer.checkpoints import CheckpointError, add_backbone_arg
-from transfer.probes.features import FeatureError, FeatureExtractor
+from transfer.probes.features import FeatureError, FeatureExtractor, default_cache_dir
 from transfer.records import EXIT_USAGE, TaskRun, TaskSkipped
 from transfer.stats import LEVEL, N_BOOT, mean_interval
 
-__all__ = ["add_common_args", "dataset_name", "run_task", "record_scores", "check_disjoint", "PREDICTIONS"]
+__all__ = ["add_common_args", "resolve_defaults", "dataset_name", "run_task", "record_scores", "record_class_avg",
+           "check_disjoint", "default_cache_dir", "PREDICTIONS"]
 
 PREDICTIONS = "predictions.npz"  # per-item scores next to record.json: {metric: float array}, no pickles
 
@@ -36,7 +37,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset root: the download layout of --dataset NAME, "
                         "else <split>/<class>/<image> folders")
     parser.add_argument("--out", required=True, help="output directory for record.json and config.yaml")
-    parser.add_argument("--scale", choices=["demo", "paper"], default="demo")
+    parser.add_argument("--scale", choices=["demo", "paper"], default=None,
+                        help="protocol (default: paper for a --dataset registry name, else demo)")
     parser.add_argument("--dataset", default=None,
                         help="registry name (cifar10, cifar100, stl10, food101, pets, dtd, flowers102, aircraft, "
                              "caltech101, sun397, cub200, cars, mit67, fc100, plant_disease): read --data in that "
@@ -50,7 +52,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--normalize", type=_optional_str, default=None,
                         help="imagenet | stl10 | MEAN/STD (e.g. 0.43,0.42,0.39/0.27,0.26,0.27); default: the "
                              "checkpoint's pretraining statistics, else imagenet")
-    parser.add_argument("--cache-dir", default=".cache/features")
+    parser.add_argument("--cache-dir", default=None, help="feature cache folder (default: $XDG_CACHE_HOME/mast/"
+                        "features, else ~/.cache/mast/features; never the working directory)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
@@ -66,6 +69,17 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vit-last-blocks", type=_optional_int, default=None,
                         help="ViT: concatenate the class tokens of the last N blocks (DINO eval_linear's "
                              "n_last_blocks; default 4 for DINO/iBOT ViT-S in the linear probe, else 1)")
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Defaults that depend on other options: the protocol a registry dataset implies, the cache folder."""
+    from transfer.probes.datasets import REGISTRY
+
+    if args.scale is None:
+        args.scale = "paper" if args.dataset in REGISTRY else "demo"
+    if args.cache_dir is None:
+        args.cache_dir = str(default_cache_dir())
+    return args
 
 
 def dataset_name(data: str | Path) -> str:
@@ -87,6 +101,35 @@ def record_scores(run: TaskRun, metric: str, scores, unit: str) -> None:
         "lo": 100.0 * iv.lo, "hi": 100.0 * iv.hi, "level": LEVEL, "n_items": int(scores.size), "unit": unit,
         "method": f"percentile bootstrap over {unit}, {N_BOOT} resamples, seed 0"}
     run.item_scores[metric] = scores
+
+
+def record_class_avg(run: TaskRun, metric: str, correct, labels, n_boot: int = N_BOOT) -> None:
+    """Store ``metric`` = 100 · mean per-class recall, with its 95 % bootstrap interval.
+
+    The interval resamples test items and recomputes the class average on each draw (classes
+    missing from a draw are left out, as :func:`transfer.probes.linear.accuracy` does). The
+    per-item scores kept for pairing are ``correct / (C · n_class)`` · N: their mean is the
+    class average, so a report pairs two checkpoints item by item as for ``top1``.
+    """
+    correct = np.asarray(correct, dtype=np.float64).reshape(-1)
+    _, inverse, counts = np.unique(np.asarray(labels).reshape(-1), return_inverse=True, return_counts=True)
+    n, c = correct.size, counts.size
+    value = float(np.mean(np.bincount(inverse, correct, c) / counts))
+    rng, draws = np.random.default_rng(0), []
+    for chunk in np.array_split(np.arange(n_boot), max(1, n_boot * n // 2_000_000)):
+        idx = rng.integers(n, size=(chunk.size, n))
+        cell = (np.arange(chunk.size)[:, None] * c + inverse[idx]).reshape(-1)
+        hits = np.bincount(cell, correct[idx].reshape(-1), chunk.size * c).reshape(chunk.size, c)
+        seen = np.bincount(cell, minlength=chunk.size * c).reshape(chunk.size, c)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            draws.append(np.nanmean(np.where(seen > 0, hits / seen, np.nan), axis=1))
+    lo, hi = np.quantile(np.concatenate(draws), [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+    run.metrics[metric] = 100.0 * value
+    run.extra.setdefault("intervals", {})[metric] = {
+        "lo": 100.0 * lo, "hi": 100.0 * hi, "level": LEVEL, "n_items": n, "unit": "test images",
+        "method": f"percentile bootstrap over test images, class average recomputed per draw, {n_boot} resamples, "
+                  "seed 0"}
+    run.item_scores[metric] = correct * n / (c * counts[inverse])
 
 
 def _save_scores(run: TaskRun) -> None:
@@ -147,7 +190,7 @@ def run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[in
 
 def _run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[int] | None,
               crop_fraction: float, fewshot: bool, carve_val: bool, linear: bool = False) -> int:
-    from transfer.probes.datasets import REGISTRY
+    from transfer.probes.datasets import REGISTRY, headline_metric
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     extractor, load_error = None, None
@@ -184,6 +227,9 @@ def _run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[i
             run.extra["splits"] = extractor.splits
             body(run, extractor)
             _save_scores(run)
+            headline = headline_metric(task, args.dataset)
+            if headline in run.metrics:
+                run.extra["headline"] = headline
     except Exception as e:  # noqa: BLE001 - TaskRun recorded it; the CLI reports one line and an exit code
         if run.record["status"] == "running":  # the task never started: its folder cannot be written
             print(f"{task}: error: {' '.join(str(e).split())}", file=sys.stderr)

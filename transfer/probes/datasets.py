@@ -29,7 +29,8 @@ import torch
 
 from transfer.probes.readers import READERS, Items, LayoutError, imagefolder
 
-__all__ = ["Protocol", "REGISTRY", "load_split", "random_split_indices", "stratified_indices", "LayoutError"]
+__all__ = ["Protocol", "REGISTRY", "load_split", "random_split_indices", "stratified_indices", "LayoutError",
+           "headline_metric"]
 
 VAL_FRACTION = 0.1  # a user's ImageFolder without val/: this share of each class of train/ validates
 
@@ -74,6 +75,17 @@ REGISTRY = {p.name: p for p in [
     Protocol("fc100", "top1", "imagefolder", fewshot="test"),
     Protocol("plant_disease", "top1", "imagefolder", fewshot="train+test"),
 ]}
+
+
+def headline_metric(task: str, dataset: str | None) -> str | None:
+    """The one number a report shows for ``task`` on ``dataset``: the registry's metric (PROTOCOLS.md).
+
+    linear: ``top1`` or ``class_avg``; kNN: the same at k = 20 (``top1_k20`` / ``class_avg_k20``);
+    few-shot: None (the first ``acc_{W}way_{K}shot``). Records, tables, differences and the
+    forest plot all take it from here (the record's ``headline``).
+    """
+    metric = REGISTRY[dataset].metric if dataset in REGISTRY else "top1"
+    return {"linear": metric, "knn": f"{metric}_k20"}.get(task)
 
 
 def random_split_indices(n: int, lengths: tuple, seed: int) -> tuple[list[list[int]], bool]:

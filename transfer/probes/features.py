@@ -17,7 +17,7 @@ Preprocessing defaults come from the checkpoint's pretraining run (``config.yaml
 with a warning. The record stores what was used.
 
 Cache: one file per (checkpoint sha256 and, in a file with several, the chosen backbone; arch, dataset path + split + every image's
-relative path/size/mtime, transform) under ``--cache-dir`` (default ``.cache/features``), written
+relative path/size/mtime, transform) under ``--cache-dir`` (default :func:`default_cache_dir`), written
 atomically. Any change of the checkpoint's bytes or of the image files gives another key, so a
 stale entry is never read. The network is built only on a cache miss.
 """
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,12 @@ class _ImageList(torch.utils.data.Dataset):
         return (torch.tensor(pixels).permute(2, 0, 1).float() / 255 - self.mean) / self.std
 
 
+def default_cache_dir() -> Path:
+    """The user's cache folder for features: ``$XDG_CACHE_HOME/mast/features``, else ``~/.cache/mast/features``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mast" / "features"
+
+
 class FeatureExtractor:
     """Features of one checkpoint on any dataset split, through the on-disk cache.
 
@@ -170,7 +177,7 @@ class FeatureExtractor:
     (a ViT only; None: its codebase's own choice, for the linear probe with ``linear``).
     """
 
-    def __init__(self, ckpt: str | Path, image_size: int | None = None, cache_dir: str | Path = ".cache/features",
+    def __init__(self, ckpt: str | Path, image_size: int | None = None, cache_dir: str | Path | None = None,
                  batch_size: int = 128, num_workers: int = 0, device: str = "auto", progress: bool = True,
                  backbone: str | None = None, normalize: str | None = None, crop_fraction: float = 1.0, require_size: bool = False,
                  dataset: str | None = None, split_file: str | None = None, fewshot: bool = False,
@@ -195,8 +202,8 @@ class FeatureExtractor:
         if image_size is None and recorded is None:
             if require_size:
                 raise FeatureError(f"checkpoint {ckpt} has no recorded pretraining resolution (no run config.yaml "
-                                   "beside it); pass --image-size (96 for STL-10 models, 224 for ImageNet) "
-                                   "and --normalize")
+                                   "beside it); pass --image-size N --normalize NAME (e.g. 224 imagenet; 96 stl10 for "
+                                   "STL-10 models), in run_all --var image_size=N --var normalize=NAME")
             print(f"features: no pretraining resolution found for {ckpt}; using {DEFAULT_RESOLUTION} px "
                   "(pass --image-size to choose)", file=sys.stderr)
         self.image_size = image_size or recorded or DEFAULT_RESOLUTION
@@ -212,7 +219,7 @@ class FeatureExtractor:
         self.preprocess = Preprocess(self.image_size, int(round(self.image_size / crop_fraction)), name, mean, std)
         self.dataset, self.split_file, self.fewshot, self.carve_val = dataset, split_file, fewshot, carve_val
         self.splits: dict[str, dict] = {}  # split -> how it was made and its size (recorded)
-        self.cache_dir = Path(cache_dir)
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.batch_size, self.num_workers, self.progress = batch_size, num_workers, progress
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if device == "auto" else device))

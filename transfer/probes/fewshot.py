@@ -271,12 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m transfer.probes.fewshot --ckpt X --data DIR --out OUT [...]`` (see the module docstring)."""
-    from transfer.probes.cli import record_scores, run_task
-
+    from transfer.probes.cli import record_scores, resolve_defaults, run_task
     from transfer.probes.datasets import REGISTRY
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = resolve_defaults(parser.parse_args(argv))
     if args.split is None:
         args.split = (REGISTRY[args.dataset].fewshot if args.dataset in REGISTRY else None) or "test"
     for name in ("ways", "queries", "episodes"):

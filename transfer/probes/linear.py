@@ -141,11 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m transfer.probes.linear --ckpt X --data DIR --out OUT [--metric top1|class_avg]``."""
-    from transfer.probes.cli import check_disjoint, record_scores, run_task
+    from transfer.probes.cli import check_disjoint, record_class_avg, record_scores, resolve_defaults, run_task
     from transfer.probes.datasets import REGISTRY
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = resolve_defaults(parser.parse_args(argv))
     if args.metric is None:
         args.metric = REGISTRY[args.dataset].metric if args.dataset in REGISTRY else "top1"
     if args.max_iter is None:
@@ -175,9 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             xfit, xte = batchnorm(xfit, xfit, xte)
         fit_linear(model, xfit, torch.cat([ytr, yva]), wd, max_iter=args.max_iter)
         run.extra["feature_bn"] = bn
-        record_scores(run, "top1", (model.logits(xte).argmax(1) == yte).cpu().numpy(), "test images")
+        correct = (model.logits(xte).argmax(1) == yte).cpu().numpy()
+        record_scores(run, "top1", correct, "test images")
         if args.metric == "class_avg":
-            run.metrics["class_avg"] = accuracy(model, xte, yte, "class_avg")
+            record_class_avg(run, "class_avg", correct, yte.cpu().numpy())
         run.extra["details"] = {"weight_decay": wd, "val_acc": val_acc, "metric": args.metric, "sweep": history,
                                 "n_train": len(ytr), "n_val": len(yva), "n_test": len(yte)}
         print(f"linear: test top1 = {run.metrics['top1']:.2f} (wd {wd:.2e}, val {args.metric} {val_acc:.2f})")

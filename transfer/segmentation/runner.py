@@ -29,6 +29,7 @@ from transfer.checkpoints import CheckpointInfo, add_backbone_arg
 from transfer.engines import sync_norms_to_bn
 from transfer.segmentation.batch import apply_batch, shrink_for_smoke
 from transfer.records import EXIT_USAGE, TaskFailed, TaskRun
+from transfer.suite import project_path
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "mmseg_configs"
 DEFAULT_CONFIGS = {
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="SSL checkpoint (any format transfer.checkpoints reads)")
     p.add_argument("--out", required=True, help="output directory (record.json, train.log, mmseg_config.py)")
     p.add_argument("--config", help="mmseg config file (default: the --scale's FCN config)")
-    p.add_argument("--scale", choices=sorted(DEFAULT_CONFIGS), default="demo")
+    p.add_argument("--scale", choices=sorted(DEFAULT_CONFIGS), default=None,
+                   help="protocol (default: demo for a *_demo config or no --config, else paper)")
     p.add_argument("--launcher", choices=("none", "pytorch", "slurm"), default="none")
     p.add_argument("--data-root", help="dataset root; replaces data_root of every dataset in the config")
     p.add_argument("--cfg-options", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
@@ -74,7 +76,7 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
     from transfer.segmentation.backbone import check_backbone_cfg
     from transfer.segmentation.data import set_data_root
 
-    path = Path(args.config) if args.config else DEFAULT_CONFIGS[args.scale]
+    path = Path(args.config) if args.config else DEFAULT_CONFIGS[args.scale or "demo"]
     if not path.is_file():
         raise FileNotFoundError(f"--config {path}: no such file (expected an mmseg config, e.g. {CONFIG_DIR}/*.py)")
     cfg = Config.fromfile(str(path))
@@ -298,6 +300,17 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
         task.record["config"] = cfg.to_dict()
 
 
+def _with_option(argv: list[str], flag: str, value: str) -> list[str]:
+    """``argv`` with ``flag``'s value replaced (``--flag V`` or ``--flag=V``), for the relaunched processes."""
+    out = [a for a in argv]
+    for i, a in enumerate(out):
+        if a == flag and i + 1 < len(out):
+            out[i + 1] = value
+        elif a.startswith(flag + "="):
+            out[i] = f"{flag}={value}"
+    return out
+
+
 def relaunch(argv: list[str], nproc: int) -> int:
     """Run this command again under torchrun with ``nproc`` processes (``--launcher pytorch``)."""
     import socket
@@ -319,12 +332,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_gpus < 1:
         print(f"segmentation: --num-gpus {args.num_gpus}: expected >= 1", file=sys.stderr)
         return EXIT_USAGE
+    if args.scale is None:
+        args.scale = "demo" if args.config is None or Path(args.config).stem.endswith("_demo") else "paper"
+    if args.config is not None:  # a project config by name from any directory; checked before torchrun (one line)
+        args.config = str(project_path(args.config))
+        if not Path(args.config).is_file():
+            print(f"segmentation: --config {args.config}: no such file (expected an mmseg config path, or a name "
+                  f"under the project, e.g. transfer/mmseg_configs/{DEFAULT_CONFIGS['paper'].name})", file=sys.stderr)
+            return EXIT_USAGE
+        argv = _with_option(argv, "--config", args.config)
     if args.num_gpus > 1 and args.launcher == "none":
         return relaunch(argv, args.num_gpus)
     if _rank(args.launcher) != 0:
         run(args, None)
         return 0
-    scale_config = args.config or str(DEFAULT_CONFIGS[args.scale])
+    scale_config = args.config or str(DEFAULT_CONFIGS[args.scale or "demo"])
     try:
         # --cfg-options change the protocol: a paper-scale run with any is labelled so (never a paper number)
         scale = "paper+overrides" if args.scale == "paper" and args.cfg_options else args.scale
