@@ -281,7 +281,8 @@ def test_backbone_option_overrides_the_convention(tmp_path):
 def test_every_task_takes_the_backbone_option(task):
     import importlib
 
-    module = importlib.import_module(f"transfer.{task}")
+    module = importlib.import_module(f"transfer.probes.{task}" if task in ("fewshot", "linear", "knn") else
+                                     f"transfer.{task}")
     args = module.build_parser().parse_args(["--ckpt", "c.pth", "--out", "o", "--data", "d", "--backbone", "student"]
                                             if task in ("fewshot", "linear", "knn") else
                                             ["--ckpt", "c.pth", "--out", "o", "--backbone", "student"])

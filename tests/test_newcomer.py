@@ -19,7 +19,7 @@ import torch
 import torchvision
 
 import probe_standins
-from transfer import run_all
+from transfer.orchestrate import run_all
 from transfer.probes.cli import record_class_avg
 from transfer.records import TaskRun
 
@@ -57,7 +57,7 @@ def test_check_opens_every_dataset_through_its_reader(tmp_path, capsys):
         line = lines[f"linear_{name}"]
         assert line.startswith(f"linear_{name}: unreadable {root}/{name} (") and \
             f"; expected {root}/{name}/{layout}" in line, line
-    assert "KeyError: 'data'" in lines["linear_cifar10"]
+    assert "cifar-10-batches-py/data_batch_1: no 'data' entry" in lines["linear_cifar10"]  # the file, named
     assert lines["paper"] == "paper: 1 found, 8 missing, 4 unreadable"  # mit67 ... cars: absent here
     # run_all runs the same check first: nothing is started for them, each gets its record and reason
     ckpt = tmp_path / "r18.pth"
