@@ -60,6 +60,12 @@ def install_safe_checkpointer(trainer: Any) -> None:
     class SafeCheckpointer(DetectionCheckpointer):
         """Reads ``.pth`` files only, as data (module docstring)."""
 
+        def load(self, path: str, *args: Any, **kwargs: Any) -> dict:
+            try:
+                return super().load(path, *args, **kwargs)
+            finally:  # detectron2 resets it only after a load that worked
+                self._parsed_url_during_load = None
+
         def _load_file(self, filename: str) -> dict:
             if not str(filename).endswith(".pth"):
                 raise TaskFailed(f"--resume: {filename} is not a .pth file; only the run's own checkpoints are read")
