@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from transfer.checkpoints import load_backbone
 from transfer.convert import to_detectron2
 from transfer.detection.data import evaluator_type, register_synthetic
+from transfer.detection.resume import resume as resume_seed
 from transfer.detection.weights import load_verified
 from transfer.detection.heads import register_heads
 from transfer.records import TaskFailed, write_json_atomic
@@ -124,14 +125,12 @@ def train_and_evaluate(cfg: Any, data_root: str | None, save_model: bool, log_fi
     register_heads()
     from detectron2.utils import comm
 
-    from transfer.detection import resume as resuming
-
     _setup_process(cfg, Path(log_file), data_root)
     result_path = Path(cfg.OUTPUT_DIR) / RESULT_FILE
     trainer = None
     try:
         trainer = make_trainer(cfg, save_model)
-        resumed = resuming.resume(trainer, cfg.OUTPUT_DIR) if resume else None
+        resumed = resume_seed(trainer, cfg.OUTPUT_DIR) if resume else None
         loaded = resumed or load_verified(trainer.model, weights.converted(), source=weights.ckpt).summary()
         trainer.train()
         results = getattr(trainer, "_last_eval_results", None)
