@@ -2,7 +2,7 @@
 
     python -m transfer.detection --ckpt X --config detectron_configs/coco_R_50_C4_1x.yaml --out DIR
         [--num-gpus N --num-machines M --machine-rank R --dist-url U] [--seeds 1 2 3]
-        [--data-root ROOT] [--scale demo|paper] [--smoke] [--force] [KEY VALUE ...]
+        [--data-root ROOT] [--scale demo|paper] [--smoke] [--force] [--resume] [KEY VALUE ...]
 
 Steps: read the checkpoint (any accepted wrapping, :mod:`transfer.checkpoints`), convert it to a
 detectron2 names in memory (in every training process: no pickle is read), resolve the config (``_BASE_`` chain, then
@@ -11,7 +11,9 @@ there is one process), check that every dataset is on disk, then for each seed t
 with detectron2's ``DefaultTrainer`` under its ``launch``. Weights are verified after loading
 (:mod:`transfer.detection.weights`). ``DIR/record.json`` gets bbox/segm AP, AP50, AP75 (VOC: AP, AP50,
 AP75) as the mean over seeds, with their std; ``DIR/log.txt`` the log; ``DIR/config.yaml`` and
-``DIR/seed_S/config.yaml`` the resolved configs.
+``DIR/seed_S/config.yaml`` the resolved configs. ``--resume`` continues each seed from its own last
+checkpoint in ``DIR/seed_S`` (saved every ``SOLVER.CHECKPOINT_PERIOD`` iterations with --save-model,
+the paper default; :mod:`transfer.detection.resume`); a seed without one starts from the weights.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from mast.atomic import write_text_atomic
 from transfer.checkpoints import CheckpointInfo, add_backbone_arg, load_backbone, refuse_cifar_stem
 from transfer.convert import MAPPING_VERSION
 from transfer.detection.data import SYNTHETIC_SPLITS, prepare_datasets, synthetic_num_classes
+from transfer.detection.resume import clear_resume_point
 from transfer.detection.train import RESULT_FILE, WeightsSource, setup_logging, train_and_evaluate
 from transfer.detection.heads import register_heads
 from transfer.engines import sync_norms_to_bn
@@ -94,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-model", action=argparse.BooleanOptionalAction, default=None,
                    help="keep detectron2's model_final.pth (default: paper yes, demo no)")
     p.add_argument("--force", action="store_true", help="replace an existing DIR/record.json")
+    p.add_argument("--resume", action="store_true", help="continue each seed from its last checkpoint in "
+                   "DIR/seed_S (detectron2's last_checkpoint, read as data); replaces DIR/record.json")
     add_backbone_arg(p)
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads per process (0: torch's default); 1 avoids oversubscribing a small CPU")
@@ -212,6 +217,8 @@ def run_seed(cfg: Any, seed: int, args: argparse.Namespace, out: Path, save_mode
     seed_dir = Path(cfg.OUTPUT_DIR)
     seed_dir.mkdir(parents=True, exist_ok=True)
     (seed_dir / RESULT_FILE).unlink(missing_ok=True)
+    if not args.resume:  # a fresh start: a later --resume must never continue an earlier attempt's file
+        clear_resume_point(seed_dir)
     write_text_atomic(seed_dir / "config.yaml", cfg.dump())
     uses_synthetic = any(n in SYNTHETIC_SPLITS for n in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST))
     data_root = str(Path(args.data_root).resolve()) if uses_synthetic else None
@@ -219,7 +226,8 @@ def run_seed(cfg: Any, seed: int, args: argparse.Namespace, out: Path, save_mode
     try:
         launch(train_and_evaluate, args.num_gpus, num_machines=args.num_machines,
                machine_rank=args.machine_rank, dist_url=args.dist_url,
-               args=(cfg, data_root, save_model, str(out / "log.txt"), WeightsSource(args.ckpt, args.backbone, sha256)))
+               args=(cfg, data_root, save_model, str(out / "log.txt"), WeightsSource(args.ckpt, args.backbone, sha256),
+                     args.resume))
     except Exception as exc:  # noqa: BLE001 - the worker's own one-line reason is preferred below
         error = exc
     result = _read_result(seed_dir)
@@ -271,6 +279,9 @@ def execute(run: TaskRun, cfg: Any, args: argparse.Namespace) -> None:
         if not results:  # a non-zero machine rank: rank 0 writes the numbers
             return
         per_seed[seed] = scene_metrics(results, voc)
+        resumed = _read_result(out / f"seed_{seed}").get("resumed")
+        if resumed:
+            run.extra.setdefault("resumed", {})[str(seed)] = resumed
         log.info("seed %d: %s", seed, per_seed[seed])
     mean, std = _aggregate(per_seed)
     run.metrics.update(mean)
@@ -297,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         # overrides change the protocol: a paper-scale run with any is labelled so (never a paper number)
         scale = "smoke" if args.smoke else "paper+overrides" if args.scale == "paper" and args.opts else args.scale
         run = TaskRun(task="detection", dataset=dataset_label(cfg), scale=scale, out_dir=args.out,
-                      ckpt_info=None, config=config, seeds=args.seeds, force=args.force)
+                      ckpt_info=None, config=config, seeds=args.seeds, force=args.force or args.resume)
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

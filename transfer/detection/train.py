@@ -5,7 +5,8 @@ hook) with three changes: evaluators are chosen from the dataset's ``evaluator_t
 are the console and ``metrics.json`` (no TensorBoard, which this stack does not install); and the
 final model checkpoint is optional (demo runs skip the ~100 MB file). Weights are loaded with
 :func:`transfer.detection.weights.load_verified` instead of ``resume_or_load``, so a backbone tensor that
-was not loaded stops the run.
+was not loaded stops the run; ``--resume`` continues from the seed's own last checkpoint instead
+(:mod:`transfer.detection.resume`: detectron2's ``resume_or_load``, the file read as data).
 
 Rank 0 writes ``OUTPUT_DIR/result.json`` (``status``, ``results`` or ``error``) so the parent
 process gets a clean one-line reason even when the run happened in a spawned worker.
@@ -20,6 +21,7 @@ from typing import Any, NamedTuple
 from transfer.checkpoints import load_backbone
 from transfer.convert import to_detectron2
 from transfer.detection.data import evaluator_type, register_synthetic
+from transfer.detection.resume import resume as resume_seed
 from transfer.detection.weights import load_verified
 from transfer.detection.heads import register_heads
 from transfer.records import TaskFailed, write_json_atomic
@@ -116,8 +118,10 @@ def _setup_process(cfg: Any, log_file: Path, data_root: str | None) -> None:
     seed_all_rng(cfg.SEED + rank)
 
 
-def train_and_evaluate(cfg: Any, data_root: str | None, save_model: bool, log_file: str, weights: WeightsSource) -> None:
-    """Train ``cfg`` from the converted ``weights`` and evaluate; ``launch``'s main function."""
+def train_and_evaluate(cfg: Any, data_root: str | None, save_model: bool, log_file: str, weights: WeightsSource,
+                       resume: bool = False) -> None:
+    """Train ``cfg`` from the converted ``weights`` (or, with ``resume``, from the seed's last checkpoint
+    when it has one) and evaluate; ``launch``'s main function."""
     register_heads()
     from detectron2.utils import comm
 
@@ -126,14 +130,16 @@ def train_and_evaluate(cfg: Any, data_root: str | None, save_model: bool, log_fi
     trainer = None
     try:
         trainer = make_trainer(cfg, save_model)
-        report = load_verified(trainer.model, weights.converted(), source=weights.ckpt)
+        resumed = resume_seed(trainer, cfg.OUTPUT_DIR) if resume else None
+        loaded = resumed or load_verified(trainer.model, weights.converted(), source=weights.ckpt).summary()
         trainer.train()
         results = getattr(trainer, "_last_eval_results", None)
         if comm.is_main_process():
             if not results:
                 raise TaskFailed("training finished but detectron2 produced no evaluation results")
             _check_predictions(results, cfg)
-            write_json_atomic(result_path, {"status": "ok", "results": results, "weights": report.summary()})
+            write_json_atomic(result_path, {"status": "ok", "results": results, "weights": loaded,
+                                            "resumed": resumed})
     except FloatingPointError as exc:
         reason = _nan_reason(exc, trainer)
         if comm.is_main_process():

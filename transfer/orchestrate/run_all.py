@@ -36,6 +36,7 @@ from pathlib import Path
 from mast.atomic import DiskFullError
 from mast.lock import FolderBusyError, FolderLock
 from transfer.orchestrate.jobs import JobSpec, LaunchError, Outcome, Resources, Runner, SlurmOptions
+from transfer.orchestrate.resume import mark, read_mark, resume_point
 from transfer.orchestrate.resolve import UNTRAINED_STEM, Checkpoint, UsageError, resolve_checkpoints
 from transfer.suite import PROJECT, Suite, SuiteError, TaskSpec, load_suite, parse_task_args, parse_vars
 
@@ -175,10 +176,16 @@ def set_aside(job: Job) -> None:
             os.replace(stale, job.out_dir / aside)
 
 
-def prepare(job: Job) -> None:
-    """Just before (re-)submission: what an earlier attempt left is set aside; a fresh log."""
+def prepare(job: Job, spec: JobSpec | None = None, force: bool = False) -> None:
+    """Just before (re-)submission: what an earlier attempt left is set aside; a fresh log. A detection or
+    segmentation task the cluster ended continues from its own checkpoint (``--resume`` added to ``spec``'s
+    command; transfer/orchestrate/resume.py says when)."""
     set_aside(job)
     (job.out_dir / "run_all.log").unlink(missing_ok=True)
+    point = resume_point(job.out_dir, job.spec.task, job.spec.config_hash, job.ckpt.sha256, job.ckpt.backbone, force)
+    mark(job.out_dir, point)
+    if spec is not None:
+        spec.cmd = job_command(job) + (["--resume"] if point else [])
 
 
 def task_env(spec: TaskSpec) -> dict[str, str]:
@@ -203,7 +210,7 @@ def finish(job: Job, outcome: Outcome, root: Path | None = None) -> dict:
             record = None
     if outcome.cluster_state or outcome.timed_out or rc is None:
         record = _failed_record(job, outcome.describe(job.spec.timeout_min) + "; " + _log_tail(job))
-        record.update(cluster_state=outcome.cluster_state, slurm_job_id=outcome.job_id)
+        record.update(cluster_state=outcome.cluster_state, slurm_job_id=outcome.job_id, timed_out=outcome.timed_out)
     elif not isinstance(record, dict):
         record = _failed_record(job, f"exit code {rc} without a record; " + _log_tail(job))
     if not record.get("checkpoint"):  # a task that stopped before reading the checkpoint (e.g. skipped)
@@ -213,7 +220,8 @@ def finish(job: Job, outcome: Outcome, root: Path | None = None) -> dict:
                   ckpt_sha256=job.ckpt.sha256, backbone_option=job.ckpt.backbone, ckpt_backbone=job.ckpt.chosen,
                   task_args=job.spec.args, run_dir=str(job.out_dir),
                   exit_code=rc, wall_s=outcome.wall_s,
-                  seed_index=job.ckpt.seed_index, pretrain_seed=job.ckpt.pretrain_seed, command=COMMAND or None)
+                  seed_index=job.ckpt.seed_index, pretrain_seed=job.ckpt.pretrain_seed, command=COMMAND or None,
+                  resumed_from=read_mark(job.out_dir))
     local = record.get("predictions")  # as the task wrote it: relative to its own folder
     if record.get("predictions"):  # per-item scores: a path relative to results.jsonl's folder, so OUT can move
         where = job.out_dir / record["predictions"]
@@ -273,7 +281,7 @@ def _elapsed(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
 
 
-def execute(todo: list[Job], results: Path, runner: Runner) -> list[dict]:
+def execute(todo: list[Job], results: Path, runner: Runner, force: bool = False) -> list[dict]:
     """Run (or submit) the tasks through the job runner, appending each finished record; Ctrl-C stops cleanly."""
     from transfer.records import append_jsonl
 
@@ -288,7 +296,9 @@ def execute(todo: list[Job], results: Path, runner: Runner) -> list[dict]:
         return f"{job.record['status']} {_elapsed(outcome.wall_s or 0)}  {_headline(job.record)}"
 
     specs = [JobSpec(job.key, job.label, job_command(job), job.out_dir / "run_all.log", task_env(job.spec),
-                     task_resources(job.spec, runner.slurm), prepare=lambda job=job: prepare(job)) for job in todo]
+                     task_resources(job.spec, runner.slurm)) for job in todo]
+    for job, spec in zip(todo, specs):
+        spec.prepare = lambda job=job, spec=spec: prepare(job, spec, force)
     try:
         runner.run(specs, on_done)
     except KeyboardInterrupt:
@@ -389,7 +399,7 @@ def _run(args: argparse.Namespace, suite: Suite, ckpts: list[Checkpoint], argv: 
     t0 = time.monotonic()
     runner = Runner(args.out, args.launcher, args.jobs, slurm_options(args, suite.slurm), wait=not args.no_wait)
     todo, unrunnable = precheck(todo, results)
-    finished = unrunnable + execute(todo, results, runner)
+    finished = unrunnable + execute(todo, results, runner, args.force)
     if finished:
         print(f"\n{len(finished)} task(s) in {_elapsed(time.monotonic() - t0)}:\n" + summary(finished), flush=True)
     if runner.running:  # --no-wait: the report waits for the jobs; the same command collects them
@@ -426,6 +436,7 @@ def precheck(todo: list[Job], results: Path) -> tuple[list[Job], list[dict]]:
             continue
         print(f"[not started] {job.ckpt.label} · {verdict.line}", flush=True)
         set_aside(job)
+        mark(job.out_dir, None)  # nothing runs: nothing resumed
         (job.out_dir / "run_all.log").write_text(f"not started: dataset check: {verdict.line}\n")
         record = finish(job, Outcome(job.key, 3 if verdict.status == "missing" else 1), root=results.parent)
         record.update(status="skipped" if verdict.status == "missing" else "failed", error=f"dataset check: {verdict.detail}")

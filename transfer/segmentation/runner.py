@@ -198,6 +198,8 @@ def train_and_evaluate(cfg: Any, converted: Path) -> dict[str, float]:
             raise FileNotFoundError(f"--resume: {work}/last_checkpoint points outside the run ({latest}); "
                                     "only the Runner's own checkpoints in its work folder are resumed")
         cfg.load_from = runner_file(latest)  # read as data: transfer.safe_files
+    else:  # a fresh start: a later --resume must never continue an earlier attempt's file
+        (Path(cfg.work_dir) / "last_checkpoint").unlink(missing_ok=True)
     if cfg.get("visualizer") is not None:
         # mmseg's configs name it 'visualizer', and mmengine hands back an existing instance of that
         # name, whose save_dir is an earlier run's folder: a second run in one process would write its
