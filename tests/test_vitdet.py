@@ -98,3 +98,22 @@ def test_tiny_vitdet_fine_tuning_on_the_synthetic_scenes(dino_vit, synthetic_roo
     assert len(conversion["new_tensors"]) == 24 and conversion["verified"]
     assert record["config"]["vitdet"]["layer_decay"] == 0.7 and record["config"]["vitdet"]["max_iter"] == 3
     assert (out / "seed_0" / "metrics.json").is_file()
+
+
+def test_suites_have_the_vitdet_tasks_and_the_dataset_check_reads_their_lazyconfig(tmp_path, monkeypatch):
+    monkeypatch.delenv("DETECTRON2_DATASETS", raising=False)  # the suite's env says where
+    from transfer.orchestrate.dataset_check import check_task
+    from transfer.suite import load_suite
+
+    paper = {s.name: s for s in load_suite("paper", {"datasets": str(tmp_path)}).tasks}
+    demo = {s.name: s for s in load_suite("demo").tasks}
+    task = paper["detection_coco_vitdet"]
+    assert task.takes("vit") and not task.takes("resnet") and demo["detection_scenes_vitdet"].takes("vit")
+    assert not demo["detection_scenes"].takes("vit")
+    verdict = check_task(task)
+    assert verdict.status == "missing" and str(tmp_path / "coco" / "train2017") in verdict.detail
+    (tmp_path / "coco" / "annotations").mkdir(parents=True)
+    for p in ("coco/train2017", "coco/val2017", "coco/annotations/instances_train2017.json",
+              "coco/annotations/instances_val2017.json"):
+        (tmp_path / p).mkdir() if "2017" in p and not p.endswith(".json") else (tmp_path / p).write_text("{}")
+    assert check_task(task).status == "found"

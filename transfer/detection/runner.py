@@ -89,9 +89,11 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 def build_parser() -> argparse.ArgumentParser:
     """The options of ``python -m transfer.detection`` (run_all checks suite args against them)."""
     p = argparse.ArgumentParser(prog="python -m transfer.detection", description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt", required=True, help="pretrained ResNet (YAML config) or ViT (ViTDet .py config) checkpoint")
+    p.add_argument("--ckpt", required=True,
+                   help="pretrained ResNet (YAML config) or ViT (ViTDet .py config) checkpoint")
     p.add_argument("--out", required=True, help="output directory (record.json, log.txt, configs)")
-    p.add_argument("--config", help=f"detectron2 YAML, or a ViTDet LazyConfig .py (default by --scale: {DEFAULT_CONFIG})")
+    p.add_argument("--config",
+                   help=f"detectron2 YAML, or a ViTDet LazyConfig .py (default by --scale: {DEFAULT_CONFIG})")
     p.add_argument("--scale", choices=("demo", "paper"), default=None,
                    help="protocol (default: demo for a demo_* config or no --config, else paper)")
     p.add_argument("--smoke", action="store_true", help="pipeline check: 2 iterations on tiny images, precise-BN "
@@ -135,7 +137,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.opts = (SMOKE_LAZY_OPTS if lazy else SMOKE_OPTS) + args.opts
         args.seeds, args.save_model = args.seeds[:1], False
     if lazy and any("=" not in o for o in args.opts):
-        _refuse(f"{Path(args.config).name} is a LazyConfig: overrides are key=value (e.g. train.max_iter=100), got {args.opts}")
+        _refuse(f"{Path(args.config).name} is a LazyConfig: overrides are key=value (e.g. train.max_iter=100), "
+                f"got {args.opts}")
     if not lazy and any("=" in o for o in args.opts[::2]):
         _refuse(f"{Path(args.config).name} is a YAML config: overrides are KEY VALUE pairs, got {args.opts}")
     if not lazy and len(args.opts) % 2:
@@ -316,10 +319,10 @@ def execute_vitdet(run: TaskRun, cfg: Any, args: argparse.Namespace) -> None:
     resolved, notes = resolve_vitdet(cfg, info, f"config {name}", args.opts)
     names = dataset_names(cfg)
     prepare_datasets(names, args.data_root)
-    if any(n in SYNTHETIC_SPLITS for n in names) and cfg.model.roi_heads.num_classes != synthetic_num_classes(args.data_root):
+    uses_synthetic = any(n in SYNTHETIC_SPLITS for n in names)
+    if uses_synthetic and cfg.model.roi_heads.num_classes != synthetic_num_classes(args.data_root):
         raise ValueError(f"model.roi_heads.num_classes {cfg.model.roi_heads.num_classes} != "
                          f"{synthetic_num_classes(args.data_root)} categories in {args.data_root}/scenes")
-    uses_synthetic = any(n in SYNTHETIC_SPLITS for n in names)
     save_model = args.save_model if args.save_model is not None else args.scale == "paper"
     job = VitdetJob(args.config, [*args.opts, *resolved], args.ckpt, args.backbone, info.sha256,
                     str(Path(args.data_root).resolve()) if uses_synthetic else None, save_model,
@@ -354,7 +357,8 @@ def dataset_label(cfg: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        cfg = load_lazy_config(args.config, args.opts) if is_lazy_config(args.config) else load_config(args.config, args.opts)
+        lazy = is_lazy_config(args.config)
+        cfg = load_lazy_config(args.config, args.opts) if lazy else load_config(args.config, args.opts)
     except Exception as exc:  # noqa: BLE001 - yacs raises KeyError/ValueError/AssertionError
         print(f"error: --config {args.config} with overrides {args.opts}: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE

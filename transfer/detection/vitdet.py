@@ -82,7 +82,8 @@ def resolve_vitdet(cfg: Any, info: VitInfo, where: str, user_opts: list[str]) ->
     values = dict(embed_dim=spec.embed_dim, depth=spec.depth, num_heads=spec.num_heads, mlp_ratio=spec.mlp_ratio,
                   qkv_bias=spec.qkv_bias, pretrain_img_size=spec.img_size, pretrain_use_cls_token=True)
     opts = [f"model.backbone.net.{k}={v}" for k, v in values.items()]
-    notes = [f"width {net.embed_dim} -> {spec.embed_dim} from the checkpoint"] if net.embed_dim != spec.embed_dim else []
+    notes = [f"width {net.embed_dim} -> {spec.embed_dim} from the checkpoint"] if net.embed_dim != spec.embed_dim \
+        else []
     cuda = torch.cuda.is_available()
     if not any(o.startswith("train.device=") for o in user_opts):
         opts.append(f"train.device={'cuda' if cuda else 'cpu'}")
@@ -144,7 +145,8 @@ def vitdet_summary(cfg: Any) -> dict:
     return {"lr": opt.lr, "weight_decay": opt.weight_decay, "betas": list(opt.betas),
             "layer_decay": getattr(decay, "keywords", {}).get("lr_decay_rate"),
             "max_iter": cfg.train.max_iter, "batch": cfg.dataloader.train.total_batch_size,
-            "milestones": list(sched.scheduler.milestones), "warmup_iters": round(sched.warmup_length * cfg.train.max_iter),
+            "milestones": list(sched.scheduler.milestones),
+            "warmup_iters": round(sched.warmup_length * cfg.train.max_iter),
             "drop_path": net.drop_path_rate, "image_size": net.img_size, "window_size": net.window_size,
             "window_blocks": list(net.window_block_indexes), "rel_pos": net.use_rel_pos, "amp": cfg.train.amp.enabled}
 
