@@ -276,8 +276,9 @@ def execute(run: TaskRun, cfg: Any, args: argparse.Namespace) -> None:
     try:
         state, info = load_backbone(args.ckpt, args.backbone)
     except HoldsViT:
-        raise ValueError(f"checkpoint {args.ckpt} holds a ViT and --config {Path(args.config).name} is a ResNet "
-                         "config: use a ViTDet config (detectron_configs/vitdet/*.py)") from None
+        raise ValueError(f"checkpoint {args.ckpt} has no ResNet weights (it holds a ViT) and --config "
+                         f"{Path(args.config).name} is a ResNet config: use a ViTDet config "
+                         "(detectron_configs/vitdet/*.py)") from None
     run.extra.update(checkpoint=asdict(info), method=info.method)
     refuse_cifar_stem(info, "detectron2")
     notes = resolve_config(cfg, args, info)
