@@ -136,8 +136,8 @@ def backbones_note(results: Results) -> str:
         if c.get("arch") and name not in arch:
             arch[name] = c["arch"] + (f" ({c['codebase']})" if c.get("family") == "vit" and c.get("codebase") else "")
     return ("Backbones: " + "; ".join(f"{n} {a}" for n, a in arch.items()) + ". ResNets and ViTs are fine-tuned "
-            "with different protocols (ViT tasks end in `_vit`: UperNet/ViTDet recipes) and probed on different "
-            "features (docs/VIT.md): compare numbers within one backbone family only.")
+            "with different protocols (ViT tasks end in `_vit` or `_vitdet`: UperNet/ViTDet recipes) and probed on "
+            "different features (docs/VIT.md): compare numbers within one backbone family only.")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,11 @@
     python -m transfer.detection --ckpt X --config detectron_configs/coco_R_50_C4_1x.yaml --out DIR
         [--num-gpus N --num-machines M --machine-rank R --dist-url U] [--seeds 1 2 3]
         [--data-root ROOT] [--scale demo|paper] [--smoke] [--force] [--resume] [KEY VALUE ...]
+    python -m transfer.detection --ckpt VIT.pth --config detectron_configs/vitdet/mask_rcnn_vitdet_b_100ep.py
+        --out DIR [... as above] [key=value ...]
+
+A ResNet checkpoint takes a YAML config; a ViT checkpoint takes a ViTDet LazyConfig (``.py``), run by
+:mod:`transfer.detection.vitdet_train` (the other pairings are refused in one line).
 
 Steps: read the checkpoint (any accepted wrapping, :mod:`transfer.checkpoints`), convert it to a
 detectron2 names in memory (in every training process: no pickle is read), resolve the config (``_BASE_`` chain, then
@@ -30,12 +35,14 @@ from typing import Any
 import yaml
 
 from mast.atomic import write_text_atomic
-from transfer.checkpoints import CheckpointInfo, add_backbone_arg, load_backbone, refuse_cifar_stem
+from transfer.checkpoints import (CheckpointError, CheckpointInfo, HoldsViT, add_backbone_arg, load_backbone,
+                                  refuse_cifar_stem)
 from transfer.convert import MAPPING_VERSION
 from transfer.detection.data import SYNTHETIC_SPLITS, prepare_datasets, synthetic_num_classes
 from transfer.detection.resume import clear_resume_point
 from transfer.detection.train import RESULT_FILE, WeightsSource, setup_logging, train_and_evaluate
 from transfer.detection.heads import register_heads
+from transfer.detection.vitdet import SMOKE_LAZY_OPTS, is_lazy_config, load_lazy_config
 from transfer.engines import sync_norms_to_bn
 from transfer.records import EXIT_USAGE, TaskFailed, TaskRun
 from transfer.suite import project_path
@@ -58,6 +65,7 @@ SMOKE_OPTS = ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_
               "TEST.DETECTIONS_PER_IMAGE", "4", "TEST.PRECISE_BN.ENABLED", "False", "TEST.EVAL_PERIOD", "0",
               "DATALOADER.NUM_WORKERS", "0"]
 _CFG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+_LAZY_KEY = re.compile(r"^[a-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+=")  # LazyConfig: train.max_iter=100
 log = logging.getLogger("transfer.detection")
 
 
@@ -72,6 +80,9 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
         if _CFG_KEY.match(argv[i]):
             opts += argv[i:i + 2]
             i += 2
+        elif _LAZY_KEY.match(argv[i]):
+            opts.append(argv[i])
+            i += 1
         else:
             rest.append(argv[i])
             i += 1
@@ -81,9 +92,11 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 def build_parser() -> argparse.ArgumentParser:
     """The options of ``python -m transfer.detection`` (run_all checks suite args against them)."""
     p = argparse.ArgumentParser(prog="python -m transfer.detection", description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt", required=True, help="pretrained ResNet checkpoint (any accepted wrapping)")
+    p.add_argument("--ckpt", required=True,
+                   help="pretrained ResNet (YAML config) or ViT (ViTDet .py config) checkpoint")
     p.add_argument("--out", required=True, help="output directory (record.json, log.txt, configs)")
-    p.add_argument("--config", help=f"detectron2 YAML (default by --scale: {DEFAULT_CONFIG})")
+    p.add_argument("--config",
+                   help=f"detectron2 YAML, or a ViTDet LazyConfig .py (default by --scale: {DEFAULT_CONFIG})")
     p.add_argument("--scale", choices=("demo", "paper"), default=None,
                    help="protocol (default: demo for a demo_* config or no --config, else paper)")
     p.add_argument("--smoke", action="store_true", help="pipeline check: 2 iterations on tiny images, precise-BN "
@@ -102,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_backbone_arg(p)
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads per process (0: torch's default); 1 avoids oversubscribing a small CPU")
-    p.epilog = "KEY VALUE ...: detectron2 config overrides, anywhere on the line (e.g. SOLVER.MAX_ITER 100)"
+    p.epilog = ("KEY VALUE ...: detectron2 config overrides, anywhere on the line (e.g. SOLVER.MAX_ITER 100); "
+                "key=value for a LazyConfig (e.g. train.max_iter=100)")
     return p
 
 
@@ -123,10 +137,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not Path(args.config).is_file():
         _refuse(f"--config {args.config}: no such file (expected a YAML path, or a name under {REPO}, "
                 "e.g. detectron_configs/coco_R_50_FPN_1x.yaml)")
+    lazy = is_lazy_config(args.config)
+    if lazy and args.resume:
+        _refuse(f"--resume: {Path(args.config).name} is a ViTDet LazyConfig; resuming it is not supported yet "
+                "(run it again without --resume, or with --force to start over)")
     if args.smoke:
-        args.opts = SMOKE_OPTS + args.opts
+        args.opts = (SMOKE_LAZY_OPTS if lazy else SMOKE_OPTS) + args.opts
         args.seeds, args.save_model = args.seeds[:1], False
-    if len(args.opts) % 2:
+    if lazy and any("=" not in o for o in args.opts):
+        _refuse(f"{Path(args.config).name} is a LazyConfig: overrides are key=value (e.g. train.max_iter=100), "
+                f"got {args.opts}")
+    if not lazy and any("=" in o for o in args.opts[::2]):
+        _refuse(f"{Path(args.config).name} is a YAML config: overrides are KEY VALUE pairs, got {args.opts}")
+    if not lazy and len(args.opts) % 2:
         _refuse(f"overrides must be KEY VALUE pairs, got {args.opts}")
     if min(args.num_gpus, args.num_machines) < 1:
         _refuse("--num-gpus and --num-machines must be >= 1")
@@ -259,7 +282,14 @@ def execute(run: TaskRun, cfg: Any, args: argparse.Namespace) -> None:
     """Everything inside the record: checkpoint, conversion, datasets, seeds, metrics."""
     out = Path(args.out)
     setup_logging(out / "log.txt", rank=0)
-    state, info = load_backbone(args.ckpt, args.backbone)
+    if is_lazy_config(args.config):
+        return execute_vitdet(run, cfg, args)
+    try:
+        state, info = load_backbone(args.ckpt, args.backbone)
+    except HoldsViT:
+        raise ValueError(f"checkpoint {args.ckpt} has no ResNet weights (it holds a ViT) and --config "
+                         f"{Path(args.config).name} is a ResNet config: use a ViTDet config "
+                         "(detectron_configs/vitdet/*.py)") from None
     run.extra.update(checkpoint=asdict(info), method=info.method)
     refuse_cifar_stem(info, "detectron2")
     notes = resolve_config(cfg, args, info)
@@ -289,7 +319,52 @@ def execute(run: TaskRun, cfg: Any, args: argparse.Namespace) -> None:
     run.extra["per_seed"] = {str(s): m for s, m in per_seed.items()}
 
 
+def execute_vitdet(run: TaskRun, cfg: Any, args: argparse.Namespace) -> None:
+    """The ViTDet path (:mod:`transfer.detection.vitdet_train`): a ViT checkpoint and a LazyConfig."""
+    from transfer.detection.vitdet import dataset_names, resolve_vitdet, vitdet_summary
+    from transfer.detection.vitdet_train import VitdetJob, build_config, run_seed
+    from transfer.vit import load_vit
+
+    name = Path(args.config).name
+    try:
+        _, info = load_vit(args.ckpt, args.backbone)
+    except CheckpointError as exc:
+        raise ValueError(f"--config {name} is a ViTDet config and needs a ViT checkpoint: {exc}") from None
+    run.extra.update(checkpoint=asdict(info), method=info.method)
+    resolved, notes = resolve_vitdet(cfg, info, f"config {name}", args.opts)
+    names = dataset_names(cfg)
+    prepare_datasets(names, args.data_root)
+    uses_synthetic = any(n in SYNTHETIC_SPLITS for n in names)
+    if uses_synthetic and cfg.model.roi_heads.num_classes != synthetic_num_classes(args.data_root):
+        raise ValueError(f"model.roi_heads.num_classes {cfg.model.roi_heads.num_classes} != "
+                         f"{synthetic_num_classes(args.data_root)} categories in {args.data_root}/scenes")
+    save_model = args.save_model if args.save_model is not None else args.scale == "paper"
+    job = VitdetJob(args.config, [*args.opts, *resolved], args.ckpt, args.backbone, info.sha256,
+                    str(Path(args.data_root).resolve()) if uses_synthetic else None, save_model,
+                    str(Path(args.out) / "log.txt"), 0)
+    for note in notes:
+        log.info("vitdet: %s", note)
+    run.config.update(engine="detectron2 LazyConfig (ViTDet)", resolved_overrides=resolved, notes=notes,
+                      vitdet=vitdet_summary(build_config(job)))
+    per_seed, weights = {}, {}
+    for seed in args.seeds:
+        result = run_seed(job._replace(seed=seed), args)
+        if not result:  # a non-zero machine rank: rank 0 writes the numbers
+            return
+        per_seed[seed], weights = scene_metrics(result["results"], voc=False), result["weights"]
+        log.info("seed %d: %s", seed, per_seed[seed])
+    mean, std = _aggregate(per_seed)
+    run.metrics.update(mean)
+    run.metrics_std.update(std)
+    run.extra.update(per_seed={str(s): m for s, m in per_seed.items()}, vit_conversion=weights)
+
+
 def dataset_label(cfg: Any) -> str:
+    if not hasattr(cfg, "DATASETS"):  # a LazyConfig
+        from transfer.detection.vitdet import dataset_names
+
+        test = dataset_names(cfg)[-1]
+        return "synthetic/scenes" if test in SYNTHETIC_SPLITS else test
     test = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "none"
     return "synthetic/scenes" if test in SYNTHETIC_SPLITS else test
 
@@ -297,7 +372,8 @@ def dataset_label(cfg: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        cfg = load_config(args.config, args.opts)
+        lazy = is_lazy_config(args.config)
+        cfg = load_lazy_config(args.config, args.opts) if lazy else load_config(args.config, args.opts)
     except Exception as exc:  # noqa: BLE001 - yacs raises KeyError/ValueError/AssertionError
         print(f"error: --config {args.config} with overrides {args.opts}: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE

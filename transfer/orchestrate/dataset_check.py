@@ -4,7 +4,8 @@ layout the task's reader expects and the path it tried.
     python -m transfer.orchestrate.dataset_check --root /data [--suite paper]
     python transfer/run_all.py --suite paper --check --var datasets=/data
 
-Detection reads the detectron2 config's dataset names (builtin COCO/VOC layouts under
+Detection reads the detectron2 config's dataset names (a YAML's ``DATASETS``, a ViTDet LazyConfig's data
+loaders; builtin COCO/VOC layouts under
 ``$DETECTRON2_DATASETS``, which run_all sets from the suite unless the user did); segmentation the
 mmseg config's data roots, folders and split files. A probe's dataset is opened through the same
 reader the task uses (:func:`transfer.probes.datasets.load_split` with the task's own options):
@@ -40,8 +41,13 @@ def detection_paths(spec: TaskSpec) -> tuple[list[Path], str]:
     """Files the detectron2 config's datasets need, and how to get them."""
     import yaml
 
-    config = yaml.safe_load(project_path(spec.args["config"]).read_text()) or {}
-    names = _tuple_names(config)
+    path = project_path(spec.args["config"])
+    if path.suffix == ".py":  # a ViTDet LazyConfig: its data loaders name the datasets
+        from transfer.detection.vitdet import dataset_names, load_lazy_config
+
+        names = dataset_names(load_lazy_config(path, []))
+    else:
+        names = _tuple_names(yaml.safe_load(path.read_text()) or {})
     root = Path(os.path.expanduser(os.environ.get("DETECTRON2_DATASETS") or spec.env.get("DETECTRON2_DATASETS")
                                    or "datasets"))
     paths = [root / p for n in names for p in COCO.get(n, VOC.get(n, []))]
