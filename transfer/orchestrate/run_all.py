@@ -182,7 +182,9 @@ def prepare(job: Job, spec: JobSpec | None = None, force: bool = False) -> None:
     command; transfer/orchestrate/resume.py says when)."""
     set_aside(job)
     (job.out_dir / "run_all.log").unlink(missing_ok=True)
-    point = resume_point(job.out_dir, job.spec.task, job.spec.config_hash, job.ckpt.sha256, job.ckpt.backbone, force)
+    lazy = str(job.spec.args.get("config", "")).endswith(".py") and job.spec.task == "detection"  # ViTDet: no resume yet
+    point = None if lazy else resume_point(job.out_dir, job.spec.task, job.spec.config_hash, job.ckpt.sha256,
+                                           job.ckpt.backbone, force)
     mark(job.out_dir, point)
     if spec is not None:
         spec.cmd = job_command(job) + (["--resume"] if point else [])
