@@ -2,7 +2,7 @@
 
 COCO 2017 (80 categories with their official, non-contiguous ids; polygon masks), VOC2007/2012
 detection (XML, 1-based boxes), VOC2012 + SegmentationClassAug + aug.txt (palette PNGs, 255 =
-ignore), Cityscapes (leftImg8bit + *_gtFine_labelTrainIds.png). A few 64x48 images each: enough
+ignore), Cityscapes (leftImg8bit + *_gtFine_labelTrainIds.png), ADE20K (ADEChallengeData2016). A few 64x48 images each: enough
 for every engine's reader, evaluator and a 2-iteration pipeline check. Nothing is downloaded.
 """
 
@@ -130,10 +130,28 @@ def make_cityscapes(root: Path, n: int = 2) -> None:
             Image.fromarray(lab).save(out)
 
 
+def make_ade20k(root: Path, n: int = 2) -> None:
+    """ADEChallengeData2016 as unzipped: images/{training,validation}/*.jpg, annotations/.../*.png
+    (0 = other, ignored by mmseg's reduce_zero_label; 1..150 the classes)."""
+    base = root / "ade" / "ADEChallengeData2016"
+    for split in ("training", "validation"):
+        for i in range(n):
+            stem = f"ADE_{'train' if split == 'training' else 'val'}_{i + 1:08d}"
+            _image(base / "images" / split / f"{stem}.jpg", 500 + i)
+            lab = np.ones((H, W), np.uint8)  # class 1 (wall) around one object of class 2 + i
+            x0, y0, x1, y1 = _box(i)
+            lab[y0:y1, x0:x1] = 2 + i
+            lab[:2] = 0
+            out = base / "annotations" / split / f"{stem}.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(lab).save(out)
+
+
 def make_all(root: Path) -> Path:
     """Every paper detection/segmentation dataset under ``root`` (the suite's ``{datasets}``)."""
     make_coco(root)
     make_voc_detection(root)
     make_voc_segmentation(root)
     make_cityscapes(root)
+    make_ade20k(root)
     return root
