@@ -222,7 +222,13 @@ def test_sigterm_or_ctrl_c_stops_cleanly(ckpt, tmp_path, monkeypatch, capsys, si
 
     sender = threading.Thread(target=signal_once_running, daemon=True)
     sender.start()
-    code = run_all.main(["--ckpt", str(ckpt), "--suite", str(suite), "--out", str(tmp_path / "out"), "--no-report"])
+    # run_all owns its signals: even a caller that left SIGINT ignored (which task processes would inherit,
+    # as an earlier in-process engine once left it in this test session) is stopped, and so are its tasks
+    inherited = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code = run_all.main(["--ckpt", str(ckpt), "--suite", str(suite), "--out", str(tmp_path / "out"), "--no-report"])
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     sender.join(5)
     err = capsys.readouterr().err
     assert code == 128 + signum and "2 not" in err and "r18run/a" in err and "resume" in err, err

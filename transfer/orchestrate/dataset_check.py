@@ -196,8 +196,10 @@ def _verdict(spec: TaskSpec) -> Verdict:
         return Verdict(spec.name, "unchecked", f"not checked ({type(e).__name__}: {' '.join(str(e).split())[:200]})")
 
 
-def check_suite(suite: Suite, out=sys.stdout) -> int:
-    """Print one line per task (found / missing / unreadable); 0 when every dataset is readable, else 1."""
+def check_suite(suite: Suite, out=None) -> int:
+    """Print one line per task (found / missing / unreadable) to ``out`` (default: the current
+    ``sys.stdout``); 0 when every dataset is readable, else 1."""
+    out = out or sys.stdout
     verdicts = [_verdict(spec) for spec in suite.tasks]
     for v in verdicts:
         print(v.line, file=out)

@@ -338,14 +338,18 @@ def _interrupt(signum: int, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point. SIGTERM (e.g. from a job scheduler) stops as cleanly as Ctrl-C; exit 143 for
     SIGTERM, 130 for Ctrl-C (SIGINT), the codes a shell gives a process killed by that signal."""
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C is Python's KeyboardInterrupt here whatever the caller left installed (an ignored SIGINT would
+    # also be inherited by every task process, which then could not be stopped); restored on return.
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt),
+                signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
     try:
         return _main(argv)
     except KeyboardInterrupt as e:  # before or between tasks: nothing is half-written
         print("run_all: interrupted; re-run the same command to resume.", file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _main(argv: list[str] | None) -> int:

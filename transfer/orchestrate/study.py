@@ -223,9 +223,19 @@ def _interrupt(signum: int, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``make study``. Jobs run in their own sessions: on `kill` or Ctrl-C the runner stops them itself;
+    the signal handlers are this command's while it runs and restored on return."""
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt),
+                signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
+    try:
+        return _main(argv)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    # jobs run in their own sessions: on `kill` the runner stops them itself (as on Ctrl-C)
-    signal.signal(signal.SIGTERM, _interrupt)
     if "mast" not in args.arms and "vicreg_matched" in args.arms:
         raise SystemExit("study: --arms vicreg_matched needs the mast arm (its λ comes from the same-seed MAST run)")
     if args.jobs < 1 or not args.seeds:
