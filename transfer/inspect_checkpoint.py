@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
 from transfer.checkpoints import (CheckpointError, canonicalise, detect_arch, detect_stem, find_method, add_backbone_arg,
                                   read_checkpoint, sha256_file, stem_padding)
 from transfer.vit_layouts import find_vit_candidates
-from transfer.layouts import Candidate, LayoutError, backbone_tensors, choose, find_candidates, flatten, guess_codebase
+from transfer.layouts import (Candidate, LayoutError, backbone_tensors, choose, find_candidates, flatten, guess_codebase,
+                              unused_groups)
 
 METADATA_KEYS = ("epoch", "epochs", "global_step", "iteration", "iter", "phase_idx", "train_phase_idx", "arch",
                  "model", "method", "version", "pytorch-lightning_version", "mmselfsup_version", "mmpretrain_version",
@@ -80,26 +80,9 @@ def _describe(c: Candidate, flat: Mapping) -> dict[str, Any]:
 
 
 def unused(flat: Mapping, cands: list[Candidate], chosen: Candidate | None) -> list[dict[str, Any]]:
-    """Tensors the tasks do not read, grouped, with the reason."""
-    owner = {k: c for c in cands for k in c.keys}
-    groups: Counter = Counter()
-    for key in flat:
-        c = owner.get(key)
-        if c is not None and c is chosen:
-            rest = key[len(c.prefix):]
-            if rest.startswith("fc."):
-                groups[(c.prefix + "fc.*", "classifier (dropped)")] += 1
-            continue
-        if c is not None:
-            groups[(c.prefix + "*", f"another candidate backbone ({c.role})")] += 1
-        elif any(key.startswith(a) for other in cands for a in other.aliases):
-            groups[(next(a for o in cands for a in o.aliases if key.startswith(a)) + "*", "identical copy of a candidate")] += 1
-        else:
-            parts = key.split(".")
-            group = ".".join(parts[:2 if len(parts) > 2 else 1]) + ".*"
-            why = "optimizer state" if parts[0].startswith("optim") else "not part of the backbone (head, projector, ...)"
-            groups[(group, why)] += 1
-    return [{"group": g, "count": n, "reason": why} for (g, why), n in groups.items()]
+    """Tensors the tasks do not read, grouped, with the reason (the chosen ResNet's ``fc.*`` is dropped)."""
+    return unused_groups(flat, cands, chosen,
+                         lambda rest: ("fc.*", "classifier (dropped)") if rest.startswith("fc.") else None)
 
 
 def metadata(obj: Mapping, path: Path) -> dict[str, Any]:

@@ -22,8 +22,9 @@ convention picks (:data:`CONVENTIONS`); anything else is refused with the list o
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from torch import Tensor
 
@@ -238,3 +239,32 @@ def guess_codebase(obj: Any, cands: list[Candidate], chosen: Candidate) -> str:
     if "config" in top and "model" in top:
         return "MAST"
     return "torchvision state_dict" if chosen.prefix == "" else "state_dict"
+
+
+def unused_groups(flat: Mapping, cands: list[Candidate], chosen: Candidate | None,
+                  own: Callable[[str], tuple[str, str] | None]) -> list[dict]:
+    """Tensors the tasks do not read, grouped, with the reason (``transfer.inspect_checkpoint``).
+
+    ``own(rest)`` names the group of an unused tensor of the chosen backbone (``rest``: its key without
+    the prefix), or None when the tasks read it; every other tensor is another candidate, an identical
+    copy of one, optimizer state or not part of a backbone.
+    """
+    owner = {k: c for c in cands for k in c.keys}
+    groups: Counter = Counter()
+    for key in flat:
+        c = owner.get(key)
+        if c is not None and c is chosen:
+            mine = own(key[len(c.prefix):])
+            if mine is not None:
+                groups[(c.prefix + mine[0], mine[1])] += 1
+            continue
+        if c is not None:
+            groups[(c.prefix + "*", f"another candidate backbone ({c.role})")] += 1
+        elif any(key.startswith(a) for o in cands for a in o.aliases):
+            groups[(next(a for o in cands for a in o.aliases if key.startswith(a)) + "*", "identical copy of a candidate")] += 1
+        else:
+            parts = key.split(".")
+            group = ".".join(parts[:2 if len(parts) > 2 else 1]) + ".*"
+            why = "optimizer state" if parts[0].startswith("optim") else "not part of the backbone (head, projector, ...)"
+            groups[(group, why)] += 1
+    return [{"group": g, "count": n, "reason": why} for (g, why), n in groups.items()]

@@ -7,12 +7,11 @@ evaluation pooling, and every tensor not used with its reason.
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
 from transfer.checkpoints import CheckpointError
-from transfer.layouts import Candidate, LayoutError, backbone_tensors
+from transfer.layouts import Candidate, LayoutError, backbone_tensors, unused_groups
 from transfer.vit import DEFAULT_POOL, check_state, guess_vit_codebase, infer_spec, locate_vit
 from transfer.vit_layouts import to_timm
 
@@ -44,22 +43,6 @@ def inspect_vit(obj: Mapping, flat: Mapping, path: Path, backbone: str | None, r
 
 
 def _unused(flat: Mapping, cands: list[Candidate], chosen: Candidate | None, inside: Mapping[str, str]) -> list[dict]:
-    owner = {k: c for c in cands for k in c.keys}
-    groups: Counter = Counter()
-    for key in flat:
-        c = owner.get(key)
-        if c is not None and c is chosen:
-            rest = key[len(c.prefix):]
-            if rest in inside:
-                groups[(c.prefix + rest.split(".")[0] + (".*" if "." in rest else ""), inside[rest])] += 1
-            continue
-        if c is not None:
-            groups[(c.prefix + "*", f"another candidate backbone ({c.role})")] += 1
-        elif any(key.startswith(a) for o in cands for a in o.aliases):
-            groups[(next(a for o in cands for a in o.aliases if key.startswith(a)) + "*", "identical copy of a candidate")] += 1
-        else:
-            parts = key.split(".")
-            group = ".".join(parts[:2 if len(parts) > 2 else 1]) + ".*"
-            why = "optimizer state" if parts[0].startswith("optim") else "not part of the backbone (head, projector, ...)"
-            groups[(group, why)] += 1
-    return [{"group": g, "count": n, "reason": why} for (g, why), n in groups.items()]
+    """Unused tensors, grouped; ``inside``: the chosen ViT's own unused tensors (MAE's decoder, ...) -> reason."""
+    return unused_groups(flat, cands, chosen, lambda rest: (rest.split(".")[0] + (".*" if "." in rest else ""),
+                                                            inside[rest]) if rest in inside else None)
