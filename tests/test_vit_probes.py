@@ -91,7 +91,7 @@ def test_batchnorm_is_batchnorm1d_without_affine():
 
 
 def test_report_says_the_backbones_when_a_vit_is_in_it(tmp_path):
-    from reports import tables
+    from reports import build, tables
     from reports.results import load_results
 
     data = tmp_path / "results.jsonl"
@@ -102,12 +102,11 @@ def test_report_says_the_backbones_when_a_vit_is_in_it(tmp_path):
     vit = json.loads(json.dumps(lines[0]))
     vit.update(name="dino_vits16", ckpt_sha256="3" * 64)
     vit["checkpoint"].update(arch="vit_small_patch16", family="vit", codebase="DINO", sha256="3" * 64)
-    vit.pop("method", None), vit["checkpoint"].pop("method", None)  # a DINO file names no MAST method
+    vit.pop("method", None)  # a DINO file names no MAST method
+    vit["checkpoint"].pop("method", None)
     report = tables.markdown_report(load_results(_write(data, [*lines, vit])), None)
     assert "Backbones: vicreg resnet18; mast resnet18; dino_vits16 vit_small_patch16 (DINO)" in report
     assert "· backbone: resnet18, vit_small_patch16" in report
-    from reports import build
-
     index = build.build(_write(data, [*lines, vit]), tmp_path / "report").read_text()
     assert "| dino_vits16 | DINO | vit_small_patch16 |" in index  # the codebase that wrote it, not "?"
 
