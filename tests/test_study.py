@@ -144,7 +144,15 @@ def test_a_matched_run_of_the_older_rule_is_not_kept(tmp_path, capsys):
     assert study.main([*argv, "--plan"]) == 0
     assert "stale    pretrain:vicreg_matched_s0" in capsys.readouterr().out
     assert study.main(argv) == 2
-    assert "was matched on the mean w of an older rule; move it away" in capsys.readouterr().err
+    assert "was made by an older rule" in capsys.readouterr().err
+    source = tmp_path / "runs" / "study_mast_s0"  # a finished MAST run of before issue 35: no w_eff logged
+    source.mkdir()
+    (source / "config.yaml").write_text(yaml.safe_dump({"method": "mast"}))
+    (source / "metrics.jsonl").write_text(json.dumps({"step": 1, "epoch": 1, "w_mean": 0.3}) + "\n")
+    (source / "mast_state.pth").write_bytes(b"")
+    (source / "backbone.pth").write_bytes(b"")
+    assert study.main([*argv, "--plan"]) == 0
+    assert "stale    pretrain:mast_s0" in capsys.readouterr().out
 
 
 def test_the_report_shows_the_latest_record_and_ignores_other_checkpoints(tmp_path):

@@ -143,13 +143,26 @@ def probes_done(out: Path, name: str, suite: Path, backbone: Path) -> bool:
     return True
 
 
-def stale_match(run_dir: Path) -> bool:
-    """A finished matched control whose λ was resolved by an older rule (mean w over the last epoch, issue 14)."""
+def stale_match(run_dir: Path, arm: str = "vicreg_matched") -> bool:
+    """A finished run of an older rule: a matched control whose λ was resolved on the mean w over the last epoch
+    (issue 14), or a MAST-type run that logs no w_eff (so its matched control cannot be resolved; issue 35)."""
+    from mast.matched import MatchedError, window_means
+
     try:
-        source = (yaml.safe_load((run_dir / rundir.CONFIG).read_text()).get("loss") or {}).get("inv_coeff_source") or ""
-    except (OSError, yaml.YAMLError, AttributeError):
+        if arm in MATCHED_SOURCE:
+            config = yaml.safe_load((run_dir / rundir.CONFIG).read_text())
+            return "w_eff" not in ((config.get("loss") or {}).get("inv_coeff_source") or "")
+        win = window_means(run_dir / rundir.METRICS)
+        return win is not None and win.w_eff is None
+    except (OSError, yaml.YAMLError, AttributeError, MatchedError):
         return False
-    return "w_eff" not in source
+
+
+def stale_runs(args: argparse.Namespace) -> list[Path]:
+    """Finished runs the study cannot keep: stale matched controls and the sources of a matched arm to run."""
+    sources = {MATCHED_SOURCE[a] for a in args.arms if a in MATCHED_SOURCE}
+    return [d for seed in args.seeds for a in args.arms if a in MATCHED_SOURCE or a in sources
+            if is_finished(d := args.runs / f"study_{run_name(a, seed)}") and stale_match(d, a)]
 
 
 def plan_jobs(args: argparse.Namespace, overrides: list[str]) -> list[Job]:
@@ -160,6 +173,7 @@ def plan_jobs(args: argparse.Namespace, overrides: list[str]) -> list[Job]:
     the ablation, so that a study cut short still answers the main question on every seed.
     """
     steps = count_steps(args.data, overrides, args.preset)
+    stale = set(stale_runs(args))
     logs = args.runs / "logs"
     main_arms = [a for a in ("mast", "vicreg", "vicreg_matched") if a in args.arms]
     order = [(seed, arm) for seed in args.seeds for arm in main_arms]
@@ -177,7 +191,7 @@ def plan_jobs(args: argparse.Namespace, overrides: list[str]) -> list[Job]:
         job = Job(f"pretrain:{name}", cmd, logs / f"pretrain_{name}.log", deps,
                   RUN_OVERHEAD_S + steps * STEP_S["vicreg" if arm.startswith("vicreg") else "mast"])
         if is_finished(run_dir):
-            job.state = "stale" if source and stale_match(run_dir) else "ok"
+            job.state = "stale" if run_dir in stale else "ok"
         pretrain.append(job)
         probe_cmd = [sys.executable, "-m", "transfer.run_all",
                      "--ckpt", str(run_dir / rundir.BACKBONE), "--name", name, "--suite", str(args.suite), "--var", f"data={args.data}",
@@ -273,11 +287,10 @@ def _main(argv: list[str] | None) -> int:
     if problem:
         print(f"study: error: {problem}", file=sys.stderr)
         return 2
-    stale = [args.runs / f"study_{run_name(a, seed)}" for seed in args.seeds for a in args.arms if a in MATCHED_SOURCE
-             and is_finished(args.runs / f"study_{run_name(a, seed)}") and stale_match(args.runs / f"study_{run_name(a, seed)}")]
+    stale = stale_runs(args)
     if stale and not args.plan:
-        print(f"study: error: {stale[0]} (and {len(stale) - 1} more) was matched on the mean w of an older rule; move "
-              "it away to rerun it with mast/matched.py's w_eff rule", file=sys.stderr)
+        print(f"study: error: {stale[0]} (and {len(stale) - 1} more) was made by an older rule (a matched λ on the mean "
+              "w, or no logged w_eff); move it away to rerun it with mast/matched.py's w_eff rule", file=sys.stderr)
         return 2
     t_all = time.monotonic()
     if not args.plan:  # --plan writes nothing: it estimates from the preset when the data is not there yet
