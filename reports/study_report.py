@@ -136,13 +136,14 @@ def claim_verdicts(results: Results) -> dict[str, bool | None]:
         else:
             d = diffs[0]
             up = any(d[m].marked and d[m].value > 0 for m in STYLE if m in d)
-            out[key] = up and not any(x.marked and x.value < 0 for x in d.values())
+            out[key] = None if not any(m in d for m in STYLE) else up and not any(x.marked and x.value < 0
+                                                                                 for x in d.values())
     return out
 
 
 def verdict_lines(results: Results) -> list[str]:
     """One generated sentence per claim (VERDICTS)."""
-    state = {True: "**holds**", False: "**does not hold**", None: "not measured (an arm has no records)"}
+    state = {True: "**holds**", False: "**does not hold**", None: "not measured (an arm or a probe it reads has no records)"}
     res = claim_verdicts(results)
     return [f"- {title}: {state[res[key]]} (rule, stated before the run: {rule})." for key, (title, _, rule) in
             VERDICTS.items()] + [""]

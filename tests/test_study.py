@@ -196,30 +196,38 @@ def test_execute_runs_dependencies_first_and_skips_dependents_of_a_failure(tmp_p
 
 @pytest.mark.slow  # 13 short subprocesses (pretraining, run_all, kNN, report): ~1 CPU-minute
 def test_study_smoke_tiny(synthetic_root, tmp_path, capsys):
-    """The whole pipeline on tiny data: 2 arms x 2 seeds, 1 epoch, one probe; then a resumed re-run does nothing."""
+    """The whole pipeline on tiny data: 4 arms x 2 seeds (MAST, tied masks, each one's own matched control), 1 epoch,
+    one probe; then a resumed re-run does nothing."""
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump({"scale": "demo", "vars": {"data": str(synthetic_root)}, "tasks": [
         {"name": "knn_color", "task": "knn", "args": {"data": "{data}/classification/color"}}]}))
     runs, report = tmp_path / "runs", tmp_path / "report"
     argv = ["--preset", "tiny", "--data", str(synthetic_root), "--runs", str(runs), "--out", str(tmp_path / "out"),
             "--report", str(report), "--suite", str(suite), "--epochs", "1", "--seeds", "0", "1",
-            "--arms", "vicreg_matched", "mast", "--set", "optim.batch_size=32", "--set", "data.num_workers=0",
+            "--arms", "vicreg_matched", "mast", "mast_tied", "vicreg_matched_tied", "--set", "optim.batch_size=32", "--set", "data.num_workers=0",
             "--set", "data.heldout_pairs=16", "--set", "model.expander=[32,32]", "--set", "knn.root=null"]
     assert study.main(argv) == 0
     out = capsys.readouterr().out
-    assert "Expected duration" in out and "8 jobs" in out
+    assert "Expected duration" in out and "16 jobs" in out
     matched = yaml.safe_load((runs / "study_vicreg_matched_s1" / "config.yaml").read_text())
     assert matched["method"] == "vicreg" and str(runs / "study_mast_s1" / "metrics.jsonl") in matched["loss"]["inv_coeff_source"]
-    assert 0 < matched["loss"]["inv_coeff"] <= 25
+    assert 0 < matched["loss"]["inv_coeff"] <= 25 and "w_eff" in matched["loss"]["inv_coeff_source"]
+    tied = yaml.safe_load((runs / "study_vicreg_matched_tied_s1" / "config.yaml").read_text())["loss"]
+    assert str(runs / "study_mast_tied_s1" / "metrics.jsonl") in tied["inv_coeff_source"]  # its own arm's run
+    assert tied["inv_coeff"] != matched["loss"]["inv_coeff"]
+    assert yaml.safe_load((runs / "study_mast_tied_s0" / "config.yaml").read_text())["model"]["masks"] == "tied"
     rows = list(csv.DictReader((report / "results.csv").open()))
-    assert {(r["arm"], r["seed"]) for r in rows} == {("mast", "0"), ("mast", "1"), ("vicreg_matched", "0"),
-                                                     ("vicreg_matched", "1")}
+    assert {(r["arm"], r["seed"]) for r in rows} == {(a, s) for a in ("mast", "vicreg_matched", "mast_tied",
+                                                                      "vicreg_matched_tied") for s in "01"}
     diffs = list(csv.DictReader((report / "differences.csv").open()))
-    assert [(d["comparison"], d["n_seeds"]) for d in diffs] == [("mast-vicreg_matched", "2")]
+    assert [(d["comparison"], d["n_seeds"]) for d in diffs] == [
+        ("mast-vicreg_matched", "2"), ("mast-mast_tied", "2"), ("mast_tied-vicreg_matched_tied", "2")]
     summary = (report / "summary.md").read_text()
     assert "kNN color: " in summary and "over 2 paired seeds" in summary
     learned = list(csv.DictReader((report / "learned.csv").open()))
-    assert len(learned) == 2 * 6 and all(0 < float(r["w_mean_heldout"]) <= 1 for r in learned)
+    assert len(learned) == 4 * 6 and all(0 < float(r["w_mean_heldout"]) <= 1 for r in learned)
+    assert all(r["mask_differentiation"] == "" for r in learned if r["run"].startswith("mast_tied"))  # ranks nothing
+    assert "(a) per-dimension relief adds to per-augmentation relief: not measured" in summary  # no linear probe
     index = (report / "index.md").read_text()
     assert "## What MAST learned" in index and (report / "differences.png").is_file()
     assert study.main([*argv, "--plan"]) == 0  # resumable: every run and probe is kept
