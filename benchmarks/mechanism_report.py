@@ -217,18 +217,18 @@ def probe_lines(out_dir: Path) -> list[str]:
 def plot(res: dict, path: Path) -> None:
     """Left: linear R² per style factor per arm; right: MAST arms' D_k (learned, known answer, random)."""
     names, arms = res["factors"], list(res["arms"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
     width = 0.8 / max(1, len(arms))
     for i, arm in enumerate(arms):
         ivs = [res["arms"][arm]["r2"][n] for n in names]
         x = np.arange(len(names)) + (i - (len(arms) - 1) / 2) * width
         y = np.array([v["value"] for v in ivs])
         err = np.array([[v["value"] - v["lo"] for v in ivs], [v["hi"] - v["value"] for v in ivs]])
-        axes[0].bar(x, y, width, yerr=err, capsize=2, label=arm)
+        axes[0].bar(x, y, width, yerr=err, capsize=2, label=arm, color=plt.cm.tab20(i % 20))
     axes[0].set_xticks(range(len(names)), names)
     axes[0].set_ylabel("linear R² from the backbone output")
     axes[0].set_title("style information kept (95 % intervals over seeds)", fontsize=9)
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=6, ncol=2, loc="lower left")
     series = [(f"{arm}: {key}", res["arms"][arm][key]) for arm in arms for key in ("D", "D_known", "D_random")
               if key in res["arms"][arm]]
     width = 0.8 / max(1, len(series))
@@ -237,13 +237,13 @@ def plot(res: dict, path: Path) -> None:
         x = np.arange(len(names)) + (i - (len(series) - 1) / 2) * width
         y = np.array([v["value"] for v in ivs])
         err = np.array([[v["value"] - v["lo"] for v in ivs], [v["hi"] - v["value"] for v in ivs]])
-        axes[1].bar(x, y, width, yerr=err, capsize=2, label=label)
+        axes[1].bar(x, y, width, yerr=err, capsize=2, label=label, color=plt.cm.tab20(i % 20))
     axes[1].axhline(D_MIN, color="grey", lw=0.8, ls="--")
     axes[1].set_xticks(range(len(names)), names)
     axes[1].set_ylim(-1, 1.05)
     axes[1].set_ylabel("D_k (Spearman over dimensions)")
     axes[1].set_title("mask differentiation D_k (METHOD.md §5)", fontsize=9)
-    axes[1].legend(fontsize=6)
+    axes[1].legend(fontsize=5, ncol=2, loc="lower left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
