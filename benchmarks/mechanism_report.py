@@ -203,14 +203,15 @@ def probe_lines(out_dir: Path) -> list[str]:
     files = sorted((out_dir / "probes").glob("*.json"))
     if not files:
         return ["No probe was run."]
-    lines = ["| probe | command | mast D_k (" + ", ".join(json.loads(files[0].read_text())["factors"]) + ") | "
-             "mast logit spread | mast R² strong |", "|---|---|---|---|---:|"]
+    lines = ["| probe | command | held-out pairs | mast D_k (" + ", ".join(json.loads(files[0].read_text())["factors"])
+             + ") | mast logit spread | mast R² strong |", "|---|---|---:|---|---|---:|"]
     for f in files:
         r = json.loads(f.read_text())
         m = r["arms"].get("mast") or r["arms"].get("mast_unc_none") or {}
         d = "; ".join(_fmt((m.get("D") or {}).get(n)) for n in r["factors"])
         sp = "; ".join(_fmt((m.get("logit_spread") or {}).get(n)) for n in r["factors"])
-        lines.append(f"| {f.stem} | `{r['command']}` | {d} | {sp} | {_fmt(m.get('r2', {}).get('strong'))} |")
+        lines.append(f"| {f.stem} | `{r['command']}` | {r['settings'].get('heldout_pairs', '?')} | {d} | {sp} | "
+                     f"{_fmt(m.get('r2', {}).get('strong'))} |")
     return lines
 
 
@@ -280,7 +281,8 @@ def write_report(out_dir: Path) -> Path:
         "## Where the invariance weights vary (held-out pairs of the training distribution)", "", *weight_table(res), "",
         "## Masks and uncertainty", "", *mask_table(res), "",
         "![R² and D_k](mechanism.png)", "",
-        "## Probes of the cause (MAST arms only, same world)", "", *probe_lines(out_dir), "",
+        "## Probes of the cause (MAST arms only, same world; each made by the code of its day)", "",
+        *probe_lines(out_dir), "",
     ]
     path = out_dir / "index.md"
     write_text_atomic(path, "\n".join(lines))
