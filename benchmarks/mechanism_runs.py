@@ -1,9 +1,11 @@
 """Train one arm of ``benchmarks/mechanism.py`` on the ground-truth world and measure what it learned.
 
 Every arm is the project's own model (:class:`mast.model.MAST` on a small MLP backbone + VICReg
-expander) and loss (:mod:`mast.loss`, eq. 6); the matched-λ control resolves λ with
-:func:`mast.matched.matched_inv_coeff` from the same-seed MAST run's folder, as ``loss.inv_coeff=auto:``
-does; D_k is :mod:`mast.differentiation`, the function the image reports use.
+expander) and loss (:mod:`mast.loss`, eq. 6). MAST-type arms differ from ``mast`` in exactly one setting
+(``model.masks`` or ``model.uncertainty``); every MAST-type arm X has its own matched-λ VICReg control
+``matched_X`` (w_eff, ``loss.inv_coeff=auto:``) and optionally ``matched_mean_X`` (mean w, ``auto_mean:``),
+λ resolved by :func:`mast.matched.matched_inv_coeff` from X's own run folder of the same seed. D_k is
+:mod:`mast.differentiation`, the function the image reports use.
 """
 from __future__ import annotations
 
@@ -19,14 +21,27 @@ from torch import Tensor, nn
 
 from mast import rundir
 from mast.atomic import torch_save_atomic, write_text_atomic
-from mast.differentiation import logit_spread, mask_differentiation, measured_sensitivity, spearman
-from mast.loss import LossConfig
+from mast.differentiation import logit_spread, mask_differentiation, measured_sensitivity
+from mast.loss import LossConfig, effective_weight, mismatch_factor
 from mast.matched import matched_inv_coeff
 from mast.model import MAST, MethodConfig, build_expander
 from mechanism_data import (Latents, World, observe, only_k_pairs, pair_batch, sample_latents, sample_theta,
                             subset)
 
-ARMS = ("vicreg", "vicreg_matched", "mast_unc_none", "mast")
+#: MAST-type arm -> (model.uncertainty, model.masks); each differs from "mast" in one setting
+MAST_ARMS = {"mast": ("head", "dims"), "mast_tied": ("head", "tied"), "mast_unc_none": ("none", "dims"),
+             "mast_budget": ("head", "budget"), "mast_budget_tied": ("head", "budget_tied")}
+#: matched control prefix -> the spec prefix of mast/matched.py (w_eff is the control; mean w for comparison)
+MATCHED = {"matched_": "auto:", "matched_mean_": "auto_mean:"}
+ARMS = ("vicreg", *MAST_ARMS, *(f"matched_{a}" for a in MAST_ARMS), "matched_mean_mast", "matched_mean_mast_tied")
+
+
+def matched_source(arm: str) -> tuple[str, str] | None:
+    """``matched_mast_tied`` -> ("mast_tied", "auto:"); None for an arm that is no matched control."""
+    for prefix in sorted(MATCHED, key=len, reverse=True):
+        if arm.startswith(prefix) and arm[len(prefix):] in MAST_ARMS:
+            return arm[len(prefix):], MATCHED[prefix]
+    return None
 
 
 @dataclass
@@ -37,7 +52,7 @@ class Settings:
     subspace_lr: float = 1e-2  # METHOD.md §2
     train_size: int = 8192
     test_size: int = 2048
-    heldout_pairs: int = 4096  # D_k's noise ceiling rises with it (D_known in the report)
+    heldout_pairs: int = 16384  # D_k's noise ceiling rises with it (D_known; 4096 in issue 25 left it at 0.76)
     rep_dim: int = 64
     embed_dim: int = 128
     mask_init: float = 3.0  # METHOD.md §2's initial logit
@@ -51,16 +66,17 @@ def build_model(world: World, arm: str, s: Settings, inv_coeff: float) -> MAST:
     backbone = nn.Sequential(nn.Linear(d, 128), nn.BatchNorm1d(128), nn.ReLU(True), nn.Linear(128, 128),
                              nn.BatchNorm1d(128), nn.ReLU(True), nn.Linear(128, s.rep_dim))
     expander = build_expander(s.rep_dim, (2 * s.embed_dim, s.embed_dim))
-    method = MethodConfig(method="mast" if arm.startswith("mast") else "vicreg",
-                          uncertainty="none" if arm == "mast_unc_none" else "head", mask_init_logit=s.mask_init)
+    unc, masks = MAST_ARMS.get(arm, ("head", "dims"))
+    method = MethodConfig(method="mast" if arm in MAST_ARMS else "vicreg", uncertainty=unc, masks=masks,
+                          mask_init_logit=s.mask_init)
     loss = LossConfig(inv_coeff=inv_coeff, mask_coeff=s.mask_coeff)
     return MAST(backbone, expander, s.embed_dim, world.param_slices(), method, loss, aug_spec=world.describe())
 
 
 def train(world: World, train_lat: Latents, arm: str, seed: int, s: Settings, inv_coeff: float,
           run_dir: Path | None = None) -> MAST:
-    """``s.steps`` Adam steps on fresh augmentations of the fixed training set; a MAST run logs w_mean
-    per step into ``run_dir`` (config.yaml, metrics.jsonl, mast_state.pth: what matched.py reads)."""
+    """``s.steps`` Adam steps on fresh augmentations of the fixed training set; a MAST-type run logs w_mean
+    and w_eff per step into ``run_dir`` (config.yaml, metrics.jsonl, mast_state.pth: what matched.py reads)."""
     torch.manual_seed(seed)
     model = build_model(world, arm, s, inv_coeff)
     opt = torch.optim.Adam(model.main_parameters(), lr=s.lr)
@@ -80,7 +96,8 @@ def train(world: World, train_lat: Latents, arm: str, seed: int, s: Settings, in
         opt.step()
         if sub is not None:
             sub.step()
-            lines.append(json.dumps({"step": step + 1, "epoch": step // per_epoch, "w_mean": float(out["w_mean"])}))
+            lines.append(json.dumps({"step": step + 1, "epoch": step // per_epoch, "w_mean": float(out["w_mean"]),
+                                     "w_eff": float(out["w_eff"])}))
     if run_dir is not None and model.subspace is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / rundir.CONFIG, yaml.safe_dump({"method": "mast", "loss": {"inv_coeff": inv_coeff}}))
@@ -89,9 +106,9 @@ def train(world: World, train_lat: Latents, arm: str, seed: int, s: Settings, in
     return model.eval()
 
 
-def matched_lambda(run_dir: Path) -> tuple[float, str]:
-    """λ of the matched control: ``loss.inv_coeff=auto:RUN_DIR`` resolved by mast/matched.py."""
-    return matched_inv_coeff(f"auto:{run_dir}")
+def matched_lambda(run_dir: Path, prefix: str = "auto:") -> tuple[float, str]:
+    """λ of a matched control: ``loss.inv_coeff=auto:RUN_DIR`` (or ``auto_mean:``) resolved by mast/matched.py."""
+    return matched_inv_coeff(f"{prefix}{run_dir}")
 
 
 @torch.no_grad()
@@ -150,33 +167,67 @@ def measured(model: MAST, world: World, lat: Latents, seed: int) -> tuple[Tensor
     return measured_sensitivity(torch.stack(r_only), r_none, torch.cat(zs)), torch.cat(zs)
 
 
+def weight_measures(model: MAST, world: World, lat: Latents, seed: int, n: int = 4096) -> dict:
+    """Where the invariance weights w of eq. (4) vary, on ``n`` held-out pairs of the training distribution.
+
+    Two-way decomposition of Var(w) over pairs i × dimensions j: ``var_share`` = the shares of the pair
+    effect Var_i(mean_j w), the dimension effect Var_j(mean_i w) and the rest (pair × dimension); ``cv_pairs``
+    / ``cv_dims`` = std over pairs / dimensions of those means over the mean w. Across augmentations:
+    ``relief_share`` = each k's share of the mismatch inflation q − 1 = Σ_k (1 − m_kj)·u_ik (eq. 2).
+    Also mean w and w_eff = Σ w r²/Σ r² on these pairs, and per k the exponent b of u_k ∝ δ_k^b (least
+    squares on log-log over pairs with δ_k > 0.01): 1 = the head is δ times a constant (``uncertainty: none``).
+    """
+    gen = torch.Generator().manual_seed(50_000 + seed)
+    few = subset(lat, torch.arange(min(n, lat.label.shape[0])))
+    theta1, theta2, delta = sample_theta(world, few.label.shape[0], gen)
+    b = pair_batch(world, few, theta1, theta2, gen)
+    with torch.no_grad():
+        r = (features(model, b.x1)[1] - features(model, b.x2)[1]).double()
+        u = model.uncertainty(theta1, theta2, delta).double()
+        masks = model.masks().double()
+    q = mismatch_factor(u, masks)
+    w = q.reciprocal()
+    total = w.var(unbiased=False).clamp(min=1e-30)
+    pair_m, dim_m = w.mean(1), w.mean(0)
+    shares = {"pairs": float(pair_m.var(unbiased=False) / total), "dims": float(dim_m.var(unbiased=False) / total)}
+    shares["pair_x_dim"] = 1.0 - shares["pairs"] - shares["dims"]
+    relief = (u[:, :, None] * (1 - masks)[None]).mean(dim=(0, 2))  # [K]: mean_ij (1 − m_kj)·u_ik
+    exponents = []
+    for k in range(world.k):
+        keep = (delta[:, k] > 0.01) & (u[:, k] > 0)
+        x, y = delta[keep, k].double().log(), u[keep, k].log()
+        exponents.append(float(((x - x.mean()) * (y - y.mean())).sum() / (x - x.mean()).pow(2).sum()))
+    return {"w_mean_heldout": float(w.mean()), "w_eff_heldout": float(effective_weight(w, r)),
+            "var_share": shares, "cv_pairs": float(pair_m.std() / w.mean()), "cv_dims": float(dim_m.std() / w.mean()),
+            "relief_share": (relief / relief.sum().clamp(min=1e-30)).tolist(), "u_exponent": exponents}
+
+
 def mask_measures(model: MAST, world: World, lat: Latents, s_kj: Tensor, seed: int) -> dict:
-    """D_k with the learned masks, with the known answer in their place, with random masks; logit
-    spread; |S_k| at τ; ρ(u_k, δ_k) on held-out pairs of the training distribution."""
+    """D_k with the learned masks, with the known answer in their place, with random masks; logit spread
+    (of logit(m), METHOD.md §5); |S_k| at τ; the weight measures above."""
     if model.subspace is None:
         return {}
-    logits = model.subspace.mask_logits.detach().double()
+    logits = model.subspace.effective_logits().double()
     known = known_sensitivity(model, world, lat, seed)  # noise-free pairs: all of lat
     rand = torch.randn(logits.shape, generator=torch.Generator().manual_seed(40_000 + seed), dtype=torch.float64)
-    gen = torch.Generator().manual_seed(50_000 + seed)
-    theta1, theta2, delta = sample_theta(world, lat.label.shape[0], gen)
-    with torch.no_grad():
-        u = model.uncertainty(theta1, theta2, delta).double()
     return {"D": mask_differentiation(logits, s_kj),
             "D_known": mask_differentiation(-known / known.max(), s_kj),  # 1 − m monotone in the known answer
             "D_random": mask_differentiation(rand, s_kj),
             "logit_spread": logit_spread(logits),
             "subspace_size": model.subspaces().sum(1).tolist(),
-            "rho_u_delta": [spearman(delta[:, k].numpy(), u[:, k].numpy()) for k in range(world.k)]}
+            **weight_measures(model, world, lat, seed)}
 
 
 def run_arm(world: World, lat: dict[str, Latents], arm: str, seed: int, s: Settings, work: Path) -> dict:
-    """Train one (arm, seed) and measure it; returns per-item arrays (for the bootstrap) and numbers."""
-    run_dir = work / f"mast_s{seed}"
+    """Train one (arm, seed) and measure it; returns per-item arrays (for the bootstrap) and numbers.
+
+    A MAST-type arm writes its run folder ``work/<arm>_s<seed>``; its matched controls read that folder
+    (so each control's λ comes from its own arm's run, never from another arm's)."""
     inv, source = s.inv_coeff, "fixed"
-    if arm == "vicreg_matched":
-        inv, source = matched_lambda(run_dir)
-    model = train(world, lat["train"], arm, seed, s, inv, run_dir if arm == "mast" else None)
+    matched = matched_source(arm)
+    if matched is not None:
+        inv, source = matched_lambda(work / f"{matched[0]}_s{seed}", matched[1])
+    model = train(world, lat["train"], arm, seed, s, inv, work / f"{arm}_s{seed}" if arm in MAST_ARMS else None)
     scores = probe_scores(model, world, lat["train"], lat["test"], seed)
     s_kj, _ = measured(model, world, lat["heldout"], seed)
     out = {"arm": arm, "seed": seed, "inv_coeff": inv, "inv_coeff_source": source, **scores,

@@ -91,5 +91,5 @@ def heldout_pass(model: torch.nn.Module, photometric: torch.nn.Module, files: li
         out["w_mean"] = float(out["w_pair"].mean())
         if len(files) >= 2:
             s = measured_sensitivity(torch.cat(r_only, dim=1), torch.cat(r_none), torch.cat(zs))
-            out["differentiation"] = differentiation_summary(model.subspace.mask_logits.detach().cpu(), s, len(files))
+            out["differentiation"] = differentiation_summary(model.subspace.effective_logits().cpu(), s, len(files))
     return out

@@ -116,6 +116,18 @@ def weighted_invariance(z1: Tensor, z2: Tensor, w: Tensor) -> Tensor:
     return F.mse_loss(s * z1, s * z2)
 
 
+def effective_weight(w: Tensor, r: Tensor) -> Tensor:
+    """w_eff = Σ_ij w_ij r_ij² / Σ_ij r_ij² (eq. 4), detached: the factor by which eq. (4) weakens VICReg's
+    invariance term at these residuals, L_inv = w_eff · mse(z¹, z²) exactly; 1 when w ≡ 1.
+
+    Unlike mean w it counts each weight by the residual it multiplies: where the small w fall on the large
+    residuals (the uncertainty head's point), w_eff < mean w. mast/matched.py matches λ on it.
+    """
+    r2 = r.detach().pow(2)
+    total = r2.sum()
+    return torch.where(total > 0, (w.detach() * r2).sum() / total.clamp(min=1e-30), w.detach().mean())
+
+
 def mask_prior(masks: Tensor) -> Tensor:
     """Eq. (5): L_mask = mean_{k,j} (1 − m_kj)."""
     return (1.0 - masks).mean()
@@ -128,7 +140,7 @@ def objective(z1: Tensor, z2: Tensor, cfg: LossConfig, u: Tensor | None = None,
     With ``u``/``masks`` None this is official VICReg (L_inv = mse, no L_unc, no L_mask). v and c
     use the batch gathered over all processes (with gradients); L_inv, L_unc and w this process's
     batch. Returns "loss" (backprop this) and the terms (detached): inv, var, cov, unc, mask_prior,
-    and for MAST w_min/w_mean/w_max.
+    and for MAST w_min/w_mean/w_max and w_eff (:func:`effective_weight`).
     """
     with float32_region(z1.device):
         z1, z2 = z1.float(), z2.float()
@@ -144,6 +156,7 @@ def objective(z1: Tensor, z2: Tensor, cfg: LossConfig, u: Tensor | None = None,
             unc = uncertainty_fit(z1.detach() - z2.detach(), q)
             prior = mask_prior(masks)
             out["w_min"], out["w_mean"], out["w_max"] = w.min().detach(), w.mean().detach(), w.max().detach()
+            out["w_eff"] = effective_weight(w, z1.detach() - z2.detach())
         var, cov = variance_covariance(gather_with_grad(z1), gather_with_grad(z2))
         loss = cfg.inv_coeff * inv + cfg.var_coeff * var + cfg.cov_coeff * cov + unc + cfg.mask_coeff * prior
     out.update(loss=loss, inv=inv.detach(), var=var.detach(), cov=cov.detach(), unc=unc.detach(),

@@ -8,7 +8,7 @@ synthetic factors another).
 
 API (stable, the trainer codes against it)::
 
-    ModelConfig(arch, expander, zero_init_residual, method, uncertainty, mask_init_logit,
+    ModelConfig(arch, expander, zero_init_residual, method, uncertainty, masks, mask_init_logit,
                 head_hidden, tau, u_bar_momentum)
     model = MASTModel(ModelConfig, LossConfig, AugmentConfig)            # ResNet + VICReg expander
     model = MAST(backbone, expander, dim, param_slices, MethodConfig, LossConfig)   # any encoder
@@ -18,6 +18,7 @@ API (stable, the trainer codes against it)::
     model.main_parameters()      # backbone + expander (LARS)
     model.subspace_parameters()  # masks φ + uncertainty heads h (own Adam, METHOD §2); [] for vicreg
     model.sensitivities() [K,d] (eq. 1'); model.subspaces() bool [K,d]; model.masks() [K,d]
+    model.subspace.effective_logits() [K,d]: logit(m), what mast_state.pth stores as "mask_logits"
     model.uncertainty(theta1, theta2, delta) -> u [N,K] (eq. 1)
     model.mast_state() -> dict for mast_state.pth (without "heldout"/"config")
 """
@@ -50,18 +51,32 @@ class PairBatch(Protocol):
     delta: Tensor
 
 
+#: How the masks m_kj of eq. (2) are parametrised (``model.masks``). Only "dims" is METHOD.md's method.
+#: - "dims":   φ [K, d], m_kj = sigmoid(φ_kj) (METHOD.md §2: each augmentation chooses its dimensions);
+#: - "tied":   φ [K, 1], m_kj = sigmoid(φ_k) for every j: one relief weight per augmentation, the same
+#:             uncertainty head. The control that removes exactly the per-dimension choice (issue 35).
+#: - "budget": φ [K, d], 1 − m_kj = softmax_k([φ_1j, ..., φ_Kj, 0]): the reliefs of one dimension share a
+#:             budget, Σ_k (1 − m_kj) < 1, so augmentations compete for dimensions (a variant designed to make
+#:             the per-dimension choice matter; docs/MECHANISM.md says why);
+#: - "budget_tied": the same softmax with φ [K, 1]: the budget variant's own tied-mask control.
+MASK_FORMS = ("dims", "tied", "budget", "budget_tied")
+
+
 @dataclass
 class MethodConfig:
     """The method's own settings (METHOD.md §2), independent of the encoder."""
 
     method: str = "mast"  # "vicreg" | "mast"
     uncertainty: str = "head"  # "head" (h_k MLPs) | "none" (one scalar a_k per augmentation)
+    masks: str = "dims"  # MASK_FORMS: "dims" is METHOD.md §2 (the default); the others are controls/variants
     mask_init_logit: float = 3.0  # m ≈ 0.95 at start, close to VICReg
     head_hidden: int = 32
     tau: float = 0.5  # subspace threshold of eq. (1')
     u_bar_momentum: float = 0.99  # running mean ū_k of eq. (1')
 
     def __post_init__(self) -> None:
+        if self.masks not in MASK_FORMS:
+            raise ValueError(f"model.masks: expected one of {list(MASK_FORMS)}, got {self.masks!r}")
         if self.method not in ("vicreg", "mast"):
             raise ValueError(f"model.method: expected 'vicreg' or 'mast', got {self.method!r}")
         if self.uncertainty not in ("head", "none"):
@@ -77,6 +92,7 @@ class ModelConfig:
     zero_init_residual: bool = True
     method: str = "mast"  # "vicreg" | "mast"
     uncertainty: str = "head"  # "head" (h_k MLPs) | "none" (one scalar a_k per augmentation)
+    masks: str = "dims"  # MASK_FORMS: "dims" (METHOD.md §2, per-dimension masks) | "tied" (the control) | ...
     mask_init_logit: float = 3.0  # m ≈ 0.95 at start, close to VICReg
     head_hidden: int = 32
     tau: float = 0.5  # subspace threshold of eq. (1')
@@ -163,14 +179,35 @@ class SubspaceModule(nn.Module):
         super().__init__()
         self.tau, self.momentum = cfg.tau, cfg.u_bar_momentum
         k = len(slices)
-        self.mask_logits = nn.Parameter(torch.full((k, dim), float(cfg.mask_init_logit)))
+        self.form, self.dim = cfg.masks, dim
+        width = 1 if cfg.masks.endswith("tied") else dim  # a tied mask: one logit per augmentation
+        init = float(cfg.mask_init_logit)
+        if cfg.masks.startswith("budget"):  # the raw logit whose softmax gives 1 − m = 1 − sigmoid(init), capped
+            free = min(1.0 - 1.0 / (1.0 + math.exp(-init)), 0.5 / k)
+            init = math.log(free / (1.0 - k * free))
+        self.mask_logits = nn.Parameter(torch.full((k, width), init))
         self.head = UncertaintyHeads(slices, cfg.head_hidden) if cfg.uncertainty == "head" else ConstantUncertainty(k)
         self.register_buffer("u_bar", torch.zeros(k))
         self.register_buffer("u_bar_count", torch.zeros((), dtype=torch.long))
 
     def masks(self) -> Tensor:
-        """m_k = sigmoid(φ_k), [K, d]."""
-        return torch.sigmoid(self.mask_logits)
+        """m [K, d] of eq. (2): sigmoid(φ) (METHOD.md §2), broadcast over d when tied, softmax-budgeted
+        for the "budget" forms (MASK_FORMS)."""
+        phi = self.mask_logits
+        if self.form.startswith("budget"):
+            logits = torch.cat([phi, phi.new_zeros(1, phi.shape[1])], dim=0)  # row K: "invariant to all"
+            m = 1.0 - torch.softmax(logits, dim=0)[:-1]
+        else:
+            m = torch.sigmoid(phi)
+        return m.expand(-1, self.dim)
+
+    def effective_logits(self) -> Tensor:
+        """logit(m) [K, d], detached: φ itself for "dims"; what mast_state.pth and every report read
+        as ``mask_logits`` (eq. 1', §5: D_k, the logit spread), whatever the form."""
+        if self.form == "dims":
+            return self.mask_logits.detach()
+        m = self.masks().detach().double().clamp(1e-12, 1 - 1e-12)
+        return (m.log() - (1 - m).log()).to(self.mask_logits.dtype)
 
     def uncertainty(self, theta1: Tensor, theta2: Tensor, delta: Tensor) -> Tensor:
         """Eq. (1): u_ik = δ_ik · softplus(h_k(θ_ik¹, θ_ik²)) ≥ 0; exactly 0 where δ_ik = 0."""
@@ -187,7 +224,7 @@ class SubspaceModule(nn.Module):
     @torch.no_grad()
     def sensitivities(self) -> Tensor:
         """Eq. (1') on this module's ū and masks, [K, d]."""
-        return sensitivities(self.u_bar, self.mask_logits)
+        return sensitivities(self.u_bar, self.effective_logits())
 
     def subspaces(self) -> Tensor:
         """S_k = {j : e_kj < τ} as a bool [K, d]."""
@@ -263,9 +300,9 @@ class MAST(nn.Module):
         """mast_state.pth content (weights_only-loadable), without "heldout" and "config"."""
         cfg = self.method_cfg
         state: dict = {"method": cfg.method, "aug_names": list(self.aug_names), "tau": float(cfg.tau),
-                       "uncertainty": cfg.uncertainty, "aug_spec": dict(self.aug_spec)}
+                       "uncertainty": cfg.uncertainty, "masks": cfg.masks, "aug_spec": dict(self.aug_spec)}
         if self.subspace is not None:
-            state.update(mask_logits=self.subspace.mask_logits.detach().cpu().clone(),
+            state.update(mask_logits=self.subspace.effective_logits().cpu().clone(),
                          u_bar=self.subspace.u_bar.detach().cpu().clone(),
                          uncertainty_state={k: v.detach().cpu().clone()
                                             for k, v in self.subspace.head.state_dict().items()})

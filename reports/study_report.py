@@ -36,17 +36,36 @@ from reports.results import Results, finite, results_from_records  # noqa: E402
 from reports.tables import Cell, fmt, fmt_interval, format_cell, format_delta  # noqa: E402
 from transfer.records import read_jsonl  # noqa: E402
 
-ARMS = ("vicreg", "vicreg_matched", "mast_unc_none", "mast")
+ARMS = ("vicreg", "vicreg_matched", "mast_unc_none", "mast", "mast_tied", "vicreg_matched_tied", "vicreg_matched_unc_none")
 ARM_LABELS = {"vicreg": "VICReg", "vicreg_matched": "VICReg (matched λ)", "mast_unc_none": "MAST (uncertainty: none)",
-              "mast": "MAST"}
-CONTROLS = ("vicreg", "vicreg_matched", "mast_unc_none")
-MATCHED = {"mast": "vicreg_matched"}  # a MAST arm -> the VICReg arm whose λ matches its mean w (mast/matched.py)
+              "mast": "MAST", "mast_tied": "MAST (tied masks)", "vicreg_matched_tied": "VICReg (λ matched to tied)",
+              "vicreg_matched_unc_none": "VICReg (λ matched to uncertainty: none)"}
+#: a MAST-type arm -> the VICReg arm whose λ matches its own w_eff (mast/matched.py)
+MATCHED = {"mast": "vicreg_matched", "mast_tied": "vicreg_matched_tied", "mast_unc_none": "vicreg_matched_unc_none"}
+#: (A, B): A minus B per headline metric, paired by test item and pretraining seed
+COMPARISONS = (("mast", "vicreg"), ("mast", "vicreg_matched"), ("mast", "mast_unc_none"), ("mast", "mast_tied"),
+               ("mast_tied", "vicreg_matched_tied"), ("mast_unc_none", "vicreg_matched_unc_none"))
+CONTROLS = tuple(b for a, b in COMPARISONS if a == "mast")
 #: (task name in the suite, metric, label): the headline metrics, in the order the summary reads them
 TASKS = (("knn_color", "top1_k20", "kNN color"), ("linear_color", "top1", "linear color"),
          ("knn_side", "top1_k20", "kNN side"), ("linear_side", "top1", "linear side"),
          ("fewshot_shape_color", "acc_5way_1shot", "few-shot 5-way 1-shot"),
          ("fewshot_shape_color", "acc_5way_5shot", "few-shot 5-way 5-shot"),
          ("knn_shape", "top1_k20", "kNN shape"), ("linear_shape", "top1", "linear shape"))
+
+
+STYLE = ("linear color", "linear side")  # the augmentation-sensitive properties (colour jitter, flip), linear probes
+CONTENT = ("few-shot 5-way 5-shot", "linear shape")
+#: Stated before the issue-35 study rerun: one verdict per claim, read from the intervals of paired differences.
+VERDICTS = {
+    "a": ("(a) per-dimension relief adds to per-augmentation relief", [("mast", "mast_tied")],
+          "MAST − MAST (tied masks) is above 0 on linear color or linear side and below 0 on no headline metric"),
+    "b": ("(b) per-pair δ weighting adds to uniform relief", [("mast_tied", "vicreg_matched_tied")],
+          "MAST (tied masks) − its own matched-λ VICReg is above 0 on linear color or linear side and below 0 on no "
+          "headline metric"),
+    "c": ("(c) both at no content cost", [("mast", "mast_tied"), ("mast_tied", "vicreg_matched_tied")],
+          "neither comparison's interval is entirely below 0 on few-shot 5-way 5-shot or linear shape"),
+}
 
 
 def arm_and_seed(name: str) -> tuple[str, int] | None:
@@ -86,22 +105,48 @@ def seed_values(results: Results, arm: str, task: str, metric: str) -> dict[int,
             and (v := finite((r.get("metrics") or {}).get(metric))) is not None}
 
 
-def differences(results: Results, control: str) -> dict[str, Delta]:
-    """label -> MAST − ``control`` per headline metric (reports.compare.delta; absent when a side has no value)."""
+def differences(results: Results, control: str, arm: str = "mast") -> dict[str, Delta]:
+    """label -> ``arm`` − ``control`` per headline metric (reports.compare.delta; absent when a side has no value)."""
     return {label: d for task, metric, label in TASKS
-            if (d := compare.delta(results, "mast", control, task, metric)) is not None}
+            if (d := compare.delta(results, arm, control, task, metric)) is not None}
 
 
-def verdict(label: str, control: str, d: Delta) -> str:
-    """One generated sentence: does the interval of MAST − control exclude 0?"""
+def verdict(label: str, control: str, d: Delta, arm: str = "MAST") -> str:
+    """One generated sentence: does the interval of ``arm`` − control exclude 0?"""
     if d.lo is None:
-        return f"{label}: MAST − {control} = {fmt(d.value, True)} points; no interval (records without per-item scores)."
+        return f"{label}: {arm} − {control} = {fmt(d.value, True)} points; no interval (records without per-item scores)."
     seeds = f"over {d.n_seeds} paired seeds" if d.paired_seeds else f"over {d.n_seeds} seed(s), not paired"
     span = f"{fmt(d.value, True)} points, 95% CI {fmt_interval(d.lo, d.hi, True)} {seeds}"
     if d.marked:
         side = "higher" if d.lo > 0 else "lower"
-        return f"{label}: MAST is {side} than {control} ({span}); the interval excludes 0."
-    return f"{label}: no distinguishable difference between MAST and {control} ({span}); the interval includes 0."
+        return f"{label}: {arm} is {side} than {control} ({span}); the interval excludes 0."
+    return f"{label}: no distinguishable difference between {arm} and {control} ({span}); the interval includes 0."
+
+
+def claim_verdicts(results: Results) -> dict[str, bool | None]:
+    """VERDICTS, each True / False / None (an arm it needs has no records)."""
+    out: dict[str, bool | None] = {}
+    for key, (_, pairs, _) in VERDICTS.items():
+        diffs = [differences(results, b, a) for a, b in pairs]
+        if any(not d for d in diffs):
+            out[key] = None
+        elif key == "c":
+            read = [d[m] for d in diffs for m in CONTENT if m in d]
+            out[key] = None if not read else not any(x.marked and x.value < 0 for x in read)
+        else:
+            d = diffs[0]
+            up = any(d[m].marked and d[m].value > 0 for m in STYLE if m in d)
+            out[key] = None if not any(m in d for m in STYLE) else up and not any(x.marked and x.value < 0
+                                                                                 for x in d.values())
+    return out
+
+
+def verdict_lines(results: Results) -> list[str]:
+    """One generated sentence per claim (VERDICTS)."""
+    state = {True: "**holds**", False: "**does not hold**", None: "not measured (an arm or a probe it reads has no records)"}
+    res = claim_verdicts(results)
+    return [f"- {title}: {state[res[key]]} (rule, stated before the run: {rule})." for key, (title, _, rule) in
+            VERDICTS.items()] + [""]
 
 
 def confound_line(results: Results, runs: dict[str, dict]) -> str | None:
@@ -116,7 +161,7 @@ def confound_line(results: Results, runs: dict[str, dict]) -> str | None:
     for arm in (a for a in w if a != "mast" and MATCHED.get(a) not in results.names):
         (w_arm, n_arm), (w_mast, n_mast) = w[arm], w.get("mast", (None, 0))
         than_mast = f" against MAST's {w_mast:.2f} ({n_mast} runs)" if w_mast is not None else ""
-        lines.append(f"{ARM_LABELS[arm]} applied a mean invariance weight w of {w_arm:.2f} over its last epoch "
+        lines.append(f"{ARM_LABELS[arm]} applied a mean invariance weight w of {w_arm:.2f} over its last steps "
                      f"({n_arm} runs){than_mast}, while VICReg's w is 1 at the same λ, and no VICReg run with λ "
                      f"matched to its w was made: its comparisons with VICReg and with MAST are confounded, since "
                      f"they mix the effect of the uncertainty heads with a different strength of the invariance term.")
@@ -124,10 +169,10 @@ def confound_line(results: Results, runs: dict[str, dict]) -> str | None:
 
 
 def summary_lines(results: Results, runs: dict[str, dict]) -> list[str]:
-    """The generated summary: per control, the tasks by verdict, then one sentence per task."""
-    lines = []
-    for control in CONTROLS:
-        diffs = differences(results, control)
+    """The generated summary: the claims' verdicts, then per comparison the tasks by verdict and one sentence per task."""
+    lines = ["**Which part does the work** (issue 35):", "", *verdict_lines(results)]
+    for arm, control in COMPARISONS:
+        diffs = differences(results, control, arm)
         if not diffs:
             continue
         groups = {"higher": [k for k, d in diffs.items() if d.marked and d.value > 0],
@@ -136,8 +181,8 @@ def summary_lines(results: Results, runs: dict[str, dict]) -> list[str]:
         n = max(d.n_seeds for d in diffs.values())
         lead = "; ".join(f"{g} on {', '.join(ks)}" for g, ks in groups.items() if ks)
         paired = "paired " if any(d.paired_seeds for d in diffs.values()) else ""
-        lines += [f"**MAST − {ARM_LABELS[control]}** (95% intervals over {n} {paired}seed(s)): {lead}.", ""]
-        lines += [f"- {verdict(label, ARM_LABELS[control], d)}" for label, d in diffs.items()] + [""]
+        lines += [f"**{ARM_LABELS[arm]} − {ARM_LABELS[control]}** (95% intervals over {n} {paired}seed(s)): {lead}.", ""]
+        lines += [f"- {verdict(label, ARM_LABELS[control], d, ARM_LABELS[arm])}" for label, d in diffs.items()] + [""]
     confound = confound_line(results, runs)
     return lines + ([f"Reading the ablation: {confound}", ""] if confound else [])
 
@@ -148,7 +193,7 @@ def head_lines(results: Results) -> list[str]:
     n_records = sum(len(recs) for recs in results.runs.values())
     return [f"Generated by `python -m reports.study_report` from {n_records} probe records of {len(checkpoints)} "
             f"checkpoints ({len(seeds)} pretraining seed(s): {', '.join(map(str, seeds))}). Each sentence compares "
-            "MAST (eq. 4 v2) with one control on one task by the 95% hierarchical bootstrap interval of the "
+            "two arms (A − B) on one task by the 95% hierarchical bootstrap interval of the "
             "difference (pretraining seeds, then test items; paired by test item and by pretraining seed; "
             "docs/STATISTICS.md); † in the tables marks an interval that excludes 0.", ""]
 
@@ -163,9 +208,11 @@ def arms_table(results: Results) -> list[str]:
 
 
 def differences_table(results: Results) -> list[str]:
-    out = ["| task | " + " | ".join(f"MAST − {ARM_LABELS[c]}" for c in CONTROLS) + " |", "|---|" + "---:|" * len(CONTROLS)]
+    pairs = [(a, b) for a, b in COMPARISONS if a in results.names and b in results.names]
+    out = ["| task | " + " | ".join(f"{ARM_LABELS[a]} − {ARM_LABELS[b]}" for a, b in pairs) + " |",
+           "|---|" + "---:|" * len(pairs)]
     for task, metric, label in TASKS:
-        cells = [format_delta(d) if (d := compare.delta(results, "mast", c, task, metric)) else "–" for c in CONTROLS]
+        cells = [format_delta(d) if (d := compare.delta(results, a, b, task, metric)) else "–" for a, b in pairs]
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     return out
 
@@ -200,9 +247,9 @@ def write_csvs(results: Results, runs: dict[str, dict], out: Path) -> None:
             if (s := compare.group_stat(results, arm, task, metric)) is not None:
                 arms.append({"task": task, "metric": metric, "arm": arm, "n_seeds": s.n_seeds, "mean": s.value,
                              "lo": s.lo, "hi": s.hi})
-        for control in CONTROLS:
-            if (d := compare.delta(results, "mast", control, task, metric)) is not None:
-                diffs.append({"task": task, "metric": metric, "comparison": f"mast-{control}", "n_seeds": d.n_seeds,
+        for arm, control in COMPARISONS:
+            if (d := compare.delta(results, arm, control, task, metric)) is not None:
+                diffs.append({"task": task, "metric": metric, "comparison": f"{arm}-{control}", "n_seeds": d.n_seeds,
                               "paired_seeds": d.paired_seeds, "delta": d.value, "delta_lo": d.lo, "delta_hi": d.hi,
                               "excludes_zero": d.marked})
     learned = study_runs.learned_rows(runs)
@@ -212,27 +259,30 @@ def write_csvs(results: Results, runs: dict[str, dict], out: Path) -> None:
                                                              "delta", "delta_lo", "delta_hi", "excludes_zero"]))
     write_text_atomic(out / "learned.csv", _csv(learned, ["run", "augmentation", "u_bar", "mask_logit_std",
                                                            "subspace_size", "rho_u_delta", "mask_differentiation",
-                                                           "w_mean_train",
+                                                           "w_mean_train", "w_eff_train",
                                                            "w_mean_heldout"]))
 
 
 def plot_differences(results: Results, path: Path) -> str:
-    """Forest plot: MAST minus each control per task with its 95% interval."""
+    """Forest plot: each comparison (A − B) per task with its 95% interval."""
+    pairs = [(a, b) for a, b in COMPARISONS if a in results.names and b in results.names]
     fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(TASKS) + 1.2))
-    colors = {"vicreg": "tab:blue", "vicreg_matched": "tab:green", "mast_unc_none": "tab:purple"}
-    for j, control in enumerate(CONTROLS):
+    step = 0.8 / max(1, len(pairs))
+    for j, (arm, control) in enumerate(pairs):
+        label = f"{ARM_LABELS[arm]} − {ARM_LABELS[control]}"
         for i, (task, metric, _) in enumerate(TASKS):
-            d = compare.delta(results, "mast", control, task, metric)
+            d = compare.delta(results, arm, control, task, metric)
             if d is None:
                 continue
             err = None if d.lo is None else [[d.value - d.lo], [d.hi - d.value]]
-            ax.errorbar(d.value, i + (j - 1) * 0.22, xerr=err, fmt="o", color=colors[control], ms=4, capsize=3,
-                        label=f"MAST − {ARM_LABELS[control]}" if i == 0 else None)
+            ax.errorbar(d.value, i + (j - (len(pairs) - 1) / 2) * step, xerr=err, fmt="o", color=f"C{j}", ms=4,
+                        capsize=3, label=label)
+            label = None  # one legend entry per comparison
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(TASKS)), [label for _, _, label in TASKS])
     ax.invert_yaxis()
     ax.set_xlabel("difference in accuracy (points); 95% hierarchical bootstrap interval")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=6, loc="best")
     return save_figure(fig, path).name
 
 
@@ -271,19 +321,21 @@ def write_report(results_path: Path, runs_root: Path, out: Path) -> list[str]:
     lam = [f"{n}: λ = {f['config'].get('loss', {}).get('inv_coeff', float('nan')):.2f}"
            for n, f in runs.items() if n.startswith("vicreg_matched")]
     text = [
-        "# MAST v2 study: MAST against VICReg and two controls, over pretraining seeds", "",
+        "# MAST v2 study: MAST against VICReg and the controls that isolate its parts, over pretraining seeds", "",
         f"How this was made: `make study` (`python -m transfer.orchestrate.study`), report rebuilt with `python -m "
         f"reports.study_report --results {results_path} --runs {runs_root} --out {out}` on "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; report code {code_version()}.", "",
-        study_runs.settings_line(runs) + " Arms: VICReg (λ = 25); VICReg with λ matched to the same-seed MAST run's "
-        "mean invariance weight (λ = 25 × mean w over its last epoch; " + ("; ".join(lam) or "none") + "); MAST with "
-        "`model.uncertainty=none`; MAST. Probes: transfer/suites/study.yaml. All numbers are accuracies in percent.", "",
+        study_runs.settings_line(runs) + " Arms: " + "; ".join(ARM_LABELS[a] for a in results.names) + ". Each "
+        "matched VICReg has λ = 25 × w_eff (Σwr²/Σr², eq. 4) of its own MAST-type arm's same-seed run over the last "
+        "max(50, one epoch) logged steps (mast/matched.py; " + ("; ".join(lam) or "none") + "). Tied masks: one "
+        "relief weight per augmentation, the same uncertainty head (`model.masks=tied`). Probes: "
+        "transfer/suites/study.yaml. All numbers are accuracies in percent.", "",
         "## Summary (generated)", "", *head, *summary,
         "## Per arm: mean over seeds [95% interval]", "",
         "`sd`: the spread over pretraining seeds. The intervals resample pretraining seeds, then test items "
         "(docs/STATISTICS.md).", "", *arms_table(results), "",
-        "## MAST minus each control [95% interval]", "", *differences_table(results), "",
-        f"![MAST minus each control]({fig_diff})", "", f"![every arm, every seed]({fig_arms})", "",
+        "## Differences A − B [95% interval]", "", *differences_table(results), "",
+        f"![differences A − B]({fig_diff})", "", f"![every arm, every seed]({fig_arms})", "",
         "## Per seed", "", *seed_table(results),
         "## What MAST learned, per run (METHOD.md eq. 1', §5)", "", *study_runs.learned_tables(runs),
         "Files: [summary.md](summary.md), [results.csv](results.csv) (per seed), [arms.csv](arms.csv), "

@@ -1,8 +1,8 @@
 """What the study's pretraining runs say about themselves (the study report's run sections).
 
 Per run folder (``RUNS/study_<arm>_s<seed>/``, files named by :mod:`mast.rundir`): the resolved
-config, steps and training time (``summary.csv``), the mean invariance weight w over the last epoch
-(:func:`mast.matched.last_epoch_w_mean`, eq. 4) and, for a MAST run, what it learned
+config, steps and training time (``summary.csv``), the mean w and the effective w_eff of eq. (4) over
+the matching window (:func:`mast.matched.window_means`, the rule of the matched controls) and, for a MAST run, what it learned
 (``mast_state.pth``: ū_k, mask-logit spread, subspace sizes at τ, ρ(u_k, δ_k); METHOD.md eq. 1', §5).
 """
 
@@ -17,18 +17,17 @@ import torch
 import yaml
 
 from mast import rundir
-from mast.matched import MatchedError, last_epoch_w_mean
+from mast.matched import MatchedError, WindowMean, window_means
 from reports.mast_plots import load_state, sensitivities, subspace_stats, uncertainty_curves
 
 
-def w_mean_last_epoch(run_dir: Path) -> float | None:
-    """The run's mean w over its last logged epoch; None when it logs none (VICReg) or is unreadable."""
+def train_weights(run_dir: Path) -> WindowMean | None:
+    """The run's w over the matching window (mast/matched.py); None when it logs none (VICReg) or is unreadable."""
     metrics = run_dir / rundir.METRICS
     try:
-        last = last_epoch_w_mean(metrics) if metrics.is_file() else None
+        return window_means(metrics) if metrics.is_file() else None
     except (MatchedError, OSError):
         return None
-    return None if last is None else last.value
 
 
 def run_facts(run_dir: Path) -> dict[str, Any]:
@@ -41,7 +40,9 @@ def run_facts(run_dir: Path) -> dict[str, Any]:
         rows = list(csv.DictReader(io.StringIO(summary.read_text())))
         facts["steps"] = int(rows[-1]["step"]) if rows else 0
         facts["train_s"] = sum(float(r["elapsed_s"]) for r in rows if r.get("elapsed_s"))
-    facts["w_mean_train"] = w_mean_last_epoch(run_dir)
+    win = train_weights(run_dir)
+    facts["w_mean_train"] = None if win is None else win.w_mean
+    facts["w_eff_train"] = None if win is None else win.w_eff
     state_path = run_dir / rundir.MAST_STATE
     if not state_path.is_file() or facts["config"].get("method") != "mast":
         return facts
@@ -92,11 +93,12 @@ def learned_tables(runs: dict[str, dict]) -> list[str]:
                     for run, facts in mast_runs.items()]
             out.append("")
     out += ["**mean invariance weight w (eq. 4) and λ**", "",
-            "| run | mean w, last epoch (training) | mean w, held-out pairs | λ |", "|---|---:|---:|---:|"]
+            "| run | mean w (training, matching window) | w_eff = Σwr²/Σr² (same window) | mean w, held-out pairs | λ |",
+            "|---|---:|---:|---:|---:|"]
     for run, facts in runs.items():
         learned = facts.get("learned", {})
         lam = (facts["config"].get("loss") or {}).get("inv_coeff")
-        out.append(f"| {run} | {_cell(facts.get('w_mean_train'), '{:.3f}')} | "
+        out.append(f"| {run} | {_cell(facts.get('w_mean_train'), '{:.3f}')} | {_cell(facts.get('w_eff_train'), '{:.3f}')} | "
                    f"{_cell(learned.get('w_mean_heldout'), '{:.3f}')} | {_cell(lam, '{:.2f}')} |")
     return out + [""]
 
@@ -111,6 +113,7 @@ def learned_rows(runs: dict[str, dict]) -> list[dict]:
                          "mask_logit_std": info["logit_std"][k], "subspace_size": info["subspace_size"][k],
                          "rho_u_delta": info["rho"][k],
                          "mask_differentiation": info.get("D", [None] * (k + 1))[k], "w_mean_train": facts.get("w_mean_train"),
+                         "w_eff_train": facts.get("w_eff_train"),
                          "w_mean_heldout": info.get("w_mean_heldout")})
     return rows
 

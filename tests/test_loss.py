@@ -283,7 +283,7 @@ def test_ablations_by_config():
     vic, none, full = tiny_model("vicreg"), tiny_model("mast", "none"), tiny_model("mast", "head")
     assert vic.subspace is None and vic.subspace_parameters() == []
     assert "u_mean" not in vic(make_batch(4))
-    assert set(vic.mast_state()) == {"method", "aug_names", "tau", "uncertainty", "aug_spec"}
+    assert set(vic.mast_state()) == {"method", "aug_names", "tau", "uncertainty", "masks", "aug_spec"}
     with pytest.raises(ValueError, match="vicreg"):
         vic.sensitivities()
     assert [p.shape for p in none.subspace_parameters()] == [torch.Size([6, 32]), torch.Size([6])]

@@ -1,4 +1,4 @@
-"""``make study``: MAST v2 against VICReg and two controls, over pretraining seeds (issue 14).
+"""``make study``: MAST v2 against VICReg and the controls that isolate its parts, over pretraining seeds (issues 14, 35).
 
     python -m transfer.orchestrate.study [--seeds 0 1 2 3 4] [--epochs 6] [--jobs 2] [--data data/synthetic]
                              [--runs runs/study/pretrain] [--out runs/study/transfer]
@@ -7,11 +7,15 @@
 Arms (same demo config otherwise: ResNet-18, 32 px views, batch 128, expander 1024³, LARS):
 
 - ``vicreg``          VICReg, λ = 25;
-- ``vicreg_matched``  VICReg with λ = 25 × the mean invariance weight w that the same-seed MAST run
-                      applied over its last epoch (``loss.inv_coeff=auto:RUN``, mast/matched.py):
-                      separates MAST's reweighting from a merely weaker invariance term;
+- ``mast``            MAST (eq. 4 v2, w = 1/q);
+- ``mast_tied``       MAST with ``model.masks=tied``: one relief weight per augmentation, the same
+                      uncertainty head (removes only the per-dimension choice of the masks);
 - ``mast_unc_none``   MAST with ``model.uncertainty=none`` (one learned scalar per augmentation);
-- ``mast``            MAST (eq. 4 v2, w = 1/q).
+- ``vicreg_matched``, ``vicreg_matched_tied``, ``vicreg_matched_unc_none``: each MAST-type arm's own
+                      matched-λ VICReg, λ = 25 × w_eff of the same-seed run of that arm
+                      (``loss.inv_coeff=auto:RUN``, mast/matched.py's rule: w_eff = Σwr²/Σr² over the
+                      last max(50, one epoch) logged steps): separates the arm's reweighting from a merely
+                      weaker invariance term.
 
 Each arm is pretrained once per seed (``python -m mast.pretrain``, one thread each, ``--jobs`` at
 a time); every finished checkpoint gets the frozen-feature probes of ``transfer/suites/study.yaml``
@@ -32,6 +36,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from mast import rundir
 from transfer.orchestrate.demo import _step, is_finished, pretrain_command
 from transfer.orchestrate.jobs import JobSpec, LaunchError, Outcome, Runner
@@ -40,10 +46,18 @@ from transfer.suite import PROJECT
 
 ARMS: dict[str, list[str]] = {
     "vicreg": ["method=vicreg"],
-    "vicreg_matched": ["method=vicreg", "loss.inv_coeff=auto:{mast_run}"],
+    "vicreg_matched": ["method=vicreg", "loss.inv_coeff=auto:{source_run}"],
     "mast_unc_none": ["method=mast", "model.uncertainty=none"],
     "mast": ["method=mast"],
+    "mast_tied": ["method=mast", "model.masks=tied"],
+    "vicreg_matched_tied": ["method=vicreg", "loss.inv_coeff=auto:{source_run}"],
+    "vicreg_matched_unc_none": ["method=vicreg", "loss.inv_coeff=auto:{source_run}"],
 }
+#: matched control -> the MAST-type arm whose same-seed run gives its λ (its own run, never another arm's)
+MATCHED_SOURCE = {"vicreg_matched": "mast", "vicreg_matched_tied": "mast_tied", "vicreg_matched_unc_none": "mast_unc_none"}
+#: the order in which arms are planned (a study cut short still answers the headline question on every seed)
+PRIORITY = ("mast", "vicreg", "vicreg_matched", "mast_tied", "vicreg_matched_tied", "mast_unc_none",
+            "vicreg_matched_unc_none")
 #: Study settings on top of the demo config (documented in the README): a kNN monitor only at
 #: initialisation and at the end, no progress bars in the logs.
 STUDY_OVERRIDES = ["knn.every=0", "runtime.progress=false", "runtime.threads=1"]
@@ -64,7 +78,7 @@ class Job:
     log: Path
     deps: list[str] = field(default_factory=list)
     estimate_s: float = 0.0
-    state: str = "pending"  # pending | ok | failed | skipped
+    state: str = "pending"  # pending | ok | stale (a matched run of an older rule) | failed | skipped
 
 
 def run_name(arm: str, seed: int) -> str:
@@ -129,30 +143,55 @@ def probes_done(out: Path, name: str, suite: Path, backbone: Path) -> bool:
     return True
 
 
+def stale_match(run_dir: Path, arm: str = "vicreg_matched") -> bool:
+    """A finished run of an older rule: a matched control whose λ was resolved on the mean w over the last epoch
+    (issue 14), or a MAST-type run that logs no w_eff (so its matched control cannot be resolved; issue 35)."""
+    from mast.matched import MatchedError, window_means
+
+    try:
+        if arm in MATCHED_SOURCE:
+            config = yaml.safe_load((run_dir / rundir.CONFIG).read_text())
+            return "w_eff" not in ((config.get("loss") or {}).get("inv_coeff_source") or "")
+        win = window_means(run_dir / rundir.METRICS)
+        return win is not None and win.w_eff is None
+    except (OSError, yaml.YAMLError, AttributeError, MatchedError):
+        return False
+
+
+def stale_runs(args: argparse.Namespace) -> list[Path]:
+    """Finished runs the study cannot keep: stale matched controls and the sources of a matched arm to run."""
+    sources = {MATCHED_SOURCE[a] for a in args.arms if a in MATCHED_SOURCE}
+    return [d for seed in args.seeds for a in args.arms if a in MATCHED_SOURCE or a in sources
+            if is_finished(d := args.runs / f"study_{run_name(a, seed)}") and stale_match(d, a)]
+
+
 def plan_jobs(args: argparse.Namespace, overrides: list[str]) -> list[Job]:
-    """Pretraining jobs (matched runs wait for the same-seed MAST run) and one probe job per checkpoint.
+    """Pretraining jobs (a matched run waits for its own arm's same-seed run) and one probe job per checkpoint.
 
     List order is priority: the headline comparison (MAST, VICReg, matched VICReg; per seed, MAST first
-    because its matched run waits for it) is pretrained and probed before the ablation arm, so that
-    a study cut short still answers the main question on every seed.
+    because its matched run waits for it) is pretrained and probed before the controls of issue 35 and
+    the ablation, so that a study cut short still answers the main question on every seed.
     """
     steps = count_steps(args.data, overrides, args.preset)
+    stale = set(stale_runs(args))
     logs = args.runs / "logs"
     main_arms = [a for a in ("mast", "vicreg", "vicreg_matched") if a in args.arms]
     order = [(seed, arm) for seed in args.seeds for arm in main_arms]
-    order += [(seed, arm) for seed in args.seeds for arm in args.arms if arm not in main_arms]
+    order += [(seed, arm) for seed in args.seeds for arm in PRIORITY if arm in args.arms and arm not in main_arms]
     pretrain, probes = [], []
     for seed, arm in order:
         name = run_name(arm, seed)
         run_dir = args.runs / f"study_{name}"
-        arm_overrides = [o.format(mast_run=args.runs / f"study_{run_name('mast', seed)}") for o in ARMS[arm]]
+        source = MATCHED_SOURCE.get(arm)
+        source_run = args.runs / f"study_{run_name(source, seed)}" if source else None
+        arm_overrides = [o.format(source_run=source_run) for o in ARMS[arm]]
         cmd = pretrain_command(f"study_{name}", args.runs, args.data, args.preset,
                                [*arm_overrides, f"seed={seed}", *overrides])
-        deps = [f"pretrain:{run_name('mast', seed)}"] if arm == "vicreg_matched" else []
+        deps = [f"pretrain:{run_name(source, seed)}"] if source else []
         job = Job(f"pretrain:{name}", cmd, logs / f"pretrain_{name}.log", deps,
                   RUN_OVERHEAD_S + steps * STEP_S["vicreg" if arm.startswith("vicreg") else "mast"])
         if is_finished(run_dir):
-            job.state = "ok"
+            job.state = "stale" if run_dir in stale else "ok"
         pretrain.append(job)
         probe_cmd = [sys.executable, "-m", "transfer.run_all",
                      "--ckpt", str(run_dir / rundir.BACKBONE), "--name", name, "--suite", str(args.suite), "--var", f"data={args.data}",
@@ -201,8 +240,8 @@ def execute(jobs: list[Job], runner: Runner) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m transfer.orchestrate.study", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
-                   help="pretraining seeds (default 0 1 2 3 4: 20 runs, ~1.5 h on 2 cores)")
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="default: all four")
+                   help="pretraining seeds (default 0 1 2 3 4: 35 runs, ~2.6 h on 2 cores)")
+    p.add_argument("--arms", nargs="+", default=list(PRIORITY), choices=list(ARMS), help="default: all seven")
     p.add_argument("--epochs", type=int, default=6, help="pretraining epochs (default 6 = 234 steps on the demo data)")
     p.add_argument("--jobs", type=int, default=2, help="subprocesses at the same time, one thread each (default 2)")
     p.add_argument("--data", type=Path, default=Path("data/synthetic"))
@@ -237,14 +276,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    if "mast" not in args.arms and "vicreg_matched" in args.arms:
-        raise SystemExit("study: --arms vicreg_matched needs the mast arm (its λ comes from the same-seed MAST run)")
+    orphan = next((a for a in args.arms if MATCHED_SOURCE.get(a, a) not in args.arms), None)
+    if orphan:
+        raise SystemExit(f"study: --arms {orphan} needs the {MATCHED_SOURCE[orphan]} arm (its λ comes from that "
+                         "arm's same-seed run)")
     if args.jobs < 1 or not args.seeds:
         raise SystemExit("study: --jobs must be >= 1 and --seeds non-empty")
     overrides = [*STUDY_OVERRIDES, f"optim.epochs={args.epochs}", *args.set]
     problem = check_args(args, overrides)
     if problem:
         print(f"study: error: {problem}", file=sys.stderr)
+        return 2
+    stale = stale_runs(args)
+    if stale and not args.plan:
+        print(f"study: error: {stale[0]} (and {len(stale) - 1} more) was made by an older rule (a matched λ on the mean "
+              "w, or no logged w_eff); move it away to rerun it with mast/matched.py's w_eff rule", file=sys.stderr)
         return 2
     t_all = time.monotonic()
     if not args.plan:  # --plan writes nothing: it estimates from the preset when the data is not there yet
