@@ -110,7 +110,10 @@ def _run_config(info: CheckpointInfo) -> dict:
         config = yaml.safe_load((Path(info.run_dir) / rundir.CONFIG).read_text())
     except (OSError, yaml.YAMLError):
         return {}
-    return config if isinstance(config, dict) else {}
+    if not isinstance(config, dict):
+        return {}
+    # a section of another shape (``augment: [..]``) says nothing about the resolution: ignored
+    return {k: v for k, v in config.items() if not (k == "augment" and not isinstance(v, dict))}
 
 
 def pretrain_resolution(info: CheckpointInfo) -> int | None:
