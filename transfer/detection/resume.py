@@ -46,7 +46,8 @@ def checkpoint_to_resume(out_dir: str | Path) -> Path | None:
         raise TaskFailed(f"--resume: {out_dir / LAST_CHECKPOINT} names {name!r}; expected a model_*.pth file of "
                          "that folder (only the run's own checkpoints are resumed)")
     if not path.is_file():
-        raise TaskFailed(f"--resume: {out_dir / LAST_CHECKPOINT} names {path}, which is not a regular file; "
+        what = "is not a regular file" if os.path.lexists(path) else "does not exist"
+        raise TaskFailed(f"--resume: {out_dir / LAST_CHECKPOINT} names {path}, which {what}; "
                          "run without --resume to start over")
     return path
 
