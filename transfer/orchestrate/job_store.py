@@ -53,6 +53,8 @@ class JobStore:
             raise LaunchError(f"{e}; {fix}") from None
         except (ValueError, RecursionError) as e:
             raise LaunchError(f"job list {self.path}: damaged or truncated JSON ({short(e, 80)}); {fix}") from None
+        if data == {}:  # an earlier version's list with every job collected: nothing to adopt
+            return secrets.token_hex(6), {}
         if not isinstance(data, dict) or not isinstance(data.get("token"), str) or not isinstance(data.get("jobs"), dict):
             raise LaunchError(f"job list {self.path}: expected {{\"token\": ..., \"jobs\": {{...}}}}, found "
                               f"{short(json.dumps(data), 80)}; {fix}")
