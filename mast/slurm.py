@@ -20,11 +20,14 @@ import importlib
 import io
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
 from contextlib import redirect_stderr
 from pathlib import Path
+
+from mast.argtypes import positive_minutes
 
 PROJECT = Path(__file__).resolve().parents[1]
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD",
@@ -37,19 +40,29 @@ SETUP = [f"export PYTHONPATH={PROJECT}${{PYTHONPATH:+:$PYTHONPATH}}"]
 def cluster_states(job_ids: list[str]) -> dict[str, str]:
     """``{job id: state}`` from ``sacct`` (``CANCELLED by 0`` -> ``CANCELLED``), ``squeue`` for ids not
     there yet, ``UNKNOWN`` for ids the cluster does not know."""
+    return {jid: state for jid, (state, _) in cluster_jobs(job_ids).items()}
+
+
+def cluster_jobs(job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """``{job id: (state, job name)}`` (:func:`cluster_states`; the name is ``""`` for an unknown id).
+
+    The name is what lets a caller check that a recorded id is still its own job: ids are reused by a
+    new cluster, and a file can name any job."""
     if not job_ids:
         return {}
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,JobName,State", "-j", ",".join(job_ids)],
                          capture_output=True, text=True)
-    states = {}
+    jobs: dict[str, tuple[str, str]] = {}
     for line in out.stdout.splitlines():
-        jid, _, state = line.partition("|")
-        if jid in job_ids and state:
-            states[jid] = state.split()[0]
-    for jid in set(job_ids) - set(states):
-        q = subprocess.run(["squeue", "-h", "-j", jid, "-o", "%T"], capture_output=True, text=True)
-        states[jid] = q.stdout.strip().split("\n")[0] if q.returncode == 0 and q.stdout.strip() else "UNKNOWN"
-    return states
+        parts = line.split("|")
+        if len(parts) >= 3 and parts[0] in job_ids and parts[-1]:  # a name may hold "|": the state is last
+            jobs[parts[0]] = (parts[-1].split()[0], "|".join(parts[1:-1]))
+    for jid in set(job_ids) - set(jobs):
+        q = subprocess.run(["squeue", "-h", "-j", jid, "-o", "%T|%j"], capture_output=True, text=True)
+        first = q.stdout.strip().split("\n")[0] if q.returncode == 0 else ""
+        state, _, name = first.partition("|")
+        jobs[jid] = (state, name) if state else ("UNKNOWN", "")
+    return jobs
 
 
 def sbatch_message(exc: BaseException) -> str:
@@ -60,10 +73,31 @@ def sbatch_message(exc: BaseException) -> str:
     return " ".join(" ".join(picked[:2]).split())[:300]
 
 
+class FolderError(ValueError):
+    """A job folder that is not this program's own folder (a symlink, a file): one line, nothing touched."""
+
+
 def private_folder(folder: Path) -> Path:
-    """``folder`` created with mode 0700: submitit's pickles there are readable by this user only."""
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
+    """``folder`` created with mode 0700: submitit's pickles there are readable by this user only.
+
+    Never followed through a symlink (that would chmod and fill another folder) and never a file:
+    both are refused before anything is written."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise FolderError(f"{folder}: cannot be created ({e.strerror})") from None
+    info = os.lstat(folder)
+    if stat.S_ISLNK(info.st_mode):
+        raise FolderError(f"{folder}: is a symlink; the job folder is never followed elsewhere (it would be "
+                          "chmod-ed and filled there): remove the link")
+    if not stat.S_ISDIR(info.st_mode):
+        raise FolderError(f"{folder}: exists and is not a folder (the job folder of submitit's files): move it away")
+    if info.st_uid != os.getuid():
+        raise FolderError(f"{folder}: belongs to another user (uid {info.st_uid}); it is not this run's job folder")
+    os.chmod(folder, 0o700, follow_symlinks=False)
     return folder
 
 
@@ -80,7 +114,7 @@ def add_launcher_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--slurm-account", default=None)
     g.add_argument("--slurm-qos", default=None)
     g.add_argument("--slurm-constraint", default=None)
-    g.add_argument("--slurm-time", type=int, default=24 * 60, metavar="MIN", help="time limit per job (default 24 h)")
+    g.add_argument("--slurm-time", type=positive_minutes, default=24 * 60, metavar="MIN", help="time limit per job (default 24 h)")
     g.add_argument("--slurm-signal-delay", type=int, default=120, metavar="S",
                    help="SIGUSR2 this many seconds before the time limit: requeue and resume (default 120)")
     g.add_argument("--max-requeues", type=int, default=10, help="time-limit requeues before giving up (default 10)")
@@ -122,7 +156,11 @@ def submit_pretraining(args: argparse.Namespace, argv: list[str], run_dir: Path)
     import submitit
 
     tasks = args.tasks_per_node or max(args.gpus_per_node, 1)
-    folder = private_folder(run_dir / "slurm")
+    try:
+        folder = private_folder(run_dir / "slurm")
+    except FolderError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=args.max_requeues)
     params = dict(job_name=f"mast_{run_dir.name}", nodes=args.nodes, ntasks_per_node=tasks,
                   cpus_per_task=args.cpus_per_task or (4 if args.gpus_per_node else 1), time=args.slurm_time,

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
+import os
+import re
 import shlex
 import sys
 import warnings
@@ -21,6 +24,7 @@ from mast import rundir
 from mast.atomic import write_text_atomic
 from mast.lock import LOCK_NAME, FolderBusyError, FolderLock
 from mast.provenance import code_version
+from mast.safe_read import UnreadableFile, read_regular_text, short
 from reports import mast_plots, narrative, plots, tables
 from reports.results import Results, commands, load_results
 
@@ -36,7 +40,8 @@ def mast_state_path(results: Results, name: str) -> Path | None:
     return None
 
 
-MANIFEST = ".report-files"  # what the last build wrote: the only files a rebuild may remove
+MANIFEST = ".report-files"  # what the last build wrote, with each file's sha256: the only files a rebuild may remove
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def build(results_path: str | Path, out: str | Path, baseline: str | None = None, command: str | None = None) -> Path:
@@ -82,26 +87,34 @@ def _planned_names(results: Results) -> set[str]:
     return names | {f"mast_{n}_{figure}.png" for n in results.names for figure in MAST_FIGURES}
 
 
-def _read_manifest(out: Path) -> tuple[set[str], str]:
-    """(the file names the previous build recorded, what was wrong with the manifest or ""). An entry
-    that is not a plain file name of ``out`` (``..``, a path, a number) is ignored with a warning, so
-    a damaged manifest never makes this tool touch anything outside its own files."""
+def _read_manifest(out: Path) -> tuple[dict[str, str | None], str]:
+    """({file name: sha256 it had when the previous build wrote it, or None}, what was wrong or "").
+
+    Only a name with a recorded hash may ever be deleted, and only while the file still has that hash
+    (a planted or edited manifest cannot make this tool delete a file it did not write). An entry
+    that is not a plain file name of ``out`` (``..``, a path, a number) is ignored with a warning; a
+    list of names (the older manifest) claims names without hashes: overwritten, never deleted."""
+    path = out / MANIFEST
+    if not os.path.lexists(path):
+        return {}, ""
     try:
-        entries = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return set(), ""
-    except (OSError, ValueError) as e:
-        return set(), f"{out / MANIFEST} is unreadable ({type(e).__name__})"
-    if not isinstance(entries, list):
-        return set(), f"{out / MANIFEST} is not a list of file names"
+        entries = json.loads(read_regular_text(path, "report manifest", 1 << 20, follow=False))
+    except (UnreadableFile, ValueError, RecursionError) as e:
+        return {}, f"{path} is unreadable ({short(e, 100) if isinstance(e, UnreadableFile) else type(e).__name__})"
+    if isinstance(entries, list):
+        entries = {e: None for e in entries if isinstance(e, str)}
+    if not isinstance(entries, dict) or not all(h is None or isinstance(h, str) and _SHA256.fullmatch(h)
+                                                for h in entries.values()):
+        return {}, f"{path} is not a mapping of file names to their sha256"
 
     def plain(e) -> bool:
         return isinstance(e, str) and e not in (".", "..", MANIFEST, LOCK_NAME) and Path(e).name == e \
             and "\\" not in e and "\0" not in e
 
-    good, bad = {e for e in entries if plain(e)}, [e for e in entries if not plain(e)][:3]
+    good = {e: h for e, h in entries.items() if plain(e)}
+    bad = [short(e, 60) for e in entries if not plain(e)][:3]
     if bad:
-        warnings.warn(f"{out / MANIFEST}: entries {bad} are not file names of this folder; ignored", stacklevel=2)
+        warnings.warn(f"{path}: entries {bad} are not file names of this folder; ignored", stacklevel=2)
     return good, ""
 
 
@@ -109,25 +122,39 @@ def _claim(out: Path, planned: set[str]) -> None:
     """Refuse to overwrite a file this tool did not write (a user's own index.md); record the planned
     names before writing, so a build stopped half-way still owns what it wrote."""
     previous, problem = _read_manifest(out)
-    foreign = sorted(n for n in planned if (out / n).exists() and n not in previous)
+    foreign = sorted(n for n in planned if os.path.lexists(out / n) and n not in previous)
     if foreign:
         more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
         why = f"{problem}: cannot tell which files it wrote" if problem else f"not in {MANIFEST}"
         raise FileExistsError(f"--out {out}: {foreign[0]}{more} exists and was not written by reports.build "
                               f"({why}); move it or choose another --out")
-    write_text_atomic(out / MANIFEST, json.dumps(sorted(previous | planned), indent=0) + "\n")
+    write_text_atomic(out / MANIFEST, json.dumps({n: previous.get(n) for n in sorted(set(previous) | planned)},
+                                                 indent=0) + "\n")
 
 
 def _replace_manifest(out: Path, written: set[str]) -> None:
-    """Remove what the previous build wrote and this one did not (stale figures); record this build's files."""
-    for name in _read_manifest(out)[0] - written:
+    """Remove what the previous build wrote and this one did not (stale figures), only while it holds
+    exactly what was written (its recorded sha256); record this build's files with their hashes."""
+    for name, digest in _read_manifest(out)[0].items():
         path = out / name
-        if path.is_symlink() or path.is_file():
-            try:
-                path.unlink()
-            except OSError as e:
-                warnings.warn(f"{path}: stale report file not removed ({e.strerror or type(e).__name__})", stacklevel=2)
-    write_text_atomic(out / MANIFEST, json.dumps(sorted(written), indent=0) + "\n")
+        if name in written or not os.path.lexists(path):
+            continue
+        if digest is None or path.is_symlink() or not path.is_file() or _sha256(path) != digest:
+            warnings.warn(f"{path}: not removed: its content is not what reports.build recorded writing", stacklevel=2)
+            continue
+        try:
+            path.unlink()
+        except OSError as e:
+            warnings.warn(f"{path}: stale report file not removed ({e.strerror or type(e).__name__})", stacklevel=2)
+    write_text_atomic(out / MANIFEST, json.dumps({n: _sha256(out / n) for n in sorted(written)}, indent=0) + "\n")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _index(results: Results, results_path, out: Path, baseline, command: str, md: str, bars, mast,

@@ -29,9 +29,25 @@ from mast import model  # noqa: E402
 from reports.plots import save_figure  # noqa: E402
 
 
+class StateError(ValueError):
+    """A ``mast_state.pth`` that cannot be read as one (one line naming the file)."""
+
+
 def load_state(path: str | Path) -> dict[str, Any]:
-    """A ``mast_state.pth`` (weights_only: it is data)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A ``mast_state.pth``, read as data (:func:`transfer.safe_files.read_torch_file`: weights_only; a pickle
+    that names code is refused, never run); anything else is one :class:`StateError` line naming it."""
+    from transfer.safe_files import FileReadError, read_torch_file
+
+    path = Path(path)
+    if not path.is_file():  # also a FIFO: never opened
+        raise StateError(f"{path}: not a regular file (expected a mast_state.pth written by mast.pretrain)")
+    try:
+        state = read_torch_file(path)
+    except FileReadError as e:
+        raise StateError(f"{str(e).replace('checkpoint ', 'MAST state ', 1)}") from None
+    if not isinstance(state, dict):
+        raise StateError(f"{path}: holds a {type(state).__name__}, expected the dict mast.pretrain writes")
+    return state
 
 
 def has_masks(state: dict) -> bool:

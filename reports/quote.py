@@ -17,6 +17,12 @@ whole file. Relative links and images in the quoted text are rewritten to stay v
 quoting file (``forest.png`` becomes ``../reports/demo/forest.png`` in docs/DEMO.md).
 ``tests/test_reports.py`` runs ``--check`` on this repository's documents, so a rebuilt report
 that is not re-quoted fails the suite.
+
+A quote reads and writes only inside its own tree (the git work tree holding the document, else the
+document's folder): a source is resolved (symlinks and ``..`` followed) and refused unless it stays
+in that tree and is a regular file (a FIFO would block); a document keeps its line endings (CRLF
+stays CRLF); quote blocks inside a source are left out of what is quoted, so a document that quotes
+itself (or two that quote each other) reach a fixed point instead of growing on every run.
 """
 
 from __future__ import annotations
@@ -26,7 +32,10 @@ import re
 import sys
 from pathlib import Path
 
-from mast.atomic import write_text_atomic
+from mast.atomic import write_bytes_atomic
+from mast.safe_read import UnreadableFile, read_regular_text
+
+MAX_BYTES = 8 << 20  # a Markdown document or report section; anything larger is not one
 
 _BLOCK = re.compile(r"^(<!-- quote: (?P<source>[^>]+?) -->\n)(?P<body>.*?)^(<!-- /quote -->)$", re.S | re.M)
 _OPEN = re.compile(r"<!-- quote: [^>]+? -->")  # a whole line: an opener
@@ -48,14 +57,30 @@ def section(text: str, heading: str | None) -> str:
     return match.group("body")
 
 
-def quoted(source: str, root: Path) -> str:
-    """The blockquote a marker's ``source`` stands for, links rewritten relative to ``root``."""
-    rel, _, heading = source.partition("#")
-    path = root / rel
+def tree_of(document: Path) -> Path:
+    """The tree a document may quote from: the git work tree holding it, else its own folder."""
+    folder = document.resolve().parent
+    return next((p for p in (folder, *folder.parents) if (p / ".git").exists()), folder)
+
+
+def read_text(path: Path, what: str) -> str:
+    """A regular file's text with its line endings as \\n (never blocks on a FIFO; one-line errors)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise QuoteError(f"{rel}: cannot read ({e.__class__.__name__})") from None
+        return read_regular_text(path, what, MAX_BYTES).replace("\r\n", "\n")
+    except UnreadableFile as e:
+        raise QuoteError(str(e)) from None
+
+
+def quoted(source: str, root: Path, tree: Path | None = None) -> str:
+    """The blockquote a marker's ``source`` stands for, links rewritten relative to ``root``; the source
+    must resolve inside ``tree`` (default ``root``'s tree)."""
+    rel, _, heading = source.partition("#")
+    tree = (tree or tree_of(root / "x")).resolve()
+    path = (root / rel).resolve()
+    if not path.is_relative_to(tree):
+        raise QuoteError(f"{rel}: resolves to {path}, outside the document's tree {tree}; only files of this "
+                         "tree are quoted")
+    text = _BLOCK.sub("", read_text(path, rel))  # quote blocks in the source are not quoted again
     try:
         body = section(text, heading or None).strip("\n")
     except QuoteError as e:
@@ -88,27 +113,30 @@ def check_markers(text: str, where: str) -> None:
 
 
 def sync(readme: Path) -> tuple[str, list[str]]:
-    """(README with every block re-quoted, the sources whose block changed)."""
+    """(README with every block re-quoted, in its own line endings; the sources whose block changed)."""
     try:
-        text = readme.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise QuoteError(f"{readme}: not UTF-8 text (expected a Markdown file with quote blocks)") from None
-    except OSError as e:
-        raise QuoteError(f"{readme}: cannot read ({e.strerror or type(e).__name__})") from None
+        raw = read_regular_text(readme, "document", MAX_BYTES)
+    except UnreadableFile as e:
+        hint = " (expected a Markdown file with quote blocks)" if "UTF-8" in str(e) else ""
+        raise QuoteError(f"{readme}: {str(e).split(f'{readme}: ', 1)[-1]}{hint}") from None
+    crlf = "\r\n" in raw
+    text = raw.replace("\r\n", "\n")
+    tree = tree_of(readme)
     check_markers(text, str(readme))
     stale: list[str] = []
 
     def replace(m: re.Match) -> str:
         source = m.group("source").strip()
         try:
-            body = quoted(source, readme.parent)
+            body = quoted(source, readme.parent, tree)
         except QuoteError as e:
             raise QuoteError(f"{readme}: quote of {e}") from None
         if body != m.group("body"):
             stale.append(source)
         return m.group(1) + body + m.group(4)
 
-    return _BLOCK.sub(replace, text), stale
+    text = _BLOCK.sub(replace, text)
+    return (text.replace("\n", "\r\n") if crlf else text), stale
 
 
 def default_files(root: Path = Path(".")) -> list[Path]:
@@ -123,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     code = 0
     for path in args.files or default_files():
-        if not path.is_file():
+        if not path.exists():
             p.error(f"{path}: no such file (expected a Markdown file with quote blocks)")
         code = max(code, _one(path, args.check))
     return code
@@ -141,7 +169,7 @@ def _one(path: Path, check: bool) -> int:
                   file=sys.stderr)
         return 1 if stale else 0
     if stale:
-        write_text_atomic(path, text)
+        write_bytes_atomic(path, text.encode("utf-8"))  # as read: CRLF stays CRLF
     print(f"{path}: {len(stale)} quote block(s) updated" if stale else f"{path}: quotes up to date")
     return 0
 

@@ -11,10 +11,12 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
-from transfer.records import read_jsonl
+from mast.safe_read import short
+from transfer.records import iter_jsonl
 
 # The number a summary table shows per task type (PROTOCOLS.md metric names), first match wins; a
 # probe's record names its own (``headline``: the dataset registry's metric, transfer.probes.datasets).
@@ -97,24 +99,40 @@ def load_results(path: str | Path) -> Results:
         if not path.is_file():
             raise FileNotFoundError(f"--results {path}: no such file (expected a results.jsonl written by run_all, "
                                     "or a folder of task outputs holding record.json files)")
-        records = read_jsonl(path)
-    return results_from_records([r for r in records if _well_formed(r, path)], path.parent)
+        records = iter_jsonl(path)  # streamed: only the latest record per cell is kept
+    latest, first = latest_records((r for r in records if well_formed(r, path)))
+    return results_from_records(latest, path.parent, first)
 
 
-def results_from_records(records: list[dict], root: Path | None = None) -> Results:
+def latest_records(records: Iterable[dict]) -> tuple[list[dict], dict]:
+    """(the latest record per (seed, checkpoint, task, config), in file order; the first-appearance order of
+    names and tasks). :func:`select_records` only ever shows those, so a file of a million records is
+    read with a handful in memory and gives the report the whole list would."""
+    latest: dict[tuple, dict] = {}
+    first: dict = {}
+    for record in records:
+        name, task = record_name(record), record_task(record)
+        first.setdefault(name, len(first))
+        first.setdefault(("task", task), len(first))
+        key = (int(record.get("seed_index") or 0), name, task, config_key(record))
+        latest.pop(key, None)  # re-insert: dict order is the order of each key's newest record
+        latest[key] = record
+    return list(latest.values()), first
+
+
+def results_from_records(records: list[dict], root: Path | None = None, first: dict | None = None) -> Results:
     """:class:`Results` of ``records`` (in file order); ``root``: the folder relative ``predictions`` paths start from.
 
-    A record's seed is its ``seed_index``; per seed, :func:`select_records` picks what is shown.
+    A record's seed is its ``seed_index``; per seed, :func:`select_records` picks what is shown. ``first``:
+    names' and tasks' order of first appearance, when ``records`` is already reduced (:func:`latest_records`).
     """
     per_seed: dict[int, list[dict]] = {}
     for record in records:
         per_seed.setdefault(int(record.get("seed_index") or 0), []).append(record)
     chosen = {(name, column, seed): record for seed, group in sorted(per_seed.items())
               for (name, column), record in select_records(group).items()}
-    first = {}  # names and tasks in order of first appearance in the file, labelled variants after theirs
-    for record in records:
-        first.setdefault(record_name(record), len(first))
-        first.setdefault(("task", record_task(record)), len(first))
+    if first is None:  # names and tasks in order of first appearance in the file, labelled variants after theirs
+        first = latest_records(records)[1]
     names = sorted({n for n, _, _ in chosen}, key=lambda n: first[n])
     columns = {c: (first[("task", c.split(" [")[0])], c != c.split(" [")[0], c) for _, c, _ in chosen}
     runs: dict[tuple[str, str], list[dict]] = {}
@@ -130,7 +148,7 @@ _FIELDS = {"checkpoint": (dict, type(None)), "metrics": (dict, type(None)), "met
            "seed_index": (int, type(None)), "pretrain_seed": (int, type(None))}
 
 
-def _well_formed(record: dict, path: Path) -> bool:
+def well_formed(record: dict, path: Path) -> bool:
     """Whether the report can read ``record``; a record of another shape (a list metric, a string
     checkpoint, written by hand or by another tool) is skipped with a one-line warning naming it."""
     problem = next((f"{key!r} is a {type(record[key]).__name__}" for key, types in _FIELDS.items()
@@ -138,11 +156,31 @@ def _well_formed(record: dict, path: Path) -> bool:
     if problem is None:
         numbers = {**(record.get("metrics") or {}), **(record.get("metrics_std") or {})}
         bad = next((k for k, v in numbers.items() if isinstance(v, bool) or not isinstance(v, (int, float))), None)
-        problem = None if bad is None else f"metric {bad!r} is a {type(numbers[bad]).__name__}, not a number"
+        problem = None if bad is None else f"metric {short(bad, 60)!r} is a {type(numbers[bad]).__name__}, not a number"
+    problem = problem or _bad_name(record)
     if problem is not None:
-        warnings.warn(f"{path}: skipping the record of {record.get('name') or '?'} / {record.get('task_name') or record.get('task') or '?'}: "
-                      f"{problem}", stacklevel=3)
+        who = f"{short(record.get('name') or '?', 60)} / {short(record.get('task_name') or record.get('task') or '?', 60)}"
+        warnings.warn(f"{path}: skipping the record of {who!r}: {problem}", stacklevel=3)
     return problem is None
+
+
+_NAME_FIELDS = ("name", "task_name", "task")  # they name report files (bars_<task>.png, mast_<name>_*.png)
+NAME_MAX = 200
+
+
+def _bad_name(record: dict) -> str | None:
+    """Why a record's name fields cannot name a report file (a NUL byte, '/', > 200 characters), or None."""
+    for key in _NAME_FIELDS:
+        value = record.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            return f"field {key!r} is a {type(value).__name__}, not a name"
+        if "\0" in value or "/" in value:
+            return f"field {key!r} = {short(value, 60)!r} holds a NUL byte or '/', so it cannot name a report file"
+        if len(value) > NAME_MAX:
+            return f"field {key!r} is {len(value):,} characters long (at most {NAME_MAX}: it names report files)"
+    return None
 
 
 def task_folder_records(folder: Path) -> list[dict]:

@@ -32,9 +32,9 @@ from mast.provenance import code_version  # noqa: E402
 from reports import compare, study_runs  # noqa: E402
 from reports.compare import Delta  # noqa: E402
 from reports.plots import save_figure  # noqa: E402
-from reports.results import Results, finite, results_from_records  # noqa: E402
+from reports.results import Results, well_formed, finite, latest_records, results_from_records  # noqa: E402
 from reports.tables import Cell, fmt, fmt_interval, format_cell, format_delta  # noqa: E402
-from transfer.records import read_jsonl  # noqa: E402
+from transfer.records import iter_jsonl  # noqa: E402
 
 ARMS = ("vicreg", "vicreg_matched", "mast_unc_none", "mast", "mast_tied", "vicreg_matched_tied", "vicreg_matched_unc_none")
 ARM_LABELS = {"vicreg": "VICReg", "vicreg_matched": "VICReg (matched λ)", "mast_unc_none": "MAST (uncertainty: none)",
@@ -71,7 +71,7 @@ VERDICTS = {
 def arm_and_seed(name: str) -> tuple[str, int] | None:
     """``mast_unc_none_s2`` -> (``mast_unc_none``, 2); None for a name that is no study checkpoint."""
     arm, sep, seed = str(name).rpartition("_s")
-    return (arm, int(seed)) if sep and arm in ARMS and seed.isdigit() else None
+    return (arm, int(seed)) if sep and arm in ARMS and seed.isascii() and seed.isdigit() and len(seed) < 12 else None
 
 
 def study_results(results: Path) -> Results:
@@ -81,20 +81,23 @@ def study_results(results: Path) -> Results:
     per (arm, task, seed) is :func:`reports.results.select_records`, as in every report.
     """
     files = [results] if results.is_file() else sorted(results.rglob("results.jsonl"))
-    records = []
-    for path in files:
-        for record in read_jsonl(path):
-            found = arm_and_seed(record.get("name", ""))
-            if found is None:
-                continue
-            arm, name_seed = found
-            seed = record.get("pretrain_seed")
-            seed = name_seed if seed is None else int(seed)
-            record = dict(record, name=arm, seed_index=seed, pretrain_seed=seed, checkpoint_name=record["name"])
-            if record.get("predictions") and not Path(record["predictions"]).is_absolute():
-                record["predictions"] = str(path.parent / record["predictions"])  # each file has its own root
-            records.append(record)
-    out = results_from_records(records)
+
+    def records():  # streamed: only the latest record per cell is kept (latest_records)
+        for path in files:
+            for record in iter_jsonl(path):
+                found = arm_and_seed(record.get("name", ""))
+                if found is None or not well_formed(record, path):
+                    continue
+                arm, name_seed = found
+                seed = record.get("pretrain_seed")
+                seed = name_seed if seed is None else int(seed)
+                record = dict(record, name=arm, seed_index=seed, pretrain_seed=seed, checkpoint_name=record["name"])
+                if record.get("predictions") and not Path(record["predictions"]).is_absolute():
+                    record["predictions"] = str(path.parent / record["predictions"])  # each file has its own root
+                yield record
+
+    latest, first = latest_records(records())
+    out = results_from_records(latest, None, first)
     out.names = [a for a in ARMS if a in out.names]
     return out
 
@@ -351,11 +354,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, default=Path("runs/study/pretrain"), help="the study's pretraining runs")
     p.add_argument("--out", type=Path, default=Path("reports/study"))
     args = p.parse_args(argv)
+    if not args.runs.is_dir():  # e.g. /etc/passwd: run folders are looked up under it
+        print(f"error: --runs {args.runs}: not a folder (expected the study's pretraining runs, "
+              "RUNS/study_<arm>_s<seed>/)", file=sys.stderr)
+        return 2
     if not (args.results.is_file() or any(args.results.rglob("results.jsonl"))):
         print(f"error: --results {args.results}: no results.jsonl there (run python -m transfer.orchestrate.study "
               "first)", file=sys.stderr)
         return 2
-    lines = write_report(args.results, args.runs, args.out)
+    try:
+        lines = write_report(args.results, args.runs, args.out)
+    except (ValueError, OSError) as e:  # a damaged input: one line naming it
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print("\n".join(lines))
     print(f"report: {args.out / 'index.md'}")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ import yaml
 
 from mast import rundir
 from mast.matched import MatchedError, WindowMean, window_means
-from reports.mast_plots import load_state, sensitivities, subspace_stats, uncertainty_curves
+from mast.safe_read import UnreadableFile, read_regular_text, short
+from reports.mast_plots import StateError, load_state, sensitivities, subspace_stats, uncertainty_curves
 
 
 def train_weights(run_dir: Path) -> WindowMean | None:
@@ -30,11 +32,33 @@ def train_weights(run_dir: Path) -> WindowMean | None:
         return None
 
 
+def run_config(path: Path) -> dict[str, Any]:
+    """A run's ``config.yaml`` as a mapping whose sections are mappings; {} (with a one-line warning) for
+    a file that is missing, unreadable or of another shape (``augment: [..]`` must not stop a report)."""
+    if not path.is_file():
+        return {}
+    try:
+        config = yaml.safe_load(read_regular_text(path, "run config", 1 << 20))
+    except (UnreadableFile, yaml.YAMLError, RecursionError) as e:
+        warnings.warn(f"{path}: run config skipped ({short(e, 120)})", stacklevel=2)
+        return {}
+    if not isinstance(config, dict):
+        warnings.warn(f"{path}: run config skipped (a {type(config).__name__}, expected a mapping)", stacklevel=2)
+        return {}
+    bad = [k for k in SECTIONS if k in config and not isinstance(config[k], dict)]
+    for key in bad:
+        warnings.warn(f"{path}: section {key!r} is a {type(config[key]).__name__}, expected a mapping; ignored",
+                      stacklevel=2)
+    return {k: v for k, v in config.items() if k not in bad}
+
+
+SECTIONS = ("optim", "model", "augment", "loss", "data", "runtime")
+
+
 def run_facts(run_dir: Path) -> dict[str, Any]:
     """What one pretraining run says about itself: config, wall time and, for MAST, what it learned."""
     facts: dict[str, Any] = {"dir": run_dir}
-    config_path = run_dir / rundir.CONFIG
-    facts["config"] = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    facts["config"] = run_config(run_dir / rundir.CONFIG)
     summary = run_dir / rundir.SUMMARY
     if summary.is_file():
         rows = list(csv.DictReader(io.StringIO(summary.read_text())))
@@ -46,7 +70,11 @@ def run_facts(run_dir: Path) -> dict[str, Any]:
     state_path = run_dir / rundir.MAST_STATE
     if not state_path.is_file() or facts["config"].get("method") != "mast":
         return facts
-    state = load_state(state_path)
+    try:
+        state = load_state(state_path)
+    except StateError as e:  # the run's other facts still count; what it learned is not shown
+        warnings.warn(f"{e}; its learned masks are left out of the report", stacklevel=2)
+        return facts
     names = [str(n) for n in state["aug_names"]]
     tau = float(state.get("tau", 0.5))
     held = state.get("heldout") or {}

@@ -34,9 +34,13 @@ def cifar_resnet(block: type, layers: list[int], padding: int, seed: int) -> Res
 
 
 def _solo_learn_file(path: Path, model: nn.Module) -> Path:
+    """A solo-learn BYOL-like file (backbone + momentum_backbone) with the args.json its Checkpointer writes."""
+    from solo_learn_files import write_args_json
+
     state = {f"backbone.{k}": v for k, v in model.state_dict().items()}
     state.update({f"momentum_backbone.{k}": v + 0.01 if v.is_floating_point() else v for k, v in model.state_dict().items()})
     torch.save({"state_dict": state, "epoch": 999}, path)
+    write_args_json(path.parent, method="byol", dataset="cifar10")
     return path
 
 
@@ -48,9 +52,10 @@ def _solo_learn_file(path: Path, model: nn.Module) -> Path:
 def test_recognised_and_the_rebuilt_network_computes_the_same(tmp_path, block, layers, arch, padding, wrap) -> None:
     model = cifar_resnet(block, layers, padding, seed=0)
     path = _solo_learn_file(tmp_path / "c.ckpt", model) if wrap else tmp_path / "c.pth"
-    if not wrap:
+    if not wrap:  # a plain state_dict does not say how conv1 was padded: never guessed, given here
         torch.save(model.state_dict(), path)
-    state, info = load_backbone(path)
+        assert load_backbone(path)[1].stem_padding is None
+    state, info = load_backbone(path, padding=None if wrap else padding)
     assert (info.arch, info.stem, info.stem_padding) == (arch, "cifar", padding)
     rebuilt = build_resnet(info.arch, info.stem, info.stem_padding)
     rebuilt.load_state_dict(state, strict=True)
@@ -59,7 +64,7 @@ def test_recognised_and_the_rebuilt_network_computes_the_same(tmp_path, block, l
         assert torch.equal(rebuilt.eval()(x), model(x))
         assert rebuilt(x).shape == (4, 512 * block.expansion)
     report = inspect_checkpoint(path)
-    assert report["error"] is None and report["stem"] == "cifar"
+    assert report["error"] is None and report["stem"] == "cifar" and report["stem_padding"] == (padding if wrap else None)
     assert "CIFAR stem: 3x3 stride-1 conv1" in format_report(report)
 
 

@@ -130,17 +130,17 @@ def test_no_wait_then_the_same_command_collects_without_submitting_twice(slurm_c
     # a job id the cluster never knew (a lost job): submitted again, never counted as done
     todo, _ = run_all.plan(run_all.resolve_checkpoints([str(ckpts[0])], []), run_all.load_suite(str(suite)), out, False)
     out.mkdir()
-    (out / "jobs.json").write_text(json.dumps({todo[1].key: {"job_id": "987654", "submitted": 0}}))
+    (out / "jobs.json").write_text(json.dumps({"token": "0123456789ab", "jobs": {todo[1].key: {"job_id": "987654"}}}))
     assert run_all.main([*args, "--no-wait"]) == 0
     first = capsys.readouterr().out
     assert first.count("submitted: SLURM job") == 2 and "987654 is unknown to the cluster" in first, first
-    assert set(json.loads((out / "jobs.json").read_text())) == {j.key for j in todo}
+    assert set(json.loads((out / "jobs.json").read_text())["jobs"]) == {j.key for j in todo}
     assert run_all.main(args) == 0
     second = capsys.readouterr().out
     assert "submitted" not in second, second
     records = _records(out)
     assert sorted(r["task_name"] for r in records) == ["k1", "k2"] and {r["status"] for r in records} == {"ok"}
-    assert json.loads((out / "jobs.json").read_text()) == {}
+    assert json.loads((out / "jobs.json").read_text())["jobs"] == {}
     assert run_all.main(args) == 0 and "0 to run" in capsys.readouterr().out
 
 
@@ -173,8 +173,8 @@ def _scancel_when_running(out: Path, task: str, limit_s: float = 300) -> None:
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         try:
-            jobs = json.loads((out / "jobs.json").read_text())
-        except (OSError, ValueError):
+            jobs = json.loads((out / "jobs.json").read_text())["jobs"]
+        except (OSError, ValueError, KeyError):
             jobs = {}
         ids = [v["job_id"] for k, v in jobs.items() if f"/{task}@" in k]
         if ids and _squeue_state(ids[0]) == "RUNNING":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -74,7 +75,8 @@ class CheckpointInfo:
     codebase: str | None = None  # best guess of the writer, for people reading the record
     pretrain_seed: int | None = None  # the pretraining run's ``seed``, when its config says (pairs seeds in reports)
     stem: str = "imagenet"  # "imagenet" (7x7 stride-2 conv1 + max-pool) or "cifar" (3x3 stride-1 conv1, no max-pool)
-    stem_padding: int | None = None  # the CIFAR stem's conv1 padding (not in the tensors: by codebase convention)
+    stem_padding: int | None = None  # the CIFAR stem's conv1 padding (not in the tensors; None: unknown)
+    stem_padding_source: str = ""  # where it was found (--stem-padding, solo-learn's saved config, ...)
 
 
 def weights_id(info: CheckpointInfo) -> str:
@@ -101,18 +103,19 @@ def build_resnet(arch: str, stem: str = "imagenet", stem_padding: int | None = N
         raise CheckpointError(f"unknown arch {arch!r}; expected one of {sorted(RESNET_LAYERS)}")
     if stem not in STEMS:
         raise CheckpointError(f"unknown stem {stem!r}; expected one of {sorted(STEMS)}")
+    if stem == "cifar" and stem_padding is None:  # not in the tensors: never a default (require_stem_padding)
+        raise CheckpointError(f"a CIFAR-stem {arch} needs its conv1 padding: pass --stem-padding N")
     model = getattr(torchvision.models, arch)(weights=None)
     model.fc = nn.Identity()
     if stem == "cifar":
-        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1 if stem_padding is None else stem_padding,
-                                bias=False)
+        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=stem_padding, bias=False)
         model.maxpool = nn.Identity()
     return model
 
 
 def canonical_keys(arch: str, stem: str = "imagenet") -> dict[str, torch.Size]:
     """The canonical key -> shape table of ``arch`` (torchvision layout without ``fc``) with ``stem``."""
-    return {k: v.shape for k, v in build_resnet(arch, stem).state_dict().items()}
+    return {k: v.shape for k, v in build_resnet(arch, stem, 1 if stem == "cifar" else None).state_dict().items()}
 
 
 def detect_stem(state: Mapping[str, Tensor]) -> str:
@@ -122,10 +125,64 @@ def detect_stem(state: Mapping[str, Tensor]) -> str:
     return "cifar" if conv1 is not None and tuple(conv1.shape[-2:]) == (3, 3) else "imagenet"
 
 
-def stem_padding(codebase: str | None) -> int:
-    """The CIFAR stem's conv1 padding, which the tensors do not hold: solo-learn uses 2
-    (``nn.Conv2d(3, 64, 3, 1, 2)``), every other known codebase 1 (a same-size 3x3 conv)."""
-    return 2 if codebase == "solo-learn" else 1
+# solo-learn builds its CIFAR stem with padding 2 for these datasets (solo/methods/base.py: ``cifar =
+# cfg.data.dataset in ["cifar10", "cifar100"]`` -> ``nn.Conv2d(3, 64, 3, 1, 2)``) and for no other.
+SOLO_LEARN_CIFAR = ("cifar10", "cifar100")
+SAVED_CONFIG_MAX_BYTES = 1 << 20  # solo-learn's args.json is a few kB; a larger file is not one
+
+
+def saved_configs(obj: Any, path: Path) -> list[tuple[str, Mapping]]:
+    """``(where, config)`` the writer saved about the run: Lightning's ``hyper_parameters`` in the file
+    (``save_hyperparameters``; solo-learn's ``cfg`` under it), and solo-learn's Checkpointer ``args.json``
+    (``save_args``: the cfg as JSON, in the folder of the ``.ckpt`` it writes)."""
+    out: list[tuple[str, Mapping]] = []
+    hp = obj.get("hyper_parameters") if isinstance(obj, Mapping) else None
+    if isinstance(hp, Mapping):
+        out.append(("hyper_parameters", hp))
+        if isinstance(hp.get("cfg"), Mapping):
+            out.append(("hyper_parameters.cfg", hp["cfg"]))
+    args = path.parent / "args.json"
+    try:  # only a small regular file (a FIFO would block): anything else is not solo-learn's
+        if args.is_file() and args.stat().st_size <= SAVED_CONFIG_MAX_BYTES:
+            data = json.loads(args.read_text(encoding="utf-8"))
+            if isinstance(data, Mapping):
+                out.append((str(args), data))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        pass
+    return out
+
+
+def solo_learn_dataset(cfg: Mapping) -> str | None:
+    """The pretraining dataset of a solo-learn config (``data.dataset`` in its omegaconf configs,
+    ``dataset`` in the argparse era), or None when ``cfg`` is not solo-learn's (``method`` and ``backbone``)."""
+    if not isinstance(cfg.get("method"), str) or "backbone" not in cfg:
+        return None
+    data = cfg.get("data")
+    dataset = data.get("dataset") if isinstance(data, Mapping) else cfg.get("dataset")
+    return dataset if isinstance(dataset, str) else None
+
+
+def find_stem_padding(obj: Any, path: Path, layout: str) -> tuple[int | None, str]:
+    """The CIFAR stem's conv1 padding, which the tensors do not hold, and where it was found; ``(None, why)``
+    when nothing in the file says (then the probes refuse and ask for ``--stem-padding``: never a guess)."""
+    for where, cfg in saved_configs(obj, path):
+        dataset = solo_learn_dataset(cfg)
+        if dataset in SOLO_LEARN_CIFAR:
+            return 2, f"solo-learn's saved config ({where}: dataset {dataset})"
+        if dataset is not None:
+            return None, (f"its solo-learn config ({where}) names dataset {dataset!r}, for which solo-learn builds "
+                          "no CIFAR stem")
+    if layout == "sequential":  # lightly's nn.Sequential of a torchvision ResNet: lightly's CIFAR stem pads 1
+        return 1, "lightly's nn.Sequential layout (its CIFAR ResNets pad conv1 by 1)"
+    return None, "neither the file nor a solo-learn args.json beside it says how conv1 was padded"
+
+
+def require_stem_padding(info: CheckpointInfo) -> None:
+    """A CIFAR-stem network is built only with a known conv1 padding: one line asking for it otherwise."""
+    if info.stem == "cifar" and info.stem_padding is None:
+        raise CheckpointError(f"checkpoint {info.path} is a CIFAR-stem {info.arch} (3x3 stride-1 conv1) and its conv1 "
+                              f"padding is not in its tensors: {info.stem_padding_source}; pass --stem-padding N "
+                              "(solo-learn's CIFAR models: 2, lightly's and most others: 1)")
 
 
 def refuse_cifar_stem(info: CheckpointInfo, engine: str) -> None:
@@ -166,9 +223,12 @@ def locate_backbone(obj: Any, path: Path, backbone: str | None = None) -> tuple[
                               "tensors): re-save it with torch.save(model.state_dict(), PATH)")
     flat = flatten(obj)
     cands = find_candidates(flat)
-    if not cands and find_vit_candidates(flat):  # a ViT: transfer.vit reads it (the tasks that take one)
+    vits = find_vit_candidates(flat)
+    if not cands and vits:  # a ViT: transfer.vit reads it (the tasks that take one)
         raise HoldsViT(f"checkpoint {path}: no ResNet weights found; it holds a Vision Transformer, which "
                               "this step does not take (the probes do; see docs/VIT.md)")
+    if cands and vits:  # both families: the candidates are all of them, and only --backbone chooses
+        choose_family(cands, vits, backbone, path)
     if not cands:
         raise CheckpointError(f"checkpoint {path}: no ResNet weights found (no 3-channel stem conv such as "
                               f"{_ANCHOR!r}; top-level keys: {', '.join(map(str, list(obj)[:8]))}); only torchvision-layout ResNets "
@@ -180,11 +240,26 @@ def locate_backbone(obj: Any, path: Path, backbone: str | None = None) -> tuple[
     return flat, cands, chosen, how
 
 
-def load_backbone(path: str | Path, backbone: str | None = None) -> tuple[dict[str, Tensor], CheckpointInfo]:
+def choose_family(resnets: list[Candidate], vits: list[Candidate], backbone: str | None, path: Path) -> None:
+    """A file holding a ResNet and a ViT: ``--backbone`` naming a ViT candidate raises :class:`HoldsViT` (the
+    ViT reader takes it); naming a ResNet returns; no ``--backbone`` is refused, listing both families."""
+    from transfer.layouts import describe, matches_any
+
+    if backbone and matches_any(backbone, vits) and not matches_any(backbone, resnets):
+        raise HoldsViT(f"checkpoint {path}: --backbone {backbone} names a Vision Transformer")
+    if not backbone:
+        raise CheckpointError(f"checkpoint {path} holds a ResNet {describe(resnets)} and a Vision Transformer "
+                              f"{describe(vits)}; choose one with --backbone NAME (e.g. --backbone "
+                              f"{vits[0].name or '.'})")
+
+
+def load_backbone(path: str | Path, backbone: str | None = None,
+                  padding: int | None = None) -> tuple[dict[str, Tensor], CheckpointInfo]:
     """Load ``path`` and return ``(canonical torchvision state_dict, info)``.
 
     ``backbone`` picks one of several candidate backbones by name (``--backbone``; any run of
     whole key-path parts of its prefix, e.g. ``momentum_backbone`` or ``student.module.backbone``).
+    ``padding`` (``--stem-padding``) is a CIFAR stem's conv1 padding, else found in the file or None.
     """
     path = Path(path)
     obj = read_checkpoint(path)
@@ -195,6 +270,9 @@ def load_backbone(path: str | Path, backbone: str | None = None) -> tuple[dict[s
     stem = detect_stem(stripped)
     canonical = canonicalise(stripped, arch, where, stem)
     codebase = guess_codebase(obj, cands, chosen)
+    found, source = (padding, "--stem-padding") if padding is not None else find_stem_padding(obj, path, chosen.layout)
+    if any(solo_learn_dataset(c) for _, c in saved_configs(obj, path)):  # its own saved cfg, not a key name
+        codebase = "solo-learn"
     info = CheckpointInfo(
         path=str(path.resolve()),
         sha256=sha256_file(path),
@@ -209,7 +287,8 @@ def load_backbone(path: str | Path, backbone: str | None = None) -> tuple[dict[s
         layout=chosen.layout,
         codebase=codebase,
         stem=stem,
-        stem_padding=stem_padding(codebase) if stem == "cifar" else None,
+        stem_padding=found if stem == "cifar" else None,
+        stem_padding_source=source if stem == "cifar" else "",
     )
     return canonical, info
 

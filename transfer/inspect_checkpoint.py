@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from transfer.checkpoints import (CheckpointError, canonicalise, detect_arch, detect_stem, find_method, add_backbone_arg,
-                                  read_checkpoint, sha256_file, stem_padding)
+                                  read_checkpoint, sha256_file, find_stem_padding,
+                                  saved_configs, solo_learn_dataset)
 from transfer.vit_layouts import find_vit_candidates
-from transfer.layouts import (Candidate, LayoutError, backbone_tensors, choose, find_candidates, flatten, guess_codebase,
-                              unused_groups)
+from transfer.layouts import (Candidate, LayoutError, backbone_tensors, choose, describe, find_candidates, flatten,
+                              guess_codebase, matches_any, unused_groups)
 
 METADATA_KEYS = ("epoch", "epochs", "global_step", "iteration", "iter", "phase_idx", "train_phase_idx", "arch",
                  "model", "method", "version", "pytorch-lightning_version", "mmselfsup_version", "mmpretrain_version",
@@ -43,10 +44,15 @@ def inspect_checkpoint(path: str | Path, backbone: str | None = None) -> dict[st
         "codebase": None, "chosen": None, "choice": None, "arch": None, "stem": None, "layout": None, "parameters": None,
         "unused": [], "error": None,
     }
-    if not cands and find_vit_candidates(flat):
+    vits = find_vit_candidates(flat)
+    if vits and (not cands or (backbone and matches_any(backbone, vits) and not matches_any(backbone, cands))):
         from transfer.vit_inspect import inspect_vit
 
         return inspect_vit(obj, flat, path, backbone, report)
+    if vits and not backbone:  # a ResNet and a ViT: listed, and the tasks refuse until --backbone chooses
+        report["error"] = (f"checkpoint {path} holds a ResNet {describe(cands)} and a Vision Transformer "
+                           f"{describe(vits)}; choose one with --backbone NAME")
+        return report
     chosen = None
     try:
         if not cands:
@@ -57,7 +63,9 @@ def inspect_checkpoint(path: str | Path, backbone: str | None = None) -> dict[st
         report["arch"] = arch = detect_arch(tensors, path)
         report["stem"] = stem = detect_stem(tensors)
         if stem == "cifar":
-            report["stem_padding"] = stem_padding(report["codebase"])
+            report["stem_padding"], report["stem_padding_source"] = find_stem_padding(obj, path, chosen.layout)
+            if any(solo_learn_dataset(c) for _, c in saved_configs(obj, path)):
+                report["codebase"] = "solo-learn"
         state = canonicalise(tensors, arch, path, stem)
         report["parameters"] = sum(v.numel() for k, v in state.items() if not k.endswith(_BUFFERS))
     except (CheckpointError, LayoutError) as e:
@@ -116,7 +124,10 @@ def format_report(r: dict[str, Any]) -> str:
     if r["arch"]:
         layout = {"sequential": "nn.Sequential child indices", "torchvision": "torchvision names"}.get(r["layout"], r["layout"])
         params = f", {r['parameters']:,} parameters without {'head' if r.get('vit_pool') else 'fc'}" if r["parameters"] else ""
-        stem = (f", CIFAR stem: 3x3 stride-1 conv1 (padding {r.get('stem_padding')}), no max-pool; probes run at 32 px, "
+        padding = r.get("stem_padding")
+        padding = f"padding {padding}: {r.get('stem_padding_source')}" if padding is not None else \
+            f"padding unknown: {r.get('stem_padding_source')}; the probes need --stem-padding N"
+        stem = (f", CIFAR stem: 3x3 stride-1 conv1 ({padding}), no max-pool; probes run at 32 px, "
                 "detection and segmentation refuse it") if r.get("stem") == "cifar" else ""
         lines.append(f"architecture: {r['arch']} ({layout}{params}{stem})")
     if r.get("vit_pool"):

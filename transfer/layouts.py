@@ -179,6 +179,11 @@ def _matches(option: str, prefix: str) -> bool:
     return n > 0 and any(have[i:i + n] == want for i in range(len(have) - n + 1))
 
 
+def matches_any(option: str, cands: list[Candidate]) -> bool:
+    """``option`` (``--backbone``) names one of ``cands`` (its prefix or an alias)."""
+    return any(_matches(option, p) for c in cands for p in (c.prefix, *c.aliases))
+
+
 def describe(cands: list[Candidate]) -> str:
     return "[" + ", ".join(f"'{c.name}' ({c.role})" for c in cands) + "]"
 

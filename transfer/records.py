@@ -22,7 +22,7 @@ import traceback
 import warnings
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -56,25 +56,52 @@ def append_jsonl(path: str | Path, record: dict) -> None:
     append_line_atomic(path, json.dumps(_jsonable(record), sort_keys=False))
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """All records in ``path``; corrupt lines are skipped with a warning, never fatal."""
+LINE_MAX_BYTES = 64 << 20  # a record is a few kB; a longer line is not one (and is never held whole)
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict]:
+    """The records of ``path``, read line by line (a million records never sit in memory as text); a
+    corrupt, over-long, too deeply nested or non-object line is skipped with a warning naming it."""
     path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
+    if not path.is_file():  # also a FIFO (opening it would block): no records
+        return
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(_lines(f), 1):
+            if raw is None:
+                warnings.warn(f"{path}:{lineno}: skipping a line longer than {LINE_MAX_BYTES:,} bytes", stacklevel=2)
+                continue
+            line = raw.decode("utf-8", errors="replace")
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except (ValueError, RecursionError) as e:  # RecursionError: JSON nested thousands deep
+                why = "nested too deeply" if isinstance(e, RecursionError) else "corrupt"
+                warnings.warn(f"{path}:{lineno}: skipping a {why} line ({line[:60]!r}...)", stacklevel=2)
+                continue
+            if isinstance(rec, dict):
+                yield rec
+            else:
+                warnings.warn(f"{path}:{lineno}: skipping a line that is not a JSON object", stacklevel=2)
+
+
+def _lines(f) -> Iterator[bytes | None]:
+    """The lines of binary file ``f``; None for one longer than :data:`LINE_MAX_BYTES` (read past, not kept)."""
+    while True:
+        line = f.readline(LINE_MAX_BYTES + 1)
+        if not line:
+            return
+        if len(line) > LINE_MAX_BYTES and not line.endswith(b"\n"):
+            while (more := f.readline(1 << 20)) and not more.endswith(b"\n"):
+                pass
+            yield None
             continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            warnings.warn(f"{path}:{lineno}: skipping a corrupt line ({line[:60]!r}...)", stacklevel=2)
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
-        else:
-            warnings.warn(f"{path}:{lineno}: skipping a line that is not a JSON object", stacklevel=2)
-    return records
+        yield line
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """All records in ``path`` (:func:`iter_jsonl`); corrupt lines are skipped with a warning, never fatal."""
+    return list(iter_jsonl(path))
 
 
 def new_record(task: str, dataset: str, scale: str, checkpoint: dict | None, method: str | None,

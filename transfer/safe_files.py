@@ -73,8 +73,12 @@ def is_safetensors(path: Path) -> bool:
     """``path`` is a safetensors file: by its suffix, or by its header (8-byte length, then JSON)."""
     if path.suffix == SAFETENSORS_SUFFIX:
         return True
-    with open(path, "rb") as f:
-        head = f.read(9)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as e:  # unreadable (chmod 000, a folder): one line, as every other read here
+        raise FileReadError(f"checkpoint {path} cannot be read ({e.strerror or type(e).__name__}); check its "
+                            "permissions (ls -l) or the path") from None
     return len(head) == 9 and int.from_bytes(head[:8], "little") < (1 << 27) and head[8:9] == b"{"
 
 
@@ -121,7 +125,7 @@ def read_torch_file(path: str | Path, admit: Mapping[str, Any] | None = None) ->
 def read_any(path: str | Path, admit: Mapping[str, Any] | None = None) -> Any:
     """A checkpoint file's content: a safetensors dict, or the torch file's object (:func:`read_torch_file`)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file():  # also a FIFO or device: only a regular file is opened (a FIFO would block)
         raise FileReadError(f"checkpoint {path} does not exist (expected a .pth/.pt/.pkl/.safetensors file); "
                             "check the path")
     return read_safetensors(path) if is_safetensors(path) else read_torch_file(path, admit)

@@ -212,7 +212,7 @@ def _slurm_section(section: Any, path: Path) -> dict[str, Any]:
     for key, value in section.items():
         numeric = key in ("time", "cpus_per_gpu", "mem_per_gpu_gb")
         good = (isinstance(value, bool) if key == "cpu_only" else
-                isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 if numeric else
+                isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e9 if numeric else
                 isinstance(value, str) and value != "")
         if not good:
             want = "true or false" if key == "cpu_only" else "a positive number" if numeric else "a non-empty string"

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from transfer.checkpoints import CheckpointError, CheckpointInfo, read_checkpoint, sha256_file, find_method, \
     find_pretrain_seed
-from transfer.layouts import LayoutError, backbone_tensors, choose, flatten
+from transfer.layouts import (LayoutError, backbone_tensors, choose, describe, find_candidates, flatten,
+                              matches_any)
 from transfer.vit_layouts import find_vit_candidates, square_part, to_timm
 
 HEAD_DIM = 64  # every ViT these codebases release (Ti/S/B/L/H, DINOv2 g) uses 64-dim heads
@@ -230,6 +231,10 @@ def locate_vit(obj: Any, path: Path, backbone: str | None = None):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a state_dict (a dict of tensors)")
     flat = flatten(obj)
     cands = find_vit_candidates(flat)
+    resnets = find_candidates(flat)
+    if cands and resnets and not (backbone and matches_any(backbone, cands)):
+        raise CheckpointError(f"checkpoint {path} holds a ResNet {describe(resnets)} and a Vision Transformer "
+                              f"{describe(cands)}; choose one with --backbone NAME")
     if not cands:
         raise CheckpointError(f"checkpoint {path}: no ViT weights found (no 'patch_embed.proj.weight' or "
                               f"'patch_embed.projection.weight'; top-level keys: {', '.join(map(str, list(obj)[:8]))})")

@@ -14,9 +14,11 @@ nothing the file names is called), and ``last_checkpoint`` must name a file of t
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
+from mast.safe_read import UnreadableFile, read_regular_text
 from transfer.records import TaskFailed
 
 __all__ = ["LAST_CHECKPOINT", "checkpoint_to_resume", "clear_resume_point", "install_safe_checkpointer", "resume"]
@@ -31,16 +33,21 @@ def checkpoint_to_resume(out_dir: str | Path) -> Path | None:
     Raises :class:`TaskFailed` when it names anything but a ``.pth`` file directly in ``out_dir``.
     """
     out_dir = Path(out_dir)
-    try:
-        name = (out_dir / LAST_CHECKPOINT).read_text().strip()
-    except OSError:
+    pointer = out_dir / LAST_CHECKPOINT
+    if not os.path.lexists(pointer):
         return None
+    try:  # a regular file only: open() on a FIFO here would block the task forever
+        name = read_regular_text(pointer, "--resume:", 4096).strip()
+    except UnreadableFile as e:
+        raise TaskFailed(f"{e} (detectron2's pointer to the last checkpoint); run without --resume to start over") \
+            from None
     path = out_dir / name
     if not name or Path(name).name != name or not name.endswith(".pth"):
         raise TaskFailed(f"--resume: {out_dir / LAST_CHECKPOINT} names {name!r}; expected a model_*.pth file of "
                          "that folder (only the run's own checkpoints are resumed)")
     if not path.is_file():
-        raise TaskFailed(f"--resume: {out_dir / LAST_CHECKPOINT} names {path}, which does not exist; "
+        what = "is not a regular file" if os.path.lexists(path) else "does not exist"
+        raise TaskFailed(f"--resume: {out_dir / LAST_CHECKPOINT} names {path}, which {what}; "
                          "run without --resume to start over")
     return path
 

@@ -9,14 +9,18 @@ dependencies as ``afterok``, the time limit is the job's ``--time``), and hands 
 Safety: submitit keeps each job's pickled call and result in ``OUT/.submitit`` (mode 0700). Nothing
 here reads a result pickle: a job's outcome is the JSON exit status its own command wrote
 (``<log>.exit.json``) and, on SLURM, the job's state from ``sacct``.
-Re-runs: SLURM job ids are kept in ``OUT/jobs.json`` (written atomically); a job still queued or
-running is waited for, never submitted twice; a finished one is collected; a job id the cluster no
-longer knows, or whose exit status is lost, is submitted again, never counted as done.
+Re-runs: SLURM job ids are kept in ``OUT/jobs.json`` (:class:`JobStore`: written atomically, read
+defensively, with the folder's token that names every job); an id is trusted only while the cluster
+gives it this folder's job name; a job still queued or running is waited for, never submitted twice; a
+finished one is collected (never with ``--force``); a job id the cluster no longer knows, or whose exit
+status is lost, is submitted again, never counted as done. ``OUT/.submitit`` is never followed
+through a symlink.
 """
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -27,19 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from mast.atomic import write_text_atomic
+from mast.safe_read import short
 from mast.slurm import SETUP as SLURM_SETUP
 from transfer.orchestrate.job_command import Command
-from mast.slurm import ACTIVE, CLUSTER_ENDED, cluster_states, private_folder, sbatch_message
+from transfer.orchestrate.job_store import JobStore, LaunchError, controller_output
+from mast.slurm import ACTIVE, CLUSTER_ENDED, FolderError, cluster_jobs, cluster_states, private_folder, sbatch_message
 
 HEARTBEAT_S = 60.0
 PROJECT = Path(__file__).resolve().parents[2]
 SACCT_POLL_S = 3.0  # one sacct call per poll for all running jobs
 UNKNOWN_GRACE_S = 60.0  # a just-submitted job may not be in sacct yet
-
-
-class LaunchError(RuntimeError):
-    """The launcher cannot submit (sbatch missing, an option the cluster rejects): one line, nothing recorded."""
 
 
 @dataclass
@@ -120,30 +121,6 @@ def read_exit(spec: JobSpec) -> dict | None:
         return None
 
 
-class JobStore:
-    """``OUT/jobs.json``: ``{key: {"job_id", "submitted"}}`` of SLURM jobs not yet collected (atomic writes)."""
-
-    def __init__(self, folder: Path):
-        self.path = folder / "jobs.json"
-        try:
-            data = json.loads(self.path.read_text())
-            self.jobs: dict[str, dict] = data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            self.jobs = {}
-
-    def put(self, key: str, job_id: str) -> None:
-        self.jobs[key] = {"job_id": job_id, "submitted": time.time()}
-        self._save()
-
-    def drop(self, key: str) -> None:
-        if self.jobs.pop(key, None) is not None:
-            self._save()
-
-    def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.path, json.dumps(self.jobs, indent=1, sort_keys=True) + "\n")
-
-
 @dataclass
 class _Running:
     spec: JobSpec
@@ -157,7 +134,7 @@ class Runner:
     """Runs :class:`JobSpec` s through submitit; ``on_done(spec, outcome) -> str`` turns each into a record."""
 
     def __init__(self, out: Path, launcher: str = "local", jobs: int = 1, slurm: SlurmOptions | None = None,
-                 wait: bool = True, poll_s: float = 1.0):
+                 wait: bool = True, poll_s: float = 1.0, force: bool = False):
         if launcher not in ("local", "slurm"):
             raise LaunchError(f"--launcher {launcher}: expected local or slurm")
         if launcher == "slurm" and shutil.which("sbatch") is None:
@@ -166,9 +143,12 @@ class Runner:
         if launcher == "local" and not wait:
             raise LaunchError("--no-wait needs --launcher slurm (local jobs are this process's children)")
         self.out, self.launcher, self.parallel = out, launcher, max(1, jobs)
-        self.slurm, self.wait, self.poll_s = slurm or SlurmOptions(), wait, poll_s
-        self.folder = private_folder(out / ".submitit")
-        self.store = JobStore(out)
+        self.slurm, self.wait, self.poll_s, self.force = slurm or SlurmOptions(), wait, poll_s, force
+        try:
+            self.folder = private_folder(out / ".submitit")
+        except FolderError as e:
+            raise LaunchError(str(e)) from None
+        self.store = JobStore(out) if launcher == "slurm" else None
         self.state: dict[str, str] = {}   # pending | running | ok | failed | skipped
         self.running: dict[str, _Running] = {}
 
@@ -241,20 +221,33 @@ class Runner:
 
     # ---- submission and collection ----------------------------------------------------------------
     def _adopt(self) -> None:
-        """Jobs of an earlier call: wait for those queued or running, collect those finished."""
+        """Jobs of an earlier call: wait for those queued or running, collect those finished. An id is
+        trusted only while the cluster names it this folder's job (token + key); ``--force`` collects
+        nothing (a re-run never reuses an earlier outcome) and refuses while an earlier copy still runs."""
         known = {s.key: str(self.store.jobs[s.key]["job_id"]) for s in self.specs if s.key in self.store.jobs}
-        states = cluster_states(list(known.values()))
+        jobs = cluster_jobs(list(known.values()))
         for spec in self.specs:
             if spec.key not in known:
                 continue
-            job_id, state = known[spec.key], states.get(known[spec.key], "UNKNOWN")
-            if state in ACTIVE:
+            job_id = known[spec.key]
+            state, name = jobs.get(job_id, ("UNKNOWN", ""))
+            if state == "UNKNOWN":
+                self.store.drop(spec.key)
+                self._say(spec, f"SLURM job {job_id} is unknown to the cluster; submitting it again")
+            elif name != self.store.name(spec.key):
+                self.store.drop(spec.key)
+                self._say(spec, f"SLURM job {job_id} is not this folder's job (named {short(name, 60)!r}, expected "
+                                f"{self.store.name(spec.key)!r}); not adopted, submitting the task again")
+            elif state in ACTIVE and self.force:
+                raise LaunchError(f"{spec.label}: SLURM job {job_id} of an earlier run is still {state}; --force would "
+                                  f"run a second copy into the same folder: scancel {job_id} or wait for it")
+            elif state in ACTIVE:
                 self.running[spec.key] = _Running(spec, None, job_id)
                 self.state[spec.key] = "running"
                 self._say(spec, f"already on the cluster: SLURM job {job_id} ({state})")
-            elif state == "UNKNOWN":
+            elif self.force:
                 self.store.drop(spec.key)
-                self._say(spec, f"SLURM job {job_id} is unknown to the cluster; submitting it again")
+                self._say(spec, f"--force: the outcome of SLURM job {job_id} ({state}) is not reused; submitting again")
             else:
                 self._collect(spec, job_id, state, None)
                 if self.state[spec.key] != "ok":
@@ -274,7 +267,7 @@ class Runner:
         executor = self._local_executor(spec) if local else self._slurm_executor(spec)
         try:
             # LocalExecutor's controller inherits this environment; submitit echoes sbatch's stderr: one line here
-            with _project_importable(), redirect_stderr(io.StringIO()):
+            with _project_importable(), redirect_stderr(io.StringIO()), controller_output(self.folder, local):
                 job = executor.submit(command)
         except Exception as e:  # sbatch refused: its own message, one line; nothing recorded as failed
             raise LaunchError(f"{spec.label}: sbatch refused the job: {sbatch_message(e)}") from None
@@ -282,9 +275,15 @@ class Runner:
         self.running[spec.key], self.state[spec.key] = run, "running"
         if local:
             self._say(spec, "started")
-        else:
+            return
+        try:
             self.store.put(spec.key, run.job_id)
-            self._say(spec, f"submitted: SLURM job {run.job_id}")
+        except OSError as e:  # an id that cannot be recorded would be orphaned: the job is cancelled
+            subprocess.run(["scancel", run.job_id], capture_output=True)
+            del self.running[spec.key]
+            raise LaunchError(f"{spec.label}: SLURM job {run.job_id} cancelled: its id could not be recorded in "
+                              f"{self.store.path} ({e})") from None
+        self._say(spec, f"submitted: SLURM job {run.job_id}")
 
     def _local_executor(self, spec: JobSpec):
         import submitit
@@ -300,8 +299,9 @@ class Runner:
         import submitit
 
         r, o = spec.resources, self.slurm
-        params: dict = dict(job_name="".join(c if c.isalnum() or c in "-_." else "_" for c in spec.key)[:60],
-                            time=int(o.time_min or -(-(r.timeout_min or 24 * 60) // 1)), nodes=r.nodes,
+        params: dict = dict(job_name=self.store.name(spec.key),
+                            # sbatch reads 0 as no limit: a limit is at least one minute
+                            time=max(1, math.ceil(o.time_min or r.timeout_min or 24 * 60)), nodes=r.nodes,
                             ntasks_per_node=r.tasks_per_node, cpus_per_task=r.cpus, stderr_to_stdout=True, setup=SLURM_SETUP)
         if r.gpus:
             params["gpus_per_node"] = r.gpus

@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 
 from mast.atomic import write_text_atomic
+from mast.safe_read import UnreadableFile, read_regular_text
 
 __all__ = ["RESUMABLE", "RESUME_FILE", "resume_point", "mark", "read_mark"]
 
@@ -40,19 +41,23 @@ def resume_point(out_dir: Path, task: str, config_hash: str, ckpt_sha256: str, b
     if force or task not in RESUMABLE:
         return None
     try:
-        prev = json.loads((out_dir / PREVIOUS_RECORD).read_text())
-    except (OSError, ValueError):
+        prev = json.loads(read_regular_text(out_dir / PREVIOUS_RECORD, "record", 64 << 20))
+    except (UnreadableFile, ValueError, RecursionError):
         return None
     if not isinstance(prev, dict) or prev.get("status") != "failed":
         return None
     cause = prev.get("cluster_state") or ("TIMEOUT (timeout_min)" if prev.get("timed_out") else None)
     same = (prev.get("task_config_hash") == config_hash and prev.get("ckpt_sha256") == ckpt_sha256
             and prev.get("backbone_option") == backbone)
-    pointers = sorted(out_dir.glob(ENGINE_POINTERS[task]))
+    pointers = [p for p in sorted(out_dir.glob(ENGINE_POINTERS[task])) if p.is_file()]  # never a FIFO (a hang)
     if not (cause and same and pointers):
         return None
+    try:
+        names = [read_regular_text(p, "pointer", 4096).strip() for p in pointers]
+    except UnreadableFile:
+        return None  # the task itself then says what is wrong with it
     return {"cause": cause, "slurm_job_id": prev.get("slurm_job_id"),
-            "checkpoints": [str(p.parent / p.read_text().strip()) for p in pointers]}
+            "checkpoints": [str(p.parent / name) for p, name in zip(pointers, names)]}
 
 
 def mark(out_dir: Path, point: dict | None) -> None:
@@ -67,7 +72,7 @@ def mark(out_dir: Path, point: dict | None) -> None:
 def read_mark(out_dir: Path) -> dict | None:
     """The ``resume.json`` of the job being collected, or None when it started over."""
     try:
-        point = json.loads((out_dir / RESUME_FILE).read_text())
-    except (OSError, ValueError):
+        point = json.loads(read_regular_text(out_dir / RESUME_FILE, "resume mark", 1 << 20))
+    except (UnreadableFile, ValueError, RecursionError):
         return None
     return point if isinstance(point, dict) else None

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from mast.atomic import DiskFullError
 from mast.lock import FolderBusyError, FolderLock
+from mast.argtypes import positive_minutes
 from transfer.orchestrate.jobs import JobSpec, LaunchError, Outcome, Resources, Runner, SlurmOptions
 from transfer.orchestrate.resume import mark, read_mark, resume_point
 from transfer.orchestrate.resolve import UNTRAINED_STEM, Checkpoint, UsageError, resolve_checkpoints
@@ -104,7 +105,7 @@ def add_launcher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slurm-account", default=None)
     p.add_argument("--slurm-qos", default=None)
     p.add_argument("--slurm-constraint", default=None)
-    p.add_argument("--slurm-time", type=int, default=None, metavar="MIN",
+    p.add_argument("--slurm-time", type=positive_minutes, default=None, metavar="MIN",
                    help="time limit of every job in minutes (default: the task's timeout_min, else 24 h)")
     p.add_argument("--slurm-cpu-only", action="store_true", default=None,
                    help="request no GPUs (a CPU-only cluster, e.g. scripts/slurm_local.sh)")
@@ -403,7 +404,8 @@ def _run(args: argparse.Namespace, suite: Suite, ckpts: list[Checkpoint], argv: 
     print(f"suite {suite.name} ({suite.path}): {len(suite.tasks)} task(s) x {len(ckpts)} checkpoint(s); "
           f"{len(done)} already done, {len(todo)} to run; results -> {results}", flush=True)
     t0 = time.monotonic()
-    runner = Runner(args.out, args.launcher, args.jobs, slurm_options(args, suite.slurm), wait=not args.no_wait)
+    runner = Runner(args.out, args.launcher, args.jobs, slurm_options(args, suite.slurm), wait=not args.no_wait,
+                    force=args.force)
     todo, unrunnable = precheck(todo, results)
     finished = unrunnable + execute(todo, results, runner, args.force)
     if finished:

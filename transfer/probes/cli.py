@@ -28,6 +28,22 @@ def _optional_int(value: str) -> int | None:
     return int(value) if value.strip() else None
 
 
+def _optional_count(value: str) -> int | None:
+    """A positive int, or None for "" (``--vit-last-blocks 0`` would silently run as 1)."""
+    number = _optional_int(value)
+    if number is not None and number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a positive whole number (or empty for the default)")
+    return number
+
+
+def _stem_padding(value: str) -> int | None:
+    """conv1 padding of a CIFAR stem: 0-3 (a 3x3 kernel), or None for ""."""
+    number = _optional_int(value)
+    if number is not None and not 0 <= number <= 3:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected 0, 1, 2 or 3 (a 3x3 conv1's padding)")
+    return number
+
+
 def _optional_str(value: str) -> str | None:
     return value if value.strip() else None
 
@@ -66,7 +82,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vit-pool", choices=["cls", "avg", "cls+avg"], default=None,
                         help="ViT features: class token, average patch token, or both (default: as the "
                              "checkpoint's codebase evaluates: DINO/iBOT/MoCo v3 cls, MAE avg, DINOv2 cls+avg)")
-    parser.add_argument("--vit-last-blocks", type=_optional_int, default=None,
+    parser.add_argument("--stem-padding", type=_stem_padding, default=None, metavar="N",
+                        help="a CIFAR-stem ResNet's conv1 padding when the file does not say (solo-learn's saved "
+                             "config does: 2 for its CIFAR models; lightly's: 1)")
+    parser.add_argument("--vit-last-blocks", type=_optional_count, default=None,
                         help="ViT: concatenate the class tokens of the last N blocks (DINO eval_linear's "
                              "n_last_blocks; default 4 for DINO/iBOT ViT-S in the linear probe, else 1)")
 
@@ -203,7 +222,8 @@ def _run_task(task: str, args: argparse.Namespace, body: Callable, seeds: list[i
                                          dataset=args.dataset if args.dataset in REGISTRY else None,
                                          split_file=args.split_file, fewshot=fewshot, carve_val=carve_val,
                                          vit_pool=getattr(args, "vit_pool", None),
-                                         vit_last_blocks=getattr(args, "vit_last_blocks", None), linear=linear)
+                                         vit_last_blocks=getattr(args, "vit_last_blocks", None), linear=linear,
+                                         stem_padding=getattr(args, "stem_padding", None))
             config["image_size"] = extractor.image_size
             config["vit_pool"], config["vit_last_blocks"] = extractor.vit_pool, extractor.vit_last_blocks
             config["image_size_source"] = extractor.image_size_source

@@ -39,7 +39,8 @@ from mast import rundir
 from mast.atomic import torch_save_atomic
 from mast.data.folder import DatasetError, center_square, open_rgb
 
-from transfer.checkpoints import CheckpointInfo, HoldsViT, build_resnet, load_backbone, weights_id
+from transfer.checkpoints import (CheckpointInfo, HoldsViT, build_resnet, load_backbone, require_stem_padding,
+                                  weights_id)
 
 __all__ = ["FeatureError", "SplitFeatures", "FeatureExtractor", "Preprocess", "pretrain_resolution",
            "parse_normalize"]
@@ -109,7 +110,10 @@ def _run_config(info: CheckpointInfo) -> dict:
         config = yaml.safe_load((Path(info.run_dir) / rundir.CONFIG).read_text())
     except (OSError, yaml.YAMLError):
         return {}
-    return config if isinstance(config, dict) else {}
+    if not isinstance(config, dict):
+        return {}
+    # a section of another shape (``augment: [..]``) says nothing about the resolution: ignored
+    return {k: v for k, v in config.items() if not (k == "augment" and not isinstance(v, dict))}
 
 
 def pretrain_resolution(info: CheckpointInfo) -> int | None:
@@ -182,9 +186,10 @@ class FeatureExtractor:
                  backbone: str | None = None, normalize: str | None = None, crop_fraction: float = 1.0, require_size: bool = False,
                  dataset: str | None = None, split_file: str | None = None, fewshot: bool = False,
                  carve_val: bool = False, vit_pool: str | None = None, vit_last_blocks: int | None = None,
-                 linear: bool = False) -> None:
+                 linear: bool = False, stem_padding: int | None = None) -> None:
         try:
-            self.state, self.info = load_backbone(ckpt, backbone)
+            self.state, self.info = load_backbone(ckpt, backbone, stem_padding)
+            require_stem_padding(self.info)  # before any work: a CIFAR stem's padding is never guessed
         except HoldsViT:
             from transfer.vit import load_vit
 

@@ -150,11 +150,11 @@ def backbone_of(model: nn.Module) -> nn.Module:
     return inner.backbone
 
 
-def make_loaded_hook(expected_path: Path, resumed: bool) -> Any:
-    """An mmengine hook that verifies the backbone weights right before the first iteration.
-
-    A resumed run holds trained weights, not the checkpoint's: it is not checked.
-    """
+def make_loaded_hook(expected_path: Path, resumed: bool | Path) -> Any:
+    """An mmengine hook that verifies the weights right before the first iteration: the converted
+    backbone's, or for a resumed run (``resumed``: the Runner file) that the file restored every tensor
+    of the model (mmengine loads a resume non-strictly: an empty ``state_dict`` would train nothing and
+    evaluate an untrained head)."""
     from mmengine.hooks import Hook
 
     class BackboneLoadedHook(Hook):
@@ -162,11 +162,30 @@ def make_loaded_hook(expected_path: Path, resumed: bool) -> Any:
 
         def before_train(self, runner) -> None:
             if resumed:
+                verify_resumed(runner.model, Path(resumed))
                 return
             verify_backbone_state(backbone_of(runner.model), read_converted(expected_path), check_values=True)
             runner.logger.info(f"backbone: all weights of {expected_path} loaded (verified)")
 
     return BackboneLoadedHook()
+
+
+def verify_resumed(model: nn.Module, path: Path) -> None:
+    """Every tensor of ``model`` holds the value the Runner file ``path`` saved for it, else TaskFailed."""
+    from transfer.records import TaskFailed
+    from transfer.safe_files import read_runner_file
+
+    saved = read_runner_file(path)
+    saved = saved.get("state_dict") if isinstance(saved, Mapping) else None
+    saved = saved if isinstance(saved, Mapping) else {}
+    own = getattr(model, "module", model).state_dict()
+    missing = [k for k in own if not isinstance(saved.get(k), Tensor) or saved[k].shape != own[k].shape]
+    differ = [k for k in own if k not in missing and not torch.equal(saved[k].to(own[k].device), own[k])]
+    if missing or differ:
+        raise TaskFailed(f"--resume: {path} restores {len(own) - len(missing) - len(differ)} of the model's {len(own)} "
+                         f"tensors (missing or mis-shaped: {len(missing)}, e.g. {missing[:2]}; not loaded: "
+                         f"{len(differ)}); a resume restores the whole model or nothing: run without --resume "
+                         "to start over")
 
 
 def register_runner_scheme() -> None:

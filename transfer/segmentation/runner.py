@@ -190,6 +190,10 @@ def train_and_evaluate(cfg: Any, converted: Path) -> dict[str, float]:
     register_runner_scheme()
     _init_cpu_group(cfg)
     if cfg.get("resume"):
+        pointer = Path(cfg.work_dir) / "last_checkpoint"
+        if os.path.lexists(pointer) and not pointer.is_file():  # mmengine would open a FIFO and block
+            raise FileNotFoundError(f"--resume: {pointer} is not a regular file (mmengine's pointer to the "
+                                    "latest Runner checkpoint); run without --resume to start over")
         latest = find_latest_checkpoint(cfg.work_dir)
         if latest is None:
             raise FileNotFoundError(f"--resume: no Runner checkpoint in {cfg.work_dir}")
@@ -209,7 +213,7 @@ def train_and_evaluate(cfg: Any, converted: Path) -> dict[str, float]:
     # Before any data is read: names and shapes; BackboneLoadedHook then checks the loaded values.
     verify_backbone_state(backbone_of(runner.model), read_converted(converted), check_values=False)
     record_hook = make_metrics_hook()
-    runner.register_hook(make_loaded_hook(converted, resumed=bool(cfg.get("resume"))))
+    runner.register_hook(make_loaded_hook(converted, resumed=Path(latest) if cfg.get("resume") else False))
     runner.register_hook(record_hook)
     try:
         runner.train()
