@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reports.cells import Table, build_table
 from reports.results import Results, headline_metric, metric_names
-from reports.tables import Table, build_table
 
 REFERENCES = Path(__file__).with_name("references.json")
 
@@ -31,6 +31,11 @@ class Family:
     order: tuple[str, ...] = ()  # dataset keys in the papers' column order
     source: str = ""  # the paper table(s) that order follows
     datasets: tuple[str, ...] | None = None  # only these dataset keys (None: any dataset of its types)
+    short: str = ""  # the summary's column header
+
+    @property
+    def name(self) -> str:
+        return self.short or self.title
 
 
 # AugSelf Table 1's datasets, then the suite's two it does not have (CUB200, STL-10)
@@ -39,17 +44,19 @@ LINEAR_ORDER = ("cifar10", "cifar100", "food101", "mit67", "pets", "flowers102",
 IMAGENET = ("imagenet", "imagenet_1pct", "imagenet_10pct")
 FAMILIES = (
     Family("imagenet", "ImageNet linear and semi-supervised evaluation", ("linear", "classification", "semisup"),
-           IMAGENET, "VICReg (Bardes et al., ICLR 2022) Table 1", datasets=IMAGENET),
+           IMAGENET, "VICReg (Bardes et al., ICLR 2022) Table 1", datasets=IMAGENET, short="ImageNet"),
     Family("detection", "Object detection", ("detection",), ("voc_2007_test", "coco_2017_val"),
-           "MoCo (He et al., CVPR 2020) Table 2 (VOC07+12) and Table 5 (COCO)"),
+           "MoCo (He et al., CVPR 2020) Table 2 (VOC07+12) and Table 5 (COCO)", short="Detection"),
     Family("instance_segmentation", "Instance segmentation", ("detection",), ("coco_2017_val",),
-           "MoCo (He et al., CVPR 2020) Table 5 (COCO)"),
+           "MoCo (He et al., CVPR 2020) Table 5 (COCO)", short="Instance seg."),
     Family("semantic_segmentation", "Semantic segmentation", ("segmentation",), ("voc12aug", "cityscapes", "ade20k"),
-           "MoCo (He et al., CVPR 2020) Table 6 (VOC, Cityscapes); MAE Table 5 (ADE20K)"),
+           "MoCo (He et al., CVPR 2020) Table 6 (VOC, Cityscapes); MAE Table 5 (ADE20K)", short="Semantic seg."),
     Family("fewshot", "Few-shot classification (5-way)", ("fewshot",), ("fc100", "cub200", "plant_disease"),
-           "AugSelf (Lee et al., NeurIPS 2021) Table 2"),
-    Family("linear", "Linear evaluation", ("linear",), LINEAR_ORDER, "AugSelf (Lee et al., NeurIPS 2021) Table 1"),
-    Family("knn", "k-NN classification", ("knn",), LINEAR_ORDER, "AugSelf Table 1's datasets (kNN: DINO's protocol)"),
+           "AugSelf (Lee et al., NeurIPS 2021) Table 2", short="Few-shot"),
+    Family("linear", "Linear evaluation", ("linear",), LINEAR_ORDER, "AugSelf (Lee et al., NeurIPS 2021) Table 1",
+           short="Linear"),
+    Family("knn", "k-NN classification", ("knn",), LINEAR_ORDER, "AugSelf Table 1's datasets (kNN: DINO's protocol)",
+           short="kNN"),
 )
 
 # Dataset names as the papers write them (records store the registry key or the detectron2 test split).

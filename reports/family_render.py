@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from reports.cells import Cell, fmt, ordered_names, tex_escape
 from reports.families import Column, FamilyTable
 from reports.results import Results
-from reports.tables import Cell, fmt, ordered_names, tex_escape
 
 KINDS = {  # ± kind -> (mark when a table mixes kinds, what it is)
     "ci": ("", "half-width of the 95% bootstrap interval (over test items, and over pretraining seeds for a group of several)"),
@@ -128,9 +128,16 @@ def footnote(ft: FamilyTable, baseline: str | None, style: Style) -> str:
         parts.append(f"no {pm}: " + t("no interval (a single fine-tuning run, or a record without per-item scores)"))
     if any(c.stat is not None and c.group_seeds > c.stat.n_seeds for c in cells):
         parts.append(style.sup(FEWER) + t(": from fewer of the group's pretraining seeds (the per-task tables say how many)"))
-    if baseline:
-        parts.append(t(f"Δ: difference to {baseline}; ") + style.dagger + t(": its 95% interval excludes 0; no mark: "
-                     "it covers 0; (Δ): no interval (fine-tuning without per-item scores)"))
+    deltas = [c.delta for c in cells if c.delta is not None]
+    if deltas:  # only the kinds of difference the table holds
+        say = [t(f"Δ: difference to {baseline}")]
+        if any(d.marked for d in deltas):
+            say.append(style.dagger + t(": its 95% interval excludes 0"))
+        if any(d.lo is not None and not d.marked for d in deltas):
+            say.append(t("no mark: its 95% interval covers 0"))
+        if any(d.lo is None for d in deltas):
+            say.append(t("(Δ): no interval (a task without per-item scores on both sides, e.g. fine-tuning)"))
+        parts.append("; ".join(say))
     parts.append(t(_metric_note(ft) + "bold: best in column"))
     if ft.references:
         parts.append(t("published rows (italics; not run here, may differ in backbone or schedule): "
@@ -224,29 +231,31 @@ def summary(tables: list[FamilyTable], results: Results, baseline: str | None) -
     heads = []
     for ft in tables:
         first = [i for name, start, _ in _groups(ft.columns) for i in [start] if ft.columns[i].metric]
-        heads.append((ft, first))
+        paper = [i for i in first if " [" not in ft.columns[i].task]  # a [smoke] column is never averaged in
+        tags = sorted({ft.columns[i].task.split(" [", 1)[1] for i in first if i not in paper})
+        heads.append((ft, paper or first, "" if paper else "".join(f" [{t}" for t in tags)))
     names = ordered_names(results, baseline)
-    cols = [f"{title(ft)} [{len(first)}]" for ft, first in heads]
+    cols = [f"{ft.family.name} ({len(first)}){tag}" for ft, first, tag in heads]
     lines = ["| method | " + " | ".join(c.replace("|", "\\|") for c in cols) + " |", "|---|" + ":---:|" * len(cols)]
     for name, label in zip(names, heads[0][0].table.rows if heads else []):
         cells = []
-        for ft, first in heads:
+        for ft, first, _ in heads:
             got = [ft.table.cells[(label, i)] for i in first if ft.table.cells[(label, i)].value is not None]
             if not got:
                 cells.append("–")
                 continue
-            text = fmt(sum(c.value for c in got) / len(got)) + (f" ({len(got)} of {len(first)})" if len(got) < len(first) else "")
+            text = fmt(sum(c.value for c in got) / len(got)) + (f" [{len(got)}]" if len(got) < len(first) else "")
             deltas = [c.delta for c in got if c.delta is not None]
             if deltas:
                 up = sum(d.marked and d.value > 0 for d in deltas)
                 down = sum(d.marked and d.value < 0 for d in deltas)
-                text += f"; Δ {fmt(sum(d.value for d in deltas) / len(deltas), True)} (↑{up} ↓{down} of {len(deltas)})"
+                text += f" ({fmt(sum(d.value for d in deltas) / len(deltas), True)}; ↑{up} ↓{down})"
             cells.append(text)
         lines.append("| " + " | ".join([label] + cells) + " |")
-    note = ("Each cell: the mean over the family's datasets (in brackets: how many) of its headline column (the first "
-            "metric the family table shows per dataset), unweighted and without an interval of its own: the family "
-            "tables below give every number's ± and every difference's mark. ")
+    note = ("Each cell: the unweighted mean over the family's datasets (how many: in the header; [k]: this row "
+            "has k of them) of its headline column (the first metric its table below shows per dataset). The mean "
+            "has no interval of its own: the family tables give every number's ± and every difference's mark.")
     if baseline:
-        note += (f"Δ: the mean difference to {baseline}; ↑/↓: how many of the per-dataset differences are higher/lower "
-                 "with a 95% interval that excludes 0.")
+        note += (f" In parentheses: the mean difference to {baseline}; ↑/↓: how many of the per-dataset differences "
+                 "are higher/lower with a 95% interval that excludes 0.")
     return "\n".join(lines) + "\n\n" + note
