@@ -50,7 +50,7 @@ FAMILIES = (
     Family("instance_segmentation", "Instance segmentation", ("detection",), ("coco_2017_val",),
            "MoCo (He et al., CVPR 2020) Table 5 (COCO)", short="Instance seg."),
     Family("semantic_segmentation", "Semantic segmentation", ("segmentation",), ("voc12aug", "cityscapes", "ade20k"),
-           "MoCo (He et al., CVPR 2020) Table 6 (VOC, Cityscapes); MAE Table 5 (ADE20K)", short="Semantic seg."),
+           "MoCo (He et al., CVPR 2020): VOC, then Cityscapes; ADE20K (ViTs, MAE) after", short="Semantic seg."),
     Family("fewshot", "Few-shot classification (5-way)", ("fewshot",), ("fc100", "cub200", "plant_disease"),
            "AugSelf (Lee et al., NeurIPS 2021) Table 2", short="Few-shot"),
     Family("linear", "Linear evaluation", ("linear",), LINEAR_ORDER, "AugSelf (Lee et al., NeurIPS 2021) Table 1",
