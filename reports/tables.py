@@ -145,8 +145,11 @@ def markdown_report(results: Results, baseline: str | None) -> str:
     fams = families.family_tables(results, baseline, families.load_references())
     parts = ["# Results", "", seeds_note(results), "", *([backbones_note(results), ""] if has_vit(results) else []),
              "## Summary: one headline per family", "", family_render.summary(fams, results, baseline)]
+    vit = has_vit(results)
     for ft in fams:
-        parts += ["", f"## {family_render.title(ft)}", "", family_render.to_markdown(ft, results, baseline)]
+        archs = dict.fromkeys(a for c in ft.columns for a in backbones(results, c.task)) if vit else {}
+        parts += ["", f"## {family_render.title(ft)}" + (f" · backbone: {', '.join(archs)}" if vit else ""), "",
+                  family_render.to_markdown(ft, results, baseline)]
     parts += ["", "## Per-task tables: every metric, full intervals, every seed", "", legend(baseline)]
     for table in task_tables(results, baseline):
         parts += ["", f"## {table.title}", "", to_markdown(table)]
