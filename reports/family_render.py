@@ -201,10 +201,11 @@ def title(ft: FamilyTable) -> str:
 def to_latex(ft: FamilyTable, results: Results, baseline: str | None) -> str:
     """A booktabs table: grouped dataset headers (``\\multicolumn`` + ``\\cmidrule``) over metric names."""
     n, groups = len(ft.columns), _groups(ft.columns)
-    wide = n > 8
+    wide = n > 6
     env = "table*" if wide else "table"
     lines = [rf"\begin{{{env}}}[t]", r"\centering", r"\small", r"\setlength{\tabcolsep}{4pt}",
              rf"\caption{{{tex_escape(title(ft))}. {footnote(ft, baseline, TEX)}}}",
+             *([r"\resizebox{\textwidth}{!}{%"] if wide else []),  # 7+ columns: scaled to the text width
              rf"\begin{{tabular}}{{l{'c' * n}}}", r"\toprule"]
     if _one_metric(ft):
         lines.append(" & ".join(["Method"] + [tex_escape(c.dataset) for c in ft.columns]) + r" \\")
@@ -220,7 +221,7 @@ def to_latex(ft: FamilyTable, results: Results, baseline: str | None) -> str:
             lines.append(r"\midrule")
         lines.append(" & ".join([label] + cells) + r" \\")
         previous = kind
-    lines += [r"\bottomrule", r"\end{tabular}", rf"\end{{{env}}}"]
+    lines += [r"\bottomrule", r"\end{tabular}", *(["}"] if wide else []), rf"\end{{{env}}}"]
     return "\n".join(lines)
 
 

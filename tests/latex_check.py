@@ -27,7 +27,7 @@ def check_structure(tex: str) -> list[dict]:
         assert depth >= 0, "a closing brace without an opening one"
     assert depth == 0, "unbalanced braces"
     body = "\n".join(line for line in tex.splitlines() if not line.startswith("%"))
-    text = re.sub(r"\$[^$]*\$", "", body)  # math may hold _ and ^
+    text = re.sub(r"\$[^$]*\$", "", re.sub(r"\{%$", "{", body, flags=re.M))  # math may hold _ ^; {% ends a line
     assert not re.search(r"(?<!\\)[_%&#^]", text.replace(" & ", " ")), "an unescaped special character"
     assert body.count("$") % 2 == 0, "an unclosed math shift"
     for env in ("table", "table*"):
@@ -48,7 +48,7 @@ def check_structure(tex: str) -> list[dict]:
     return out
 
 
-DOCUMENT = "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n\\input{tables.tex}\n\\end{document}\n"
+DOCUMENT = "\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n\\begin{document}\n\\input{tables.tex}\n\\end{document}\n"
 
 
 def compile_pdf(tex_file: Path, workdir: Path) -> tuple[bool, str]:
