@@ -213,10 +213,12 @@ def load_references(path: str | Path = REFERENCES) -> list[Reference]:
         rows = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: unreadable reference rows ({type(e).__name__}); expected a JSON list") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a JSON list of reference rows, got a {type(rows).__name__}")
     need = {"method": str, "arch": str, "source": str, "family": str, "values": dict}
     out = []
-    for i, row in enumerate(rows if isinstance(rows, list) else [None]):
-        bad = [k for k, t in need.items() if not isinstance((row or {}).get(k) if isinstance(row, dict) else None, t)]
+    for i, row in enumerate(rows):
+        bad = [k for k, t in need.items() if not isinstance(row.get(k) if isinstance(row, dict) else None, t)]
         if bad:
             raise ValueError(f"{path}: entry {i}: expected {', '.join(f'{k} ({need[k].__name__})' for k in bad)}")
         out.append(Reference(row["method"], row["arch"], row["source"], row["family"], row["values"]))

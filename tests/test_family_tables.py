@@ -182,6 +182,9 @@ def test_references_are_marked_apart_and_only_where_they_have_a_column(fams, pap
         bad = Path(paper).parent / "refs.json"
         bad.write_text(json.dumps([{"method": "X", "arch": "R50", "source": "s", "family": "linear"}]))
         families.load_references(bad)
+    bad.write_text("{}")
+    with pytest.raises(ValueError, match="expected a JSON list of reference rows, got a dict"):
+        families.load_references(bad)
 
 
 def test_method_names_are_never_a_question_mark(paper, tmp_path):
