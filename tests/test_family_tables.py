@@ -209,6 +209,9 @@ def test_reports_build_writes_the_family_tables_and_they_compile(paper, tmp_path
     assert len(table) == 2 + len(GROUPS) and table[0].count(" | ") == 7  # method + one column per family
     found = latex_check.check_structure(tex)
     assert [t["columns"] - 1 for t in found] == [6, 9, 6, 2, 6, 13, 13]
+    first = tex.splitlines()[0]  # what to \usepackage: the 7+ column tables are \resizebox'ed
+    assert r"\usepackage{booktabs}" in first and r"\usepackage{graphicx}" in first
+    assert tex.count(r"\resizebox{\textwidth}{!}{%") == 3  # detection (9 columns), linear and kNN (13)
     assert all(t["labels"][0] == "vicreg" for t in found)
     assert r"\multicolumn{3}{c}{VOC07+12}" in tex and r"\cmidrule(lr){2-4}" in tex
 
