@@ -42,9 +42,12 @@ class Family:
 LINEAR_ORDER = ("cifar10", "cifar100", "food101", "mit67", "pets", "flowers102", "caltech101", "cars",
                 "aircraft", "dtd", "sun397", "cub200", "stl10")
 IMAGENET = ("imagenet", "imagenet_1pct", "imagenet_10pct")
+LINEAR_TRANSFER = ("places205", "voc07", "inat18")  # VICReg Table 2's linear classification columns
 FAMILIES = (
     Family("imagenet", "ImageNet linear and semi-supervised evaluation", ("linear", "classification", "semisup"),
            IMAGENET, "VICReg (Bardes et al., ICLR 2022) Table 1", datasets=IMAGENET, short="ImageNet"),
+    Family("linear_transfer", "Linear classification transfer", ("linear", "classification", "svm"), LINEAR_TRANSFER,
+           "VICReg (Bardes et al., ICLR 2022) Table 2", datasets=LINEAR_TRANSFER, short="Linear transfer"),
     Family("detection", "Object detection", ("detection",), ("voc_2007_test", "coco_2017_val"),
            "MoCo (He et al., CVPR 2020) Table 2 (VOC07+12) and Table 5 (COCO)", short="Detection"),
     Family("instance_segmentation", "Instance segmentation", ("detection",), ("coco_2017_val",),
@@ -66,7 +69,7 @@ DATASET_LABELS = {
     "sun397": "SUN397", "cub200": "CUB200", "stl10": "STL-10", "fc100": "FC100", "plant_disease": "Plant Disease",
     "voc_2007_test": "VOC07+12", "coco_2017_val": "COCO", "voc12aug": "VOC12aug", "cityscapes": "Cityscapes",
     "ade20k": "ADE20K", "imagenet": "ImageNet linear", "imagenet_1pct": "Semi-sup. 1%",
-    "imagenet_10pct": "Semi-sup. 10%",
+    "imagenet_10pct": "Semi-sup. 10%", "places205": "Places205", "voc07": "VOC07", "inat18": "iNat18",
 }
 # Metric names as the papers write them: (Markdown, LaTeX).
 METRIC_LABELS = {

@@ -37,6 +37,8 @@ PAPER_ORDERS = {
     "semantic_segmentation": ("MoCo's segmentation table", ["VOC12aug", "Cityscapes"], None),
     # VICReg (Bardes et al., ICLR 2022) Table 1: linear Top-1 Top-5, semi-supervised 1 % and 10 % Top-1 Top-5
     "imagenet": ("VICReg Table 1", ["ImageNet linear", "Semi-sup. 1%", "Semi-sup. 10%"], ["Top-1", "Top-5"] * 3),
+    # VICReg Table 2, linear classification: Places205, VOC07, iNat18
+    "linear_transfer": ("VICReg Table 2", ["Places205", "VOC07", "iNat18"], None),
 }
 GROUPS = {"vicreg": ("vicreg", {}), "mast": ("mast", {}), "dino_r50": (None, {"codebase": "DINO"})}
 SKIPPED = "segmentation_cityscapes"  # its dataset is missing: a column that says so
@@ -96,11 +98,17 @@ def paper_records(root: Path, seed: int = 0) -> list[dict]:
             if task.name == SKIPPED:
                 rec.update(status="skipped", metrics={}, intervals={}, error="dataset not found: cityscapes")
             records.append(rec)
-        for key in families.IMAGENET:
+        for key in families.IMAGENET:  # the classification engine's records
             records.append({"task": "linear" if key == "imagenet" else "semisup", "task_name": f"in1k_{key}",
                             "dataset": key, "scale": "paper", "status": "ok", "name": name, "method": method,
                             "metrics": {"top1": round(rng.uniform(50, 75), 2), "top5": round(rng.uniform(75, 92), 2)},
                             "checkpoint": checkpoint, "task_config_hash": "h"})
+        for key in families.LINEAR_TRANSFER:
+            metric = "mAP" if key == "voc07" else "top1"
+            records.append({"task": "svm" if key == "voc07" else "linear", "task_name": f"transfer_{key}",
+                            "dataset": key, "scale": "paper", "status": "ok", "name": name, "method": method,
+                            "metrics": {metric: round(rng.uniform(40, 85), 2)}, "checkpoint": checkpoint,
+                            "task_config_hash": "h", "headline": metric})
     # per-item scores for one task: a difference the table must mark as distinguishable (†)
     truth = np.random.default_rng(0).random(N_ITEMS)
     for rec in records:
@@ -133,7 +141,7 @@ def _headers(ft) -> tuple[list[str], list[str]]:
 
 
 def test_every_family_has_its_table_in_the_papers_column_order(fams):
-    assert list(fams) == ["imagenet", "detection", "instance_segmentation", "semantic_segmentation", "fewshot",
+    assert list(fams) == ["imagenet", "linear_transfer", "detection", "instance_segmentation", "semantic_segmentation", "fewshot",
                           "linear", "knn"]
     for key, (source, datasets, metrics) in PAPER_ORDERS.items():
         groups, labels = _headers(fams[key])
@@ -171,13 +179,15 @@ def test_references_are_marked_apart_and_only_where_they_have_a_column(fams, pap
     results = load_results(paper)
     refs = fams["imagenet"].references
     assert [(r.method, r.arch) for r in refs] == [("VICReg", "ResNet-50")]
-    assert "Table 1" in refs[0].source
+    assert "Table 1" in refs[0].source and "Table 2" in fams["linear_transfer"].references[0].source
     md = family_render.to_markdown(fams["imagenet"], results, "vicreg")
     last = md.split("\n\n")[0].splitlines()[-1]
     assert last == "| *VICReg ResNet-50 (published)* | *73.2* | *91.1* | *54.8* | *79.4* | *69.5* | *89.5* |"
     tex = family_render.to_latex(fams["imagenet"], results, "vicreg")
     assert tex.split(r"\midrule")[-1].strip().startswith(r"\textit{VICReg ResNet-50 (published)} & \textit{73.2}")
-    assert not any(ft.references for k, ft in fams.items() if k != "imagenet")  # no matching column elsewhere
+    transfer = family_render.to_markdown(fams["linear_transfer"], results, "vicreg").split("\n\n")[0]
+    assert transfer.splitlines()[-1] == "| *VICReg ResNet-50 (published)* | *54.3* | *86.6* | *47.0* |"
+    assert not any(ft.references for k, ft in fams.items() if k not in ("imagenet", "linear_transfer"))
     with pytest.raises(ValueError, match="entry 0: expected values"):
         bad = Path(paper).parent / "refs.json"
         bad.write_text(json.dumps([{"method": "X", "arch": "R50", "source": "s", "family": "linear"}]))
@@ -200,15 +210,15 @@ def test_reports_build_writes_the_family_tables_and_they_compile(paper, tmp_path
     md = (tmp_path / "report" / "tables.md").read_text()
     tex = (tmp_path / "report" / "tables.tex").read_text()
     heads = [line[3:] for line in md.splitlines() if line.startswith("## ")]
-    assert heads[:9] == ["Summary: one headline per family", "ImageNet linear and semi-supervised evaluation",
-                         "Object detection", "Instance segmentation", "Semantic segmentation (mIoU)",
+    assert heads[:10] == ["Summary: one headline per family", "ImageNet linear and semi-supervised evaluation",
+                         "Linear classification transfer (Top-1)", "Object detection", "Instance segmentation", "Semantic segmentation (mIoU)",
                          "Few-shot classification (5-way)", "Linear evaluation (Top-1)", "k-NN classification (top-1, k=20)",
                          "Per-task tables: every metric, full intervals, every seed"]
     summary = md.split("## Summary")[1].split("\n## ")[0]
     table = [line for line in summary.splitlines() if line.startswith("|")]
-    assert len(table) == 2 + len(GROUPS) and table[0].count(" | ") == 7  # method + one column per family
+    assert len(table) == 2 + len(GROUPS) and table[0].count(" | ") == 8  # method + one column per family
     found = latex_check.check_structure(tex)
-    assert [t["columns"] - 1 for t in found] == [6, 9, 6, 2, 6, 13, 13]
+    assert [t["columns"] - 1 for t in found] == [6, 3, 9, 6, 2, 6, 13, 13]
     first = tex.splitlines()[0]  # what to \usepackage: the 7+ column tables are \resizebox'ed
     assert r"\usepackage{booktabs}" in first and r"\usepackage{graphicx}" in first
     assert tex.count(r"\resizebox{\textwidth}{!}{%") == 3  # detection (9 columns), linear and kNN (13)
