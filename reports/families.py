@@ -129,7 +129,7 @@ def dataset_key(results: Results, task: str) -> str:
     return next((str(r["dataset"]) for (_, t), r in results.records.items() if t == task and r.get("dataset")), task)
 
 
-def family_of(results: Results, task: str, families=FAMILIES) -> Family:
+def family_of(results: Results, task: str, families: tuple[Family, ...] = FAMILIES) -> Family:
     kind, key = _task_type(results, task), dataset_key(results, task)
     for family in families:  # a detection task's mask AP joins instance segmentation in family_tables
         if family.key != "instance_segmentation" and kind in family.types \
