@@ -184,7 +184,7 @@ def _index(results: Results, results_path, out: Path, baseline, command: str, md
         for i, rec in sorted(seeds.items()) or [(0, {})]:
             ck = rec.get("checkpoint") or {}
             label = tables.seed_label(name, i) if len(seeds) > 1 else name
-            method = rec.get("method") or ck.get("method") or ck.get("codebase") or "?"  # codebase: a foreign file
+            method = tables.method_label(rec, name)  # a foreign file: the codebase that wrote it
             lines.append(f"| {label} | {method} | {ck.get('arch', '?')} | "
                          f"`{str(ck.get('sha256', ''))[:12]}` | `{_rel(ck.get('path', '?'))}` |")
     lines += ["", md.split("\n", 1)[1].replace("\n## ", "\n### ").strip(), ""]

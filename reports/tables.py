@@ -1,101 +1,27 @@
-"""Paper-style tables: checkpoint groups as rows, task metrics as columns (Markdown, LaTeX, tidy CSV).
+"""The report's tables: tables.md, tables.tex and the tidy results.csv.
 
-A cell shows ``mean [95 % interval] (Δ [interval])`` (reports/compare.py, docs/STATISTICS.md):
-the value is the mean over the group's pretraining seeds, ``sd`` their spread when there are
-several; Δ is the difference to the baseline row, marked † when its interval excludes 0. A
-fine-tuning number without per-item scores shows ``± std (n runs)`` or ``(1 run)``. The best value
-of each column is bold. Every metric is "higher is better". Markdown, LaTeX and CSV print the
-same numbers from the same :class:`Cell`.
+tables.md starts with the summary (one headline per task family) and one table per family in the
+papers' shape (reports/families.py, printed by reports/family_render.py: ``72.3±0.4``), then gives
+one table per task with every metric, the full interval and every seed. A per-task cell shows
+``mean [95 % interval] (Δ [interval])`` (reports/compare.py, docs/STATISTICS.md): the value is the
+mean over the group's pretraining seeds, ``sd`` their spread when there are several; Δ is the
+difference to the baseline row, marked † when its interval excludes 0. A fine-tuning number without
+per-item scores shows ``± std (n runs)`` or ``(1 run)``. The best value of each column is bold.
+Every metric is "higher is better". tables.tex holds the family tables (booktabs). Markdown, LaTeX
+and CSV print the same numbers from the same :class:`reports.cells.Cell`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pandas as pd
 
-from reports import compare
+from reports import compare, families, family_render
 from reports.compare import Delta, Stat
+from reports.cells import (Cell, Table, build_table, fmt, fmt_interval, group_label, ordered_names,  # noqa: F401
+                           seed_label, tex_escape)
 from reports.results import Results, headline_metric, metric_names, task_label
-
-
-@dataclass(frozen=True)
-class Cell:
-    stat: Stat | None = None
-    delta: Delta | None = None
-    best: bool = False
-    note: str = "–"  # shown when there is no value: failed / skipped / – (not run)
-    group_seeds: int = 0  # a group row: the group's pretraining seeds (a task may have run on fewer)
-
-    @property
-    def value(self) -> float | None:
-        return self.stat.value if self.stat else None
-
-
-@dataclass
-class Table:
-    title: str
-    columns: list[tuple[str, str]]  # (task name, metric)
-    rows: list[str]  # row labels: a group, or "<group> s<i>" for one of its seeds
-    cells: dict[tuple[str, int], Cell]
-
-    def header(self, i: int, with_task: bool) -> str:
-        task, metric = self.columns[i]
-        return f"{task} {metric}" if with_task else metric
-
-
-def ordered_names(results: Results, baseline: str | None) -> list[str]:
-    """Checkpoint groups: the baseline first, then first-seen order."""
-    if baseline is not None and baseline not in results.names:
-        raise ValueError(f"--baseline {baseline}: no records for it (checkpoints: {results.names})")
-    return ([baseline] if baseline else []) + [n for n in results.names if n != baseline]
-
-
-def group_label(results: Results, name: str) -> str:
-    n = results.n_seeds(name)
-    return f"{name} ({n} seeds)" if n > 1 else name
-
-
-def seed_label(name: str, index: int) -> str:
-    return f"{name} s{index}"
-
-
-def build_table(results: Results, columns: list[tuple[str, str]], baseline: str | None, title: str,
-                with_seeds: bool = False) -> Table:
-    """One row per group (and, ``with_seeds``, one per seed of a group that has several)."""
-    rows, cells = [], {}
-    for name in ordered_names(results, baseline):
-        label = group_label(results, name)
-        rows.append(label)
-        for i, (task, metric) in enumerate(columns):
-            stat = compare.group_stat(results, name, task, metric)
-            d = compare.delta(results, name, baseline, task, metric) if baseline else None
-            cells[(label, i)] = Cell(stat, d, note=_note(results.get(name, task)), group_seeds=results.n_seeds(name))
-        seeds = max((len(results.seeds(name, t)) for t, _ in columns), default=0)
-        for s in range(seeds if with_seeds and results.n_seeds(name) > 1 else 0):
-            rows.append(seed_label(name, s))
-            for i, (task, metric) in enumerate(columns):
-                runs = results.seeds(name, task)
-                record = runs[s] if s < len(runs) else None
-                stat = compare.seed_stat(results, record, metric) if record else None
-                cells[(rows[-1], i)] = Cell(stat, note=_note(record))
-    for i in range(len(columns)):
-        groups = [group_label(results, n) for n in ordered_names(results, baseline)]
-        shown = [round(cells[(g, i)].value, 1) for g in groups if cells[(g, i)].value is not None]
-        top = max(shown) if len(shown) > 1 else None
-        if top is not None and shown.count(top) == len(shown):  # all tied (e.g. every one 0.0): no best
-            top = None
-        for g in groups:
-            c = cells[(g, i)]
-            if c.value is not None and round(c.value, 1) == top:
-                cells[(g, i)] = replace(c, best=True)
-    return Table(title, columns, rows, cells)
-
-
-def _note(record: dict | None) -> str:
-    if record is None:
-        return "–"
-    return "–" if record.get("status") == "ok" else str(record.get("status") or "failed")
 
 
 def summary_table(results: Results, baseline: str | None) -> Table:
@@ -149,17 +75,6 @@ class Style:
 
 
 MD = Style(("**", "**"), " ± ", (" (", ")"), "†")
-TEX = Style((r"\textbf{", "}"), r" $\pm$ ", (r" {\scriptsize (", ")}"), r"$^\dagger$")
-
-
-def fmt(x: float, signed: bool = False) -> str:
-    """One decimal, never "-0.0" (a difference of -0.004 is shown as +0.0)."""
-    x = round(x, 1) + 0.0
-    return f"{x:+.1f}" if signed else f"{x:.1f}"
-
-
-def fmt_interval(lo: float, hi: float, signed: bool = False) -> str:
-    return f"[{fmt(lo, signed)}, {fmt(hi, signed)}]"
 
 
 def format_cell(cell: Cell, style: Style = MD) -> str:
@@ -204,33 +119,6 @@ def to_markdown(table: Table, with_task: bool = False) -> str:
     return "\n".join(lines)
 
 
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-
-
-def tex_escape(text: str) -> str:
-    return "".join(_TEX.get(ch, ch) for ch in str(text))
-
-
-def to_latex(table: Table, with_task: bool = False) -> str:
-    """A booktabs table; one row per group (and per seed in the per-task tables)."""
-    head = ["Checkpoint"] + [tex_escape(table.header(i, with_task)) for i in range(len(table.columns))]
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{tex_escape(table.title)}}}",
-             r"\begin{tabular}{l" + "c" * len(table.columns) + "}", r"\toprule", " & ".join(head) + r" \\",
-             r"\midrule"]
-    for row in table.rows:
-        cells = [_tex_cell(table.cells[(row, i)]) for i in range(len(table.columns))]
-        lines.append(" & ".join([tex_escape(row)] + cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines)
-
-
-def _tex_cell(cell: Cell) -> str:
-    if cell.stat is None:
-        return "--" if cell.note == "–" else tex_escape(cell.note)
-    return format_cell(cell, TEX)
-
-
 def seeds_note(results: Results) -> str:
     """How many pretraining seeds each group has; "1 seed" says the intervals cover the test set only."""
     counts = {n: results.n_seeds(n) for n in results.names}
@@ -252,11 +140,17 @@ def legend(baseline: str | None) -> str:
 
 
 def markdown_report(results: Results, baseline: str | None) -> str:
-    """tables.md: the summary table, then one table per task with all its metrics (and every seed)."""
-    parts = ["# Results", "", legend(baseline), "", seeds_note(results), "",
-             *([backbones_note(results), ""] if has_vit(results) else []),
-             f"## {summary_table(results, baseline).title}", "",
-             to_markdown(summary_table(results, baseline), with_task=True)]
+    """tables.md: the summary (one headline per family), one table per family in the papers' shape
+    (reports/family_render.py), then one table per task with all its metrics, full intervals and every seed."""
+    fams = families.family_tables(results, baseline, families.load_references())
+    parts = ["# Results", "", seeds_note(results), "", *([backbones_note(results), ""] if has_vit(results) else []),
+             "## Summary: one headline per family", "", family_render.summary(fams, results, baseline)]
+    vit = has_vit(results)
+    for ft in fams:
+        archs = dict.fromkeys(a for c in ft.columns for a in backbones(results, c.task)) if vit else {}
+        parts += ["", f"## {family_render.title(ft)}" + (f" · backbone: {', '.join(archs)}" if vit else ""), "",
+                  family_render.to_markdown(ft, results, baseline)]
+    parts += ["", "## Per-task tables: every metric, full intervals, every seed", "", legend(baseline)]
     for table in task_tables(results, baseline):
         parts += ["", f"## {table.title}", "", to_markdown(table)]
     empty = [t for t in results.tasks if not metric_names(results, t)]
@@ -267,13 +161,21 @@ def markdown_report(results: Results, baseline: str | None) -> str:
 
 
 def latex_report(results: Results, baseline: str | None) -> str:
-    """tables.tex: the same tables for a paper (needs \\usepackage{booktabs})."""
-    parts = [f"% generated by reports.build; baseline: {tex_escape(baseline or 'none')}; needs \\usepackage{{booktabs}}",
-             "% " + legend(baseline).replace("**", "").replace("†", "dagger"), "% " + seeds_note(results),
-             *(["% " + backbones_note(results).replace("`", "")] if has_vit(results) else []),
-             to_latex(summary_table(results, baseline), with_task=True)]
-    parts += [to_latex(t) for t in task_tables(results, baseline)]
+    """tables.tex: one booktabs table per family, ready to paste (needs \\usepackage{booktabs})."""
+    parts = [f"% generated by reports.build; baseline: {tex_escape(baseline or 'none')}; needs \\usepackage{{booktabs}} "
+             "and, for tables of 7+ columns (\\resizebox), \\usepackage{graphicx}",
+             "% " + seeds_note(results), *(["% " + backbones_note(results).replace("`", "")] if has_vit(results) else [])]
+    parts += [family_render.to_latex(ft, results, baseline)
+              for ft in families.family_tables(results, baseline, families.load_references())]
     return "\n\n".join(parts) + "\n"
+
+
+def method_label(record: dict, name: str) -> str:
+    """The method a checkpoint is listed under: the pretraining method its record names, else the
+    codebase that wrote the file (``DINO``, ``solo-learn``, ``torchvision state_dict``), else its group
+    name; never "?"."""
+    ck = _checkpoint(record)
+    return str(record.get("method") or ck.get("method") or ck.get("codebase") or ck.get("source_format") or name)
 
 
 def tidy_frame(results: Results, baseline: str | None) -> pd.DataFrame:

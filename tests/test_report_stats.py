@@ -131,19 +131,27 @@ def test_a_group_row_says_when_a_task_ran_on_fewer_of_its_seeds(tmp_path, truth)
             del seed["same"]
     path = _write(tmp_path / "res", groups)
     md = tables.markdown_report(load_results(path), "base")
-    row = next(ln for ln in md.splitlines() if ln.startswith("| new (3 seeds) |"))
-    shift, same = row.split(" | ")[1:3]
+    family, per_task = md.split("## Per-task tables")
+    rows = [ln for ln in per_task.splitlines() if ln.startswith("| new (3 seeds) |")]  # tables shift, same
+    shift, same = (row.split(" | ")[1] for row in rows)
     assert "sd " in shift and "of 3 seeds" not in shift  # every seed ran "shift"
     value = tables.fmt(100 * (truth < 0.5).mean())
     assert re.fullmatch(rf"\**{re.escape(value)}\** \[[^]]*\] \(1 of 3 seeds\) \(\+0\.0 \[\+0\.0, \+0\.0\]\) \|",
                         same), same
     assert "k of n seeds: the task ran on k of the group's n pretraining seeds" in md
+    # the family table (shift, same side by side): ‡ on the value that comes from 1 of the 3 seeds only
+    row = next(ln for ln in family.split("## k-NN")[1].splitlines() if ln.startswith("| new (3 seeds) |"))
+    assert [c.endswith("‡") for c in row.strip("| ").split(" | ")[1:]] == [False, True]
+    assert "‡: from fewer of the group's pretraining seeds" in family
 
 
 def test_markdown_latex_and_csv_carry_the_same_intervals(tmp_path, truth):
+    """The per-task tables print results.csv's intervals in full; the family tables (Markdown and
+    LaTeX) print the same value with half the interval's width as ±, and mark the same differences."""
     path = _write(tmp_path / "res", {"base": _seeds(truth, [0.6, 0.65]), "new": _seeds(truth, [0.7, 0.66])})
     build.build(path, tmp_path / "report", baseline="base", command="pytest")
     md = (tmp_path / "report" / "tables.md").read_text()
+    family_md, per_task = md.split("## Per-task tables")
     tex = (tmp_path / "report" / "tables.tex").read_text()
     df = pd.read_csv(tmp_path / "report" / "results.csv")
     checked = 0
@@ -152,15 +160,19 @@ def test_markdown_latex_and_csv_carry_the_same_intervals(tmp_path, truth):
         expect = [tables.fmt(row.value), tables.fmt_interval(row.lo, row.hi)]
         if not pd.isna(row.delta_lo):
             expect.append(f"({tables.fmt(row.delta, True)} {tables.fmt_interval(row.delta_lo, row.delta_hi, True)}")
-        md_rows = [ln for ln in md.splitlines() if ln.startswith(f"| {label} |")]
-        tex_rows = [ln for ln in tex.splitlines() if ln.startswith(tables.tex_escape(label) + " &")]
-        assert md_rows and tex_rows
-        for text in expect:
-            assert any(text in ln for ln in md_rows), (text, md_rows)
-            assert any(text.replace("(", r"{\scriptsize (") in ln or text in ln for ln in tex_rows), (text, tex_rows)
+        md_rows = [ln for ln in per_task.splitlines() if ln.startswith(f"| {label} |")]
+        assert md_rows and all(any(text in ln for ln in md_rows) for text in expect), (expect, md_rows)
+        if row.seed == "all":  # the family tables: value±half-width, the same in Markdown and LaTeX
+            compact = tables.fmt(row.value), tables.fmt((row.hi - row.lo) / 2)
+            fam_md = [ln for ln in family_md.splitlines() if ln.startswith(f"| {label} |")]
+            fam_tex = [ln for ln in tex.splitlines() if ln.startswith(tables.tex_escape(label) + " &")]
+            assert any(re.search(rf"\**{re.escape(compact[0])}\**±{re.escape(compact[1])}\b", ln) for ln in fam_md)
+            assert any(re.search(rf"{re.escape(compact[0])}}}?{{\\scriptsize\$\\pm\${re.escape(compact[1])}}}", ln)
+                       for ln in fam_tex), (compact, fam_tex)
         checked += 1
     assert checked == 2 * 2 * (2 + 1)  # 2 groups x 2 tasks x (2 seeds + the group row)
     marked = int((df[df.seed == "all"].distinguishable == True).sum())  # noqa: E712
     assert marked >= 1  # "shift" differs by 5 points on 400 paired items
-    # every group delta appears twice (summary and its task's table): as many † in Markdown as in LaTeX
-    assert md.count("]†)") == tex.count(r"]$^\dagger$)") == 2 * marked
+    # every group difference once in its task's table and once in the Δ row of its family table
+    assert per_task.count("]†)") == marked and family_md.count("†") - family_md.count("†:") == marked
+    assert tex.count(r"$^\dagger$") - tex.count(r"$^\dagger$:") == marked

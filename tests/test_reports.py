@@ -14,6 +14,7 @@ from PIL import Image
 
 from reports import build, mast_plots, tables
 from reports.results import load_results
+import latex_check
 from synthetic_state import make_state, save_state
 
 DATA = Path(__file__).parent / "data"
@@ -42,28 +43,17 @@ def test_latest_record_of_a_config_wins_and_failures_show(results):
     assert summary.cells[("random_init", col)].note == "skipped"
 
 
-def _tabulars(tex: str) -> list[str]:
-    return re.findall(r"\\begin\{tabular\}.*?\\end\{tabular\}", tex, flags=re.S)
-
-
-def test_latex_is_well_formed(results):
+def test_latex_is_one_well_formed_booktabs_table_per_family(results):
     tex = tables.latex_report(results, "vicreg")
-    unescaped = tex.replace(r"\{", "").replace(r"\}", "")
-    depth = 0
-    for ch in unescaped:
-        depth += {"{": 1, "}": -1}.get(ch, 0)
-        assert depth >= 0, "a closing brace without an opening one"
-    assert depth == 0
-    body = "\n".join(line for line in tex.splitlines() if not line.startswith("%"))
-    assert not re.search(r"(?<!\\)_", body), "an unescaped underscore"
-    assert r"random\_init" in tex and r"knn\_shape" in tex
-    assert tex.count(r"\begin{table}") == tex.count(r"\end{table}") == len(_tabulars(tex)) == 6
-    for tab in _tabulars(tex):
-        assert r"\toprule" in tab and r"\bottomrule" in tab  # booktabs
-        ncols = len(re.search(r"\\begin\{tabular\}\{(lc*)\}", tab).group(1))
-        rows = tab.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
-        assert [r.split(" & ")[0] for r in rows] == [r"vicreg", "mast", r"random\_init"]  # one row per checkpoint
-        assert all(r.endswith(r"\\") and r.count(" & ") == ncols - 1 for r in rows)
+    found = latex_check.check_structure(tex)
+    assert r"random\_init" in tex and r"\cmidrule(lr){2-4}" in tex and r"$\pm$" in tex
+    # detection, instance and semantic segmentation, few-shot, linear, kNN: one table each
+    assert [t["columns"] - 1 for t in found] == [3, 3, 1, 2, 1, 2]
+    for t in found:  # a row per group, a Δ row under each group that has a difference
+        assert [x for x in t["labels"] if not x.startswith(r"\quad")] == ["vicreg", "mast", r"random\_init"]
+    assert found[0]["labels"][2] == r"\quad $\Delta$ vs vicreg"
+    assert found[0]["header"] == [r"Method & \multicolumn{3}{c}{scenes} \\",
+                                  r" & AP$^{\rm bb}$ & AP$^{\rm bb}_{50}$ & AP$^{\rm bb}_{75}$ \\"]
 
 
 def test_tidy_csv_has_one_row_per_metric(results):
