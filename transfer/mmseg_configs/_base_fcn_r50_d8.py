@@ -5,12 +5,10 @@
 # first block of a dilated stage use half the dilation, which is exactly what torchvision's
 # `replace_stride_with_dilation` does. transfer/segmentation/runner.py fills `init_cfg.checkpoint`, and
 # sets `depth` from the checkpoint (any torchvision depth) with the heads' `in_channels` to match.
-# Self-contained: no `mmseg::` lookups; the runtime is _base_seg_runtime.py's.
-_base_ = ['./_base_seg_runtime.py']
+# Self-contained: no `mmseg::` lookups; the runtime and the auxiliary head are _base_seg_common.py's.
+_base_ = ['./_base_seg_common.py']
 
 model = dict(
-    type='EncoderDecoder',
-    data_preprocessor=_base_.data_preprocessor,
     backbone=dict(
         type='ResNet',
         depth=50,
@@ -37,19 +35,7 @@ model = dict(
         norm_cfg=_base_.norm_cfg,
         align_corners=False,
         loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
-    auxiliary_head=dict(
-        type='FCNHead',
-        in_channels=1024,
-        in_index=2,
-        channels=256,
-        num_convs=1,
-        concat_input=False,
-        dropout_ratio=0.1,
-        num_classes=21,
-        norm_cfg=_base_.norm_cfg,
-        align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),
-    train_cfg=dict(),
+    auxiliary_head=dict(in_channels=1024, num_classes=21),
     test_cfg=dict(mode='whole'))
 
 # Schedule: SGD lr 0.01, momentum 0.9, wd 5e-4; poly decay (power 0.9) to 1e-4.

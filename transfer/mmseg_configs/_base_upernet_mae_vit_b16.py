@@ -8,13 +8,11 @@
 # unchanged), and fp32 (mmseg's `fp16 = dict(loss_scale='dynamic')` is a no-op in mmseg 1.x once
 # optim_wrapper is replaced, as that config does). The runner checks width, heads, patch and depth
 # against the checkpoint and fills init_cfg.checkpoint. Self-contained: no `mmseg::` lookups;
-# the runtime is _base_seg_runtime.py's.
-_base_ = ['./_base_seg_runtime.py']
+# the runtime and the auxiliary head are _base_seg_common.py's.
+_base_ = ['./_base_seg_common.py']
 
 num_layers = 12
 model = dict(
-    type='EncoderDecoder',
-    data_preprocessor=_base_.data_preprocessor,
     backbone=dict(
         type='MAE',
         img_size=_base_.crop_size,
@@ -44,19 +42,7 @@ model = dict(
         norm_cfg=_base_.norm_cfg,
         align_corners=False,
         loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
-    auxiliary_head=dict(
-        type='FCNHead',
-        in_channels=768,
-        in_index=2,
-        channels=256,
-        num_convs=1,
-        concat_input=False,
-        dropout_ratio=0.1,
-        num_classes=150,
-        norm_cfg=_base_.norm_cfg,
-        align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),
-    train_cfg=dict(),
+    auxiliary_head=dict(in_channels=768, num_classes=150),
     test_cfg=dict(mode='slide', crop_size=_base_.crop_size, stride=(341, 341)))
 
 optim_wrapper = dict(

@@ -1,7 +1,9 @@
 # What every segmentation protocol of this project shares (PROTOCOLS.md "Semantic segmentation"): the
-# image statistics and padding, SyncBN, validation by mIoU, and mmseg's default_runtime. The model
-# bases (_base_fcn_r50_d8.py, _base_upernet_mae_vit_b16.py) inherit it and refer to `_base_.norm_cfg`
-# and `_base_.data_preprocessor`. Self-contained: no `mmseg::` lookups.
+# image statistics and padding, SyncBN, an EncoderDecoder with mmseg's FCN auxiliary head (one 3x3
+# conv of 256 channels on the third stage or block output, loss weight 0.4, as both mmseg recipes
+# have it), validation by mIoU, and mmseg's default_runtime. The model bases (_base_fcn_r50_d8.py,
+# _base_upernet_mae_vit_b16.py) inherit it, add the backbone and decode head, set the auxiliary
+# head's input width and class count, and refer to `_base_.norm_cfg`. Self-contained: no `mmseg::` lookups.
 norm_cfg = dict(type='SyncBN', requires_grad=True)  # BN when the runner uses one process
 crop_size = (512, 512)
 data_preprocessor = dict(
@@ -12,6 +14,20 @@ data_preprocessor = dict(
     pad_val=0,
     seg_pad_val=255,
     size=crop_size)
+model = dict(
+    type='EncoderDecoder',
+    data_preprocessor=data_preprocessor,
+    auxiliary_head=dict(
+        type='FCNHead',
+        in_index=2,
+        channels=256,
+        num_convs=1,
+        concat_input=False,
+        dropout_ratio=0.1,
+        norm_cfg=norm_cfg,
+        align_corners=False,
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),
+    train_cfg=dict())
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
