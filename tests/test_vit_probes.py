@@ -104,6 +104,17 @@ def test_one_pass_fills_every_pooling_and_the_next_task_reads_them(synthetic_roo
     assert not test.from_cache and passes.images == seen + len(test.labels)
 
 
+def test_shallow_vit_keeps_kNN_and_names_the_depth_for_linear(synthetic_root, tmp_path):
+    ref = W.timm_vit(16, 32, depth=2)  # fewer blocks than DINO's linear default (4)
+    torch.save(W.dino(ref.state_dict(), ref.state_dict()), tmp_path / "dino2.pth")
+    root = synthetic_root / "classification" / "shape"
+    knn_like = FeatureExtractor(tmp_path / "dino2.pth", cache_dir=tmp_path / "c", progress=False)
+    assert knn_like.features(root, "test").features.shape[1] == 192  # the pass leaves out what it cannot give
+    linear_like = FeatureExtractor(tmp_path / "dino2.pth", cache_dir=tmp_path / "c", progress=False, linear=True)
+    with pytest.raises(ValueError, match="--vit-last-blocks 4: the ViT has only 2 blocks"):
+        linear_like.features(root, "test")
+
+
 def test_resolution_must_fit_the_patch(tmp_path):
     path, _ = _dino(tmp_path)
     with pytest.raises(FeatureError, match="not a multiple of the ViT's patch size 16"):

@@ -177,6 +177,8 @@ def vit_feature_sets(model: nn.Module, x: Tensor, sets: Sequence[FeatureSet]) ->
         if pool not in POOLS or last_blocks < 1:
             raise ValueError(f"--vit-pool {pool!r} / --vit-last-blocks {last_blocks}: expected one of {POOLS} and >= 1")
     deepest = max(n for _, n in sets)
+    if deepest > len(model.blocks):
+        raise ValueError(f"--vit-last-blocks {deepest}: the ViT has only {len(model.blocks)} blocks")
     if deepest > 1:
         outs = model.get_intermediate_layers(x, n=deepest, return_prefix_tokens=True, norm=True)
         cls_tokens, patches = [o[1][:, 0] for o in outs], outs[-1][0]
@@ -198,7 +200,9 @@ def probe_feature_sets(info: "VitInfo", pool: str, last_blocks: int) -> list[Fea
     another) and the codebase's linear default (DINO ViT-S: the class tokens of the last 4 blocks), so
     that the suite's next probe task on the same images finds its features in the cache.
     """
-    return list(dict.fromkeys([(pool, last_blocks), *((p, 1) for p in POOLS), linear_default(info)]))
+    others = [(p, 1) for p in POOLS] + [linear_default(info)]
+    depth = info.vit.get("depth", 1)  # a ViT shallower than the linear default: that set is left to its task
+    return list(dict.fromkeys([(pool, last_blocks), *(s for s in others if s[1] <= depth)]))
 
 
 class VitFeatures(nn.Module):
