@@ -35,3 +35,16 @@ def test_shape_ceiling_trains_with_labels_and_reports_knn(synthetic_root):
     assert result["train_images"] == 32 and result["test_images"] == 24  # tiny spec: 4 and 3 per class
     assert 0.0 <= result["knn_top1_init"] <= 100.0
     assert result["best_knn_top1"] == max(h["knn_top1"] for h in result["history"])
+
+
+def test_probe_features_benchmark_counts_one_pass_when_the_cache_is_shared():
+    result = run_script("benchmarks/probe_features.py", "--size", "32", "--depth", "4", "--dim", "64",
+                        "--images", "12", "--rounds", "1")
+    arms = result["rounds"][0]
+    assert arms["separate"]["images_through_vit"] == 24 and arms["shared"]["images_through_vit"] == 12
+    knn, lin = arms["shared"]["tasks"]
+    assert (knn["features"], lin["features"]) == (["cls", 1], ["cls", 4])  # DINO's kNN and linear features
+    assert knn["cache_hits"] == [False, False] and lin["cache_hits"] == [True, True]
+    assert not any(t["cache_hits"][0] for t in arms["separate"]["tasks"])
+    ratio = result["ratio_shared_over_separate"]["features_cpu_s"]
+    assert ratio["mean"] == round(arms["shared"]["features_cpu_s"] / arms["separate"]["features_cpu_s"], 3)

@@ -51,6 +51,70 @@ def test_features_are_the_reference_vits_tokens(synthetic_root, tmp_path, pool, 
     assert not torch.equal(again.features(root, "test").features, got)  # another pooling: another cache key
 
 
+class _CountPasses:
+    """Counts the images that go through a timm ViT's blocks (both entry points the probes use)."""
+
+    def __init__(self, monkeypatch) -> None:
+        from timm.models.vision_transformer import VisionTransformer
+
+        self.images = 0
+        for name in ("forward_features", "forward_intermediates"):
+            original = getattr(VisionTransformer, name)
+
+            def counted(model, x, *args, _original=original, **kwargs):
+                self.images += len(x)
+                return _original(model, x, *args, **kwargs)
+
+            monkeypatch.setattr(VisionTransformer, name, counted)
+
+
+def _reference(ref, x, pool, last_blocks):
+    """A separate pass of timm's own ViT for one feature set (what each probe task computed on its own)."""
+    with torch.no_grad():
+        tokens = ref.forward_features(x)
+        cls, avg = tokens[:, 0], tokens[:, 1:].mean(1)
+        if last_blocks > 1:
+            outs = ref.get_intermediate_layers(x, last_blocks, return_prefix_tokens=True, norm=True)
+            cls, avg = torch.cat([o[1][:, 0] for o in outs], 1), outs[-1][0].mean(1)
+    return {"cls": cls, "avg": avg, "cls+avg": torch.cat([cls, avg], 1)}[pool]
+
+
+def test_one_pass_fills_every_pooling_and_the_next_task_reads_them(synthetic_root, tmp_path, monkeypatch):
+    from transfer.vit import probe_feature_sets
+
+    path, ref = _dino(tmp_path)
+    root, cache = synthetic_root / "classification" / "shape", tmp_path / "cache"
+    passes = _CountPasses(monkeypatch)
+    knn_like = FeatureExtractor(path, cache_dir=cache, progress=False)  # kNN: DINO's class token, last block
+    first = knn_like.features(root, "train")
+    n = len(first.labels)
+    assert not first.from_cache and passes.images == n  # one pass over the images
+    sets = probe_feature_sets(knn_like.info, "cls", 1)
+    assert ("cls", 4) in sets and ("avg", 1) in sets and len(list(cache.glob("*.pt"))) == len(sets)
+    x = _pixels(knn_like, root, "train")
+    for pool, blocks in sets:  # each task that asks for another pooling: the cache, no network, the same numbers
+        task, seen = FeatureExtractor(path, cache_dir=cache, progress=False, vit_pool=pool, vit_last_blocks=blocks), passes.images
+        got = task.features(root, "train")
+        assert got.from_cache and task.model is None and passes.images == seen, (pool, blocks)
+        assert float((got.features - _reference(ref, x, pool, blocks)).abs().max()) <= 1e-6, (pool, blocks)
+    linear_like, seen = FeatureExtractor(path, cache_dir=cache, progress=False, linear=True), passes.images
+    assert (linear_like.vit_pool, linear_like.vit_last_blocks) == ("cls", 4)  # DINO ViT-S: the last 4 blocks
+    assert linear_like.features(root, "train").from_cache and passes.images == seen
+    test = linear_like.features(root, "test")  # other images: one pass of its own
+    assert not test.from_cache and passes.images == seen + len(test.labels)
+
+
+def test_shallow_vit_keeps_kNN_and_names_the_depth_for_linear(synthetic_root, tmp_path):
+    ref = W.timm_vit(16, 32, depth=2)  # fewer blocks than DINO's linear default (4)
+    torch.save(W.dino(ref.state_dict(), ref.state_dict()), tmp_path / "dino2.pth")
+    root = synthetic_root / "classification" / "shape"
+    knn_like = FeatureExtractor(tmp_path / "dino2.pth", cache_dir=tmp_path / "c", progress=False)
+    assert knn_like.features(root, "test").features.shape[1] == 192  # the pass leaves out what it cannot give
+    linear_like = FeatureExtractor(tmp_path / "dino2.pth", cache_dir=tmp_path / "c", progress=False, linear=True)
+    with pytest.raises(ValueError, match="--vit-last-blocks 4: the ViT has only 2 blocks"):
+        linear_like.features(root, "test")
+
+
 def test_resolution_must_fit_the_patch(tmp_path):
     path, _ = _dino(tmp_path)
     with pytest.raises(FeatureError, match="not a multiple of the ViT's patch size 16"):

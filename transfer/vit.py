@@ -7,7 +7,7 @@ the result against the keys and shapes of the timm model that spec builds: every
 exactly once, anything missing, mis-shaped or left over refused in one line, the unused tensors
 named. :func:`build_vit` builds the model (optionally at another resolution: the position
 embedding is resampled as DINO and MAE do, :func:`resize_pos_embed`); :func:`vit_features` gives
-the features each codebase evaluates (:data:`POOLS`).
+the features each codebase evaluates (:data:`POOLS`), :func:`vit_feature_sets` several of them from one pass.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +153,9 @@ def load_state(model: nn.Module, state: Mapping[str, Tensor], spec: VitSpec, img
     return model
 
 
+FeatureSet = tuple[str, int]  # (pool, last blocks): one feature a probe asks for, e.g. ("cls", 4)
+
+
 def vit_features(model: nn.Module, x: Tensor, pool: str, last_blocks: int = 1) -> Tensor:
     """Frozen features of images ``x``.
 
@@ -162,39 +165,64 @@ def vit_features(model: nn.Module, x: Tensor, pool: str, last_blocks: int = 1) -
     normed (DINO ``eval_linear``'s ``n_last_blocks``; with ``cls+avg`` the patch average of the
     last block is appended, its ``avgpool_patchtokens``).
     """
-    if pool not in POOLS:
-        raise ValueError(f"--vit-pool {pool!r}: expected one of {POOLS}")
-    prefix = model.num_prefix_tokens
-    if last_blocks > 1:
-        outs = model.get_intermediate_layers(x, n=last_blocks, return_prefix_tokens=True, norm=True)
-        cls = torch.cat([o[1][:, 0] for o in outs], dim=-1)
-        patches = outs[-1][0]
+    return vit_feature_sets(model, x, [(pool, last_blocks)])[(pool, last_blocks)]
+
+
+def vit_feature_sets(model: nn.Module, x: Tensor, sets: Sequence[FeatureSet]) -> dict[FeatureSet, Tensor]:
+    """Every feature set of ``sets`` (:func:`vit_features`' ``(pool, last_blocks)``) from one forward pass.
+
+    The deepest set decides the pass: the normed outputs of its last blocks, whose last one is the
+    final-norm output (a last-block set needs nothing else); one block only: ``forward_features``.
+    """
+    for pool, last_blocks in sets:
+        if pool not in POOLS or last_blocks < 1:
+            raise ValueError(f"--vit-pool {pool!r} / --vit-last-blocks {last_blocks}: expected one of {POOLS} and >= 1")
+    deepest = max(n for _, n in sets)
+    if deepest > len(model.blocks):
+        raise ValueError(f"--vit-last-blocks {deepest}: the ViT has only {len(model.blocks)} blocks")
+    if deepest > 1:
+        outs = model.get_intermediate_layers(x, n=deepest, return_prefix_tokens=True, norm=True)
+        cls_tokens, patches = [o[1][:, 0] for o in outs], outs[-1][0]
     else:
         tokens = model.forward_features(x)
-        cls, patches = tokens[:, 0], tokens[:, prefix:]
-    if pool == "cls":
-        return cls
+        cls_tokens, patches = [tokens[:, 0]], tokens[:, model.num_prefix_tokens:]
     avg = patches.mean(dim=1)
-    return avg if pool == "avg" else torch.cat([cls, avg], dim=-1)
+    out = {}
+    for pool, last_blocks in sets:
+        cls = torch.cat(cls_tokens[-last_blocks:], dim=-1) if last_blocks > 1 else cls_tokens[-1]
+        out[(pool, last_blocks)] = cls if pool == "cls" else avg if pool == "avg" else torch.cat([cls, avg], dim=-1)
+    return out
+
+
+def probe_feature_sets(info: "VitInfo", pool: str, last_blocks: int) -> list[FeatureSet]:
+    """The feature sets one pass computes for a probe asking for ``(pool, last_blocks)``, that one first.
+
+    Also every pooling of the last block (kNN and few-shot take the codebase's, a user may ask for
+    another) and the codebase's linear default (DINO ViT-S: the class tokens of the last 4 blocks), so
+    that the suite's next probe task on the same images finds its features in the cache.
+    """
+    others = [(p, 1) for p in POOLS] + [linear_default(info)]
+    depth = info.vit.get("depth", 1)  # a ViT shallower than the linear default: that set is left to its task
+    return list(dict.fromkeys([(pool, last_blocks), *(s for s in others if s[1] <= depth)]))
 
 
 class VitFeatures(nn.Module):
-    """timm's ViT whose forward gives :func:`vit_features` (the probes' frozen network)."""
+    """timm's ViT whose forward gives every feature set of ``sets`` from one pass (the probes' frozen network)."""
 
-    def __init__(self, model: nn.Module, pool: str, last_blocks: int = 1) -> None:
+    def __init__(self, model: nn.Module, sets: Sequence[FeatureSet]) -> None:
         super().__init__()
-        if pool not in POOLS or last_blocks < 1:
-            raise ValueError(f"--vit-pool {pool!r} / --vit-last-blocks {last_blocks}: expected one of {POOLS} and >= 1")
-        self.model, self.pool, self.last_blocks = model, pool, last_blocks
+        if not sets:
+            raise ValueError("VitFeatures: no feature set asked for")
+        self.model, self.sets = model, list(sets)
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Tensor], info: "VitInfo", img_size: int, pool: str,
-                   last_blocks: int = 1) -> "VitFeatures":
+    def from_state(cls, state: Mapping[str, Tensor], info: "VitInfo", img_size: int,
+                   sets: Sequence[FeatureSet]) -> "VitFeatures":
         spec = spec_of(info)
-        return cls(load_state(build_vit(spec, img_size), state, spec, img_size), pool, last_blocks)
+        return cls(load_state(build_vit(spec, img_size), state, spec, img_size), sets)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return vit_features(self.model, x, self.pool, self.last_blocks)
+    def forward(self, x: Tensor) -> dict[FeatureSet, Tensor]:
+        return vit_feature_sets(self.model, x, self.sets)
 
 
 def linear_default(info: "VitInfo") -> tuple[str, int]:

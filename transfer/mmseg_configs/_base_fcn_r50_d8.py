@@ -5,20 +5,10 @@
 # first block of a dilated stage use half the dilation, which is exactly what torchvision's
 # `replace_stride_with_dilation` does. transfer/segmentation/runner.py fills `init_cfg.checkpoint`, and
 # sets `depth` from the checkpoint (any torchvision depth) with the heads' `in_channels` to match.
-# Self-contained: no `mmseg::` lookups.
-norm_cfg = dict(type='SyncBN', requires_grad=True)  # BN when the runner uses one process
-crop_size = (512, 512)
-data_preprocessor = dict(
-    type='SegDataPreProcessor',
-    mean=[123.675, 116.28, 103.53],
-    std=[58.395, 57.12, 57.375],
-    bgr_to_rgb=True,
-    pad_val=0,
-    seg_pad_val=255,
-    size=crop_size)
+# Self-contained: no `mmseg::` lookups; the runtime and the auxiliary head are _base_seg_common.py's.
+_base_ = ['./_base_seg_common.py']
+
 model = dict(
-    type='EncoderDecoder',
-    data_preprocessor=data_preprocessor,
     backbone=dict(
         type='ResNet',
         depth=50,
@@ -30,7 +20,7 @@ model = dict(
         deep_stem=False,
         avg_down=False,
         contract_dilation=True,
-        norm_cfg=norm_cfg,
+        norm_cfg=_base_.norm_cfg,
         norm_eval=False,
         init_cfg=dict(type='Pretrained', checkpoint=None, prefix='backbone.')),
     decode_head=dict(
@@ -42,22 +32,10 @@ model = dict(
         concat_input=True,
         dropout_ratio=0.1,
         num_classes=21,
-        norm_cfg=norm_cfg,
+        norm_cfg=_base_.norm_cfg,
         align_corners=False,
         loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
-    auxiliary_head=dict(
-        type='FCNHead',
-        in_channels=1024,
-        in_index=2,
-        channels=256,
-        num_convs=1,
-        concat_input=False,
-        dropout_ratio=0.1,
-        num_classes=21,
-        norm_cfg=norm_cfg,
-        align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),
-    train_cfg=dict(),
+    auxiliary_head=dict(in_channels=1024, num_classes=21),
     test_cfg=dict(mode='whole'))
 
 # Schedule: SGD lr 0.01, momentum 0.9, wd 5e-4; poly decay (power 0.9) to 1e-4.
@@ -67,28 +45,3 @@ param_scheduler = [
     dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=20000, by_epoch=False)
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=20000, val_interval=2000)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
-val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
-test_evaluator = val_evaluator
-
-# Runtime (mmseg's default_runtime). Checkpoints keep no more than two on disk (~360 MB each).
-default_scope = 'mmseg'
-env_cfg = dict(
-    cudnn_benchmark=True,
-    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-    dist_cfg=dict(backend='nccl'))
-vis_backends = [dict(type='LocalVisBackend')]
-visualizer = dict(type='SegLocalVisualizer', vis_backends=vis_backends, name='visualizer')
-log_processor = dict(by_epoch=False)
-log_level = 'INFO'
-load_from = None
-resume = False
-randomness = dict(seed=0)
-default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=2000, max_keep_ckpts=2),
-    sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='SegVisualizationHook'))

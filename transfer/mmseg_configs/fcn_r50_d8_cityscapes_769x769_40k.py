@@ -2,7 +2,7 @@
 # (PROTOCOLS.md; mmseg's fcn_r50-d8_4xb2-40k_cityscapes-769x769 with the torchvision-layout
 # backbone). data_root holds leftImg8bit/{train,val} and gtFine/{train,val} with the
 # *_gtFine_labelTrainIds.png maps that mmseg's cityscapes.py converter writes.
-_base_ = ['./_base_fcn_r50_d8.py']
+_base_ = ['./_base_fcn_r50_d8.py', './_base_seg_dataloaders.py']
 
 dataset_name = 'cityscapes'
 data_hint = 'the *_gtFine_labelTrainIds.png maps come from mmseg\'s tools/dataset_converters/cityscapes.py'
@@ -31,23 +31,11 @@ test_pipeline = [
 train_dataloader = dict(
     batch_size=2,  # per process: the runner sets global_batch / world size (and accumulation)
     num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'),
-        pipeline=train_pipeline))
+    dataset=dict(type=dataset_type, data_root=data_root, pipeline=train_pipeline,
+                 data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train')))
 val_dataloader = dict(
-    batch_size=1,
-    num_workers=4,
-    persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'),
-        pipeline=test_pipeline))
+    dataset=dict(type=dataset_type, data_root=data_root, pipeline=test_pipeline,
+                 data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val')))
 test_dataloader = val_dataloader
 
 model = dict(

@@ -2,7 +2,7 @@
 # (PROTOCOLS.md; mmseg's fcn_r50-d8_4xb4-20k_voc12aug-512x512 with the torchvision-layout backbone).
 # data_root holds JPEGImages/, SegmentationClass/, SegmentationClassAug/ and
 # ImageSets/Segmentation/{train,aug,val}.txt (mmseg's voc_aug.py converter makes the Aug parts).
-_base_ = ['./_base_fcn_r50_d8.py']
+_base_ = ['./_base_fcn_r50_d8.py', './_base_seg_dataloaders.py']
 
 dataset_name = 'voc12aug'
 data_hint = 'SegmentationClassAug/ and aug.txt come from mmseg\'s tools/dataset_converters/voc_aug.py'
@@ -35,29 +35,12 @@ dataset_train = dict(
     data_prefix=dict(img_path='JPEGImages', seg_map_path='SegmentationClass'),
     ann_file='ImageSets/Segmentation/train.txt',
     pipeline=train_pipeline)
-dataset_aug = dict(
-    type=dataset_type,
-    data_root=data_root,
-    data_prefix=dict(img_path='JPEGImages', seg_map_path='SegmentationClassAug'),
-    ann_file='ImageSets/Segmentation/aug.txt',
-    pipeline=train_pipeline)
+dataset_aug = dict(dataset_train, data_prefix=dict(img_path='JPEGImages', seg_map_path='SegmentationClassAug'),
+                   ann_file='ImageSets/Segmentation/aug.txt')
 train_dataloader = dict(
     batch_size=4,  # per process: the runner sets global_batch / world size (and accumulation)
-    num_workers=4,
-    persistent_workers=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
     dataset=dict(type='ConcatDataset', datasets=[dataset_train, dataset_aug]))
-val_dataloader = dict(
-    batch_size=1,
-    num_workers=4,
-    persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        data_prefix=dict(img_path='JPEGImages', seg_map_path='SegmentationClass'),
-        ann_file='ImageSets/Segmentation/val.txt',
-        pipeline=test_pipeline))
+val_dataloader = dict(dataset=dict(dataset_train, ann_file='ImageSets/Segmentation/val.txt', pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 model = dict(

@@ -2,7 +2,7 @@
 # 8x2): the MAE/BEiT protocol (PROTOCOLS.md; mmseg's mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py,
 # _base_upernet_mae_vit_b16.py says what differs). data_root holds images/{training,validation} and
 # annotations/{training,validation} (ADEChallengeData2016 as downloaded); labels 0 (other) are ignored.
-_base_ = ['./_base_upernet_mae_vit_b16.py']
+_base_ = ['./_base_upernet_mae_vit_b16.py', './_base_seg_dataloaders.py']
 
 dataset_name = 'ade20k'
 data_hint = 'download ADEChallengeData2016.zip (http://sceneparsing.csail.mit.edu) and unzip it'
@@ -27,22 +27,9 @@ test_pipeline = [
 ]
 train_dataloader = dict(
     batch_size=2,  # per process: the runner sets global_batch / world size (and accumulation)
-    num_workers=4,
-    persistent_workers=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'),
-        pipeline=train_pipeline))
+    dataset=dict(type=dataset_type, data_root=data_root, pipeline=train_pipeline,
+                 data_prefix=dict(img_path='images/training', seg_map_path='annotations/training')))
 val_dataloader = dict(
-    batch_size=1,
-    num_workers=4,
-    persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation'),
-        pipeline=test_pipeline))
+    dataset=dict(type=dataset_type, data_root=data_root, pipeline=test_pipeline,
+                 data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation')))
 test_dataloader = val_dataloader

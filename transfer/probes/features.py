@@ -19,7 +19,9 @@ with a warning. The record stores what was used.
 Cache: one file per (checkpoint sha256 and, in a file with several, the chosen backbone; arch, dataset path + split + every image's
 relative path/size/mtime, transform) under ``--cache-dir`` (default :func:`default_cache_dir`), written
 atomically. Any change of the checkpoint's bytes or of the image files gives another key, so a
-stale entry is never read. The network is built only on a cache miss.
+stale entry is never read. The network is built only on a cache miss. A ViT's key includes its pooling
+(``vit_pool``, ``vit_last_blocks``); one pass stores every pooling the probes ask for, each under its own
+key (:func:`transfer.vit.probe_feature_sets`), so kNN, linear and few-shot share one pass per image.
 """
 
 from __future__ import annotations
@@ -231,13 +233,15 @@ class FeatureExtractor:
         self.model: nn.Module | None = None
         self._items: dict[tuple[str, str], object] = {}
 
-    def cache_key(self, root: Path, split: str, items) -> str:
+    def cache_key(self, root: Path, split: str, items, vit_set: tuple[str, int] | None = None) -> str:
+        """The entry's name: ``vit_set`` ``(pool, last blocks)`` names another feature of a ViT (default: the one asked for)."""
         head = {"ckpt_sha256": weights_id(self.info), "arch": self.info.arch, "root": str(root.resolve()),
                 **({"stem": self.info.stem, "stem_padding": self.info.stem_padding} if self.info.stem != "imagenet" else {}),
                 "dataset": self.dataset, "split": split, "split_info": items.info, "transform": self.preprocess.transform_id(),
                 "items": items.fingerprint()}
         if self.vit:  # a ViT's feature depends on the pooling too (ResNet keys stay as they were)
-            head["vit"] = {"pool": self.vit_pool, "last_blocks": self.vit_last_blocks, "size": self.image_size}
+            pool, blocks = vit_set or (self.vit_pool, self.vit_last_blocks)
+            head["vit"] = {"pool": pool, "last_blocks": blocks, "size": self.image_size}
         return hashlib.sha256(json.dumps(head, sort_keys=True).encode()).hexdigest()
 
     def items(self, root: str | Path, split: str):
@@ -254,7 +258,12 @@ class FeatureExtractor:
         return self._items[key]
 
     def features(self, root: str | Path, split: str) -> SplitFeatures:
-        """Features of ``split`` of ``root``: read from the cache when the key matches, else computed and stored."""
+        """Features of ``split`` of ``root``: read from the cache when the key matches, else computed and stored.
+
+        A ViT's pass computes every feature set of :func:`transfer.vit.probe_feature_sets` and stores
+        each under its own key, so that another probe task asking for another pooling of the same
+        images reads it instead of running the network again.
+        """
         root = Path(root)
         items = self.items(root, split)
         self.splits[split] = {**items.info, "n": len(items), "classes": len(items.classes)}
@@ -263,27 +272,43 @@ class FeatureExtractor:
         cached = _read_cache(path, key, len(items))
         if cached is not None:
             return SplitFeatures(cached["features"], cached["labels"], list(cached["classes"]), True, path)
-        feats = self._embed(items, desc=f"features {root.name}/{split}")
+        sets = self._embed(items, desc=f"features {root.name}/{split}")
+        feats = sets.pop(self._asked())
         bad = int((~torch.isfinite(feats)).any(dim=1).sum())
         if bad:  # a probe on NaN features would report chance level as a result
             raise FeatureError(f"{root}/{split}: {bad} of {len(items)} images give NaN/Inf features "
                                f"with {self.info.path}; the checkpoint's weights or statistics are not finite?")
         labels = torch.tensor(items.labels, dtype=torch.long)
+        entry = {"labels": labels, "classes": items.classes, "ckpt_sha256": self.info.sha256,
+                 "root": str(root.resolve()), "split": split, "image_size": self.image_size}
+        if not self._store(path, {"key": key, "features": feats, **entry}):
+            path = None
+        for vit_set, other in sets.items():  # the other poolings of this pass, for the next task's lookup
+            other_key = self.cache_key(root, split, items, vit_set)
+            other_path = self.cache_dir / f"{other_key}.pt"
+            if bool(torch.isfinite(other).all()) and not other_path.exists():
+                self._store(other_path, {"key": other_key, "features": other, **entry})
+        return SplitFeatures(feats, labels, items.classes, False, path)
+
+    def _asked(self) -> tuple[str, int] | None:
+        """The feature set this extractor was asked for: ``(pool, last blocks)`` for a ViT, None for a ResNet."""
+        return (self.vit_pool, self.vit_last_blocks) if self.vit else None
+
+    @staticmethod
+    def _store(path: Path, entry: dict) -> bool:
         try:
-            torch_save_atomic(path, {"key": key, "features": feats, "labels": labels, "classes": items.classes,
-                                     "ckpt_sha256": self.info.sha256, "root": str(root.resolve()), "split": split,
-                                     "image_size": self.image_size})
+            torch_save_atomic(path, entry)
+            return True
         except OSError as e:  # a cache that cannot be written only costs time next run
             print(f"features: cache not written, continuing without it ({' '.join(str(e).split())})", file=sys.stderr)
-            path = None
-        return SplitFeatures(feats, labels, items.classes, False, path)
+            return False
 
     def _network(self) -> nn.Module:
         if self.model is None and self.vit:
-            from transfer.vit import VitFeatures
+            from transfer.vit import VitFeatures, probe_feature_sets
 
-            self.model = VitFeatures.from_state(self.state, self.info, self.image_size, self.vit_pool,
-                                                self.vit_last_blocks).eval().to(self.device)
+            sets = probe_feature_sets(self.info, self.vit_pool, self.vit_last_blocks)
+            self.model = VitFeatures.from_state(self.state, self.info, self.image_size, sets).eval().to(self.device)
         if self.model is None:
             model = build_resnet(self.info.arch, self.info.stem, self.info.stem_padding)
             model.load_state_dict(self.state, strict=True)
@@ -291,20 +316,23 @@ class FeatureExtractor:
         return self.model
 
     @torch.no_grad()
-    def _embed(self, items, desc: str) -> Tensor:
+    def _embed(self, items, desc: str) -> dict:
+        """Features of every image: ``{feature set: [N, D]}`` (a ResNet's one set is ``None``)."""
         from tqdm import tqdm
 
         model = self._network()
         samples = _ImageList(items, self.preprocess)
         loader = torch.utils.data.DataLoader(samples,
                                              batch_size=self.batch_size, num_workers=self.num_workers)
-        out = []
+        out: dict = {}
         with tqdm(total=len(samples), desc=desc, unit="img", disable=not self.progress, file=sys.stderr) as bar:
             for batch in _safe_iter(loader):
                 batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                out.append(model(batch).float().cpu())
+                got = model(batch)
+                for vit_set, feats in (got.items() if isinstance(got, dict) else [(None, got)]):
+                    out.setdefault(vit_set, []).append(feats.float().cpu())
                 bar.update(len(batch))
-        return torch.cat(out)
+        return {vit_set: torch.cat(parts) for vit_set, parts in out.items()}
 
 
 def _safe_iter(loader: torch.utils.data.DataLoader):
