@@ -66,7 +66,7 @@ class Job:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_all", description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", action="append", default=[],
-                   help=f"checkpoint file (repeat for several); a file named {UNTRAINED_STEM}.pth is the random-init "
+                   help=f"checkpoint file or hub reference (hf://ORG/REPO[@REV][/FILE], torchvision://MODEL.TAG, timm://MODEL.TAG, https://URL[#sha256=HEX]; repeat for several); a file named {UNTRAINED_STEM}.pth is the random-init "
                         "floor: suite tasks marked 'checkpoints: trained' (fine-tuning) skip it")
     p.add_argument("--name", action="append", default=[], help="display name per --ckpt, in order "
                    "(default: the pretraining run's directory name, else the file stem); checkpoints sharing "
@@ -157,7 +157,7 @@ def plan(ckpts: list[Checkpoint], suite: Suite, out: Path, force: bool) -> tuple
 
 def job_command(job: Job) -> list[str]:
     """The task's command line: the suite entry's, plus the checkpoint's --backbone if one was given."""
-    cmd = job.spec.command(sys.executable, job.ckpt.path, job.out_dir)
+    cmd = job.spec.command(sys.executable, job.ckpt.ckpt_arg, job.out_dir)
     return cmd + (["--backbone", job.ckpt.backbone] if job.ckpt.backbone else [])
 
 
@@ -246,7 +246,7 @@ def _failed_record(job: Job, error: str) -> dict:
     ckpt = job.ckpt
     record = new_record(job.spec.task, str(job.spec.args.get("data", job.spec.args.get("config", ""))),
                         job.spec.scale, {"path": str(ckpt.path.resolve()), "sha256": ckpt.sha256, "arch": ckpt.arch,
-                                         "method": ckpt.method, "backbone": ckpt.chosen}, ckpt.method, {"args": job.spec.args})
+                                         "method": ckpt.method, "backbone": ckpt.chosen, "resolved": ckpt.reference}, ckpt.method, {"args": job.spec.args})
     record.update(elapsed_s=None, status="failed", error=error)
     return record
 
