@@ -34,6 +34,10 @@ class HubError(ValueError):
     """A reference that cannot be resolved (one line: the reference and what was tried)."""
 
 
+class Unreachable(HubError):
+    """The hub could not be reached and the file is not cached."""
+
+
 @dataclass(frozen=True)
 class Resolved:
     path: Path  # the local file (or a shard index) the readers open
@@ -88,6 +92,8 @@ def resolve_hf(ref: str, repo_id: str | None = None, revision: str | None = None
             path = _hf_download(repo_id, name, revision)
         except HubError as e:
             failures.append(f"{name}: {e}")
+            if isinstance(e, Unreachable):  # the next candidate would wait for the same retries
+                break
             continue
         commit = _snapshot_commit(path, name)
         if name.endswith(".index.json"):  # every shard at the same commit, or nothing
@@ -108,12 +114,17 @@ def _not_resolved(ref: str, repo_id: str, revision: str, failures: list[str]) ->
 
 def _hf_download(repo_id: str, filename: str, revision: str | None) -> Path:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=offline()))
+    except LocalEntryNotFoundError as e:  # not cached, and offline or the hub unreachable (its retries done)
+        if offline():
+            raise HubError("not in the repo cache") from None
+        raise Unreachable(f"not in the local cache and the hub could not be reached ({' '.join(str(e).split())[:120]}); "
+                          "on a cluster without network, fill the cache elsewhere and set HF_HUB_OFFLINE=1") from None
     except EntryNotFoundError:
-        raise HubError("not in the repo" + (" cache" if offline() else "")) from None
+        raise HubError("not in the repo") from None
     except (HfHubHTTPError, OSError, ValueError) as e:  # unknown repo/revision, no network, a bad cache
         raise HubError(f"{type(e).__name__}: {' '.join(str(e).split())[:160]}") from None
 

@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     global COMMAND
     args = build_parser().parse_args(argv)
-    COMMAND = "python transfer/run_all.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    COMMAND = f"{invoked_as()} " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     try:
         if args.jobs < 1:
             raise UsageError(f"--jobs {args.jobs}: expected a positive integer")
@@ -467,9 +467,14 @@ def outcome(records: list[dict]) -> tuple[str, bool]:
     return f"{len(records)} tasks: {', '.join(parts)}{reason}", counts["ok"] == 0
 
 
+def invoked_as() -> str:
+    """How this command was typed, for the records: the installed console script, else the checkout's path."""
+    return "mast-transfer" if Path(sys.argv[0]).name == "mast-transfer" else "python transfer/run_all.py"
+
+
 def _report(results: Path, out: Path, baseline: str | None, argv: list[str] | None) -> None:
     """Build the report in its own process (``python -m reports.build``), like every task."""
-    command = "python transfer/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = f"{invoked_as()} " + " ".join(argv if argv is not None else sys.argv[1:])
     rebuild = ["-m", "reports.build", "--results", str(results), "--out", str(out)]
     rebuild += ["--baseline", baseline] if baseline else []
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(PROJECT), os.environ.get("PYTHONPATH")) if p))
