@@ -81,6 +81,12 @@ def test_hf_sharded_safetensors_are_read_through_their_index(r18, hf_cache, tmp_
     parts = [files["model.safetensors.index.json"]] + [files[f"model-0000{i}-of-00003.safetensors"] for i in (1, 2, 3)]
     expected = hashlib.sha256("\n".join(hashlib.sha256(p.read_bytes()).hexdigest() for p in parts).encode()).hexdigest()
     assert info.sha256 == expected == sha256_file(info.path)
+    local, local_info = load_backbone(files["model.safetensors.index.json"])  # a local index reads the same
+    assert _same(local, state) and local_info.sha256 == expected and not local_info.reference
+    index = tmp_path / "shards" / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"conv1.weight": "../elsewhere.safetensors"}}))
+    with pytest.raises(CheckpointError, match="weight_map must name shard files in its own folder"):
+        load_backbone(index)
     # a shard missing from the cache: one line naming the reference and the shard file
     (hf_cache / "models--org--sharded" / "snapshots" / COMMIT / "model-00002-of-00003.safetensors").unlink()
     with pytest.raises(CheckpointError, match=rf"^--ckpt hf://org/sharded: not resolved; tried org/sharded@{COMMIT} .*"
