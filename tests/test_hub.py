@@ -181,3 +181,16 @@ def test_run_all_names_the_reference_and_gives_tasks_the_pinned_one(r18, hf_cach
     job = run_all.Job(ck, spec, ck.task_dir(hf_cache, spec.name))
     cmd = run_all.job_command(job)
     assert cmd[cmd.index("--ckpt") + 1] == ck.reference
+
+
+def test_hf_repo_without_safetensors_falls_back_to_its_torch_file_at_a_named_revision(r18, hf_cache, tmp_path):
+    _, state = r18
+    legacy = tmp_path / "pytorch_model.bin"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, legacy)  # a wrapped torch file
+    other = "fedcba9876543210fedcba9876543210fedcba98"
+    hf_repo(hf_cache, "org/legacy", {"pytorch_model.bin": legacy}, commit=other, ref="v1")
+    canonical, info = load_backbone("hf://org/legacy@v1")
+    assert _same(canonical, state) and info.revision == other
+    assert info.resolved == f"hf://org/legacy@{other}/pytorch_model.bin" and info.sha256 == sha256_file(legacy)
+    with pytest.raises(CheckpointError, match="tried org/legacy@main"):  # no refs/main: main is not cached
+        load_backbone("hf://org/legacy")
