@@ -186,7 +186,7 @@ def _index(results: Results, results_path, out: Path, baseline, command: str, md
             label = tables.seed_label(name, i) if len(seeds) > 1 else name
             method = tables.method_label(rec, name)  # a foreign file: the codebase that wrote it
             lines.append(f"| {label} | {method} | {ck.get('arch', '?')} | "
-                         f"`{str(ck.get('sha256', ''))[:12]}` | `{_rel(ck.get('path', '?'))}` |")
+                         f"`{str(ck.get('sha256', ''))[:12]}` | `{ck.get('resolved') or _rel(ck.get('path', '?'))}` |")
     lines += ["", md.split("\n", 1)[1].replace("\n## ", "\n### ").strip(), ""]
     failed = [(n if len(runs) == 1 else tables.seed_label(n, i), t, r)
               for (n, t), runs in results.runs.items() for i, r in enumerate(runs) if r.get("status") != "ok"]

@@ -34,7 +34,8 @@ from torch import Tensor, nn
 
 from mast import rundir
 from transfer.vit_layouts import find_vit_candidates
-from transfer.safe_files import FileReadError, Opaque, read_any
+from transfer.hub import HubError, file_sha256, is_reference, resolve, shard_files
+from transfer.safe_files import INDEX_SUFFIX, FileReadError, Opaque, read_any
 from transfer.layouts import (Candidate, LayoutError, backbone_tensors, choose, find_candidates, flatten,
                               guess_codebase)
 
@@ -77,6 +78,9 @@ class CheckpointInfo:
     stem: str = "imagenet"  # "imagenet" (7x7 stride-2 conv1 + max-pool) or "cifar" (3x3 stride-1 conv1, no max-pool)
     stem_padding: int | None = None  # the CIFAR stem's conv1 padding (not in the tensors; None: unknown)
     stem_padding_source: str = ""  # where it was found (--stem-padding, solo-learn's saved config, ...)
+    reference: str = ""  # the hub reference --ckpt gave (transfer.hub), "" for a local file
+    resolved: str = ""  # that reference pinned to what it resolved to (hf://ORG/REPO@<commit>/FILE, the URL)
+    revision: str = ""  # the hub commit, or the library version whose enum/cfg named the URL
 
 
 def weights_id(info: CheckpointInfo) -> str:
@@ -86,11 +90,25 @@ def weights_id(info: CheckpointInfo) -> str:
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    """The file's sha256; for a sharded checkpoint's ``*.index.json``, the sha256 of the index's and each
+    shard's sha256 in the index's order (a changed shard changes it, as a changed file does)."""
+    path = Path(path)
+    if path.name.endswith(INDEX_SUFFIX):
+        parts = [path] + [path.parent / name for name in shard_files(path)]
+        return hashlib.sha256("\n".join(file_sha256(p, chunk) for p in parts).encode()).hexdigest()
+    return file_sha256(path, chunk)
+
+
+def local_checkpoint(ckpt: str | Path) -> tuple[Path, dict[str, str]]:
+    """``(local file, provenance fields of CheckpointInfo)``: a hub reference (:mod:`transfer.hub`) is resolved
+    through its hub's cache; a path is itself, with no provenance."""
+    if not is_reference(ckpt):
+        return Path(ckpt), {}
+    try:
+        got = resolve(str(ckpt))
+    except HubError as e:
+        raise CheckpointError(str(e)) from None
+    return got.path, {"reference": got.reference, "resolved": got.pinned, "revision": got.revision}
 
 
 def build_resnet(arch: str, stem: str = "imagenet", stem_padding: int | None = None) -> nn.Module:
@@ -209,7 +227,7 @@ def read_checkpoint(path: str | Path) -> Any:
     """
     try:
         return read_any(path)
-    except FileReadError as e:
+    except (FileReadError, HubError) as e:
         raise CheckpointError(str(e)) from None
 
 
@@ -261,7 +279,7 @@ def load_backbone(path: str | Path, backbone: str | None = None,
     whole key-path parts of its prefix, e.g. ``momentum_backbone`` or ``student.module.backbone``).
     ``padding`` (``--stem-padding``) is a CIFAR stem's conv1 padding, else found in the file or None.
     """
-    path = Path(path)
+    path, provenance = local_checkpoint(path)
     obj = read_checkpoint(path)
     flat, cands, chosen, how = locate_backbone(obj, path, backbone)
     stripped = backbone_tensors(chosen, flat)
@@ -274,7 +292,7 @@ def load_backbone(path: str | Path, backbone: str | None = None,
     if any(solo_learn_dataset(c) for _, c in saved_configs(obj, path)):  # its own saved cfg, not a key name
         codebase = "solo-learn"
     info = CheckpointInfo(
-        path=str(path.resolve()),
+        path=str(path if provenance else path.resolve()),  # a hub file: its snapshot name, not the blob
         sha256=sha256_file(path),
         arch=arch,
         method=find_method(obj, path),
@@ -289,6 +307,7 @@ def load_backbone(path: str | Path, backbone: str | None = None,
         stem=stem,
         stem_padding=found if stem == "cifar" else None,
         stem_padding_source=source if stem == "cifar" else "",
+        **provenance,
     )
     return canonical, info
 

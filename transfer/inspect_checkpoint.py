@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from transfer.checkpoints import (CheckpointError, canonicalise, detect_arch, detect_stem, find_method, add_backbone_arg,
-                                  read_checkpoint, sha256_file, find_stem_padding,
+                                  local_checkpoint, read_checkpoint, sha256_file, find_stem_padding,
                                   saved_configs, solo_learn_dataset)
 from transfer.vit_layouts import find_vit_candidates
 from transfer.layouts import (Candidate, LayoutError, backbone_tensors, choose, describe, find_candidates, flatten,
@@ -31,7 +31,7 @@ METADATA_KEYS = ("epoch", "epochs", "global_step", "iteration", "iter", "phase_i
 
 def inspect_checkpoint(path: str | Path, backbone: str | None = None) -> dict[str, Any]:
     """Everything :func:`main` prints, as a JSON-ready dict (``error`` set when the tasks would refuse)."""
-    path = Path(path)
+    path, provenance = local_checkpoint(path)
     obj = read_checkpoint(path)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a state_dict (a dict of "
@@ -42,7 +42,7 @@ def inspect_checkpoint(path: str | Path, backbone: str | None = None) -> dict[st
         "path": str(path), "sha256": sha256_file(path), "size_mb": round(path.stat().st_size / 2**20, 1),
         "tensors": len(flat), "candidates": [_describe(c, flat) for c in cands], "metadata": metadata(obj, path),
         "codebase": None, "chosen": None, "choice": None, "arch": None, "stem": None, "layout": None, "parameters": None,
-        "unused": [], "error": None,
+        "unused": [], "error": None, **provenance,
     }
     vits = find_vit_candidates(flat)
     if vits and (not cands or (backbone and matches_any(backbone, vits) and not matches_any(backbone, cands))):
@@ -117,6 +117,8 @@ def format_report(r: dict[str, Any]) -> str:
     lines = [f"checkpoint: {r['path']} ({r['size_mb']} MB, {r['tensors']} tensors, sha256 {r['sha256'][:12]})",
              f"written by: {r['codebase'] or 'unknown'}",
              f"candidates: {cands or 'none'}"]
+    if r.get("reference"):
+        lines.insert(1, f"from: {r['reference']} -> {r['resolved']}")
     if r["error"]:
         lines.append(f"refused: {r['error']}")
     if r["chosen"] is not None:
@@ -141,7 +143,8 @@ def format_report(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transfer.inspect_checkpoint", description=__doc__.split("\n")[0])
-    parser.add_argument("ckpt", help="checkpoint file (.pth/.pt/.pkl/.safetensors)")
+    parser.add_argument("ckpt", help="checkpoint file (.pth/.pt/.pkl/.safetensors, a shard *.index.json) or a hub "
+                        "reference (hf://ORG/REPO[@REV][/FILE], torchvision://, timm://, https://; docs/HUBS.md)")
     add_backbone_arg(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     args = parser.parse_args(argv)

@@ -18,6 +18,7 @@ them is not a checkpoint.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -28,6 +29,7 @@ import torch
 SAFE_GLOBALS: list[Any] = [argparse.Namespace]
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 SAFETENSORS_SUFFIX = ".safetensors"
+INDEX_SUFFIX = ".index.json"  # a sharded checkpoint's map of tensor -> shard file (transformers' layout)
 # torch's advice around a weights_only refusal (which offers to unpickle the file): not the reason.
 _BOILERPLATE = ("Weights only load failed", "(1)", "(2)", "Check the documentation", "Please file an issue",
                 "In PyTorch 2.6")
@@ -128,7 +130,35 @@ def read_any(path: str | Path, admit: Mapping[str, Any] | None = None) -> Any:
     if not path.is_file():  # also a FIFO or device: only a regular file is opened (a FIFO would block)
         raise FileReadError(f"checkpoint {path} does not exist (expected a .pth/.pt/.pkl/.safetensors file); "
                             "check the path")
+    if path.name.endswith(INDEX_SUFFIX):
+        return read_sharded(path)
     return read_safetensors(path) if is_safetensors(path) else read_torch_file(path, admit)
+
+
+def read_sharded(index: Path) -> dict[str, Any]:
+    """The tensors of a sharded checkpoint: every shard its ``*.index.json`` names (``weight_map``), each read
+    as tensors only, merged; a tensor the index places in a shard that lacks it, or in two shards, is refused."""
+    from transfer.hub import HubError, shard_files
+
+    try:
+        files = shard_files(index)
+    except HubError as e:
+        raise FileReadError(str(e)) from None
+    weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    merged: dict[str, Any] = {}
+    for name in files:
+        shard = read_any(index.parent / name)
+        if not isinstance(shard, Mapping):
+            raise FileReadError(f"shard {index.parent / name} holds a {type(shard).__name__}, expected a dict of tensors")
+        twice = sorted(set(shard) & set(merged))
+        if twice:
+            raise FileReadError(f"sharded checkpoint {index}: tensor {twice[0]} is in two shards")
+        merged.update(shard)
+    missing = [k for k in weight_map if k not in merged]
+    if missing:
+        raise FileReadError(f"sharded checkpoint {index}: {len(missing)} tensors its index names are in no shard "
+                            f"({missing[:3]}); a partial download? re-download the shards")
+    return merged
 
 
 def read_runner_file(path: str | Path) -> Any:

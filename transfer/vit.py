@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from transfer.checkpoints import CheckpointError, CheckpointInfo, read_checkpoint, sha256_file, find_method, \
+from transfer.checkpoints import CheckpointError, CheckpointInfo, local_checkpoint, read_checkpoint, sha256_file, find_method, \
     find_pretrain_seed
 from transfer.layouts import (LayoutError, backbone_tensors, choose, describe, find_candidates, flatten,
                               matches_any)
@@ -275,7 +275,7 @@ def locate_vit(obj: Any, path: Path, backbone: str | None = None):
 
 def load_vit(path: str | Path, backbone: str | None = None) -> tuple[dict[str, Tensor], VitInfo]:
     """Load ``path`` and return ``(timm VisionTransformer state_dict, info)`` (``info.vit``: the spec)."""
-    path = Path(path)
+    path, provenance = local_checkpoint(path)
     obj = read_checkpoint(path)
     flat, cands, chosen, how = locate_vit(obj, path, backbone)
     where = f"{path} [{chosen.name}]" if len(cands) > 1 else str(path)
@@ -287,11 +287,11 @@ def load_vit(path: str | Path, backbone: str | None = None) -> tuple[dict[str, T
     spec = infer_spec(renamed, where)
     state = check_state(renamed, spec, where)
     codebase = guess_vit_codebase(flat, obj, chosen.prefix, chosen.layout, raw)
-    info = VitInfo(path=str(path.resolve()), sha256=sha256_file(path), arch=spec.arch, method=find_method(obj, path),
+    info = VitInfo(path=str(path if provenance else path.resolve()), sha256=sha256_file(path), arch=spec.arch, method=find_method(obj, path),
                    pretrain_seed=find_pretrain_seed(obj, path), source_format=chosen.name or "timm", run_dir=None,
                    backbone=chosen.prefix, backbone_choice=how, candidates=tuple(c.name for c in cands),
                    layout=chosen.layout, codebase=codebase, vit=asdict(spec), unused=_group(unused, chosen.prefix),
-                   default_pool=DEFAULT_POOL.get(codebase, "cls"))
+                   default_pool=DEFAULT_POOL.get(codebase, "cls"), **provenance)
     return state, info
 
 

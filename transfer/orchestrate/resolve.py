@@ -35,6 +35,12 @@ class Checkpoint:
     shared: bool = False  # the name is shared: results go one folder deeper, per checkpoint
     pretrain_seed: int | None = None  # CheckpointInfo.pretrain_seed: the run's ``seed``, when known
     family: str = "resnet"  # "resnet" or "vit" (transfer.vit): which tasks can take it
+    reference: str = ""  # a hub reference pinned to what it resolved to (transfer.hub): what the tasks are given
+
+    @property
+    def ckpt_arg(self) -> str:
+        """What each task's --ckpt is: the pinned hub reference (its record names it), else the file."""
+        return self.reference or str(self.path)
 
     @property
     def label(self) -> str:
@@ -58,6 +64,7 @@ def default_name(path: Path) -> str:
 def resolve_checkpoints(paths: list[str], names: list[str], backbones: list[str] | None = None) -> list[Checkpoint]:
     """Validate every --ckpt before anything runs: it exists, maps onto a ResNet or a ViT; a shared name groups seeds."""
     from transfer.checkpoints import CheckpointError, HoldsViT, load_backbone
+    from transfer.hub import is_reference
     from transfer.vit import load_vit
 
     if names and len(names) != len(paths):
@@ -69,23 +76,36 @@ def resolve_checkpoints(paths: list[str], names: list[str], backbones: list[str]
     choices = [None if b in (None, "auto") else b for b in (backbones * len(paths) if len(backbones) == 1 else backbones)]
     out = []
     for i, raw in enumerate(paths):
-        path = Path(raw)
-        if not path.is_file():
-            raise UsageError(f"--ckpt {raw}: no such file (expected a checkpoint .pth)")
+        hub = is_reference(raw)
+        if not hub and not Path(raw).is_file():
+            raise UsageError(f"--ckpt {raw}: no such file (expected a checkpoint .pth, or a hub reference "
+                             "hf://ORG/REPO, torchvision://MODEL.TAG, timm://MODEL.TAG, https://URL)")
         try:
             try:
-                _, info = load_backbone(path, choices[i] if choices else None)
+                _, info = load_backbone(raw, choices[i] if choices else None)
             except HoldsViT:
-                _, info = load_vit(path, choices[i] if choices else None)
+                _, info = load_vit(raw, choices[i] if choices else None)
         except CheckpointError as e:
-            raise UsageError(f"--ckpt {raw}: {e}") from None
-        name = names[i] if names else default_name(path)
+            msg = str(e)
+            raise UsageError(msg if msg.startswith(f"--ckpt {raw}") else f"--ckpt {raw}: {msg}") from None
+        path = Path(info.path)
+        name = names[i] if names else (reference_name(raw) if hub else default_name(path))
         if not name or not set(name) <= _NAME_CHARS or set(name) == {"."}:
             raise UsageError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (it names a directory)")
         out.append(Checkpoint(name, path, info.sha256, info.arch, info.method, path.stem == UNTRAINED_STEM,
                               choices[i] if choices else None, info.backbone, pretrain_seed=info.pretrain_seed,
-                              family=getattr(info, "family", "resnet")))
+                              family=getattr(info, "family", "resnet"), reference=info.resolved))
     return _group_seeds(out)
+
+
+def reference_name(ref: str) -> str:
+    """Display name of a hub reference: its repo, model tag or file name (``hf://facebook/dinov2-small`` -> dinov2-small)."""
+    body = ref.split("://", 1)[1].split("#")[0]
+    if ref.startswith("hf://"):
+        body = body.split("/")[1].split("@")[0]
+    elif ref.startswith(("https://", "http://")):
+        return default_name(Path(body.rstrip("/").rsplit("/", 1)[-1] or "checkpoint"))
+    return "".join(c if c in _NAME_CHARS else "_" for c in body) or "checkpoint"
 
 
 def _group_seeds(ckpts: list[Checkpoint]) -> list[Checkpoint]:

@@ -66,7 +66,7 @@ class Job:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_all", description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", action="append", default=[],
-                   help=f"checkpoint file (repeat for several); a file named {UNTRAINED_STEM}.pth is the random-init "
+                   help=f"checkpoint file or hub reference (hf://ORG/REPO[@REV][/FILE], torchvision://MODEL.TAG, timm://MODEL.TAG, https://URL[#sha256=HEX]; repeat for several); a file named {UNTRAINED_STEM}.pth is the random-init "
                         "floor: suite tasks marked 'checkpoints: trained' (fine-tuning) skip it")
     p.add_argument("--name", action="append", default=[], help="display name per --ckpt, in order "
                    "(default: the pretraining run's directory name, else the file stem); checkpoints sharing "
@@ -157,7 +157,7 @@ def plan(ckpts: list[Checkpoint], suite: Suite, out: Path, force: bool) -> tuple
 
 def job_command(job: Job) -> list[str]:
     """The task's command line: the suite entry's, plus the checkpoint's --backbone if one was given."""
-    cmd = job.spec.command(sys.executable, job.ckpt.path, job.out_dir)
+    cmd = job.spec.command(sys.executable, job.ckpt.ckpt_arg, job.out_dir)
     return cmd + (["--backbone", job.ckpt.backbone] if job.ckpt.backbone else [])
 
 
@@ -246,7 +246,7 @@ def _failed_record(job: Job, error: str) -> dict:
     ckpt = job.ckpt
     record = new_record(job.spec.task, str(job.spec.args.get("data", job.spec.args.get("config", ""))),
                         job.spec.scale, {"path": str(ckpt.path.resolve()), "sha256": ckpt.sha256, "arch": ckpt.arch,
-                                         "method": ckpt.method, "backbone": ckpt.chosen}, ckpt.method, {"args": job.spec.args})
+                                         "method": ckpt.method, "backbone": ckpt.chosen, "resolved": ckpt.reference}, ckpt.method, {"args": job.spec.args})
     record.update(elapsed_s=None, status="failed", error=error)
     return record
 
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     global COMMAND
     args = build_parser().parse_args(argv)
-    COMMAND = "python transfer/run_all.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    COMMAND = f"{invoked_as()} " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     try:
         if args.jobs < 1:
             raise UsageError(f"--jobs {args.jobs}: expected a positive integer")
@@ -467,9 +467,14 @@ def outcome(records: list[dict]) -> tuple[str, bool]:
     return f"{len(records)} tasks: {', '.join(parts)}{reason}", counts["ok"] == 0
 
 
+def invoked_as() -> str:
+    """How this command was typed, for the records: the installed console script, else the checkout's path."""
+    return "mast-transfer" if Path(sys.argv[0]).name == "mast-transfer" else "python transfer/run_all.py"
+
+
 def _report(results: Path, out: Path, baseline: str | None, argv: list[str] | None) -> None:
     """Build the report in its own process (``python -m reports.build``), like every task."""
-    command = "python transfer/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = f"{invoked_as()} " + " ".join(argv if argv is not None else sys.argv[1:])
     rebuild = ["-m", "reports.build", "--results", str(results), "--out", str(out)]
     rebuild += ["--baseline", baseline] if baseline else []
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(PROJECT), os.environ.get("PYTHONPATH")) if p))
