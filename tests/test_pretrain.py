@@ -133,6 +133,20 @@ def test_kill_and_resume_equals_uninterrupted(full_run, synthetic_root, tmp_path
     assert "optim.base_lr" in err and "model.tau" in err and "\n" not in err
 
 
+@pytest.mark.slow
+def test_resume_from_an_earlier_checkpoint_drops_the_later_events(full_run, synthetic_root, tmp_path):
+    """Events the first process wrote after the checkpoint it is resumed from are not shown twice: TensorBoard's
+    reader sees each step once, with the values of an uninterrupted run (the writer's purge_step)."""
+    args = tiny_args(synthetic_root, tmp_path, "--name", "back")
+    run = tmp_path / "back"
+    assert main(args + ["runtime.stop_after_steps=4"]) == 0
+    (run / "step4.pth").write_bytes((run / "last.pth").read_bytes())
+    assert main(["--resume", "auto"] + args + ["runtime.stop_after_steps=6"]) == 0  # events up to step 6
+    assert [s for s, _ in read_scalars(run / "tensorboard")["loss/total"]] == list(range(1, 7))
+    assert main(["--resume", str(run / "step4.pth")] + args) == 0  # back to step 4, on to the end
+    assert read_scalars(run / "tensorboard")["loss/total"] == read_scalars(full_run / "tensorboard")["loss/total"]
+
+
 def test_vicreg_method_runs(synthetic_root, tmp_path):
     assert main(tiny_args(synthetic_root, tmp_path, "--name", "v", "method=vicreg", "optim.epochs=1",
                           "--no-tensorboard")) == 0
