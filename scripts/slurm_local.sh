@@ -2,7 +2,8 @@
 # A real one-node SLURM cluster on this machine, with accounting (for tests and for trying
 # `--launcher slurm`; docs/CLUSTER.md):
 #
-#   sudo scripts/slurm_local.sh start    # install Debian's packages if missing, configure, start
+#   sudo scripts/slurm_local.sh start    # install Debian's packages if missing, configure, start; then
+#                                        # print the run_all command that asks for no GPUs (--slurm-cpu-only)
 #   sudo scripts/slurm_local.sh status   # which daemons run; sinfo
 #   sudo scripts/slurm_local.sh stop     # end exactly the daemons `start` started (their PID files)
 #
