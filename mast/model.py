@@ -167,6 +167,14 @@ class ConstantUncertainty(nn.Module):
         return self.a.expand(theta1.shape[0], -1)
 
 
+def batch_correlation(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson r per column of two [N, K] tensors (the training log's u_k vs δ_k); NaN where a column
+    is constant (r undefined, e.g. an augmentation whose δ_k is the same for the whole batch)."""
+    a, b = a - a.mean(dim=0), b - b.mean(dim=0)
+    norm = (a.pow(2).sum(dim=0) * b.pow(2).sum(dim=0)).sqrt()
+    return torch.where(norm > 0, (a * b).sum(dim=0) / norm.clamp(min=1e-30), torch.full_like(norm, math.nan))
+
+
 def sensitivities(u_bar: Tensor, mask_logits: Tensor) -> Tensor:
     """Eq. (1'): e_kj = ū_k · (1 − m_kj) with m = sigmoid(φ), [K, d] (also read by reports/ from mast_state.pth)."""
     return u_bar[:, None] * (1.0 - torch.sigmoid(mask_logits))
@@ -266,7 +274,9 @@ class MAST(nn.Module):
             self.subspace.update_u_bar(u)
         out = objective(z1, z2, self.loss_cfg, u=u, masks=masks)
         out["u_mean"] = u.detach().mean(dim=0)
+        out["u_delta_corr"] = batch_correlation(u.detach(), batch.delta.detach().float())
         out["mask_mean"] = masks.detach().mean(dim=1)
+        out["mask_logit_spread"] = self.subspace.effective_logits().float().std(dim=1)
         out["subspace_size"] = self.subspace.subspaces().sum(dim=1)
         return out
 

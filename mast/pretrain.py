@@ -10,7 +10,8 @@ two views are cropped in DataLoader workers, colour-augmented on the device with
 parameters, embedded, and the eq. (6) loss steps two optimizers (LARS/AdamW for backbone +
 expander, Adam for masks + uncertainty heads, METHOD.md §2). The run directory
 ``OUT_DIR/NAME/`` explains itself: config.yaml, versions.json, metrics.jsonl, summary.csv,
-last.pth, backbone_init.pth, backbone.pth, mast_state.pth.
+tensorboard/ (the same scalars; ``--no-tensorboard`` leaves it out), last.pth, backbone_init.pth,
+backbone.pth, mast_state.pth.
 """
 from __future__ import annotations
 
@@ -129,7 +130,7 @@ def build_data(cfg: PretrainConfig, rank: int, world: int, device: torch.device)
     return loader, sampler, steps
 
 
-def setup(cfg: PretrainConfig, resume: str | None) -> Context:
+def setup(cfg: PretrainConfig, resume: str | None, tensorboard: bool = True) -> Context:
     """Build data, model, optimizers and the run directory; restore ``last.pth`` on resume."""
     rank, world, device = init_distributed(cfg)
     if cfg.runtime.threads:
@@ -178,7 +179,7 @@ def setup(cfg: PretrainConfig, resume: str | None) -> Context:
 
     ctx = Context(cfg, run_dir, device, rank, world, model, forward, PhotometricAugment(cfg.augment).to(device),
                   optimizer, subspace_optimizer, scaler, loader, sampler, steps_per_epoch, knn,
-                  RunLog(run_dir, enabled=rank == 0),
+                  RunLog(run_dir, enabled=rank == 0, tensorboard=tensorboard),
                   BadImageBudget(loader.dataset, cfg.data.max_bad_fraction, sampler.per_rank), lock=lock)
     config = to_dict(cfg)
     if resume is not None and last.exists():
@@ -365,6 +366,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", default=None, metavar="auto|PATH",
                         help="continue from OUT_DIR/NAME/last.pth (auto) or from PATH")
     parser.add_argument("--name", default=None, help="run name (directory under out_dir); default: the preset's")
+    parser.add_argument("--no-tensorboard", action="store_true",
+                        help="write no TensorBoard events (OUT_DIR/NAME/tensorboard/); metrics.jsonl is written either way")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. optim.epochs=10 method=vicreg")
     add_launcher_args(parser)
     return parser.parse_intermixed_args(argv)
@@ -378,11 +381,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, overrides)
         if args.launcher == "slurm":  # validated here; the job runs this command without the launcher options
             job_argv = ["--config", args.config, *(["--resume", args.resume] if args.resume else []),
-                        *(["--name", args.name] if args.name else []), *args.overrides]
+                        *(["--name", args.name] if args.name else []),
+                        *(["--no-tensorboard"] if args.no_tensorboard else []), *args.overrides]
             return submit_pretraining(args, job_argv, Path(cfg.out_dir) / cfg.name)
-        ctx = setup(cfg, args.resume)
+        ctx = setup(cfg, args.resume, tensorboard=not args.no_tensorboard)
         start = time.time()
-        train(ctx)
+        try:
+            train(ctx)
+        finally:  # the events written so far reach the disk, also when the run stops
+            ctx.log.close()
         if ctx.interrupted:
             return 128 + ctx.interrupted
         if ctx.step >= cfg.optim.epochs * ctx.steps_per_epoch:

@@ -2,7 +2,8 @@
 
 ``config.yaml`` (resolved config, top-level ``method``), ``versions.json``, ``metrics.jsonl`` (one
 line per logged step: every loss term, mean u_k and subspace size per augmentation, lr, img/s;
-plus kNN lines), ``summary.csv`` (one row per epoch; row 0 = the network at initialisation).
+plus kNN lines), ``summary.csv`` (one row per epoch; row 0 = the network at initialisation),
+``tensorboard/`` (the same scalars as TensorBoard events, :mod:`mast.tensorboard_events`).
 File names: :mod:`mast.rundir`.
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from mast import rundir
 from mast.atomic import write_text_atomic
 from mast.config import PretrainConfig, write_yaml
 from mast.provenance import code_version, library_versions
+from mast.tensorboard_events import open_writer, write_record
 
 SUMMARY_FIELDS = ("epoch", "step", "lr", "loss", "inv", "var", "cov", "unc", "mask_prior",
                   "img_per_s", "knn_top1", "bad_images", "elapsed_s")
@@ -30,8 +33,10 @@ _TERMS = ("loss", "inv", "var", "cov", "unc", "mask_prior")
 class RunLog:
     """metrics.jsonl / summary.csv writer plus per-epoch accumulators (only rank 0 writes)."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
         self.dir, self.enabled = run_dir, enabled
+        self.tensorboard = tensorboard and enabled
+        self._tb: Any = None  # SummaryWriter, opened by start() or truncate()
         self.summary_rows: list[dict] = []
         self.knn_init: float | None = None
         self.knn_last: float | None = None
@@ -51,6 +56,7 @@ class RunLog:
         write_text_atomic(self.dir / rundir.VERSIONS, json.dumps(versions, indent=2) + "\n")
         write_text_atomic(self.dir / rundir.METRICS, "")
         self._write_summary()
+        self._open_tb(None)
 
     def truncate(self, step: int, extra: dict) -> None:
         """On resume: drop log lines written after the checkpoint; restore epoch accumulators."""
@@ -64,11 +70,24 @@ class RunLog:
         kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
         write_text_atomic(path, "".join(ln + "\n" for ln in kept))
         self._write_summary()
+        self._open_tb(step + 1)
+
+    def _open_tb(self, purge_step: int | None) -> None:
+        if self.tensorboard and self._tb is None:
+            self._tb = open_writer(self.dir / rundir.TENSORBOARD, purge_step)
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer (the run ends or stops)."""
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
 
     def _append(self, record: dict) -> None:
         if self.enabled:
             with open(self.dir / rundir.METRICS, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            write_record(self._tb, record)
 
     def _write_summary(self) -> None:
         if not self.enabled:
@@ -124,7 +143,8 @@ class RunLog:
             if value.numel() == 1:
                 record[name] = value.item()
             elif value.dim() == 1 and value.numel() == len(aug_names):
-                record.update({f"{name}/{a}": v for a, v in zip(aug_names, value.tolist())})
+                record.update({f"{name}/{a}": v if math.isfinite(v) else None  # e.g. r with δ_k constant
+                               for a, v in zip(aug_names, value.tolist())})
         self._append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['img_per_s']:.0f}", refresh=False)
 
@@ -156,6 +176,8 @@ class RunLog:
 
     def saved(self) -> None:
         self._last_save = time.time()
+        if self._tb is not None:  # the events reach the disk with each checkpoint
+            self._tb.flush()
 
     def describe(self) -> str:
         if self.knn_init is None or self.knn_last is None:

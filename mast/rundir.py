@@ -10,4 +10,5 @@ SUMMARY = "summary.csv"               # one row per epoch; row 0 = the network a
 LAST = "last.pth"                     # everything needed to resume
 BACKBONE = "backbone.pth"             # the trained backbone, torchvision layout
 BACKBONE_INIT = "backbone_init.pth"   # the same network before step 1: the random-init floor
+TENSORBOARD = "tensorboard"           # TensorBoard event files (mast.tensorboard_events)
 MAST_STATE = "mast_state.pth"         # masks, ū, heads and the held-out pass (METHOD.md §5)

@@ -65,12 +65,23 @@ def cluster_jobs(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     return jobs
 
 
-def sbatch_message(exc: BaseException) -> str:
-    """sbatch's own error line out of submitit's exception text (one line)."""
+#: What sbatch says when a job asks for GPUs (``--gpus-per-node``, ``--gres=gpu``) on a cluster that has none.
+GRES_REFUSED = "invalid generic resource (gres) specification"
+#: The options that ask for no GPUs: run_all / study / demo (transfer/orchestrate), and pretraining.
+CPU_ONLY_HINT = "--slurm-cpu-only (or slurm: {cpu_only: true} in the suite) to request no GPUs"
+PRETRAIN_CPU_HINT = "--gpus-per-node 0 (CPU tasks, gloo; --tasks-per-node N for several) to request no GPUs"
+
+
+def sbatch_message(exc: BaseException, cpu_hint: str = CPU_ONLY_HINT) -> str:
+    """sbatch's own error line out of submitit's exception text (one line); when sbatch refused a GPU
+    request (a cluster without GPUs, e.g. scripts/slurm_local.sh's node), also the option that asks for none."""
     text = str(exc)
     lines = [ln.strip() for ln in text.splitlines() if "error" in ln.lower() and ln.strip()]
     picked = [ln for ln in lines if ln.startswith("sbatch:")] or lines or [text.strip()]
-    return " ".join(" ".join(picked[:2]).split())[:300]
+    message = " ".join(" ".join(picked[:2]).split())[:300]
+    if GRES_REFUSED in text.lower():
+        message += f"; this cluster has no GPUs of that kind: rerun with {cpu_hint}"
+    return message
 
 
 class FolderError(ValueError):
@@ -174,7 +185,7 @@ def submit_pretraining(args: argparse.Namespace, argv: list[str], run_dir: Path)
         with redirect_stderr(io.StringIO()):  # submitit echoes sbatch's stderr; the one line is below
             job = executor.submit(PretrainJob(argv))
     except Exception as e:
-        print(f"error: sbatch refused the job: {sbatch_message(e)}", file=sys.stderr)
+        print(f"error: sbatch refused the job: {sbatch_message(e, PRETRAIN_CPU_HINT)}", file=sys.stderr)
         return 2
     print(f"submitted SLURM job {job.job_id}: {args.nodes} node(s) x {tasks} task(s) -> {run_dir} "
           f"(logs {folder}/{job.job_id}_<task>_log.out)", flush=True)

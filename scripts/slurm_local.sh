@@ -2,7 +2,8 @@
 # A real one-node SLURM cluster on this machine, with accounting (for tests and for trying
 # `--launcher slurm`; docs/CLUSTER.md):
 #
-#   sudo scripts/slurm_local.sh start    # install Debian's packages if missing, configure, start
+#   sudo scripts/slurm_local.sh start    # install Debian's packages if missing, configure, start; then
+#                                        # print the run_all command that asks for no GPUs (--slurm-cpu-only)
 #   sudo scripts/slurm_local.sh status   # which daemons run; sinfo
 #   sudo scripts/slurm_local.sh stop     # end exactly the daemons `start` started (their PID files)
 #
@@ -21,6 +22,7 @@ PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
 export SLURM_CONF="$DIR/etc/slurm.conf"
 export MYSQL_UNIX_PORT="$DIR/mysql/mysqld.sock"   # slurmdbd's MySQL client connects through it
 DAEMONS=(munged mariadbd slurmdbd slurmctld slurmd)   # start order; stop goes in reverse
+TRY_RUN_ALL="python transfer/run_all.py --suite demo --tasks knn --ckpt runs/pretrain/demo_mast_s0/backbone.pth --launcher slurm --slurm-cpu-only"
 
 die() { echo "slurm_local: $*" >&2; exit 1; }
 now() { date +%s.%N; }
@@ -198,6 +200,16 @@ cmd_start() {
   start_slurm
   echo "slurm_local: cluster $CLUSTER up in $(awk "BEGIN{printf \"%.1f\", $(now)-$t1}") s" \
        "(install $(awk "BEGIN{printf \"%.1f\", $t1-$t0}") s); export SLURM_CONF=$SLURM_CONF"
+  try_it
+}
+
+# The node offers SLURM no GPUs (no Gres in slurm.conf): a job asking for one is refused with "Invalid
+# generic resource (gres) specification". These are the commands that ask for none (README "On a cluster").
+try_it() {
+  echo "slurm_local: this node has no GPUs for SLURM: ask for none. From the checkout, after make demo:"
+  echo "  export SLURM_CONF=$SLURM_CONF"
+  echo "  $TRY_RUN_ALL"
+  echo "  (pretraining: python -m mast.pretrain --launcher slurm without --gpus-per-node)"
 }
 
 cmd_stop() {

@@ -16,6 +16,7 @@ import torch
 import torchvision
 import yaml
 
+from tensorboard_reader import read_scalars
 from transfer.detection import main
 from transfer.detection.heads import register_heads
 
@@ -70,6 +71,13 @@ def test_runner_trains_evaluates_and_records(r18_ckpt, synthetic_root, tmp_path,
     assert "backbone tensors (all verified)" in log and "Starting training" in log
     assert not (out / "seed_3" / "model_final.pth").exists()  # demo scale keeps no model file
     assert not list(out.rglob("*.pkl"))  # the conversion never touches the disk
+    # detectron2's TensorboardXWriter: the training scalars per iteration and the evaluation's APs
+    scalars = read_scalars(out / "seed_3")
+    metrics = [json.loads(ln) for ln in (out / "seed_3" / "metrics.json").read_text().splitlines()]
+    for tag in ("total_loss", "loss_cls", "loss_box_reg", "lr", "bbox/AP", "bbox/AP50"):
+        assert tag in scalars, tag
+    assert [s for s, _ in scalars["total_loss"]] == [m["iteration"] for m in metrics if "total_loss" in m]
+    assert scalars["bbox/AP"][-1][1] == pytest.approx(rec["metrics"]["bbox_AP"], abs=1e-4)
     # an existing record is never overwritten silently
     before = (out / "record.json").read_bytes()
     assert main(["--ckpt", str(r18_ckpt), "--config", DEMO, "--out", str(out), "--data-root", str(synthetic_root)]) == 2

@@ -23,6 +23,7 @@ from mast.data.folder import ResumableSampler, TwoViewFolder
 from mast.augment import AugmentConfig, SpatialTwoView
 from mast.pretrain import main
 from conftest import tiny_args  # noqa: F401 - shared with test_reliability.py
+from tensorboard_reader import read_scalars
 
 
 def _backbone(path: Path) -> dict:
@@ -68,6 +69,26 @@ def test_run_writes_every_file(full_run):
     assert torch.load(full_run / "last.pth", weights_only=True)["step"] == 8
 
 
+@pytest.mark.slow
+def test_tensorboard_events_hold_the_logged_scalars(full_run):
+    """TensorBoard's own reader finds metrics.jsonl's scalars in OUT_DIR/NAME/tensorboard/, step for step."""
+    scalars = read_scalars(full_run / "tensorboard")
+    lines = [json.loads(ln) for ln in (full_run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in lines if "loss" in r]
+    for tag, key in (("loss/total", "loss"), ("loss/inv", "inv"), ("loss/unc", "unc"), ("optim/lr", "lr"),
+                     ("w/eff", "w_eff"), ("w/mean", "w_mean"), ("u_mean/crop", "u_mean/crop"),
+                     ("mask_logit_spread/crop", "mask_logit_spread/crop"), ("subspace_size/blur", "subspace_size/blur")):
+        assert [s for s, _ in scalars[tag]] == list(range(1, 9)), tag
+        np.testing.assert_allclose([v for _, v in scalars[tag]], [r[key] for r in train], rtol=1e-6, err_msg=tag)
+    assert [s for s, _ in scalars["knn/top1"]] == [0, 4, 8]
+    np.testing.assert_allclose([v for _, v in scalars["knn/top1"]], [r["knn_top1"] for r in lines if "knn_top1" in r],
+                               rtol=1e-6)
+    # u vs δ: Pearson r per augmentation and step, a correlation wherever it is defined
+    corr = [v for aug in ("crop", "color", "blur", "solarize") for _, v in scalars.get(f"u_delta_corr/{aug}", [])]
+    assert corr and all(-1.0 - 1e-6 <= v <= 1.0 + 1e-6 for v in corr)
+    assert all(v >= 0 for t, pts in scalars.items() if t.startswith("mask_logit_spread/") for _, v in pts)
+
+
 def test_checkpoint_reader_sees_method(full_run):
     checkpoints = pytest.importorskip("transfer.checkpoints")
     if not hasattr(checkpoints, "load_backbone"):
@@ -104,6 +125,7 @@ def test_kill_and_resume_equals_uninterrupted(full_run, synthetic_root, tmp_path
     assert torch.equal(ma["mask_logits"], mb["mask_logits"]) and torch.equal(ma["u_bar"], mb["u_bar"])
     losses = lambda run: [json.loads(ln).get("loss") for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert losses(full_run) == losses(cut)  # same steps, logged once each, same values
+    assert read_scalars(cut / "tensorboard")["loss/total"] == read_scalars(full_run / "tensorboard")["loss/total"]
 
     # resuming with a different config is refused, naming the keys
     assert main(["--resume", "auto"] + args + ["optim.base_lr=0.5", "model.tau=0.3"]) == 2
@@ -111,9 +133,25 @@ def test_kill_and_resume_equals_uninterrupted(full_run, synthetic_root, tmp_path
     assert "optim.base_lr" in err and "model.tau" in err and "\n" not in err
 
 
+@pytest.mark.slow
+def test_resume_from_an_earlier_checkpoint_drops_the_later_events(full_run, synthetic_root, tmp_path):
+    """Events the first process wrote after the checkpoint it is resumed from are not shown twice: TensorBoard's
+    reader sees each step once, with the values of an uninterrupted run (the writer's purge_step)."""
+    args = tiny_args(synthetic_root, tmp_path, "--name", "back")
+    run = tmp_path / "back"
+    assert main(args + ["runtime.stop_after_steps=4"]) == 0
+    (run / "step4.pth").write_bytes((run / "last.pth").read_bytes())
+    assert main(["--resume", "auto"] + args + ["runtime.stop_after_steps=6"]) == 0  # events up to step 6
+    assert [s for s, _ in read_scalars(run / "tensorboard")["loss/total"]] == list(range(1, 7))
+    assert main(["--resume", str(run / "step4.pth")] + args) == 0  # back to step 4, on to the end
+    assert read_scalars(run / "tensorboard")["loss/total"] == read_scalars(full_run / "tensorboard")["loss/total"]
+
+
 def test_vicreg_method_runs(synthetic_root, tmp_path):
-    assert main(tiny_args(synthetic_root, tmp_path, "--name", "v", "method=vicreg", "optim.epochs=1")) == 0
+    assert main(tiny_args(synthetic_root, tmp_path, "--name", "v", "method=vicreg", "optim.epochs=1",
+                          "--no-tensorboard")) == 0
     run = tmp_path / "v"
+    assert not (run / "tensorboard").exists() and (run / "metrics.jsonl").stat().st_size > 0
     assert yaml.safe_load((run / "config.yaml").read_text())["method"] == "vicreg"
     state = torch.load(run / "mast_state.pth", weights_only=True)
     assert state["method"] == "vicreg" and "mask_logits" not in state

@@ -297,3 +297,23 @@ def test_failures_are_recorded_and_a_killed_suite_resumes(ckpt, synthetic_root, 
     assert [r["status"] for r in by_task["hangs"]] == ["failed"] and "timed out" in by_task["hangs"][0]["error"]
     assert '"sta' in results.read_text()  # the corrupt line is kept, never lost
     assert "| checkpoint" in stdout and "fs_2shot" in stdout  # final summary table
+
+
+def test_no_tensorboard_reaches_the_tasks_that_write_events(ckpt, tmp_path):
+    """run_all --no-tensorboard: detection's and segmentation's own parsers see --no-tensorboard, other tasks
+    get no unknown option, and the task's config hash (which ok records are matched on) stays the same."""
+    from transfer.detection.runner import parse_args as detection_args
+    from transfer.segmentation.runner import build_parser as segmentation_parser
+
+    assert run_all.build_parser().parse_args(["--no-tensorboard"]).no_tensorboard
+    (checkpoint,) = run_all.resolve_checkpoints([str(ckpt)], [], [])
+    suite = load_suite("demo", {}, None, {}, False)
+    parse = {"detection": detection_args, "segmentation": lambda argv: segmentation_parser().parse_args(argv)}
+    assert set(parse) <= {t.task for t in suite.tasks} and set(parse) == set(run_all.TENSORBOARD_TASKS)
+    for spec in suite.tasks:
+        on, off = (run_all.Job(checkpoint, spec, tmp_path / spec.name, tensorboard=t) for t in (True, False))
+        assert "--no-tensorboard" not in run_all.job_command(on)
+        assert ("--no-tensorboard" in run_all.job_command(off)) == (spec.task in parse), spec.name
+        if spec.task in parse:
+            assert parse[spec.task](run_all.job_command(on)[3:]).tensorboard
+            assert not parse[spec.task](run_all.job_command(off)[3:]).tensorboard

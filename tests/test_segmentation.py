@@ -12,6 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
+from tensorboard_reader import read_scalars
 from transfer.checkpoints import load_backbone
 from transfer.engines import require_mmseg
 from transfer.records import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED
@@ -189,6 +190,13 @@ def test_runner_trains_validates_and_records(tmp_path: Path, synthetic_root: Pat
     assert "backbone: all weights of" in log and "Iter(val)" in log
     assert "checkpoint=" in (out / "mmseg_config.py").read_text()
     assert not list((out / "work").rglob("*.pth"))  # no 100+ MB Runner checkpoints
+    # mmengine's TensorboardVisBackend (added at load time): LoggerHook's scalars, the validation's mIoU
+    (vis_data,) = (out / "work").glob("*/vis_data")
+    scalars = read_scalars(vis_data)
+    logged = [json.loads(ln) for ln in (vis_data / "scalars.json").read_text().splitlines()]
+    assert [s for s, _ in scalars["loss"]] == [r["step"] for r in logged if "loss" in r]
+    assert "lr" in scalars and "decode.loss_ce" in scalars
+    assert scalars["mIoU"][-1][1] == pytest.approx(record["metrics"]["mIoU"], abs=0.01)
 
 
 @pytest.mark.slow
@@ -196,10 +204,11 @@ def test_nan_loss_gives_failed_record(tmp_path: Path, synthetic_root: Path) -> N
     _save_resnet(tmp_path / "r18.pth")
     out = tmp_path / "nan"
     code = main(["--ckpt", str(tmp_path / "r18.pth"), "--out", str(out), "--data-root", str(synthetic_root),
-                 "--cfg-options", *TINY_RUN, "train_cfg.max_iters=4", "optim_wrapper.optimizer.lr=1e30"])
+                 "--no-tensorboard", "--cfg-options", *TINY_RUN, "train_cfg.max_iters=4", "optim_wrapper.optimizer.lr=1e30"])
     record = json.loads((out / "record.json").read_text())
     assert code == EXIT_FAILED and record["status"] == "failed"
     assert "TaskFailed: loss is nan" in record["error"] or "TaskFailed: loss is inf" in record["error"]
+    assert not list((out / "work").rglob("events.out.tfevents.*"))  # --no-tensorboard
     assert list((out / "work").glob("*/vis_data/config.py"))  # its own folder, not an earlier run's in this process
 
 

@@ -248,3 +248,59 @@ def test_study_matched_run_starts_after_its_mast_run(slurm_cluster, tmp_path, ca
     assert at("pretrain_vicreg_matched_s0", "start") >= at("pretrain_mast_s0", "end")
     assert at("probes_mast_s0", "start") >= at("pretrain_mast_s0", "end")
     assert at("probes_vicreg_matched_s0", "start") >= at("pretrain_vicreg_matched_s0", "end")
+
+
+def _start_output(slurm_cluster: str) -> str:
+    """What ``scripts/slurm_local.sh start`` prints (run again on the running cluster: it starts nothing new)."""
+    folder = Path(slurm_cluster).parents[1]
+    out = subprocess.run(["bash", str(SCRIPT), "start"], env=dict(os.environ, MAST_SLURM_DIR=str(folder)),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_gpu_request_on_the_local_cluster_names_the_cpu_only_option(slurm_cluster, ckpts, synthetic_root, tmp_path,
+                                                                      capsys):
+    """The local node has no GPUs: sbatch's gres refusal comes back as one line naming the option that asks for none."""
+    out = tmp_path / "out"
+    code = run_all.main(["--ckpt", str(ckpts[0]), "--suite", "demo", "--tasks", "knn", "--var", f"data={synthetic_root}",
+                         "--out", str(out), "--no-report", "--launcher", "slurm"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0, err
+    assert "Invalid generic resource (gres) specification" in err and "rerun with --slurm-cpu-only" in err, err
+    assert _records(out) == []  # nothing recorded as failed
+    from mast.pretrain import main as pretrain
+
+    assert pretrain(tiny_args(synthetic_root, tmp_path, "--name", "gpu", "--launcher", "slurm",
+                              "--gpus-per-node", "1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "(gres)" in err and "rerun with --gpus-per-node 0" in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_start_prints_the_readme_command_and_it_runs_as_written(slurm_cluster, synthetic_root, tmp_path):
+    """``start`` prints the export and the run_all line that README "On a cluster" and docs/CLUSTER.md quote,
+    and that line runs as written from a checkout after ``make demo`` (its data/ and runs/ stood in for here)."""
+    printed = [ln.strip() for ln in _start_output(slurm_cluster).splitlines()]
+    export = next(ln for ln in printed if ln.startswith("export SLURM_CONF="))
+    command = next(ln for ln in printed if ln.startswith("python transfer/run_all.py"))
+    assert "--slurm-cpu-only" in command and export == f"export SLURM_CONF={slurm_cluster}"
+    for doc in ("README.md", "docs/CLUSTER.md"):
+        text = (REPO / doc).read_text()
+        assert export in text and command in text, doc
+    # a checkout after make demo: the shim, the demo data, a pretraining run (random weights stand in)
+    (tmp_path / "transfer").symlink_to(REPO / "transfer")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "synthetic").symlink_to(synthetic_root)
+    run = tmp_path / "runs" / "pretrain" / "demo_mast_s0"
+    run.mkdir(parents=True)
+    torch.save(build_resnet("resnet18").state_dict(), run / "backbone.pth")
+    (run / "config.yaml").write_text("method: mast\nseed: 0\n")
+    argv = command.split()
+    env = dict(os.environ, PYTHONPATH=str(REPO), SLURM_CONF=export.split("=", 1)[1], OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=550)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    records = _records(tmp_path / "runs" / "transfer")
+    assert len(records) == 3 and {r["status"] for r in records} == {"ok"} and {r["name"] for r in records} == {"demo_mast_s0"}

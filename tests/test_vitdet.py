@@ -13,6 +13,7 @@ import torch
 import torchvision
 
 import vit_writers as W
+from tensorboard_reader import read_scalars
 from transfer.detection import main
 from transfer.detection.vit_weights import VITDET_PREFIX
 
@@ -98,6 +99,9 @@ def test_tiny_vitdet_fine_tuning_on_the_synthetic_scenes(dino_vit, synthetic_roo
     assert len(conversion["new_tensors"]) == 24 and conversion["verified"]
     assert record["config"]["vitdet"]["layer_decay"] == 0.7 and record["config"]["vitdet"]["max_iter"] == 3
     assert (out / "seed_0" / "metrics.json").is_file()
+    scalars = read_scalars(out / "seed_0")  # detectron2's TensorboardXWriter, as on the ResNet path
+    assert "total_loss" in scalars and "lr" in scalars
+    assert scalars["bbox/AP"][-1][1] == pytest.approx(record["metrics"]["bbox_AP"], abs=1e-4)
 
 
 def test_suites_have_the_vitdet_tasks_and_the_dataset_check_reads_their_lazyconfig(tmp_path, monkeypatch):

@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-model", action=argparse.BooleanOptionalAction, default=None,
                    help="keep detectron2's model_final.pth (default: paper yes, demo no)")
     p.add_argument("--force", action="store_true", help="replace an existing DIR/record.json")
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
+                   help="no TensorBoard event files (detectron2's TensorboardXWriter) in DIR/seed_S")
     p.add_argument("--resume", action="store_true", help="continue each seed from its last checkpoint in "
                    "DIR/seed_S (detectron2's last_checkpoint, read as data); replaces DIR/record.json")
     add_backbone_arg(p)
@@ -250,7 +252,7 @@ def run_seed(cfg: Any, seed: int, args: argparse.Namespace, out: Path, save_mode
         launch(train_and_evaluate, args.num_gpus, num_machines=args.num_machines,
                machine_rank=args.machine_rank, dist_url=args.dist_url,
                args=(cfg, data_root, save_model, str(out / "log.txt"), WeightsSource(args.ckpt, args.backbone, sha256),
-                     args.resume))
+                     args.resume, args.tensorboard))
     except Exception as exc:  # noqa: BLE001 - the worker's own one-line reason is preferred below
         error = exc
     result = _read_result(seed_dir)
@@ -341,7 +343,7 @@ def execute_vitdet(run: TaskRun, cfg: Any, args: argparse.Namespace) -> None:
     save_model = args.save_model if args.save_model is not None else args.scale == "paper"
     job = VitdetJob(args.config, [*args.opts, *resolved], args.ckpt, args.backbone, info.sha256,
                     str(Path(args.data_root).resolve()) if uses_synthetic else None, save_model,
-                    str(Path(args.out) / "log.txt"), 0)
+                    str(Path(args.out) / "log.txt"), 0, tensorboard=args.tensorboard)
     for note in notes:
         log.info("vitdet: %s", note)
     run.config.update(engine="detectron2 LazyConfig (ViTDet)", resolved_overrides=resolved, notes=notes,

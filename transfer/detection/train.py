@@ -2,8 +2,9 @@
 
 Uses detectron2's own ``DefaultTrainer`` (optimizer, schedule, PreciseBN, data loaders, evaluation
 hook) with three changes: evaluators are chosen from the dataset's ``evaluator_type``; the writers
-are the console and ``metrics.json`` (no TensorBoard, which this stack does not install); and the
-final model checkpoint is optional (demo runs skip the ~100 MB file). Weights are loaded with
+are the console, ``metrics.json`` and detectron2's own ``TensorboardXWriter`` (event files in the seed's
+folder; ``--no-tensorboard`` leaves it out); and the final model checkpoint is optional (demo runs
+skip the ~100 MB file). Weights are loaded with
 :func:`transfer.detection.weights.load_verified` instead of ``resume_or_load``, so a backbone tensor that
 was not loaded stops the run; ``--resume`` continues from the seed's own last checkpoint instead
 (:mod:`transfer.detection.resume`: detectron2's ``resume_or_load``, the file read as data).
@@ -47,12 +48,12 @@ class WeightsSource(NamedTuple):
         return to_detectron2(state, info)
 
 
-def make_trainer(cfg: Any, save_model: bool) -> Any:
+def make_trainer(cfg: Any, save_model: bool, tensorboard: bool = True) -> Any:
     """A ``DefaultTrainer`` for ``cfg`` (frozen detectron2 ``CfgNode``); see module docstring."""
     register_heads()
     from detectron2.engine import DefaultTrainer, hooks
     from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
-    from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+    from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 
     class Trainer(DefaultTrainer):
         @classmethod
@@ -66,8 +67,8 @@ def make_trainer(cfg: Any, save_model: bool) -> Any:
                                  use_fast_impl=False)
 
         def build_writers(self):
-            return [CommonMetricPrinter(self.max_iter),
-                    JSONWriter(str(Path(self.cfg.OUTPUT_DIR) / "metrics.json"))]
+            writers = [CommonMetricPrinter(self.max_iter), JSONWriter(str(Path(self.cfg.OUTPUT_DIR) / "metrics.json"))]
+            return writers + ([TensorboardXWriter(self.cfg.OUTPUT_DIR)] if tensorboard else [])
 
         def build_hooks(self):
             built = super().build_hooks()
@@ -119,7 +120,7 @@ def _setup_process(cfg: Any, log_file: Path, data_root: str | None) -> None:
 
 
 def train_and_evaluate(cfg: Any, data_root: str | None, save_model: bool, log_file: str, weights: WeightsSource,
-                       resume: bool = False) -> None:
+                       resume: bool = False, tensorboard: bool = True) -> None:
     """Train ``cfg`` from the converted ``weights`` (or, with ``resume``, from the seed's last checkpoint
     when it has one) and evaluate; ``launch``'s main function."""
     register_heads()
@@ -129,7 +130,7 @@ def train_and_evaluate(cfg: Any, data_root: str | None, save_model: bool, log_fi
     result_path = Path(cfg.OUTPUT_DIR) / RESULT_FILE
     trainer = None
     try:
-        trainer = make_trainer(cfg, save_model)
+        trainer = make_trainer(cfg, save_model, tensorboard)
         resumed = resume_seed(trainer, cfg.OUTPUT_DIR) if resume else None
         loaded = resumed or load_verified(trainer.model, weights.converted(), source=weights.ckpt).summary()
         trainer.train()

@@ -4,8 +4,9 @@ Per process (under detectron2's ``launch``): the config is rebuilt from its file
 model, optimizer and data loader are instantiated from it, and ``AMPTrainer``/``SimpleTrainer`` runs
 with detectron2's hooks (iteration timer, lr scheduler, periodic checkpointer when the model is kept,
 the evaluation hook, console and ``metrics.json`` writers). What this project changes: the weights come
-from :func:`transfer.detection.vitdet.load_vitdet_verified` instead of ``init_checkpoint`` (no
-TensorBoard writer: not installed; COCO evaluation without the compiled fast path). Rank 0 writes
+from :func:`transfer.detection.vitdet.load_vitdet_verified` instead of ``init_checkpoint`` (COCO
+evaluation without the compiled fast path); the writers are detectron2's console, ``metrics.json`` and
+TensorBoard ones (``--no-tensorboard`` leaves the last out). Rank 0 writes
 ``OUTPUT_DIR/result.json`` as the ResNet path does (:mod:`transfer.detection.train`).
 """
 
@@ -35,6 +36,7 @@ class VitdetJob(NamedTuple):
     save_model: bool
     log_file: str
     seed: int
+    tensorboard: bool = True
 
 
 def build_config(job: VitdetJob) -> Any:
@@ -53,16 +55,17 @@ def _evaluate(cfg: Any, model: Any, holder: dict) -> dict:
     return results
 
 
-def _hooks(cfg: Any, trainer: Any, checkpointer: Any, model: Any, holder: dict, save_model: bool) -> list:
+def _hooks(cfg: Any, trainer: Any, checkpointer: Any, model: Any, holder: dict, job: VitdetJob) -> list:
     from detectron2.config import instantiate
     from detectron2.engine import hooks
     from detectron2.utils import comm
-    from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+    from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 
     main = comm.is_main_process()
-    writers = [CommonMetricPrinter(cfg.train.max_iter), JSONWriter(str(Path(cfg.train.output_dir) / "metrics.json"))]
+    writers = [CommonMetricPrinter(cfg.train.max_iter), JSONWriter(str(Path(cfg.train.output_dir) / "metrics.json")),
+               *([TensorboardXWriter(cfg.train.output_dir)] if job.tensorboard else [])]
     return [hooks.IterationTimer(), hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main and save_model else None,
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main and job.save_model else None,
             hooks.EvalHook(cfg.train.eval_period, lambda: _evaluate(cfg, model, holder)),
             hooks.PeriodicWriter(writers, period=cfg.train.log_period) if main else None]
 
@@ -88,7 +91,7 @@ def do_train(cfg: Any, job: VitdetJob) -> tuple[dict, dict]:
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     holder: dict = {}
-    trainer.register_hooks(_hooks(cfg, trainer, checkpointer, model, holder, job.save_model))
+    trainer.register_hooks(_hooks(cfg, trainer, checkpointer, model, holder, job))
     try:
         trainer.train(0, cfg.train.max_iter)
     except FloatingPointError as exc:

@@ -41,6 +41,7 @@ from transfer.orchestrate.resume import mark, read_mark, resume_point
 from transfer.orchestrate.resolve import UNTRAINED_STEM, Checkpoint, UsageError, resolve_checkpoints
 from transfer.suite import PROJECT, Suite, SuiteError, TaskSpec, load_suite, parse_task_args, parse_vars
 
+TENSORBOARD_TASKS = ("detection", "segmentation")  # the task types with a --no-tensorboard
 COMMAND = ""  # this run_all's command line, stored in every record it writes (set by main)
 
 
@@ -52,6 +53,7 @@ class Job:
     out_dir: Path
     index: int = 0
     record: dict = field(default_factory=dict)
+    tensorboard: bool = True  # False: the task's --no-tensorboard (run_all --no-tensorboard)
 
     @property
     def label(self) -> str:
@@ -91,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, default=None, help="report folder (default OUT/report)")
     p.add_argument("--baseline", default=None, help="checkpoint name the tables compare against")
     p.add_argument("--no-report", action="store_true", help="do not build the report at the end")
+    p.add_argument("--no-tensorboard", action="store_true", help="passed on to the tasks that write TensorBoard "
+                   f"events ({', '.join(TENSORBOARD_TASKS)}): no event files")
     add_launcher_args(p)
     return p
 
@@ -156,9 +160,11 @@ def plan(ckpts: list[Checkpoint], suite: Suite, out: Path, force: bool) -> tuple
 
 
 def job_command(job: Job) -> list[str]:
-    """The task's command line: the suite entry's, plus the checkpoint's --backbone if one was given."""
+    """The task's command line: the suite entry's, plus the checkpoint's --backbone if one was given and
+    ``--no-tensorboard`` where asked (not part of the task's config hash: it changes no result)."""
     cmd = job.spec.command(sys.executable, job.ckpt.ckpt_arg, job.out_dir)
-    return cmd + (["--backbone", job.ckpt.backbone] if job.ckpt.backbone else [])
+    quiet = not job.tensorboard and job.spec.task in TENSORBOARD_TASKS
+    return cmd + (["--backbone", job.ckpt.backbone] if job.ckpt.backbone else []) + (["--no-tensorboard"] if quiet else [])
 
 
 def task_resources(spec: TaskSpec, slurm: SlurmOptions) -> Resources:
@@ -395,6 +401,8 @@ def _main(argv: list[str] | None) -> int:
 def _run(args: argparse.Namespace, suite: Suite, ckpts: list[Checkpoint], argv: list[str] | None) -> int:
     results = args.out / "results.jsonl"
     todo, done = plan(ckpts, suite, args.out, args.force)
+    for job in todo:
+        job.tensorboard = not args.no_tensorboard
     blocked = next((p for job in todo for p in (job.out_dir, *job.out_dir.parents)
                     if p.is_relative_to(args.out) and p.exists() and not p.is_dir()), None)
     if blocked is not None:  # e.g. OUT/<name> is a file: no task could write its folder

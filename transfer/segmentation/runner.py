@@ -9,7 +9,9 @@ the config's backbone against it and the dataset layout (one-line errors, before
 built), convert it to ``DIR/backbone_mmseg.pth``, build mmengine's ``Runner`` (the existing
 distributed engine; SyncBN becomes BN in one process), verify that every backbone weight was
 loaded, train, evaluate with ``IoUMetric`` and write ``DIR/record.json`` (mIoU, mAcc, aAcc in
-percent), ``DIR/train.log`` and the resolved ``DIR/mmseg_config.py``. Exit codes follow the task
+percent), ``DIR/train.log`` and the resolved ``DIR/mmseg_config.py``; mmengine's
+``TensorboardVisBackend`` writes the logged scalars as TensorBoard events in
+``DIR/work/<timestamp>/vis_data/`` (``--no-tensorboard`` leaves it out). Exit codes follow the task
 contract: 0 ok, 1 failed, 2 usage, 3 skipped (dataset not on disk).
 """
 
@@ -65,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "kernels (torch.use_deterministic_algorithms), one CPU thread unless --threads says otherwise")
     p.add_argument("--resume", action="store_true", help="resume from the latest Runner checkpoint in DIR/work")
     p.add_argument("--force", action="store_true", help="re-run even if DIR/record.json exists")
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
+                   help="no TensorBoard events (mmengine's TensorboardVisBackend) in DIR/work/<timestamp>/vis_data")
     add_backbone_arg(p)
     return p
 
@@ -116,9 +120,23 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
     cfg.randomness = dict(seed=args.seed)
     if getattr(args, "deterministic", False):
         make_deterministic(cfg)
+    if getattr(args, "tensorboard", True):
+        add_tensorboard(cfg)
     cfg.work_dir = str(Path(args.out) / "work")
     cfg.config_file = str(path)
     return cfg
+
+
+def add_tensorboard(cfg: Any) -> None:
+    """mmengine's ``TensorboardVisBackend`` beside the config's own backends, added here at load time so
+    that the config files stay as they are: every scalar mmengine's ``LoggerHook`` logs (loss terms,
+    lr, iteration time; mIoU, mAcc, aAcc at each validation) also goes to an event file."""
+    vis = cfg.get("visualizer")
+    if vis is None:  # a config without a visualizer: mmengine builds a bare one, with no backends to extend
+        return
+    backends = list(vis.get("vis_backends") or [])
+    if not any(b.get("type") == "TensorboardVisBackend" for b in backends):
+        vis.vis_backends = [*backends, dict(type="TensorboardVisBackend")]
 
 
 def make_deterministic(cfg: Any) -> None:
