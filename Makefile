@@ -1,6 +1,6 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both set up .venv first.
-# `make test-fast`: the tests not marked slow. `make study`: the MAST v2 study (4 arms x 3 pretraining
-# seeds, probes, reports/study/; docs/STUDY.md).
+# `make test-fast`: the tests not marked slow. `make study`: the MAST v2 study (7 arms, each MAST-type
+# arm with its own matched control, x 5 pretraining seeds, probes, reports/study/; docs/STUDY.md).
 PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
