@@ -1,6 +1,7 @@
 """Where a result came from: the code version and the library versions, written next to it."""
 from __future__ import annotations
 
+import hashlib
 import platform
 import subprocess
 import sys
@@ -55,3 +56,12 @@ def library_versions(extra: Iterable[str] = ()) -> dict[str, str]:
     except ImportError:
         pass
     return versions
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's bytes, read in chunks (checkpoints, hub downloads, report files)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

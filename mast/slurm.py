@@ -57,11 +57,27 @@ def cluster_jobs(job_ids: list[str]) -> dict[str, tuple[str, str]]:
         parts = line.split("|")
         if len(parts) >= 3 and parts[0] in job_ids and parts[-1]:  # a name may hold "|": the state is last
             jobs[parts[0]] = (parts[-1].split()[0], "|".join(parts[1:-1]))
-    for jid in set(job_ids) - set(jobs):
-        q = subprocess.run(["squeue", "-h", "-j", jid, "-o", "%T|%j"], capture_output=True, text=True)
-        first = q.stdout.strip().split("\n")[0] if q.returncode == 0 else ""
-        state, _, name = first.partition("|")
-        jobs[jid] = (state, name) if state else ("UNKNOWN", "")
+    # The controller's name wins: for a job that has just started, slurmdbd can hold a placeholder record
+    # named "allocation" (a step reached the database before the job did), seen here under load
+    known = _controller_jobs()
+    for jid in job_ids:
+        if jid in known:
+            state, name = known[jid]
+            jobs[jid] = (jobs[jid][0] if jid in jobs else state, name)
+        elif jid not in jobs:
+            jobs[jid] = ("UNKNOWN", "")
+    return jobs
+
+
+def _controller_jobs() -> dict[str, tuple[str, str]]:
+    """``{job id: (state, job name)}`` of every job slurmctld still holds (finished ones for MinJobAge)."""
+    q = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i|%T|%j"], capture_output=True, text=True)
+    jobs = {}
+    for line in q.stdout.splitlines() if q.returncode == 0 else []:
+        jid, _, rest = line.partition("|")
+        state, _, name = rest.partition("|")
+        if jid and state:
+            jobs[jid] = (state, name)
     return jobs
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import os
 import re
@@ -23,7 +22,7 @@ from pathlib import Path
 from mast import rundir
 from mast.atomic import write_text_atomic
 from mast.lock import LOCK_NAME, FolderBusyError, FolderLock
-from mast.provenance import code_version
+from mast.provenance import code_version, file_sha256
 from mast.safe_read import UnreadableFile, read_regular_text, short
 from reports import mast_plots, narrative, plots, tables
 from reports.results import Results, commands, load_results
@@ -139,22 +138,14 @@ def _replace_manifest(out: Path, written: set[str]) -> None:
         path = out / name
         if name in written or not os.path.lexists(path):
             continue
-        if digest is None or path.is_symlink() or not path.is_file() or _sha256(path) != digest:
+        if digest is None or path.is_symlink() or not path.is_file() or file_sha256(path) != digest:
             warnings.warn(f"{path}: not removed: its content is not what reports.build recorded writing", stacklevel=2)
             continue
         try:
             path.unlink()
         except OSError as e:
             warnings.warn(f"{path}: stale report file not removed ({e.strerror or type(e).__name__})", stacklevel=2)
-    write_text_atomic(out / MANIFEST, json.dumps({n: _sha256(out / n) for n in sorted(written)}, indent=0) + "\n")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    write_text_atomic(out / MANIFEST, json.dumps({n: file_sha256(out / n) for n in sorted(written)}, indent=0) + "\n")
 
 
 def _index(results: Results, results_path, out: Path, baseline, command: str, md: str, bars, mast,

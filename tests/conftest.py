@@ -7,6 +7,7 @@ are small opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
 """
 from __future__ import annotations
 
+import signal
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -38,6 +39,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def no_hang():
+    """A FIFO opened for reading blocks forever: fail the test after 60 s instead of hanging the suite."""
+    def alarm(signum, frame):
+        raise TimeoutError("hung (a FIFO was opened?)")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import json
 import os
 import pickle
 import shutil
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -26,19 +25,6 @@ def r18(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     torch.save(build_resnet("resnet18").state_dict(), path)
     return path
-
-
-@pytest.fixture
-def no_hang():
-    """A FIFO opened for reading blocks forever: fail the test after 60 s instead of hanging the suite."""
-    def alarm(signum, frame):
-        raise TimeoutError("hung (a FIFO was opened?)")
-
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 def _probe(main, ckpt: Path, data: Path, out: Path, *extra: str) -> tuple[int, dict]:

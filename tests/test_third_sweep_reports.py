@@ -14,24 +14,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from mast.provenance import file_sha256
 from reports import build, quote
 from test_reports import _fixture_with_runs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def no_hang():
-    """A FIFO opened for reading blocks forever: fail the test after 60 s instead of hanging the suite."""
-    def alarm(signum, frame):
-        raise TimeoutError("hung (a FIFO was opened?)")
-
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 def _tree(tmp_path: Path) -> Path:
@@ -112,7 +100,7 @@ def test_build_deletes_only_files_whose_hash_it_recorded(tmp_path):
     # its own stale file (recorded hash, unchanged) still goes
     (out / "stale.png").write_bytes(b"old figure")
     manifest = json.loads((out / build.MANIFEST).read_text())
-    manifest["stale.png"] = build._sha256(out / "stale.png")
+    manifest["stale.png"] = file_sha256(out / "stale.png")
     (out / build.MANIFEST).write_text(json.dumps(manifest))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

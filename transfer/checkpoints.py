@@ -33,8 +33,9 @@ import torchvision
 from torch import Tensor, nn
 
 from mast import rundir
+from mast.provenance import file_sha256
 from transfer.vit_layouts import find_vit_candidates
-from transfer.hub import HubError, file_sha256, is_reference, resolve, shard_files
+from transfer.hub import HubError, is_reference, resolve, shard_files
 from transfer.safe_files import INDEX_SUFFIX, FileReadError, Opaque, read_any
 from transfer.layouts import (Candidate, LayoutError, backbone_tensors, choose, find_candidates, flatten,
                               guess_codebase)

@@ -14,13 +14,14 @@ so the tasks run_all starts read the same commit even when the hub's ``main`` mo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
+
+from mast.provenance import file_sha256
 
 SCHEMES = ("hf://", "torchvision://", "timm://", "https://", "http://")
 # What a repo holds, in the order transformers / timm look for it: tensors-only files first.
@@ -231,11 +232,3 @@ def cached_url(url: str, sha256: str | None, ref: str, hash_prefix: bool = False
             raise HubError(f"--ckpt {ref}: {path} has sha256 {digest[:16]}..., expected "
                            f"{expected[:16]}...; delete it (a partial or replaced download) and run again")
     return path
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
