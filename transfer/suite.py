@@ -41,12 +41,13 @@ class SuiteError(ValueError):
 
 # Task type -> the module of its command (``python -m MODULE``); each exposes ``build_parser()``.
 TASK_MODULES = {"detection": "transfer.detection", "segmentation": "transfer.segmentation",
-                "fewshot": "transfer.probes.fewshot", "linear": "transfer.probes.linear", "knn": "transfer.probes.knn"}
+                "fewshot": "transfer.probes.fewshot", "linear": "transfer.probes.linear", "knn": "transfer.probes.knn",
+                "svm": "transfer.probes.svm"}
 TASKS = tuple(TASK_MODULES)
 SCALES = ("demo", "paper")
 ENTRY_KEYS = ("name", "task", "args", "extra_args", "checkpoints", "scale", "timeout_min", "env", "backbones")
 BACKBONE_FAMILIES = ("resnet", "vit", "any")
-PROBE_TASKS = ("knn", "linear", "fewshot")  # frozen features: a ResNet or a ViT (transfer.vit)
+PROBE_TASKS = ("knn", "linear", "fewshot", "svm")  # frozen features: a ResNet or a ViT (transfer.vit)
 SUITE_KEYS = ("scale", "vars", "tasks", "slurm")
 #: A suite's ``slurm:`` section: defaults for ``--launcher slurm`` (the --slurm-* options win).
 SLURM_KEYS = ("partition", "account", "qos", "constraint", "time", "cpu_only", "cpus_per_gpu", "mem_per_gpu_gb")
@@ -62,6 +63,7 @@ SMOKE_ARGS = {
     "fewshot": ["--episodes", "10", "--num-workers", "0"],
     "linear": ["--max-iter", "20", "--num-workers", "0"],
     "knn": ["--num-workers", "0"],
+    "svm": ["--costs", "0.1", "1", "--n-boot", "200", "--num-workers", "0"],
 }
 # --smoke on a checkpoint without a run config: the probes' crop size and normalisation when the
 # suite leaves them empty (a pipeline check needs no protocol choice; a paper run must state them).

@@ -97,6 +97,11 @@ PROBE_LAYOUTS = {
     "sun397": "SUN397/ (ClassName.txt, Training_01.txt, Testing_01.txt, <letter>/<class>/ images)",
     "cub200": "CUB_200_2011/ (images/, images.txt, train_test_split.txt)",
     "mit67": "Images/<class>/ with TrainImages.txt and TestImages.txt (or train/, test/ class folders)",
+    "voc07": "VOCdevkit/VOC2007/ (JPEGImages/, Annotations/, ImageSets/Main/{trainval,test}.txt and "
+             "<class>_{trainval,test}.txt: VOCtrainval_06-Nov-2007.tar + VOCtest_06-Nov-2007.tar)",
+    "places205": "trainvalsplit_places205/{train,val}_places205.csv and data/vision/torralba/deeplearning/images256/"
+                 "<l>/<class>/ (MIT's imagesPlaces205_resize.tar.gz + trainvalsplit_places205.tar.gz)",
+    "inat18": "train2018.json, val2018.json and train_val2018/<supercategory>/<category id>/*.jpg",
 }
 IMAGEFOLDER = "<split>/<class>/<image> folders (an ImageFolder tree)"
 
@@ -134,7 +139,7 @@ def probe_splits(spec: TaskSpec) -> tuple[argparse.Namespace, list[tuple[str, bo
     if spec.task == "fewshot":
         split = args.split or (REGISTRY[args.dataset].fewshot if args.dataset in REGISTRY else None) or "test"
         return args, [(split, True, False)]
-    if spec.task == "knn":
+    if spec.task in ("knn", "svm"):
         return args, [(args.train_split, False, False), (args.test_split, False, False)]
     return args, [(s, False, True) for s in (args.train_split, args.val_split, args.test_split)]
 
@@ -178,7 +183,7 @@ def _first_item(items) -> None:
 
 
 def check_task(spec: TaskSpec) -> Verdict:
-    if spec.task in ("fewshot", "linear", "knn"):
+    if spec.task in ("fewshot", "linear", "knn", "svm"):
         return check_probe(spec)
     paths, hint = detection_paths(spec) if spec.task == "detection" else segmentation_paths(spec)
     missing = [p for p in paths if not p.exists()]

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from transfer.probes.readers import READERS, Items, LayoutError, imagefolder
+from transfer.probes.vissl_readers import VISSL_READERS
 
 __all__ = ["Protocol", "REGISTRY", "load_split", "random_split_indices", "stratified_indices", "LayoutError",
            "headline_metric"]
@@ -74,18 +75,25 @@ REGISTRY = {p.name: p for p in [
     # few-shot only (AugSelf transfer_few_shot.py): ImageFolder <root>/<split>/<class>/
     Protocol("fc100", "top1", "imagefolder", fewshot="test"),
     Protocol("plant_disease", "top1", "imagefolder", fewshot="train+test"),
+    # VISSL's transfer benchmarks (transfer.probes.vissl_readers): official splits only. VOC07's SVM fits on
+    # trainval (the probes' "train") and reports mAP on test; Places205 and iNat18 have no public test
+    # labels, so their benchmark reports on val (the classification engine's tasks read them).
+    Protocol("voc07", "mAP", "official", parts=(("train", "trainval"), ("test", "test"))),
+    Protocol("places205", "top1", "official", parts=(("train", "train"), ("val", "val"))),
+    Protocol("inat18", "top1", "official", parts=(("train", "train"), ("val", "val"))),
 ]}
+ALL_READERS = {**READERS, **VISSL_READERS}
 
 
 def headline_metric(task: str, dataset: str | None) -> str | None:
     """The one number a report shows for ``task`` on ``dataset``: the registry's metric (PROTOCOLS.md).
 
     linear: ``top1`` or ``class_avg``; kNN: the same at k = 20 (``top1_k20`` / ``class_avg_k20``);
-    few-shot: None (the first ``acc_{W}way_{K}shot``). Records, tables, differences and the
+    few-shot: None (the first ``acc_{W}way_{K}shot``); the VOC07 SVM: ``mAP``. Records, tables, differences and the
     forest plot all take it from here (the record's ``headline``).
     """
     metric = REGISTRY[dataset].metric if dataset in REGISTRY else "top1"
-    return {"linear": metric, "knn": f"{metric}_k20"}.get(task)
+    return {"linear": metric, "knn": f"{metric}_k20", "svm": "mAP"}.get(task)
 
 
 def random_split_indices(n: int, lengths: tuple, seed: int) -> tuple[list[list[int]], bool]:
@@ -132,7 +140,7 @@ def _read(protocol: Protocol, root: Path, part: str) -> Items:
     if protocol.split == "imagefolder":
         return imagefolder(root, part)
     try:
-        items = READERS[protocol.name](root, part)
+        items = ALL_READERS[protocol.name](root, part)
     except LayoutError:
         raise
     except Exception as e:  # noqa: BLE001 - a reader's KeyError, IndexError, torchvision's errors: the user's files
@@ -156,6 +164,9 @@ def _split_file(path: Path) -> tuple[list[int], ...]:
 
 def _protocol_split(protocol: Protocol, root: Path, split: str, split_file: Path | None) -> Items:
     if protocol.split == "official":
+        if split not in dict(protocol.parts):
+            raise LayoutError(f"dataset {protocol.name}: no {split!r} split (its official splits: "
+                              f"{', '.join(f'{s} = {p}' for s, p in protocol.parts)})")
         part = dict(protocol.parts)[split]
         return _tag(_read(protocol, root, part), kind="official", part=part)
     if split == "test" and protocol.test_part is not None:

@@ -50,6 +50,7 @@ class Items:
     array: np.ndarray | None = None
     info: dict = field(default_factory=dict)  # how the split was made (recorded)
     origins: np.ndarray | None = None  # array items: int64 [N, 3] (st_dev, st_ino, row) of the file each row came from
+    targets: np.ndarray | None = None  # multi-label datasets (VOC07): int8 [N, C], 1 present / 0 absent / -1 difficult
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -59,6 +60,7 @@ class Items:
                        paths=None if self.paths is None else [self.paths[i] for i in indices],
                        array=None if self.array is None else self.array[np.asarray(indices, dtype=np.int64)],
                        origins=None if self.origins is None else self.origins[np.asarray(indices, dtype=np.int64)],
+                       targets=None if self.targets is None else self.targets[np.asarray(indices, dtype=np.int64)],
                        info={**self.info, **info})
 
     def concat(self, other: "Items") -> "Items":
@@ -69,6 +71,8 @@ class Items:
                        array=None if self.array is None else np.concatenate([self.array, other.array]),
                        origins=None if self.origins is None or other.origins is None
                        else np.concatenate([self.origins, other.origins]),
+                       targets=None if self.targets is None or other.targets is None
+                       else np.concatenate([self.targets, other.targets]),
                        info={"pooled": [self.info, other.info]})
 
     def identities(self) -> list[tuple]:
