@@ -54,6 +54,9 @@ def _metrics(task, rng: random.Random) -> tuple[dict, dict]:
         return {m: v() for m in names}, {}
     if task.task == "segmentation":
         return {"mIoU": v(), "mAcc": v(), "aAcc": v()}, {}
+    if task.task == "svm":  # the VOC07 SVM (transfer.probes.svm)
+        x = v()
+        return {"mAP": x}, {"mAP": {"lo": x - 1.0, "hi": x + 1.5, "level": 0.95}}
     if task.task == "fewshot":
         metrics = {f"acc_5way_{k}shot": v() for k in (1, 5)}
     elif task.task == "linear":
@@ -65,7 +68,8 @@ def _metrics(task, rng: random.Random) -> tuple[dict, dict]:
 
 def _headline(task) -> str | None:
     avg = task.args.get("dataset") in ("pets", "flowers102", "aircraft", "caltech101")
-    return {"linear": "class_avg" if avg else "top1", "knn": "class_avg_k20" if avg else "top1_k20"}.get(task.task)
+    return {"linear": "class_avg" if avg else "top1", "knn": "class_avg_k20" if avg else "top1_k20",
+            "svm": "mAP"}.get(task.task)
 
 
 def _dataset(task) -> str:
@@ -104,6 +108,8 @@ def paper_records(root: Path, seed: int = 0) -> list[dict]:
                             "metrics": {"top1": round(rng.uniform(50, 75), 2), "top5": round(rng.uniform(75, 92), 2)},
                             "checkpoint": checkpoint, "task_config_hash": "h"})
         for key in families.LINEAR_TRANSFER:
+            if key == "voc07" and any(t.task == "svm" for t in specs):  # the paper suite's own svm_voc07
+                continue
             metric = "mAP" if key == "voc07" else "top1"
             records.append({"task": "svm" if key == "voc07" else "linear", "task_name": f"transfer_{key}",
                             "dataset": key, "scale": "paper", "status": "ok", "name": name, "method": method,
