@@ -57,7 +57,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="protocol (default: paper for a --dataset registry name, else demo)")
     parser.add_argument("--dataset", default=None,
                         help="registry name (cifar10, cifar100, stl10, food101, pets, dtd, flowers102, aircraft, "
-                             "caltech101, sun397, cub200, cars, mit67, fc100, plant_disease): read --data in that "
+                             "caltech101, sun397, cub200, cars, mit67, fc100, plant_disease, voc07, places205, inat18): "
+                             "read --data in that "
                              "dataset's download layout with its protocol splits; any other name only labels the "
                              "record (default: from --data)")
     parser.add_argument("--split-file", type=_optional_str, default=None,
