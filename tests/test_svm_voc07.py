@@ -111,7 +111,7 @@ def test_svm_cli_on_the_voc2007_layout_writes_map_with_its_interval(ckpt, tmp_pa
     voc07(tmp_path / "data")
     out = tmp_path / "out"
     rc = svm.main(["--ckpt", str(ckpt), "--data", str(tmp_path / "data"), "--dataset", "voc07", "--out", str(out),
-                   "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--image-size", "32", "--scale", "demo",
+                   "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--image-size", "224", "--scale", "demo",
                    "--costs", "0.1", "10", "--n-boot", "200"])
     record = json.loads((out / "record.json").read_text())
     assert rc == 0, record.get("error")
@@ -123,4 +123,35 @@ def test_svm_cli_on_the_voc2007_layout_writes_map_with_its_interval(ckpt, tmp_pa
     for cls, aps in details["cv_ap"].items():  # every class's cost is its best CV score
         assert details["chosen_cost"][cls] == details["costs"][int(np.argmax(aps))]
     assert np.mean(list(details["ap"].values())) == pytest.approx(record["metrics"]["mAP"])
-    assert "8192" in details["feature_note"]
+    assert details["feature"] == "vissl" and details["feature_dim"] == 512 * 2 * 2  # ResNet-18's res5, pooled to 2x2
+    assert "8192-d for ResNet-50" in details["feature_note"]
+    small = tmp_path / "small"  # 32 px: a 1 x 1 res5 map has no 6 x 6 window -> the pooled feature, recorded
+    assert svm.main(["--ckpt", str(ckpt), "--data", str(tmp_path / "data"), "--dataset", "voc07", "--out", str(small),
+                     "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--image-size", "32", "--scale", "demo",
+                     "--costs", "1", "--n-boot", "50"]) == 0
+    details = json.loads((small / "record.json").read_text())["details"]
+    assert details["feature"] == "pooled" and details["feature_dim"] == 512
+    assert details["feature_note"].startswith("not VISSL's feature") and "no VISSL res5 feature" in capsys.readouterr().err
+
+
+def test_vissl_feature_is_res5_avgpool6_stride1_flattened_on_the_squashed_image(tmp_path):
+    """The feature against torchvision's own layer4 output and VISSL's pooling module, and the transform:
+    a 64 x 32 image becomes 224 x 224 whole (no crop)."""
+    from PIL import Image
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    from transfer.probes.vissl_features import _res5, _Squashed
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50().eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        res5 = create_feature_extractor(model, {"layer4": "res5"})(x)["res5"]
+        expected = torch.nn.AvgPool2d([6, 6], 1, 0)(res5).flatten(1)  # the yaml's ["res5", ["AvgPool2d", [[6, 6], 1, 0]]]
+        got = _res5(model, x)
+    assert got.shape == (2, 8192) and torch.allclose(got, expected)
+    pixels = np.zeros((32, 64, 3), np.uint8)
+    pixels[:, 56:] = 255  # a white strip at the right edge: a centre crop would cut it away
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    img = _Squashed([tmp_path / "wide.png"], 224, (0, 0, 0), (1, 1, 1))[0]
+    assert img.shape == (3, 224, 224) and img[:, :, -10:].mean() > 0.9 and img[:, :, :150].max() < 0.1

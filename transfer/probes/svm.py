@@ -3,7 +3,7 @@
 Matched to facebookresearch/vissl (commit 09270ed) line by line:
 
 * features cast to float64 and L2-normalised, ``x / (‖x‖ + 1e-5)``, before training and testing
-  (``vissl/utils/svm_utils/svm_trainer.py`` l. 47, 56-61, 197-199, 231-233; ``SVM.normalize: True``
+  (``vissl/utils/svm_utils/svm_trainer.py`` l. 51, 56-61, 201-203, 232-234; ``SVM.normalize: True``
   in ``configs/config/benchmark/linear_image_classification/voc07/eval_resnet_8gpu_transfer_voc07_svm.yaml``
   l. 70);
 * one binary ``sklearn.svm.LinearSVC`` per class (one-vs-rest) with ``class_weight={1: 2, -1: 1}``,
@@ -16,18 +16,20 @@ Matched to facebookresearch/vissl (commit 09270ed) line by line:
   cv=3, scoring="average_precision")``, i.e. sklearn's StratifiedKFold without shuffling and
   sklearn's average precision; svm_trainer.py l. 176-182, yaml l. 75), the first cost with the
   highest mean CV AP (``np.argmax``, l. 122-123), over ``costs_list: [0.01, 0.1, 1.0, 2, 5, 10, 15,
-  20, 50, 100, 1000]`` (yaml l. 69; ``costs.base`` -1 in ``vissl/config/defaults.yaml`` adds none);
+  20, 50, 100, 1000]`` (yaml l. 69; ``costs.base: -1.0`` in ``vissl/config/defaults.yaml`` l. 1604-1609 adds none);
 * test AP per class with the difficult images left out (svm_trainer.py l. 251-255), computed as
   ``vissl/utils/svm_utils/evaluate.py`` (l. 9-72) computes it: the all-point interpolated AP (the
   area under the precision envelope, VOC2010+ style, **not** the 11-point VOC07 AP); mAP = the
-  mean over the 20 classes, in percent (``tools/train_svm.py`` l. 64).
+  mean over the 20 classes, in percent (``tools/train_svm.py`` l. 96).
 
 Two deliberate differences: ``random_state=0`` (VISSL leaves liblinear's coordinate order to the
 global numpy seed; fixed here so a rerun gives the same record), and the classifier is refitted only
 at the chosen cost (VISSL fits every cost and then loads the chosen one: the same model).
-The features are the feature cache's (:mod:`transfer.probes.features`), which is not VISSL's VOC07
-feature for ResNet-50; the record says so (:data:`FEATURE_NOTE`). The interval resamples test images
-and recomputes the mAP on each draw.
+The features (``--feature vissl``, the default) are VISSL's for a ResNet
+(:mod:`transfer.probes.vissl_features`: the yaml's l. 10-18 Resize 256 then Resize [224, 224]; l. 49-55
+res5 through AvgPool2d([6, 6], 1, 0), flattened). A ViT or a CIFAR-stem ResNet has no such map and
+uses the probes' pooled feature (``--feature pooled``), which the record says (:data:`FEATURE_NOTES`).
+The interval resamples test images and recomputes the mAP on each draw.
 """
 
 from __future__ import annotations
@@ -39,11 +41,15 @@ import warnings
 import numpy as np
 
 __all__ = ["VISSL_COSTS", "l2_normalize", "vissl_ap", "make_svm", "cross_val_aps", "fit_class", "test_aps",
-           "map_interval", "main", "build_parser", "FEATURE_NOTE"]
+           "map_interval", "main", "build_parser", "FEATURE_NOTES"]
 
 VISSL_COSTS = (0.01, 0.1, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 50.0, 100.0, 1000.0)
-FEATURE_NOTE = ("features: the cached 2048-d global average pool of res5 on a centre crop; VISSL's VOC07 config "
-                "takes res5 through AvgPool2d(6, stride 1) -> 8192-d on a 224x224 resize of the whole image")
+FEATURE_NOTES = {
+    "vissl": "VISSL's VOC07 feature: res5 through AvgPool2d(6, stride 1), flattened (8192-d for ResNet-50), on the "
+             "whole image resized to 256 then squashed to 224x224",
+    "pooled": "not VISSL's feature: the probes' cached global average pool of res5 (2048-d for ResNet-50; a ViT's "
+              "pooled tokens) on a centre crop; VISSL's VOC07 config flattens res5 through AvgPool2d(6, stride 1) "
+              "(8192-d) on a 224x224 resize of the whole image"}
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -143,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SVM costs C swept by cross-validation (default: VISSL's VOC07 costs_list)")
     parser.add_argument("--folds", type=int, default=3, help="cross-validation folds (VISSL: 3)")
     parser.add_argument("--max-iter", type=int, default=2000, help="liblinear iterations per fit (VISSL: 2000)")
+    parser.add_argument("--feature", choices=["vissl", "pooled"], default="vissl",
+                        help="vissl: res5 average-pooled 6x6 stride 1, flattened, on the squashed whole image (VISSL's "
+                             "VOC07 config; ResNets with the ImageNet stem); pooled: the probes' cached feature")
     parser.add_argument("--n-boot", type=int, default=None, help="bootstrap draws of the mAP interval (default 2000)")
     return parser
 
@@ -161,7 +170,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def body(run, extractor) -> None:
         check_disjoint("svm", extractor, args.data, [args.train_split], args.test_split)
-        (xtr, ttr), (xte, tte) = [_features_targets(extractor, args.data, s) for s in (args.train_split, args.test_split)]
+        from transfer.probes.vissl_features import supports
+
+        feature = args.feature if args.feature == "pooled" or supports(extractor) else "pooled"
+        if feature != args.feature:  # a ViT, a CIFAR stem, a res5 map under 6 x 6: recorded, and said here
+            print(f"svm: {extractor.info.arch} at {extractor.image_size} px has no VISSL res5 feature; using the "
+                  "pooled feature (record: details.feature)", file=sys.stderr)
+        (xtr, ttr), (xte, tte) = [_features_targets(extractor, args.data, s, feature)
+                                  for s in (args.train_split, args.test_split)]
         xtr, xte = l2_normalize(xtr), l2_normalize(xte)
         classes = extractor.items(args.data, args.train_split).classes
         scores, chosen, cv, warned = np.zeros(tte.shape), [], [], 0
@@ -191,18 +207,22 @@ def main(argv: list[str] | None = None) -> int:
             "costs": list(args.costs), "folds": args.folds, "max_iter": args.max_iter,
             "chosen_cost": dict(zip(classes, chosen)), "cv_ap": {c: a for c, a in zip(classes, cv)},
             "ap": {c: 100.0 * float(a) for c, a in zip(classes, per_class)}, "convergence_warnings": warned,
-            "n_train": len(ttr), "n_test": len(tte), "feature_note": FEATURE_NOTE}
+            "n_train": len(ttr), "n_test": len(tte), "feature": feature, "feature_dim": int(xtr.shape[1]),
+            "feature_note": FEATURE_NOTES[feature]}
         print(f"svm: test mAP = {run.metrics['mAP']:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]")
 
     return run_task("svm", args, body, seeds=[0])
 
 
-def _features_targets(extractor, data, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _features_targets(extractor, data, split: str, feature: str) -> tuple[np.ndarray, np.ndarray]:
+    from transfer.probes.vissl_features import vissl_res5_features
+
     items = extractor.items(data, split)
     if items.targets is None:
         raise ValueError(f"svm: dataset {data} split {split} has no multi-label targets (--dataset voc07 reads "
                          "VOC2007's per-class lists)")
-    return extractor.features(data, split).features.numpy(), np.asarray(items.targets)
+    feats = vissl_res5_features(extractor, data, split) if feature == "vissl" else extractor.features(data, split).features
+    return feats.numpy(), np.asarray(items.targets)
 
 
 if __name__ == "__main__":
