@@ -112,7 +112,7 @@ def test_svm_cli_on_the_voc2007_layout_writes_map_with_its_interval(ckpt, tmp_pa
     out = tmp_path / "out"
     rc = svm.main(["--ckpt", str(ckpt), "--data", str(tmp_path / "data"), "--dataset", "voc07", "--out", str(out),
                    "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--image-size", "224", "--scale", "demo",
-                   "--costs", "0.1", "10", "--n-boot", "200"])
+                   "--costs", "0.1", "10", "--n-boot", "200", "--jobs", "2"])
     record = json.loads((out / "record.json").read_text())
     assert rc == 0, record.get("error")
     assert record["task"] == "svm" and record["dataset"] == "voc07" and record["headline"] == "mAP"
@@ -155,3 +155,21 @@ def test_vissl_feature_is_res5_avgpool6_stride1_flattened_on_the_squashed_image(
     Image.fromarray(pixels).save(tmp_path / "wide.png")
     img = _Squashed([tmp_path / "wide.png"], 224, (0, 0, 0), (1, 1, 1))[0]
     assert img.shape == (3, 224, 224) and img[:, :, -10:].mean() > 0.9 and img[:, :, :150].max() < 0.1
+
+
+def test_classes_fitted_in_threads_give_the_same_svms_as_one_by_one():
+    import argparse
+
+    rng = np.random.default_rng(3)
+    targets = np.where(rng.random((60, 4)) < 0.3, 1, 0)
+    targets[:4] = np.eye(4, dtype=int) + 0  # every class has positives
+    targets[:12] |= np.tile(np.eye(4, dtype=int), (3, 1))
+    targets[20, 2] = -1
+    x = svm.l2_normalize(rng.normal(size=(60, 16)) + targets @ rng.normal(size=(4, 16)))
+    classes = ["a", "b", "c", "d"]
+    runs = [svm.fit_classes(x, targets, x[:10], classes, argparse.Namespace(
+        costs=[0.1, 1.0], folds=3, max_iter=2000, jobs=jobs, train_split="train")) for jobs in (1, 3)]
+    assert np.array_equal(runs[0][0], runs[1][0]) and runs[0][1:] == runs[1][1:]
+    with pytest.raises(ValueError, match="svm: class a has 1 positives of 5 in train; 3-fold"):
+        svm.fit_classes(x[:5], np.eye(5, 4, dtype=int), x[:2], classes, argparse.Namespace(
+            costs=[1.0], folds=3, max_iter=2000, jobs=1, train_split="train"))
