@@ -95,13 +95,18 @@ def test_check_finds_voc07_and_names_a_partial_one(tmp_path):
     suite = load_suite("paper", {"datasets": str(tmp_path)}, ["svm"])
     assert [t.name for t in suite.tasks] == ["svm_voc07"]
     assert check_suite(suite, out) == 0
-    assert f"svm_voc07: found {tmp_path} (20 classes; train 100, test 40)" in out.getvalue()
+    assert f"svm_voc07: found {made['folder']} (20 classes; train 100, test 40)" in out.getvalue()
     (made["folder"] / "JPEGImages" / "000005.jpg").unlink()
     out = io.StringIO()
     assert check_suite(suite, out) == 1
     line = out.getvalue().splitlines()[0]
     assert line.startswith("svm_voc07: unreadable") and "1 of 100 images" in line and "000005.jpg" in line
-    assert "expected" in line and "VOCdevkit/VOC2007/" in line
+    assert f"expected {made['folder']}/JPEGImages/, Annotations/, ImageSets/Main/" in line
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = io.StringIO()  # no VOC at all: missing (the task is skipped), not unreadable
+    assert check_suite(load_suite("paper", {"datasets": str(empty)}, ["svm"]), out) == 1
+    assert out.getvalue().startswith(f"svm_voc07: missing {empty}/VOCdevkit/VOC2007; expected")
 
 
 def test_smoke_svm_voc07_lands_in_the_linear_transfer_table_beside_vicreg(tmp_path):

@@ -97,8 +97,8 @@ PROBE_LAYOUTS = {
     "sun397": "SUN397/ (ClassName.txt, Training_01.txt, Testing_01.txt, <letter>/<class>/ images)",
     "cub200": "CUB_200_2011/ (images/, images.txt, train_test_split.txt)",
     "mit67": "Images/<class>/ with TrainImages.txt and TestImages.txt (or train/, test/ class folders)",
-    "voc07": "VOCdevkit/VOC2007/ (JPEGImages/, Annotations/, ImageSets/Main/{trainval,test}.txt and "
-             "<class>_{trainval,test}.txt: VOCtrainval_06-Nov-2007.tar + VOCtest_06-Nov-2007.tar)",
+    "voc07": "JPEGImages/, Annotations/, ImageSets/Main/{trainval,test}.txt and <class>_{trainval,test}.txt "
+             "(VOCdevkit/VOC2007 of VOCtrainval_06-Nov-2007.tar + VOCtest_06-Nov-2007.tar)",
     "places205": "trainvalsplit_places205/{train,val}_places205.csv and data/vision/torralba/deeplearning/images256/"
                  "<l>/<class>/ (MIT's imagesPlaces205_resize.tar.gz + trainvalsplit_places205.tar.gz)",
     "inat18": "train2018.json, val2018.json and train_val2018/<supercategory>/<category id>/*.jpg",
