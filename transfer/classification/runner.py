@@ -108,6 +108,9 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
                          f"({path.name}); pass --any-batch to run it anyway (recorded as off-protocol)")
     import torch
 
+    if not torch.cuda.is_available():  # nothing to pin memory for (torch warns on every loader otherwise)
+        for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+            cfg[loader].pin_memory = False
     if world > 1 and not torch.cuda.is_available():  # CPU processes: gloo, DDP without device ids
         cfg.env_cfg = dict(cfg.get("env_cfg") or {}, dist_cfg=dict(backend="gloo"))
         cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
