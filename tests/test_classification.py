@@ -289,7 +289,7 @@ def _saved_backbone(path: Path) -> dict[str, torch.Tensor]:
 def test_linear_keeps_every_backbone_tensor_bit_identical(r18: Path, tmp_path: Path) -> None:
     root, out = folders_standin(tmp_path / "in"), tmp_path / "linear"
     record = _run(r18, root, out, "--cfg-options", *TINY, *_epochs(2))
-    original = torch.load(r18, weights_only=True)
+    original = {k: v for k, v in torch.load(r18, weights_only=True).items() if not k.startswith("fc.")}
     saved = _saved_backbone(out / "work" / "epoch_2.pth")  # the Runner's own file, read independently
     assert set(saved) == set(original) and all(torch.equal(saved[k], original[k]) for k in original)
     assert any(k.endswith("running_var") for k in saved) and any(k.endswith("num_batches_tracked") for k in saved)
