@@ -20,7 +20,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from transfer.classification.imagenet import (SUBSETS, ImageNetLayoutError, imagenet_samples, read_subset)
+from transfer.imagenet import (SUBSETS, ImageNetLayoutError, imagenet_samples, read_subset)
 from transfer.classification.runner import PROTOCOLS, build_parser, load_config, main
 from transfer.records import EXIT_OK
 from transfer.safe_files import read_runner_file

@@ -2,7 +2,7 @@
 
 mmpretrain's ``CustomDataset`` reads an annotation file (``relative/path label`` per line) under
 ``data_root``. :func:`prepare_data` writes the train and val files into the run folder from
-:mod:`transfer.classification.imagenet` (either layout, the subset list when the config names one,
+:mod:`transfer.imagenet` (either layout, the subset list when the config names one,
 every listed file checked) and points both datasets at them, so mmpretrain trains on exactly the
 files and labels VICReg's ``evaluate.py`` would, and nothing is found (or missed) later.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from transfer.classification.imagenet import FULL, imagenet_samples, write_ann_file
+from transfer.imagenet import FULL, imagenet_samples, write_ann_file
 
 LOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
 

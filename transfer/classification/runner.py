@@ -6,7 +6,7 @@
 
 One run of VICReg's ``evaluate.py`` protocol on mmpretrain's Runner: read the checkpoint
 (``transfer.checkpoints.load_backbone``, ``weights_only=True``), check the config's ResNet against it,
-map the ImageNet on disk to ImageFolder's class indices (``transfer.classification.imagenet``; either
+map the ImageNet on disk to ImageFolder's class indices (``transfer.imagenet``; either
 layout; the shipped 1 %/10 % list, every listed file checked), convert the backbone to
 ``DIR/backbone_mmpretrain.pth``, build ``ImageClassifier`` + ``LinearClsHead``, verify that every
 backbone weight was loaded, train, validate after every epoch and write ``DIR/record.json``: the last
@@ -76,9 +76,8 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
     """Read the config, apply the command line, check its backbone against ``info``, plan the batch."""
     from mmengine.config import Config, DictAction
 
+    from transfer.classification.backbone import check_backbone_cfg
     from transfer.classification.data import set_data_root
-    from transfer.segmentation.backbone import check_backbone_cfg, stage_channels
-    from transfer.segmentation.batch import apply_batch
 
     path = config_path(args)
     cfg = Config.fromfile(str(path))
@@ -91,20 +90,16 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
         cfg.merge_from_dict(parsed.opts)
     if args.data_root:
         set_data_root(cfg, args.data_root)
-    cfg.depth_notes = check_backbone_cfg(cfg.model.backbone, info, path.name)
-    width = stage_channels(int(cfg.model.backbone.depth))[-1]
-    if cfg.model.head.in_channels != width:  # the head reads the last stage: its width follows the depth
-        cfg.depth_notes.append(f"model.head.in_channels {cfg.model.head.in_channels} -> {width}")
-        cfg.model.head.in_channels = width
+    cfg.depth_notes = check_backbone_cfg(cfg, info, path.name)
     if args.smoke:
         shrink_for_smoke(cfg)
     cfg.launcher = args.launcher
     world = _world_size(args.launcher)
-    plan = apply_batch(cfg, world, int(per_gpu_cap) if per_gpu_cap else None)  # epoch-based: nothing to stretch
-    cfg.val_dataloader.batch_size = cfg.test_dataloader.batch_size = plan.per_gpu
-    cfg.batch_plan = dict(plan.as_record(), protocol=protocol_batch)
-    if protocol_batch and plan.effective != protocol_batch and not (args.any_batch or args.smoke):
-        raise ValueError(f"effective global batch {plan.effective} differs from the protocol's {protocol_batch} "
+    plan = apply_batch(cfg, world, int(per_gpu_cap) if per_gpu_cap else None)
+    cfg.val_dataloader.batch_size = cfg.test_dataloader.batch_size = plan["per_gpu"]
+    cfg.batch_plan = dict(plan, protocol=protocol_batch)
+    if protocol_batch and plan["effective"] != protocol_batch and not (args.any_batch or args.smoke):
+        raise ValueError(f"effective global batch {plan['effective']} differs from the protocol's {protocol_batch} "
                          f"({path.name}); pass --any-batch to run it anyway (recorded as off-protocol)")
     import torch
 
@@ -115,13 +110,31 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
         cfg.env_cfg = dict(cfg.get("env_cfg") or {}, dist_cfg=dict(backend="gloo"))
         cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
     cfg.randomness = dict(seed=args.seed)
-    if getattr(args, "tensorboard", True):
-        from transfer.segmentation.runner import add_tensorboard
-
-        add_tensorboard(cfg)
+    if getattr(args, "tensorboard", True):  # every logged scalar (loss, lr, top-1/top-5) also as TensorBoard events
+        backends = list(cfg.visualizer.get("vis_backends") or [])
+        if not any(b.get("type") == "TensorboardVisBackend" for b in backends):
+            cfg.visualizer.vis_backends = [*backends, dict(type="TensorboardVisBackend")]
     cfg.work_dir = str(Path(args.out) / "work")
     cfg.config_file = str(path)
     return cfg
+
+
+def apply_batch(cfg: Any, world: int, max_per_gpu: int | None) -> dict[str, int]:
+    """The protocol's global batch on ``world`` processes: per-process batch and gradient accumulation
+    (the smallest accumulation with ``global = per_gpu * world * accumulation``). Epoch-based training has
+    no iteration counts to stretch: an epoch is the same images whatever the split."""
+    total = int(cfg.global_batch)
+    for accumulation in range(1, total + 1):
+        share, rest = divmod(total, world * accumulation)
+        if share == 0:
+            break
+        if rest == 0 and (max_per_gpu is None or share <= max_per_gpu):
+            cfg.train_dataloader.batch_size = share
+            if accumulation > 1:
+                cfg.optim_wrapper.accumulative_counts = accumulation
+            return dict(world_size=world, per_gpu=share, accumulation=accumulation, effective=total)
+    raise ValueError(f"global batch {total} cannot be split over {world} processes"
+                     + (f" with at most {max_per_gpu} per process" if max_per_gpu else ""))
 
 
 def shrink_for_smoke(cfg: Any, side: int = SMOKE_SIDE, iters: int = 2) -> None:

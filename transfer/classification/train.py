@@ -1,6 +1,6 @@
 """Build mmpretrain's Runner, verify the backbone load, train, and collect what the record needs.
 
-Loading and resuming go through the segmentation task's verified helpers (``transfer.segmentation.backbone``):
+Loading and resuming go through verified helpers (``transfer.classification.backbone``):
 mmengine loads ``init_cfg=Pretrained`` non-strictly and only warns about keys it could not place, so
 every backbone tensor is compared with the converted file before the first iteration; a resume reads the
 Runner's own file as data (``runner-file://``) and checks that it restored every tensor of the model.
@@ -61,8 +61,8 @@ def train_and_evaluate(cfg: Any, converted: Path, out: Path, frozen: bool) -> di
     from mmengine.runner import Runner
 
     from transfer.classification.engine import make_record_hook
-    from transfer.segmentation.backbone import (backbone_of, make_loaded_hook, read_converted, register_runner_scheme,
-                                                runner_file, verify_backbone_state)
+    from transfer.classification.backbone import (RUNNER_SCHEME, backbone_of, differing, make_loaded_hook,
+                                                  read_converted, register_runner_scheme, verify_backbone_state)
 
     register_runner_scheme()
     latest = _resume_point(cfg)
@@ -70,13 +70,13 @@ def train_and_evaluate(cfg: Any, converted: Path, out: Path, frozen: bool) -> di
     if latest is None:
         epochs_file.unlink(missing_ok=True)
     else:
-        cfg.load_from = runner_file(latest)  # read as data: transfer.safe_files
+        cfg.load_from = RUNNER_SCHEME + str(latest)  # read as data: transfer.safe_files
     if cfg.get("visualizer") is not None:  # one visualizer name per Runner: its files stay in its own folder
         cfg.visualizer.name = f"visualizer_{time.time_ns()}"
     runner = Runner.from_cfg(cfg)
     verify_backbone_state(backbone_of(runner.model), read_converted(converted), check_values=False)
     record_hook = make_record_hook()
-    runner.register_hook(make_loaded_hook(converted, resumed=Path(latest) if latest else False))
+    runner.register_hook(make_loaded_hook(converted, resumed=Path(latest) if latest else None))
     runner.register_hook(record_hook)
     runner.register_hook(_epoch_log_hook(epochs_file))
     try:
@@ -89,18 +89,11 @@ def train_and_evaluate(cfg: Any, converted: Path, out: Path, frozen: bool) -> di
             shutil.copyfile(log, out / "train.log")
     extra: dict[str, Any] = {"resumed_from": Path(latest).name if latest else None}
     if frozen:
-        changed = _changed_tensors(backbone_of(runner.model), read_converted(converted))
+        changed = differing(backbone_of(runner.model), read_converted(converted))
         if changed:
             raise TaskFailed(f"linear protocol: {len(changed)} backbone tensors changed during training "
                              f"(e.g. {changed[:3]}); the backbone must stay frozen, BatchNorm statistics included")
         extra["backbone_unchanged"] = "every backbone weight and BatchNorm statistic bit-identical after training"
     epochs = {e["epoch"]: e for e in read_jsonl(epochs_file)}  # the last line of an epoch wins (a re-run epoch)
     return {"epochs": [epochs[k] for k in sorted(epochs)], "hits": record_hook.hits, "extra": extra}
-
-
-def _changed_tensors(backbone: Any, expected: dict) -> list[str]:
-    import torch
-
-    have = backbone.state_dict()
-    return [k for k in have if not torch.equal(have[k].cpu(), expected[k].to(have[k].dtype))]
 

@@ -7,7 +7,7 @@
 dataset_name = 'imagenet'
 data_hint = 'ImageNet-1k as train/<synset>/ + val/<synset>/, or ILSVRC/Data/CLS-LOC/{train,val} + LOC_val_solution.csv'
 data_root = 'data/imagenet'
-subset = None  # '1percent' / '10percent': SimCLR's lists shipped in transfer/classification/subsets/
+subset = None  # '1percent' / '10percent': SimCLR's lists shipped in transfer/imagenet_subsets/
 num_classes = 1000
 # The protocol's global batch (evaluate.py --batch-size 256, split over the processes); the runner sets the
 # per-process batch and gradient accumulation from it (transfer/segmentation/batch.py's plan).

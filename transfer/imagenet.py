@@ -10,7 +10,7 @@ Two layouts are read (``find_layout``), both resolving to the same (file, class 
 
 Class indices are ImageFolder's: the sorted names of the train folder's sub-folders (``find_classes``),
 so a label here is the label VICReg's script trains with. The 1 % / 10 % lists (SimCLR's, shipped in
-``subsets/`` with their sha256) name train files ``<synset>_<n>.JPEG``; a listed file that is not on disk
+``transfer/imagenet_subsets/`` with their sha256) name train files ``<synset>_<n>.JPEG``; a listed file that is not on disk
 refuses the run in one line, never a silently smaller training set. Pure Python (no torch, no engine):
 the frozen-feature probes read ImageNet through this module too.
 """
@@ -25,8 +25,8 @@ from pathlib import Path
 
 from transfer.records import TaskSkipped
 
-SUBSET_DIR = Path(__file__).resolve().parent / "subsets"
-# sha256 of SimCLR's imagenet_subsets files (subsets/README.md): a changed list is a different protocol
+SUBSET_DIR = Path(__file__).resolve().parent / "imagenet_subsets"
+# sha256 of SimCLR's imagenet_subsets files (imagenet_subsets/README.md): a changed list is a different protocol
 SUBSETS = {
     "1percent": ("1percent.txt", 12_811, "71e82a48ba78252683ae334c4d019ebd5c6e855b9599c1389fbe83eb9549cf17"),
     "10percent": ("10percent.txt", 128_116, "6d09de11e7bdaf5b1f3b1f249b6183695f97310cdd20f0c03e7235b6b9392091"),
