@@ -90,6 +90,13 @@ def r18(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _is_linear_head(name: str) -> bool:
+    from mmpretrain.models.heads import LinearClsHead
+    from mmpretrain.registry import MODELS
+
+    return issubclass(MODELS.get(name), LinearClsHead)
+
+
 # VICReg's evaluate.py (facebookresearch/vicreg @ 4e12602fd495af83efd1631fbe82523e6db092e0) and its README,
 # key for key: (what, source line, VICReg's value, the value in our resolved config / built engine objects).
 VICREG = "evaluate.py"
@@ -107,8 +114,8 @@ LINEAR_TABLE = [
     ("frozen backbone", f"{VICREG}:157-158 backbone.requires_grad_(False)", 4, lambda c, o: c.model.backbone.frozen_stages),
     ("backbone in eval mode", f"{VICREG}:237-238 model.eval() while training (freeze)", True,
      lambda c, o: c.model.backbone.norm_eval),
-    ("head", f"{VICREG}:151 nn.Linear(embedding, 1000)", ("LinearClsHead", 1000), lambda c, o: (c.model.head.type,
-                                                                                               c.model.head.num_classes)),
+    ("head", f"{VICREG}:151 nn.Linear(embedding, 1000)", (True, 1000), lambda c, o: (_is_linear_head(c.model.head.type),
+                                                                                     c.model.head.num_classes)),
     ("head init", f"{VICREG}:152-153 weight.normal_(0, 0.01), bias.zero_()", ("Normal", 0.0, 0.01, 0.0),
      lambda c, o: tuple(c.model.head.init_cfg[k] for k in ("type", "mean", "std", "bias"))),
     ("pooling", f"{VICREG}:141 resnet50 -> (backbone, embedding) (avgpool + flatten)", "GlobalAveragePooling",
@@ -197,6 +204,44 @@ def test_finetune_groups_put_every_backbone_tensor_at_the_backbone_lr(r18: Path,
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     for name, p in model.named_parameters():
         assert lr_of[id(p)] == pytest.approx(0.03 if name.startswith("backbone.") else 0.08, rel=1e-12), name
+
+
+def _vicreg_accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[torch.Tensor]:
+    """evaluate.py:338-352, verbatim but for the docstring."""
+    with torch.no_grad():
+        maxk = max(topk)
+        batch_size = target.size(0)
+        _, pred = output.topk(maxk, 1, True, True)
+        pred = pred.t()
+        correct = pred.eq(target.view(1, -1).expand_as(pred))
+        res = []
+        for k in topk:
+            correct_k = correct[:k].reshape(-1).float().sum(0, keepdim=True)
+            res.append(correct_k.mul_(100.0 / batch_size))
+        return res
+
+
+def test_accuracy_counts_as_vicreg_evaluate_even_where_softmax_underflows() -> None:
+    """Logits 200 apart: softmax gives exact zeros (mmpretrain's Accuracy, thresholded at 0, misses those
+    top-5 hits); the task's metric ranks the logits, as evaluate.py's accuracy() does."""
+    from mmpretrain.evaluation import Accuracy
+    from mmpretrain.registry import METRICS, MODELS
+    from mmpretrain.structures import DataSample
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, 8, generator=g) * 3
+    logits[:20, 0] += 200.0  # class 0 dominates: every other class's softmax underflows to 0
+    target = torch.randint(0, 8, (40,), generator=g)
+    head = MODELS.build(dict(type="LogitLinearClsHead", num_classes=8, in_channels=4))
+    samples = head._get_predictions(logits, [DataSample().set_gt_label(int(t)) for t in target])
+    metric = METRICS.build(dict(type="PerImageAccuracy", topk=(1, 5)))
+    metric.process({}, [s.to_dict() for s in samples])
+    ours = metric.compute_metrics(metric.results)
+    vicreg = [float(v) for v in _vicreg_accuracy(logits, target, topk=(1, 5))]
+    assert (ours["top1"], ours["top5"]) == pytest.approx(vicreg, abs=1e-9)
+    scores = torch.softmax(logits, 1)
+    mm_top5 = float(Accuracy.calculate(scores, target, topk=(1, 5))[1][0])
+    assert mm_top5 < vicreg[1]  # the difference the metric exists for
 
 
 def test_val_pipeline_and_normalisation_equal_torchvision(tmp_path: Path) -> None:
@@ -345,7 +390,7 @@ def test_kill_and_resume_continue_from_the_engine_checkpoint(r18: Path, tmp_path
     assert not (out / "work" / "epoch_3.pth").exists()
     record = _run(r18, root, out, "--resume", "--cfg-options", *TINY, *_epochs(3))
     log = (out / "train.log").read_text()
-    assert "resumed epoch: " in log and record["resumed_from"].startswith("epoch_")
+    assert "resumed epoch: " in log and record["engine_resumed_from"].startswith("epoch_")
     resumed_at = int(log.split("resumed epoch: ")[1].split(",")[0])
     assert resumed_at >= 1 and f"Epoch(train) [{resumed_at}]" not in log  # no finished epoch is trained again
     assert [e["epoch"] for e in record["epochs"]][-1] == 3 and (out / "work" / "epoch_3.pth").is_file()

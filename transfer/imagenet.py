@@ -196,3 +196,16 @@ def write_ann_file(path: Path, samples: Samples) -> None:
     from mast.atomic import write_text_atomic
 
     write_text_atomic(path, "".join(f"{rel} {label}\n" for rel, label in samples))
+
+
+PROTOCOL_SUBSETS = {"linear": None, "semisup_1pct": "1percent", "semisup_10pct": "10percent"}
+LAYOUT_HINT = "train/<synset>/ + val/<synset>/, or ILSVRC/Data/CLS-LOC/{train,val} + LOC_val_solution.csv"
+
+
+def describe(root: str | Path, protocol: str = "linear", full: bool = True) -> str:
+    """One line on the ImageNet under ``root`` as ``protocol`` reads it (run_all ``--check``); raises
+    :class:`ImageNetLayoutError` (or TaskSkipped) as the task would. ``full=False``: a ``--smoke`` check."""
+    layout, classes, train, val = imagenet_samples(root, PROTOCOL_SUBSETS[protocol], FULL if full else None, full)
+    subset = PROTOCOL_SUBSETS[protocol]
+    return (f"{layout.kind} layout, {len(classes)} classes; train {len(train)}"
+            + (f" ({subset} list)" if subset else "") + f", val {len(val)}")

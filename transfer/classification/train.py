@@ -87,7 +87,7 @@ def train_and_evaluate(cfg: Any, converted: Path, out: Path, frozen: bool) -> di
         log = Path(runner.log_dir) / f"{runner.timestamp}.log"
         if log.is_file():
             shutil.copyfile(log, out / "train.log")
-    extra: dict[str, Any] = {"resumed_from": Path(latest).name if latest else None}
+    extra: dict[str, Any] = {"engine_resumed_from": Path(latest).name if latest else None}
     if frozen:
         changed = differing(backbone_of(runner.model), read_converted(converted))
         if changed:

@@ -57,7 +57,8 @@ val_dataloader = dict(
     dataset=dict(type='CustomDataset', data_root=data_root, ann_file='', data_prefix='', with_label=True,
                  pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='PerImageAccuracy', topk=(1, 5))  # mmpretrain's Accuracy + per-image hits (engine.py)
+# top-1/top-5 ranked on the logits as evaluate.py's accuracy(), per-image hits kept (engine.py)
+val_evaluator = dict(type='PerImageAccuracy', topk=(1, 5))
 test_evaluator = val_evaluator
 
 # evaluate.py: resnet50 without its fc (avgpool + flatten: 2048 features), nn.Linear(2048, 1000) with
@@ -68,7 +69,8 @@ model = dict(
     backbone=dict(type='ResNet', depth=50, num_stages=4, out_indices=(3,), style='pytorch',
                   frozen_stages=4, norm_eval=True),
     neck=dict(type='GlobalAveragePooling'),
-    head=dict(type='LinearClsHead', num_classes=num_classes, in_channels=2048,
+    # LinearClsHead whose predictions also carry the logits (evaluate.py's accuracy ranks them; engine.py)
+    head=dict(type='LogitLinearClsHead', num_classes=num_classes, in_channels=2048,
               loss=dict(type='CrossEntropyLoss', loss_weight=1.0), topk=(1, 5),
               init_cfg=dict(type='Normal', layer='Linear', mean=0.0, std=0.01, bias=0.0)))
 
