@@ -394,3 +394,25 @@ def test_kill_and_resume_continue_from_the_engine_checkpoint(r18: Path, tmp_path
     resumed_at = int(log.split("resumed epoch: ")[1].split(",")[0])
     assert resumed_at >= 1 and f"Epoch(train) [{resumed_at}]" not in log  # no finished epoch is trained again
     assert [e["epoch"] for e in record["epochs"]][-1] == 3 and (out / "work" / "epoch_3.pth").is_file()
+
+
+def test_paper_suite_runs_the_three_tasks_and_checks_imagenet_in_one_line(tmp_path: Path) -> None:
+    """The paper suite's entries parse with the task's own options; --check reads ImageNet as the task does."""
+    from transfer.orchestrate.dataset_check import check_task
+    from transfer.suite import load_suite
+
+    kaggle_standin(tmp_path / "imagenet")
+    for smoke in (True, False):
+        specs = [s for s in load_suite("paper", {"datasets": str(tmp_path)}, smoke=smoke).tasks
+                 if s.task == "classification"]
+        assert [s.name for s in specs] == ["linear_imagenet", "semisup_imagenet_1pct", "semisup_imagenet_10pct"]
+        for spec in specs:
+            args = build_parser().parse_args(spec.command("python", "C.pth", "OUT")[3:])
+            assert args.smoke == smoke and args.data_root == str(tmp_path / "imagenet")
+        verdicts = {s.args["protocol"]: check_task(s) for s in specs}
+        if smoke:  # a pipeline check takes the stand-in (the linear task); the subset lists name absent files
+            assert verdicts["linear"].status == "found" and "kaggle layout, 6 classes" in verdicts["linear"].line
+        else:
+            assert all(v.status == "unreadable" and "\n" not in v.line for v in verdicts.values())
+            assert "classes 6 of 1,000" in verdicts["linear"].line
+            assert "12811 of 12811 listed training files missing" in verdicts["semisup_1pct"].line
