@@ -42,6 +42,15 @@ def _resume_point(cfg: Any) -> str | None:
     return latest
 
 
+def _init_cpu_group(cfg: Any) -> None:
+    """On CPUs mmengine's ``init_dist`` would call ``torch.cuda.set_device``: start gloo here instead."""
+    import torch
+    import torch.distributed as dist
+
+    if cfg.launcher == "pytorch" and not torch.cuda.is_available() and not dist.is_initialized():
+        dist.init_process_group("gloo")
+
+
 def _epoch_log_hook(path: Path) -> Any:
     from mmengine.hooks import Hook
 
@@ -65,6 +74,7 @@ def train_and_evaluate(cfg: Any, converted: Path, out: Path, frozen: bool) -> di
                                                   read_converted, register_runner_scheme, verify_backbone_state)
 
     register_runner_scheme()
+    _init_cpu_group(cfg)
     latest = _resume_point(cfg)
     epochs_file = out / EPOCHS_FILE
     if latest is None:
@@ -81,7 +91,8 @@ def train_and_evaluate(cfg: Any, converted: Path, out: Path, frozen: bool) -> di
     runner.register_hook(_epoch_log_hook(epochs_file))
     try:
         runner.train()
-        if not record_hook.hits or record_hook.epochs[-1]["epoch"] != runner.epoch:  # did not end on a validation
+        # did not end on a validation (every rank decides alike: the metrics reach all, the hits only rank 0)
+        if not record_hook.epochs or record_hook.epochs[-1]["epoch"] != runner.epoch:
             runner.val()
     finally:
         log = Path(runner.log_dir) / f"{runner.timestamp}.log"
