@@ -252,7 +252,10 @@ def test_val_pipeline_and_normalisation_equal_torchvision(tmp_path: Path) -> Non
     from torchvision import transforms
 
     path = tmp_path / "x.JPEG"
-    _jpeg(path, 0, size=(300, 410))
+    pixels = np.random.default_rng(0).integers(0, 255, (300, 410, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation "rotate 90": ImageFolder's loader ignores it, so must the pipeline
+    Image.fromarray(pixels).save(path, exif=exif)
     cfg = Config.fromfile(str(PROTOCOLS["linear"]))
     data = Compose(cfg.test_pipeline)(dict(img_path=str(path)))
     pre = MODELS.build(cfg.data_preprocessor)

@@ -26,16 +26,17 @@ data_preprocessor = dict(
     mean=[123.675, 116.28, 103.53],
     std=[58.395, 57.12, 57.375],
     to_rgb=True)
-# PIL decoding and PIL bilinear resizing, as torchvision's ImageFolder + transforms do.
+# PIL decoding and PIL bilinear resizing, as torchvision's ImageFolder + transforms do; ImageFolder's loader
+# (Image.convert('RGB')) ignores a JPEG's EXIF orientation, mmcv's default 'color' would apply it.
 train_pipeline = [
-    dict(type='LoadImageFromFile', imdecode_backend='pillow'),
+    dict(type='LoadImageFromFile', imdecode_backend='pillow', color_type='color_ignore_orientation'),
     dict(type='RandomResizedCrop', scale=224, crop_ratio_range=(0.08, 1.0), aspect_ratio_range=(3. / 4., 4. / 3.),
          backend='pillow', interpolation='bilinear'),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='PackInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile', imdecode_backend='pillow'),
+    dict(type='LoadImageFromFile', imdecode_backend='pillow', color_type='color_ignore_orientation'),
     dict(type='ResizeEdge', scale=256, edge='short', backend='pillow', interpolation='bilinear'),
     dict(type='CenterCrop', crop_size=224),
     dict(type='PackInputs'),
