@@ -193,6 +193,26 @@ def test_config_equals_vicreg_evaluate_arguments_key_by_key(protocol: str, r18: 
     assert cfg.batch_plan["effective"] == 256 and (cfg.get("subset") is None) == (protocol == "linear")
 
 
+@pytest.mark.parametrize("protocol", ["linear", "semisup_1pct"])
+def test_lr_per_epoch_equals_torch_cosine_annealing(protocol: str, r18: Path, tmp_path: Path) -> None:
+    """evaluate.py:168 + :292: CosineAnnealingLR(optimizer, epochs), one step per epoch; every group's lr, every epoch."""
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import PARAM_SCHEDULERS
+    from mmpretrain.registry import MODELS
+
+    cfg, _ = _resolved(protocol, r18, tmp_path)
+    model = MODELS.build(cfg.model)
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    ours = PARAM_SCHEDULERS.build(dict(cfg.param_scheduler[0], optimizer=wrapper))
+    reference_opt = torch.optim.SGD([dict(params=[torch.zeros(1)], lr=g["lr"]) for g in wrapper.param_groups], 0)
+    reference = torch.optim.lr_scheduler.CosineAnnealingLR(reference_opt, cfg.train_cfg.max_epochs)
+    for epoch in range(cfg.train_cfg.max_epochs):
+        have = [g["lr"] for g in wrapper.param_groups]
+        assert have == pytest.approx([g["lr"] for g in reference_opt.param_groups], rel=1e-9, abs=1e-15), epoch
+        ours.step()
+        reference.step()
+
+
 def test_finetune_groups_put_every_backbone_tensor_at_the_backbone_lr(r18: Path, tmp_path: Path) -> None:
     """evaluate.py:164-166: the head's parameters at lr-head, the backbone's at lr-backbone, nothing else."""
     from mmengine.optim import build_optim_wrapper
