@@ -10,9 +10,9 @@ Two layouts are read (``find_layout``), both resolving to the same (file, class 
 
 Class indices are ImageFolder's: the sorted names of the train folder's sub-folders (``find_classes``),
 so a label here is the label VICReg's script trains with. The 1 % / 10 % lists (SimCLR's, shipped in
-``transfer/imagenet_subsets/`` with their sha256) name train files ``<synset>_<n>.JPEG``; a listed file that is not on disk
-refuses the run in one line, never a silently smaller training set. Pure Python (no torch, no engine):
-the frozen-feature probes read ImageNet through this module too.
+``transfer/imagenet_subsets/`` with their sha256) name train files ``<synset>_<n>.JPEG``; a listed file
+that is not on disk refuses the run in one line, never a silently smaller training set. Pure Python (no
+torch, no engine) and on the floor, so that the frozen-feature probes (kNN) can read ImageNet through it too.
 """
 
 from __future__ import annotations
@@ -165,7 +165,8 @@ def flat_val_samples(layout: ImageNetLayout, classes: list[str]) -> Samples:
 
 
 def imagenet_samples(root: str | Path, subset: str | None = None,
-                     expect: dict[str, int] | None = FULL, complete: bool = True) -> tuple[ImageNetLayout, list[str], Samples, Samples]:
+                     expect: dict[str, int] | None = FULL,
+                     complete: bool = True) -> tuple[ImageNetLayout, list[str], Samples, Samples]:
     """(layout, classes, train samples, val samples) of the ImageNet under ``root``.
 
     ``subset`` (``1percent``/``10percent``) restricts training to the shipped list. ``expect`` holds the
