@@ -22,7 +22,7 @@ from PIL import Image
 
 from transfer.imagenet import (SUBSETS, ImageNetLayoutError, imagenet_samples, read_subset)
 from transfer.classification.runner import PROTOCOLS, build_parser, load_config, main
-from transfer.records import EXIT_OK
+from transfer.records import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED
 from transfer.safe_files import read_runner_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -439,3 +439,22 @@ def test_paper_suite_runs_the_three_tasks_and_checks_imagenet_in_one_line(tmp_pa
             assert all(v.status == "unreadable" and "\n" not in v.line for v in verdicts.values())
             assert "classes 6 of 1,000" in verdicts["linear"].line
             assert "12811 of 12811 listed training files missing" in verdicts["semisup_1pct"].line
+
+
+def test_a_vit_checkpoint_is_a_one_line_failed_record(tmp_path: Path) -> None:
+    """No ViT protocol here yet (DINO eval_linear, MAE linprobe): the record says so in one line, before any data."""
+    import vit_writers
+
+    ckpt = tmp_path / "vit.pth"
+    torch.save(vit_writers.timm_vit(16, 32, depth=2).state_dict(), ckpt)
+    out = tmp_path / "vit"
+    assert main(["--ckpt", str(ckpt), "--out", str(out), "--data-root", str(tmp_path / "absent")]) == EXIT_FAILED
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "failed" and "\n" not in record["error"] and "holds a ViT" in record["error"]
+
+
+def test_missing_imagenet_is_a_skipped_record(r18: Path, tmp_path: Path) -> None:
+    out = tmp_path / "none"
+    assert main(["--ckpt", str(r18), "--out", str(out), "--data-root", str(tmp_path / "absent")]) == EXIT_SKIPPED
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "skipped" and f"{tmp_path / 'absent'} does not exist" in record["error"]
