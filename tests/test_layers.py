@@ -21,11 +21,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("mast", "transfer", "reports", "benchmarks")
-NOT_MODULES = ("transfer.mmseg_configs",)  # mmengine config files, read by path, never imported
+NOT_MODULES = ("transfer.mmseg_configs", "transfer.mmpretrain_configs")  # mmengine config files, read by path, never imported
 FLOOR = ("transfer", "transfer.checkpoints", "transfer.layouts", "transfer.convert", "transfer.inspect_checkpoint",
          "transfer.vit", "transfer.vit_layouts", "transfer.vit_inspect", "transfer.safe_files",
-         "transfer.records", "transfer.engines", "transfer.suite", "transfer.stats", "transfer.hub")
-TASK_PACKAGES = ("transfer.detection", "transfer.segmentation", "transfer.probes")
+         "transfer.records", "transfer.engines", "transfer.suite", "transfer.stats", "transfer.hub", "transfer.imagenet")
+TASK_PACKAGES = ("transfer.detection", "transfer.segmentation", "transfer.probes", "transfer.classification")
 # (layer, rule): each module must match exactly one rule.
 RULES = (
     ("core", lambda m: _under(m, "mast")),

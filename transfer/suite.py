@@ -42,7 +42,7 @@ class SuiteError(ValueError):
 # Task type -> the module of its command (``python -m MODULE``); each exposes ``build_parser()``.
 TASK_MODULES = {"detection": "transfer.detection", "segmentation": "transfer.segmentation",
                 "fewshot": "transfer.probes.fewshot", "linear": "transfer.probes.linear", "knn": "transfer.probes.knn",
-                "svm": "transfer.probes.svm"}
+                "svm": "transfer.probes.svm", "classification": "transfer.classification"}
 TASKS = tuple(TASK_MODULES)
 SCALES = ("demo", "paper")
 ENTRY_KEYS = ("name", "task", "args", "extra_args", "checkpoints", "scale", "timeout_min", "env", "backbones")
@@ -60,6 +60,7 @@ PATH_ARGS = ("config",)  # args naming a project file: resolved against PROJECT 
 SMOKE_ARGS = {
     "detection": ["--smoke"],
     "segmentation": ["--smoke"],
+    "classification": ["--smoke"],
     "fewshot": ["--episodes", "10", "--num-workers", "0"],
     "linear": ["--max-iter", "20", "--num-workers", "0"],
     "knn": ["--num-workers", "0"],

@@ -185,6 +185,17 @@ def _first_item(items) -> None:
 def check_task(spec: TaskSpec) -> Verdict:
     if spec.task in ("fewshot", "linear", "knn", "svm"):
         return check_probe(spec)
+    if spec.task == "classification":  # ImageNet as the task reads it (transfer/imagenet.py), one line
+        from transfer.imagenet import LAYOUT_HINT, ImageNetLayoutError, describe
+
+        root = Path(str(spec.args.get("data_root", "")))
+        if not root.is_dir():
+            return Verdict(spec.name, "missing", f"missing {root}; expected {root}/{LAYOUT_HINT}")
+        try:
+            found = describe(root, spec.args.get("protocol", "linear"), full=not spec.smoke)
+            return Verdict(spec.name, "found", f"found {root} ({found})")
+        except ImageNetLayoutError as e:
+            return Verdict(spec.name, "unreadable", f"unreadable {root} ({e}); expected {root}/{LAYOUT_HINT}")
     paths, hint = detection_paths(spec) if spec.task == "detection" else segmentation_paths(spec)
     missing = [p for p in paths if not p.exists()]
     if missing:

@@ -28,11 +28,12 @@ from mast.safe_read import UnreadableFile, read_regular_text
 
 __all__ = ["RESUMABLE", "RESUME_FILE", "resume_point", "mark", "read_mark"]
 
-RESUMABLE = ("detection", "segmentation")
+RESUMABLE = ("detection", "segmentation", "classification")
 RESUME_FILE = "resume.json"
 PREVIOUS_RECORD = "record.prev.json"
 # where each engine's own checkpointer names its latest file
-ENGINE_POINTERS = {"detection": "seed_*/last_checkpoint", "segmentation": "work/last_checkpoint"}
+ENGINE_POINTERS = {"detection": "seed_*/last_checkpoint", "segmentation": "work/last_checkpoint",
+                   "classification": "work/last_checkpoint"}
 
 
 def resume_point(out_dir: Path, task: str, config_hash: str, ckpt_sha256: str, backbone: str | None,

@@ -170,7 +170,7 @@ def job_command(job: Job) -> list[str]:
 def task_resources(spec: TaskSpec, slurm: SlurmOptions) -> Resources:
     """What a task's job asks for: detection and segmentation ``num_gpus`` GPUs on one node (their own
     launchers inside the job); probes one GPU; the time limit from ``timeout_min``."""
-    gpus = int(spec.args.get("num_gpus", 1)) if spec.task in ("detection", "segmentation") else 1
+    gpus = int(spec.args.get("num_gpus", 1)) if spec.task in ("detection", "segmentation", "classification") else 1
     return slurm.resources(gpus, spec.timeout_min)
 
 

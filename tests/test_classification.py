@@ -1,0 +1,460 @@
+"""ImageNet linear / semi-supervised classification on mmpretrain (transfer/classification): the config is
+VICReg's evaluate.py key for key, ImageNet on disk maps to ImageFolder's labels in both layouts, a partial
+ImageNet is refused in one line, and the real Runner keeps a frozen backbone bit-identical, fine-tunes the
+whole network, and resumes from its own checkpoint after a kill. Stand-ins: tiny JPEGs, a ResNet-18."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from transfer.imagenet import (SUBSETS, ImageNetLayoutError, imagenet_samples, read_subset)
+from transfer.classification.runner import PROTOCOLS, build_parser, load_config, main
+from transfer.records import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED
+from transfer.safe_files import read_runner_file
+
+REPO = Path(__file__).resolve().parents[1]
+SYNSETS = [f"n0{i:07d}" for i in range(6)]
+# a few iterations on 32 px crops; global batch 4 (off-protocol, so --any-batch); stand-in sizes
+TINY = ["global_batch=4", "check_sizes=False", "train_dataloader.num_workers=0", "val_dataloader.num_workers=0",
+        "test_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",
+        "val_dataloader.persistent_workers=False", "test_dataloader.persistent_workers=False",
+        "train_dataloader.dataset.pipeline.1.scale=32", "val_dataloader.dataset.pipeline.1.scale=36",
+        "val_dataloader.dataset.pipeline.2.crop_size=32"]
+
+
+def _epochs(n: int) -> list[str]:
+    return [f"train_cfg.max_epochs={n}", f"param_scheduler.0.T_max={n}", f"param_scheduler.0.end={n}"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mmpretrain(one_thread):
+    from transfer.classification.engine import require_mmpretrain
+
+    return require_mmpretrain()
+
+
+def _jpeg(path: Path, seed: int, size: tuple[int, int] = (40, 48)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def folders_standin(root: Path, n_train: int = 2) -> Path:
+    """``train/<synset>/*.JPEG`` + ``val/<synset>/``: six classes, ``n_train`` + 1 images each."""
+    for c, synset in enumerate(SYNSETS):
+        for j in range(n_train):
+            _jpeg(root / "train" / synset / f"{synset}_{j}.JPEG", 10 * c + j)
+        _jpeg(root / "val" / synset / f"ILSVRC2012_val_{c:08d}.JPEG", 100 + c)
+    return root
+
+
+def kaggle_standin(root: Path, n_train: int = 2) -> Path:
+    """The Kaggle layout of the same images: ILSVRC/Data/CLS-LOC/{train,val} with a flat val + LOC_val_solution.csv."""
+    base = root / "ILSVRC" / "Data" / "CLS-LOC"
+    rows = ["ImageId,PredictionString"]
+    for c, synset in enumerate(SYNSETS):
+        for j in range(n_train):
+            _jpeg(base / "train" / synset / f"{synset}_{j}.JPEG", 10 * c + j)
+        _jpeg(base / "val" / f"ILSVRC2012_val_{c:08d}.JPEG", 100 + c)
+        rows.append(f"ILSVRC2012_val_{c:08d},{synset} 1 2 30 40 {synset} 5 6 7 8")
+    (root / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def r18(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ResNet-18 with random weights and BatchNorm statistics (so an unloaded tensor would show)."""
+    path = tmp_path_factory.mktemp("ckpt") / "r18.pth"
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18()
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape) + 0.5)
+            elif name.endswith("running_mean"):
+                t.copy_(torch.randn(t.shape) * 0.1)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def _is_linear_head(name: str) -> bool:
+    from mmpretrain.models.heads import LinearClsHead
+    from mmpretrain.registry import MODELS
+
+    return issubclass(MODELS.get(name), LinearClsHead)
+
+
+# VICReg's evaluate.py (facebookresearch/vicreg @ 4e12602fd495af83efd1631fbe82523e6db092e0) and its README,
+# key for key: (what, source line, VICReg's value, the value in our resolved config / built engine objects).
+VICREG = "evaluate.py"
+LINEAR_TABLE = [
+    ("epochs", f"{VICREG}:59-64 --epochs default=100", 100, lambda c, o: c.train_cfg.max_epochs),
+    ("global batch", f"{VICREG}:65-67 --batch-size default=256 (split over world_size, :223)", 256,
+     lambda c, o: c.global_batch),
+    ("lr head", "README.md:91 --lr-head 0.02 (linear command)", 0.02, lambda c, o: o.param_groups[0]["lr"]),
+    ("weight decay", f"{VICREG}:82-84 --weight-decay default=1e-6", 1e-6, lambda c, o: o.defaults["weight_decay"]),
+    ("momentum", f"{VICREG}:167 optim.SGD(..., momentum=0.9)", 0.9, lambda c, o: o.defaults["momentum"]),
+    ("nesterov", f"{VICREG}:167 optim.SGD (nesterov default False)", False, lambda c, o: o.defaults["nesterov"]),
+    ("schedule", f"{VICREG}:168 CosineAnnealingLR(optimizer, args.epochs), stepped per epoch (:292)",
+     ("CosineAnnealingLR", 100, 0.0, True), lambda c, o: (c.param_scheduler[0].type, c.param_scheduler[0].T_max,
+                                                         c.param_scheduler[0].eta_min, c.param_scheduler[0].by_epoch)),
+    ("frozen backbone", f"{VICREG}:157-158 backbone.requires_grad_(False)", 4, lambda c, o: c.model.backbone.frozen_stages),
+    ("backbone in eval mode", f"{VICREG}:237-238 model.eval() while training (freeze)", True,
+     lambda c, o: c.model.backbone.norm_eval),
+    ("head", f"{VICREG}:151 nn.Linear(embedding, 1000)", (True, 1000), lambda c, o: (_is_linear_head(c.model.head.type),
+                                                                                     c.model.head.num_classes)),
+    ("head init", f"{VICREG}:152-153 weight.normal_(0, 0.01), bias.zero_()", ("Normal", 0.0, 0.01, 0.0),
+     lambda c, o: tuple(c.model.head.init_cfg[k] for k in ("type", "mean", "std", "bias"))),
+    ("pooling", f"{VICREG}:141 resnet50 -> (backbone, embedding) (avgpool + flatten)", "GlobalAveragePooling",
+     lambda c, o: c.model.neck.type),
+    ("loss", f"{VICREG}:162 nn.CrossEntropyLoss()", ("CrossEntropyLoss", 1.0, False),
+     lambda c, o: (c.model.head.loss.type, c.model.head.loss.loss_weight, c.model.head.loss.get("use_sigmoid", False))),
+    ("train crop", f"{VICREG}:193 transforms.RandomResizedCrop(224)", (224, (0.08, 1.0), (3 / 4, 4 / 3)),
+     lambda c, o: (c.train_pipeline[1].scale, tuple(c.train_pipeline[1].crop_ratio_range),
+                   tuple(c.train_pipeline[1].aspect_ratio_range))),
+    ("train flip", f"{VICREG}:194 transforms.RandomHorizontalFlip()", (0.5, "horizontal"),
+     lambda c, o: (c.train_pipeline[2].prob, c.train_pipeline[2].direction)),
+    ("val resize", f"{VICREG}:204 transforms.Resize(256)", (256, "short"),
+     lambda c, o: (c.test_pipeline[1].scale, c.test_pipeline[1].edge)),
+    ("val crop", f"{VICREG}:205 transforms.CenterCrop(224)", 224, lambda c, o: c.test_pipeline[2].crop_size),
+    ("normalisation", f"{VICREG}:185-187 Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]) on RGB",
+     ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], True),
+     lambda c, o: ([round(m / 255, 6) for m in c.data_preprocessor.mean],
+                   [round(s / 255, 6) for s in c.data_preprocessor.std], c.data_preprocessor.to_rgb)),
+    ("metrics", f"{VICREG}:275-277 accuracy(output, target, topk=(1, 5))", (1, 5), lambda c, o: tuple(c.val_evaluator.topk)),
+    ("validated every epoch", f"{VICREG}:267-290 evaluate after each epoch", 1, lambda c, o: c.train_cfg.val_interval),
+]
+SEMISUP_TABLE = {  # protocol -> rows that differ from the linear table (README.md:99 and :105)
+    "semisup_1pct": [("train percent", "README.md:99 --train-perc 1; evaluate.py:108-111 SimCLR's 1percent.txt",
+                      "1percent", lambda c, o: c.subset),
+                     ("epochs", "README.md:99 --epochs 20", 20, lambda c, o: c.train_cfg.max_epochs),
+                     ("lr head", "README.md:99 --lr-classifier 0.08 (evaluate.py:76 spells it --lr-head)", 0.08,
+                      lambda c, o: o.param_groups[-1]["lr"]),
+                     ("lr backbone", "README.md:99 --lr-backbone 0.03 (evaluate.py:166 its own group)", 0.03,
+                      lambda c, o: o.param_groups[0]["lr"])],
+    "semisup_10pct": [("train percent", "README.md:105 --train-perc 10", "10percent", lambda c, o: c.subset),
+                      ("epochs", "README.md:105 --epochs 20", 20, lambda c, o: c.train_cfg.max_epochs),
+                      ("lr head", "README.md:105 --lr-classifier 0.1", 0.1, lambda c, o: o.param_groups[-1]["lr"]),
+                      ("lr backbone", "README.md:105 --lr-backbone 0.01", 0.01, lambda c, o: o.param_groups[0]["lr"])],
+}
+for _rows in SEMISUP_TABLE.values():  # CosineAnnealingLR(optimizer, args.epochs): T_max follows --epochs 20
+    _rows.append(("schedule", f"{VICREG}:168 CosineAnnealingLR(optimizer, args.epochs) with --epochs 20",
+                  ("CosineAnnealingLR", 20, 0.0, True), LINEAR_TABLE[6][3]))
+FINETUNE_ROWS = [  # --weights finetune: the whole network trains (:165-166, :235-236), weight decay 0 (README)
+    ("weight decay", "README.md:99/:105 --weight-decay 0", 0.0, lambda c, o: o.defaults["weight_decay"]),
+    ("backbone trained", f"{VICREG}:165-166 backbone params in the optimizer", -1, lambda c, o: c.model.backbone.frozen_stages),
+    ("BN in train mode", f"{VICREG}:235-236 model.train() (finetune)", False, lambda c, o: c.model.backbone.norm_eval),
+]
+
+
+def _resolved(protocol: str, ckpt: Path, tmp_path: Path):
+    """The resolved config (as the runner builds it for a ResNet-50) and the optimizer mmengine builds from it."""
+    from mmengine.optim import build_optim_wrapper
+    from mmpretrain.registry import MODELS
+
+    from transfer.checkpoints import CheckpointInfo
+
+    info = CheckpointInfo(path=str(ckpt), sha256="0" * 64, arch="resnet50", method=None, source_format="torchvision",
+                          run_dir=None)
+    args = build_parser().parse_args(["--ckpt", str(ckpt), "--out", str(tmp_path), "--protocol", protocol])
+    cfg = load_config(args, info)
+    model = MODELS.build(cfg.model)
+    optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    return cfg, optimizer
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+def test_config_equals_vicreg_evaluate_arguments_key_by_key(protocol: str, r18: Path, tmp_path: Path) -> None:
+    cfg, optimizer = _resolved(protocol, r18, tmp_path)
+    rows = {name: row for name, *row in LINEAR_TABLE}
+    if protocol != "linear":
+        rows.update({name: row for name, *row in SEMISUP_TABLE[protocol] + FINETUNE_ROWS})
+        rows.pop("frozen backbone"), rows.pop("backbone in eval mode")
+    differ = {}
+    for name, (source, vicreg, ours) in rows.items():
+        have = ours(cfg, optimizer)
+        same = have == pytest.approx(vicreg, rel=1e-12) if isinstance(vicreg, float) else have == vicreg
+        if not same:
+            differ[name] = f"{source}: VICReg {vicreg!r}, ours {have!r}"
+    assert not differ, differ
+    assert cfg.batch_plan["effective"] == 256 and (cfg.get("subset") is None) == (protocol == "linear")
+
+
+@pytest.mark.parametrize("protocol", ["linear", "semisup_1pct"])
+def test_lr_per_epoch_equals_torch_cosine_annealing(protocol: str, r18: Path, tmp_path: Path) -> None:
+    """evaluate.py:168 + :292: CosineAnnealingLR(optimizer, epochs), one step per epoch; every group's lr, every epoch."""
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import PARAM_SCHEDULERS
+    from mmpretrain.registry import MODELS
+
+    cfg, _ = _resolved(protocol, r18, tmp_path)
+    model = MODELS.build(cfg.model)
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    ours = PARAM_SCHEDULERS.build(dict(cfg.param_scheduler[0], optimizer=wrapper))
+    reference_opt = torch.optim.SGD([dict(params=[torch.zeros(1)], lr=g["lr"]) for g in wrapper.param_groups], 0)
+    reference = torch.optim.lr_scheduler.CosineAnnealingLR(reference_opt, cfg.train_cfg.max_epochs)
+    for epoch in range(cfg.train_cfg.max_epochs):
+        have = [g["lr"] for g in wrapper.param_groups]
+        assert have == pytest.approx([g["lr"] for g in reference_opt.param_groups], rel=1e-9, abs=1e-15), epoch
+        ours.step()
+        reference.step()
+
+
+def test_finetune_groups_put_every_backbone_tensor_at_the_backbone_lr(r18: Path, tmp_path: Path) -> None:
+    """evaluate.py:164-166: the head's parameters at lr-head, the backbone's at lr-backbone, nothing else."""
+    from mmengine.optim import build_optim_wrapper
+    from mmpretrain.registry import MODELS
+
+    cfg, _ = _resolved("semisup_1pct", r18, tmp_path)
+    model = MODELS.build(cfg.model)
+    optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert lr_of[id(p)] == pytest.approx(0.03 if name.startswith("backbone.") else 0.08, rel=1e-12), name
+
+
+def _vicreg_accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[torch.Tensor]:
+    """evaluate.py:338-352, verbatim but for the docstring."""
+    with torch.no_grad():
+        maxk = max(topk)
+        batch_size = target.size(0)
+        _, pred = output.topk(maxk, 1, True, True)
+        pred = pred.t()
+        correct = pred.eq(target.view(1, -1).expand_as(pred))
+        res = []
+        for k in topk:
+            correct_k = correct[:k].reshape(-1).float().sum(0, keepdim=True)
+            res.append(correct_k.mul_(100.0 / batch_size))
+        return res
+
+
+def test_accuracy_counts_as_vicreg_evaluate_even_where_softmax_underflows() -> None:
+    """Logits 200 apart: softmax gives exact zeros (mmpretrain's Accuracy, thresholded at 0, misses those
+    top-5 hits); the task's metric ranks the logits, as evaluate.py's accuracy() does."""
+    from mmpretrain.evaluation import Accuracy
+    from mmpretrain.registry import METRICS, MODELS
+    from mmpretrain.structures import DataSample
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, 8, generator=g) * 3
+    logits[:20, 0] += 200.0  # class 0 dominates: every other class's softmax underflows to 0
+    target = torch.randint(0, 8, (40,), generator=g)
+    head = MODELS.build(dict(type="LogitLinearClsHead", num_classes=8, in_channels=4))
+    samples = head._get_predictions(logits, [DataSample().set_gt_label(int(t)) for t in target])
+    metric = METRICS.build(dict(type="PerImageAccuracy", topk=(1, 5)))
+    metric.process({}, [s.to_dict() for s in samples])
+    ours = metric.compute_metrics(metric.results)
+    vicreg = [float(v) for v in _vicreg_accuracy(logits, target, topk=(1, 5))]
+    assert (ours["top1"], ours["top5"]) == pytest.approx(vicreg, abs=1e-9)
+    scores = torch.softmax(logits, 1)
+    mm_top5 = float(Accuracy.calculate(scores, target, topk=(1, 5))[1][0])
+    assert mm_top5 < vicreg[1]  # the difference the metric exists for
+
+
+def test_val_pipeline_and_normalisation_equal_torchvision(tmp_path: Path) -> None:
+    """mmpretrain's val pipeline + data preprocessor give the tensor evaluate.py's transforms give (RGB, PIL)."""
+    from mmengine.config import Config
+    from mmengine.dataset import Compose
+    from mmpretrain.registry import MODELS
+    from torchvision import transforms
+
+    path = tmp_path / "x.JPEG"
+    pixels = np.random.default_rng(0).integers(0, 255, (300, 410, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation "rotate 90": ImageFolder's loader ignores it, so must the pipeline
+    Image.fromarray(pixels).save(path, exif=exif)
+    cfg = Config.fromfile(str(PROTOCOLS["linear"]))
+    data = Compose(cfg.test_pipeline)(dict(img_path=str(path)))
+    pre = MODELS.build(cfg.data_preprocessor)
+    ours = pre(dict(inputs=[data["inputs"]], data_samples=[data["data_samples"]]), False)["inputs"][0]
+    tv = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                             transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
+    expected = tv(Image.open(path).convert("RGB"))
+    assert ours.shape == expected.shape == (3, 224, 224)
+    # the same uint8 pixels: the two differ only by float rounding of (x/255 - m)/s vs (x - 255m)/(255s)
+    assert torch.allclose(ours, expected, atol=1e-5), (ours - expected).abs().max()
+
+
+@pytest.mark.parametrize("layout", ["folders", "kaggle"])
+def test_layouts_map_files_to_imagefolder_indices(layout: str, tmp_path: Path) -> None:
+    root = (folders_standin if layout == "folders" else kaggle_standin)(tmp_path / "in")
+    found, classes, train, val = imagenet_samples(root, expect=None)
+    assert found.kind == layout and classes == SYNSETS
+    reference = torchvision.datasets.ImageFolder(str(found.train))
+    assert [(str(found.base / p), y) for p, y in train] == [(p, y) for p, y in reference.samples]
+    synset_of_val = {f"ILSVRC2012_val_{c:08d}.JPEG": reference.class_to_idx[s] for c, s in enumerate(SYNSETS)}
+    assert [(os.path.basename(p), y) for p, y in val] == sorted(synset_of_val.items())
+
+
+def test_shipped_subset_lists_match_simclr_sha256() -> None:
+    shared = REPO.parent / "shared" / "data" / "imagenet_subsets"
+    for name, (file, lines, digest) in SUBSETS.items():
+        names = read_subset(name)
+        assert len(names) == lines and len({n.split("_")[0] for n in names}) == 1000
+        if shared.is_dir():  # the source the lists were copied from, where this checkout has it
+            assert hashlib.sha256((shared / file).read_bytes()).hexdigest() == digest
+
+
+def test_one_percent_list_maps_each_file_to_the_imagefolder_index(tmp_path: Path) -> None:
+    """Every file of SimCLR's 1 % list, as evaluate.py:212-219 labels it with ImageFolder's class_to_idx."""
+    names = read_subset("1percent")
+    train = tmp_path / "in" / "train"
+    for synset in {n.split("_")[0] for n in names}:
+        (train / synset).mkdir(parents=True)
+    for n in names:  # empty files: only names and folders matter to the mapping
+        (train / n.split("_")[0] / n).touch()
+    (tmp_path / "in" / "val" / "n01440764").mkdir(parents=True)
+    (tmp_path / "in" / "val" / "n01440764" / "v.JPEG").touch()
+    _, classes, samples, _ = imagenet_samples(tmp_path / "in", subset="1percent", expect=None)
+    class_to_idx = torchvision.datasets.ImageFolder(str(train)).class_to_idx
+    vicreg = [(str(Path("train") / n.split("_")[0] / n), class_to_idx[n.split("_")[0]]) for n in names]
+    assert samples == vicreg and len(classes) == 1000
+    # a partial ImageNet: one listed file missing is one line naming the count, the file and the root
+    os.unlink(train / names[5].split("_")[0] / names[5])
+    with pytest.raises(ImageNetLayoutError) as e:
+        imagenet_samples(tmp_path / "in", subset="1percent", expect=None)
+    assert "\n" not in str(e.value) and f"1 of {len(names)} listed" in str(e.value)
+    assert names[5] in str(e.value) and str(train) in str(e.value)
+
+
+def test_partial_full_imagenet_is_refused_in_one_line(tmp_path: Path) -> None:
+    root = folders_standin(tmp_path / "in")
+    with pytest.raises(ImageNetLayoutError) as e:
+        imagenet_samples(root)  # the full dataset's sizes
+    assert "\n" not in str(e.value) and "classes 6 of 1,000" in str(e.value) and "val 6 of 50,000" in str(e.value)
+    kaggle = kaggle_standin(tmp_path / "k")
+    (kaggle / "ILSVRC/Data/CLS-LOC/val/ILSVRC2012_val_00000003.JPEG").unlink()
+    with pytest.raises(ImageNetLayoutError, match=r"1 listed images missing .*ILSVRC2012_val_00000003"):
+        imagenet_samples(kaggle, expect=None)
+
+
+def _run(ckpt: Path, root: Path, out: Path, *extra: str) -> dict:
+    code = main(["--ckpt", str(ckpt), "--out", str(out), "--data-root", str(root), "--any-batch", *extra])
+    record = json.loads((out / "record.json").read_text())
+    assert code == EXIT_OK, record["error"]
+    return record
+
+
+def _saved_backbone(path: Path) -> dict[str, torch.Tensor]:
+    state = read_runner_file(path)["state_dict"]
+    return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+
+
+@pytest.mark.slow
+def test_linear_keeps_every_backbone_tensor_bit_identical(r18: Path, tmp_path: Path) -> None:
+    root, out = folders_standin(tmp_path / "in"), tmp_path / "linear"
+    record = _run(r18, root, out, "--cfg-options", *TINY, *_epochs(2))
+    original = {k: v for k, v in torch.load(r18, weights_only=True).items() if not k.startswith("fc.")}
+    saved = _saved_backbone(out / "work" / "epoch_2.pth")  # the Runner's own file, read independently
+    assert set(saved) == set(original) and all(torch.equal(saved[k], original[k]) for k in original)
+    assert any(k.endswith("running_var") for k in saved) and any(k.endswith("num_batches_tracked") for k in saved)
+    head = read_runner_file(out / "work" / "epoch_2.pth")["state_dict"]["head.fc.weight"]
+    assert head.shape == (6, 512) and not torch.equal(head, torch.zeros_like(head))
+    m, iv = record["metrics"], record["intervals"]
+    assert [e["epoch"] for e in record["epochs"]] == [1, 2] and record["headline"] == "last epoch"
+    assert m["top1"] == pytest.approx(record["epochs"][-1]["top1"], abs=1e-4)
+    assert iv["top1"]["lo"] <= m["top1"] <= iv["top1"]["hi"] and iv["top1"]["n_items"] == 6
+    assert m["best_top1_val_selected"] == max(e["top1"] for e in record["epochs"])
+    assert record["batch"]["off_protocol"] and record["scale"] == "paper+overrides"
+    hits = np.load(out / "predictions.npz")
+    assert 100 * hits["top1"].mean() == pytest.approx(m["top1"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_finetune_changes_backbone_weights_and_bn_statistics(r18: Path, tmp_path: Path) -> None:
+    """semisup_1pct (--smoke: the listed files found on a stand-in holding some of them): everything trains."""
+    names = [n for n in read_subset("1percent")]
+    root = tmp_path / "in"
+    chosen = sorted({n.split("_")[0] for n in names})[:6]
+    for c, synset in enumerate(chosen):
+        for j, n in enumerate([n for n in names if n.startswith(synset)][:2]):
+            _jpeg(root / "train" / synset / n, 10 * c + j)
+        _jpeg(root / "val" / synset / f"v{c}.JPEG", 100 + c)
+    out = tmp_path / "ft"
+    record = _run(r18, root, out, "--protocol", "semisup_1pct", "--smoke")
+    assert record["scale"] == "smoke" and record["data"]["subset"] == "1percent"
+    original = torch.load(r18, weights_only=True)
+    saved = _saved_backbone(out / "work" / "epoch_1.pth")
+    weights = [k for k in original if k.endswith("conv1.weight")]
+    stats = [k for k in original if k.endswith("running_mean")]
+    assert all(not torch.equal(saved[k], original[k]) for k in weights + stats)
+    assert "backbone_unchanged" not in record
+
+
+@pytest.mark.slow
+def test_kill_and_resume_continue_from_the_engine_checkpoint(r18: Path, tmp_path: Path) -> None:
+    root, out = folders_standin(tmp_path / "in", n_train=4), tmp_path / "run"
+    args = ["--ckpt", str(r18), "--out", str(out), "--data-root", str(root), "--any-batch", "--threads", "1",
+            "--cfg-options", *TINY, *_epochs(3)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "transfer.classification", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    try:
+        while not (out / "work" / "epoch_1.pth").is_file() or not (out / "work" / "last_checkpoint").is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the cluster ends the job
+        proc.wait()
+    assert not (out / "work" / "epoch_3.pth").exists()
+    record = _run(r18, root, out, "--resume", "--cfg-options", *TINY, *_epochs(3))
+    log = (out / "train.log").read_text()
+    assert "resumed epoch: " in log and record["engine_resumed_from"].startswith("epoch_")
+    resumed_at = int(log.split("resumed epoch: ")[1].split(",")[0])
+    assert resumed_at >= 1 and f"Epoch(train) [{resumed_at}]" not in log  # no finished epoch is trained again
+    assert [e["epoch"] for e in record["epochs"]][-1] == 3 and (out / "work" / "epoch_3.pth").is_file()
+
+
+def test_paper_suite_runs_the_three_tasks_and_checks_imagenet_in_one_line(tmp_path: Path) -> None:
+    """The paper suite's entries parse with the task's own options; --check reads ImageNet as the task does."""
+    from transfer.orchestrate.dataset_check import check_task
+    from transfer.suite import load_suite
+
+    kaggle_standin(tmp_path / "imagenet")
+    for smoke in (True, False):
+        specs = [s for s in load_suite("paper", {"datasets": str(tmp_path)}, smoke=smoke).tasks
+                 if s.task == "classification"]
+        assert [s.name for s in specs] == ["linear_imagenet", "semisup_imagenet_1pct", "semisup_imagenet_10pct"]
+        for spec in specs:
+            args = build_parser().parse_args(spec.command("python", "C.pth", "OUT")[3:])
+            assert args.smoke == smoke and args.data_root == str(tmp_path / "imagenet")
+        verdicts = {s.args["protocol"]: check_task(s) for s in specs}
+        if smoke:  # a pipeline check takes the stand-in (the linear task); the subset lists name absent files
+            assert verdicts["linear"].status == "found" and "kaggle layout, 6 classes" in verdicts["linear"].line
+        else:
+            assert all(v.status == "unreadable" and "\n" not in v.line for v in verdicts.values())
+            assert "classes 6 of 1,000" in verdicts["linear"].line
+            assert "12811 of 12811 listed training files missing" in verdicts["semisup_1pct"].line
+
+
+def test_a_vit_checkpoint_is_a_one_line_failed_record(tmp_path: Path) -> None:
+    """No ViT protocol here yet (DINO eval_linear, MAE linprobe): the record says so in one line, before any data."""
+    import vit_writers
+
+    ckpt = tmp_path / "vit.pth"
+    torch.save(vit_writers.timm_vit(16, 32, depth=2).state_dict(), ckpt)
+    out = tmp_path / "vit"
+    assert main(["--ckpt", str(ckpt), "--out", str(out), "--data-root", str(tmp_path / "absent")]) == EXIT_FAILED
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "failed" and "\n" not in record["error"] and "holds a ViT" in record["error"]
+
+
+def test_missing_imagenet_is_a_skipped_record(r18: Path, tmp_path: Path) -> None:
+    out = tmp_path / "none"
+    assert main(["--ckpt", str(r18), "--out", str(out), "--data-root", str(tmp_path / "absent")]) == EXIT_SKIPPED
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "skipped" and f"{tmp_path / 'absent'} does not exist" in record["error"]
