@@ -157,7 +157,9 @@ def _metrics(results: Results, task: str, family: Family) -> list[str]:
     return [head] if head else []
 
 
-def _label(key: str) -> str:
+def _label(key: str, family: Family | None = None) -> str:
+    if key == "imagenet" and family is not None and family.key != "imagenet":
+        return "ImageNet"  # kNN on ImageNet: "ImageNet linear" names Table 1's column only
     return DATASET_LABELS.get(key) or key.split("/")[-1]  # synthetic/shape -> shape
 
 
@@ -172,7 +174,7 @@ def family_columns(results: Results, family: Family, tasks: list[str]) -> list[C
     """The family's columns: datasets in the papers' order, then the others as the results list them."""
     base = {t: t.split(" [")[0] for t in tasks}
     keys = {t: dataset_key(results, t) for t in tasks}
-    labels = {t: _label(keys[t]) for t in tasks}
+    labels = {t: _label(keys[t], family) for t in tasks}
     shared = [t for t in tasks if any(labels[u] == labels[t] and base[u] != base[t] for u in tasks)]
     for t in shared:  # two tasks on one dataset (COCO C4 and FPN): each says which
         labels[t] = f"{labels[t]} {_variant(base[t], _task_type(results, t), keys[t])}"

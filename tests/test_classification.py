@@ -20,13 +20,13 @@ import torch
 import torchvision
 from PIL import Image
 
+from imagenet_standins import SYNSETS, folders_standin, kaggle_standin
 from transfer.imagenet import (SUBSETS, ImageNetLayoutError, imagenet_samples, read_subset)
 from transfer.classification.runner import PROTOCOLS, build_parser, load_config, main
 from transfer.records import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED
 from transfer.safe_files import read_runner_file
 
 REPO = Path(__file__).resolve().parents[1]
-SYNSETS = [f"n0{i:07d}" for i in range(6)]
 # a few iterations on 32 px crops; global batch 4 (off-protocol, so --any-batch); stand-in sizes
 TINY = ["global_batch=4", "check_sizes=False", "train_dataloader.num_workers=0", "val_dataloader.num_workers=0",
         "test_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",
@@ -44,34 +44,6 @@ def mmpretrain(one_thread):
     from transfer.classification.engine import require_mmpretrain
 
     return require_mmpretrain()
-
-
-def _jpeg(path: Path, seed: int, size: tuple[int, int] = (40, 48)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-
-
-def folders_standin(root: Path, n_train: int = 2) -> Path:
-    """``train/<synset>/*.JPEG`` + ``val/<synset>/``: six classes, ``n_train`` + 1 images each."""
-    for c, synset in enumerate(SYNSETS):
-        for j in range(n_train):
-            _jpeg(root / "train" / synset / f"{synset}_{j}.JPEG", 10 * c + j)
-        _jpeg(root / "val" / synset / f"ILSVRC2012_val_{c:08d}.JPEG", 100 + c)
-    return root
-
-
-def kaggle_standin(root: Path, n_train: int = 2) -> Path:
-    """The Kaggle layout of the same images: ILSVRC/Data/CLS-LOC/{train,val} with a flat val + LOC_val_solution.csv."""
-    base = root / "ILSVRC" / "Data" / "CLS-LOC"
-    rows = ["ImageId,PredictionString"]
-    for c, synset in enumerate(SYNSETS):
-        for j in range(n_train):
-            _jpeg(base / "train" / synset / f"{synset}_{j}.JPEG", 10 * c + j)
-        _jpeg(base / "val" / f"ILSVRC2012_val_{c:08d}.JPEG", 100 + c)
-        rows.append(f"ILSVRC2012_val_{c:08d},{synset} 1 2 30 40 {synset} 5 6 7 8")
-    (root / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -164,6 +164,22 @@ def flat_val_samples(layout: ImageNetLayout, classes: list[str]) -> Samples:
     return sorted(samples)
 
 
+def split_samples(root: str | Path, split: str) -> tuple[ImageNetLayout, list[str], Samples]:
+    """(layout, classes, samples) of one split (``train`` or ``val``), listing only that split's folder.
+
+    The frozen-feature probes read ImageNet through this (the kNN bank is ``train``, the queries ``val``).
+    """
+    layout = find_layout(root)
+    classes = find_classes(layout.train)
+    if not classes:
+        raise ImageNetLayoutError(f"{layout.train}: no class folders (expected train/<synset>/*.JPEG)")
+    if split == "train":
+        return layout, classes, folder_samples(layout.train, classes, layout.base)
+    has_folders = any(e.is_dir() for e in os.scandir(layout.val))
+    val = folder_samples(layout.val, classes, layout.base) if has_folders else flat_val_samples(layout, classes)
+    return layout, classes, val
+
+
 def imagenet_samples(root: str | Path, subset: str | None = None,
                      expect: dict[str, int] | None = FULL,
                      complete: bool = True) -> tuple[ImageNetLayout, list[str], Samples, Samples]:
@@ -173,12 +189,7 @@ def imagenet_samples(root: str | Path, subset: str | None = None,
     full dataset's sizes (classes, train, val); fewer is refused in one line (``None``: no size check).
     ``complete=False`` (``--smoke`` only) takes the listed files that are on disk.
     """
-    layout = find_layout(root)
-    classes = find_classes(layout.train)
-    if not classes:
-        raise ImageNetLayoutError(f"{layout.train}: no class folders (expected train/<synset>/*.JPEG)")
-    has_folders = any(e.is_dir() for e in os.scandir(layout.val))
-    val = folder_samples(layout.val, classes, layout.base) if has_folders else flat_val_samples(layout, classes)
+    layout, classes, val = split_samples(root, "val")
     if subset:
         train = subset_samples(layout, read_subset(subset), classes, complete)
     else:

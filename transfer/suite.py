@@ -157,7 +157,7 @@ def resolve_suite_path(suite: str) -> Path:
 
 def load_suite(suite: str, overrides: dict[str, str] | None = None, tasks: list[str] | None = None,
                task_args: dict[str, list[str]] | None = None, smoke: bool = False) -> Suite:
-    """Read, validate and resolve a suite; ``tasks`` keeps only entries of those task types.
+    """Read, validate and resolve a suite; ``tasks`` keeps only entries of those task types or names.
 
     ``task_args`` maps a task type or task name to arguments appended to its command (a name's
     come after its type's); ``smoke`` shortens every task (:data:`SMOKE_ARGS`).
@@ -189,10 +189,10 @@ def load_suite(suite: str, overrides: dict[str, str] | None = None, tasks: list[
     if dup:
         raise SuiteError(f"suite {path}: task names must be unique; {dup} appear more than once (set 'name:')")
     for wanted in tasks or []:
-        if wanted not in TASKS:
-            raise SuiteError(f"--tasks {wanted}: unknown task (expected some of {list(TASKS)})")
+        if wanted not in TASKS and wanted not in names:
+            raise SuiteError(f"--tasks {wanted}: neither a task type {list(TASKS)} nor a task of suite {path}")
     if tasks:
-        specs = [s for s in specs if s.task in tasks]
+        specs = [s for s in specs if s.task in tasks or s.name in tasks]
     for key in task_args or {}:
         if key not in TASKS and key not in names:
             raise SuiteError(f"--task-args {key}: not a task type {list(TASKS)} nor a task of suite {path} {names}")

@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backbone to use in a checkpoint holding several (see python -m transfer.inspect_checkpoint): once for "
                         "every --ckpt, or once per --ckpt in order ('auto' keeps that file's default choice)")
     p.add_argument("--suite", default="demo", help="demo | paper | path to a suite YAML (default demo)")
-    p.add_argument("--tasks", nargs="+", default=None, help="only these task types")
+    p.add_argument("--tasks", nargs="+", default=None, help="only these task types or task names (e.g. knn, or knn_imagenet svm_voc07)")
     p.add_argument("--var", action="append", default=[], help="override a suite variable: NAME=VALUE "
                    "(paper: --var datasets=/data finds every dataset under one root)")
     p.add_argument("--task-args", action="append", default=[], metavar="TASK=ARGS",

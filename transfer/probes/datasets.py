@@ -78,6 +78,8 @@ REGISTRY = {p.name: p for p in [
     # VISSL's transfer benchmarks (transfer.probes.vissl_readers): official splits only. VOC07's SVM fits on
     # trainval (the probes' "train") and reports mAP on test; Places205 and iNat18 have no public test
     # labels, so their benchmark reports on val (the classification engine's tasks read them).
+    # ImageNet-1k (DINO eval_knn: the train split is the bank, val the queries; transfer.imagenet reads both layouts)
+    Protocol("imagenet", "top1", "official", parts=(("train", "train"), ("val", "val"))),
     Protocol("voc07", "mAP", "official", parts=(("train", "trainval"), ("test", "test"))),
     Protocol("places205", "top1", "official", parts=(("train", "train"), ("val", "val"))),
     Protocol("inat18", "top1", "official", parts=(("train", "train"), ("val", "val"))),

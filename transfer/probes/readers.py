@@ -339,7 +339,27 @@ def _images(folder: Path) -> list[Path]:
         raise LayoutError(str(e)) from None
 
 
+def _imagenet(root: Path, part: str) -> Items:
+    """ImageNet ``train`` or ``val`` in either download layout (``transfer.imagenet``), ImageFolder class order.
+
+    A copy with fewer images than ILSVRC-2012 is read (the kNN probe is cheap to point at a stand-in) and
+    recorded as ``exact: false`` with its sizes, so it is never mistaken for the full protocol.
+    """
+    from transfer.imagenet import FULL, ImageNetLayoutError, split_samples
+
+    if part not in ("train", "val"):
+        raise LayoutError(f"dataset imagenet: part {part!r} is not one of train, val (the official split)")
+    try:
+        layout, classes, samples = split_samples(root, part)
+    except ImageNetLayoutError as e:
+        raise LayoutError(f"dataset imagenet: {e}") from None
+    exact = len(classes) == FULL["classes"] and len(samples) == FULL[part]
+    return Items([y for _, y in samples], classes, paths=[layout.base / rel for rel, _ in samples],
+                 info={"layout": layout.kind, "exact": exact, "n_images": len(samples), "n_classes": len(classes)})
+
+
 READERS = {
+    "imagenet": _imagenet,
     "cifar10": lambda root, part: _cifar(root, part, hundred=False),
     "cifar100": lambda root, part: _cifar(root, part, hundred=True),
     "stl10": _stl10,
