@@ -20,7 +20,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from imagenet_standins import SYNSETS, folders_standin, kaggle_standin
+from imagenet_standins import SYNSETS, folders_standin, kaggle_standin, write_jpeg
 from transfer.imagenet import (SUBSETS, ImageNetLayoutError, imagenet_samples, read_subset)
 from transfer.classification.runner import PROTOCOLS, build_parser, load_config, main
 from transfer.records import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED
@@ -353,8 +353,8 @@ def test_finetune_changes_backbone_weights_and_bn_statistics(r18: Path, tmp_path
     chosen = sorted({n.split("_")[0] for n in names})[:6]
     for c, synset in enumerate(chosen):
         for j, n in enumerate([n for n in names if n.startswith(synset)][:2]):
-            _jpeg(root / "train" / synset / n, 10 * c + j)
-        _jpeg(root / "val" / synset / f"v{c}.JPEG", 100 + c)
+            write_jpeg(root / "train" / synset / n, 10 * c + j)
+        write_jpeg(root / "val" / synset / f"v{c}.JPEG", 100 + c)
     out = tmp_path / "ft"
     record = _run(r18, root, out, "--protocol", "semisup_1pct", "--smoke")
     assert record["scale"] == "smoke" and record["data"]["subset"] == "1percent"
