@@ -14,6 +14,7 @@ A task wraps its work in :class:`TaskRun`; whatever happens inside, exactly one 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import math
 import sys
@@ -283,6 +284,8 @@ class Record:
     details: dict | None = _field("task-specific details (k used, weight-decay sweep, solver)", _TASK_EXTRA)
     per_seed: dict[str, dict] | None = _field("detection: metrics per fine-tuning seed", _TASK_EXTRA)
     vit_conversion: dict | None = _field("ViT weights: tensors added and left unused by the conversion", _TASK_EXTRA)
+    resumed: dict | None = _field("detection: per fine-tuning seed, the checkpoint its run continued from", _TASK_EXTRA)
+    batch: dict | None = _field("segmentation: the batch plan, effective against the protocol's", _TASK_EXTRA)
     name: str | None = _field("checkpoint display name (--name): the report's row", _RUN_ALL)
     task_name: str | None = _field("suite task name: the report's column", _RUN_ALL)
     task_config_hash: str | None = _field("hash of the task's suite entry: which records compare", _RUN_ALL)
@@ -300,8 +303,7 @@ class Record:
     cluster_state: str | None = _field("SLURM's state when the cluster ended the job", _RUN_ALL + ", when set")
     slurm_job_id: str | None = _field("that SLURM job's id", _RUN_ALL + ", when set")
     timed_out: bool | None = _field("the job ran past its timeout_min", _RUN_ALL + ", when set")
-    overrides: list[str] | None = _field("--task-args / --var overrides that make it not a paper number",
-                                         _RUN_ALL + ", when set")
+    overrides: list[str] | None = _field("the --task-args it ran with: never a paper number", _RUN_ALL + ", when set")
     smoke: bool | None = _field("run_all --smoke: a pipeline check", _RUN_ALL + ", when set")
     more: dict[str, Any] = field(default_factory=dict, repr=False, metadata={"by": None})
 
@@ -333,7 +335,7 @@ def _always(f) -> bool:
 def record_problem(obj: dict) -> str | None:
     """Why ``obj`` is not a record of :class:`Record`'s shape (the first field of the wrong type), or None.
     Every field may be absent (records written before it existed); a present one must have its type."""
-    hints = get_type_hints(Record)
+    hints = _hints()
     for f in fields(Record):
         if f.name == "more" or f.name not in obj:
             continue
@@ -345,6 +347,11 @@ def record_problem(obj: dict) -> str | None:
         if bad is not None:
             return f"metric {short(str(bad), 60)!r} is a {type(obj[key][bad]).__name__}, not a number"
     return None
+
+
+@functools.cache
+def _hints() -> dict[str, Any]:  # resolved once: a report checks every record of results.jsonl
+    return get_type_hints(Record)
 
 
 def _is(value: Any, hint: Any) -> bool:
@@ -370,7 +377,7 @@ def _is(value: Any, hint: Any) -> bool:
 
 def fields_table() -> str:
     """PROTOCOLS.md's "Results" field table (tests/test_records.py checks the doc holds exactly this)."""
-    hints = get_type_hints(Record)
+    hints = _hints()
     rows = ["| field | type | written by | meaning |", "|---|---|---|---|"]
     for f in fields(Record):
         if f.name != "more":
