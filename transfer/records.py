@@ -390,18 +390,23 @@ def fields_table() -> str:
 
 # --- Completion by run_all -----------------------------------------------------------------------------
 
-def complete(out_dir: Path, known: Record, root: Path | None = None, ended: str | None = None) -> dict[str, Any]:
+def complete(out_dir: Path, known: Record, root: Path | None = None, ended: str | None = None,
+             not_started: tuple[str, str] | None = None) -> dict[str, Any]:
     """The record of the task run in ``out_dir``, completed with run_all's fields, written back and returned.
 
     ``known`` holds run_all's fields (name, task_name, ..., exit_code, wall_s) and the task fields of a
     record written here (task, dataset, scale label, checkpoint, method, config). The record is a failed
     one when the task left none, or when ``ended`` says the job ended outside the task (the cluster ended
     it, it timed out, its exit status is lost): that cause and the tail of the task's log, whatever the
-    task had written. ``predictions`` becomes relative to ``root`` (results.jsonl's folder) so OUT can move.
+    task had written; ``not_started``: (status, error) of a task run_all did not start (its dataset check).
+    ``predictions`` becomes relative to ``root`` (results.jsonl's folder) so OUT can move.
     """
     path = out_dir / "record.json"
     record = _read_record(path)
-    if ended is not None or record is None:
+    if not_started is not None:
+        record = replace(known, status=not_started[0], error=not_started[1],
+                         code_version=known.code_version or code_version()).to_json()
+    elif ended is not None or record is None:
         why = ended if ended is not None else f"exit code {known.exit_code} without a record"
         record = replace(known, status="failed", error=f"{why}; {log_tail(out_dir)}",
                          code_version=known.code_version or code_version()).to_json()

@@ -357,7 +357,7 @@ def precheck(todo: list[Job], results: Path) -> tuple[list[Job], list[dict]]:
     open ``failed``, each with the check's line (the layout expected, the path tried); the rest run.
     """
     from transfer.orchestrate.dataset_check import check_task
-    from transfer.records import append_jsonl, write_json_atomic
+    from transfer.records import append_jsonl
 
     verdicts = {}
     for job in todo:
@@ -376,9 +376,9 @@ def precheck(todo: list[Job], results: Path) -> tuple[list[Job], list[dict]]:
         set_aside(job)
         mark(job.out_dir, None)  # nothing runs: nothing resumed
         (job.out_dir / "run_all.log").write_text(f"not started: dataset check: {verdict.line}\n")
-        record = finish(job, Outcome(job.key, 3 if verdict.status == "missing" else 1), root=results.parent)
-        record.update(status="skipped" if verdict.status == "missing" else "failed", error=f"dataset check: {verdict.detail}")
-        write_json_atomic(job.out_dir / "record.json", record)
+        status = "skipped" if verdict.status == "missing" else "failed"
+        record = complete(job.out_dir, known(job, Outcome(job.key, 3 if status == "skipped" else 1)), results.parent,
+                          not_started=(status, f"dataset check: {verdict.detail}"))
         append_jsonl(results, record)
         records.append(record)
     for i, job in enumerate(runnable, 1):
