@@ -133,6 +133,6 @@ def test_complete_without_a_record_or_ended_by_the_cluster_is_failed(tmp_path):
 
 def test_a_task_run_all_did_not_start_is_recorded_with_its_reason(tmp_path):
     (tmp_path / "record.json").write_text(json.dumps(new_record("knn", "d", "demo", None, None)))  # an earlier attempt
-    record = complete(tmp_path, _known(exit_code=3), not_started=("skipped", "dataset check: no data/shape"))
+    record = complete(tmp_path, _known(exit_code=3), verdict=("skipped", "dataset check: no data/shape"))
     assert (record["status"], record["error"]) == ("skipped", "dataset check: no data/shape")
     assert json.loads((tmp_path / "record.json").read_text()) == record and record_problem(record) is None

@@ -7,8 +7,11 @@ A task wraps its work in :class:`TaskRun`; whatever happens inside, exactly one 
                  ckpt_info=info, config=cfg, seeds=[0]) as run:
         run.metrics["top1_k20"] = 71.3
 
-``run_all`` collects these records into ``results.jsonl`` with :func:`append_jsonl`; readers use
-:func:`read_jsonl`, which skips (and warns about) a line a killed writer left corrupt.
+Its fields are those of :class:`Record`, the one definition of a record (field, type, who writes
+it, meaning; PROTOCOLS.md's table is generated from it). ``run_all`` completes each with its own
+fields (:func:`complete`) and collects them into ``results.jsonl`` with :func:`append_jsonl`;
+readers use :func:`read_jsonl`, which skips (and warns about) a line a killed writer left corrupt,
+and :func:`record_problem` to check a record's shape.
 """
 
 from __future__ import annotations
@@ -391,24 +394,23 @@ def fields_table() -> str:
 # --- Completion by run_all -----------------------------------------------------------------------------
 
 def complete(out_dir: Path, known: Record, root: Path | None = None, ended: str | None = None,
-             not_started: tuple[str, str] | None = None) -> dict[str, Any]:
+             verdict: tuple[str, str] | None = None) -> dict[str, Any]:
     """The record of the task run in ``out_dir``, completed with run_all's fields, written back and returned.
 
     ``known`` holds run_all's fields (name, task_name, ..., exit_code, wall_s) and the task fields of a
     record written here (task, dataset, scale label, checkpoint, method, config). The record is a failed
     one when the task left none, or when ``ended`` says the job ended outside the task (the cluster ended
     it, it timed out, its exit status is lost): that cause and the tail of the task's log, whatever the
-    task had written; ``not_started``: (status, error) of a task run_all did not start (its dataset check).
-    ``predictions`` becomes relative to ``root`` (results.jsonl's folder) so OUT can move.
+    task had written. ``verdict``: run_all's own (status, error), for a task it did not start (its dataset
+    check). ``predictions`` becomes relative to ``root`` (results.jsonl's folder) so OUT can move.
     """
     path = out_dir / "record.json"
     record = _read_record(path)
-    if not_started is not None:
-        record = replace(known, status=not_started[0], error=not_started[1],
-                         code_version=known.code_version or code_version()).to_json()
-    elif ended is not None or record is None:
+    if verdict is None and (ended is not None or record is None):
         why = ended if ended is not None else f"exit code {known.exit_code} without a record"
-        record = replace(known, status="failed", error=f"{why}; {log_tail(out_dir)}",
+        verdict = ("failed", f"{why}; {log_tail(out_dir)}")
+    if verdict is not None:
+        record = replace(known, status=verdict[0], error=verdict[1],
                          code_version=known.code_version or code_version()).to_json()
     if not record.get("checkpoint"):  # a task that stopped before reading the checkpoint (e.g. skipped)
         record.update(checkpoint=known.checkpoint, method=record.get("method") or known.method)

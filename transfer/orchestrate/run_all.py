@@ -378,7 +378,7 @@ def precheck(todo: list[Job], results: Path) -> tuple[list[Job], list[dict]]:
         (job.out_dir / "run_all.log").write_text(f"not started: dataset check: {verdict.line}\n")
         status = "skipped" if verdict.status == "missing" else "failed"
         record = complete(job.out_dir, known(job, Outcome(job.key, 3 if status == "skipped" else 1)), results.parent,
-                          not_started=(status, f"dataset check: {verdict.detail}"))
+                          verdict=(status, f"dataset check: {verdict.detail}"))
         append_jsonl(results, record)
         records.append(record)
     for i, job in enumerate(runnable, 1):
