@@ -29,7 +29,7 @@ PRESETS_DIR = Path(__file__).parent / "configs"
 RESUME_MAY_DIFFER = ("name", "out_dir", "data.num_workers", "runtime.log_every",
                      "runtime.save_every_min", "runtime.progress", "runtime.stop_after_steps",
                      "runtime.threads")
-#: ModelConfig.method is driven by the top-level ``method``; it is not a user key of its own.
+#: ModelConfig.method (inherited from MethodConfig) is driven by the top-level ``method``; not a user key of its own.
 _HIDDEN = {"model": ("method",)}
 
 

@@ -8,8 +8,8 @@ synthetic factors another).
 
 API (stable, the trainer codes against it)::
 
-    ModelConfig(arch, expander, zero_init_residual, method, uncertainty, masks, mask_init_logit,
-                head_hidden, tau, u_bar_momentum)
+    MethodConfig(method, uncertainty, masks, mask_init_logit, head_hidden, tau, u_bar_momentum)
+    ModelConfig(MethodConfig's fields..., arch, expander, zero_init_residual)   # a MethodConfig on a ResNet
     model = MASTModel(ModelConfig, LossConfig, AugmentConfig)            # ResNet + VICReg expander
     model = MAST(backbone, expander, dim, param_slices, MethodConfig, LossConfig)   # any encoder
     out = model(batch: PairBatch)   # dict: "loss" (eq. 6, backprop this); detached "inv", "var",
@@ -25,7 +25,7 @@ API (stable, the trainer codes against it)::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -86,29 +86,21 @@ class MethodConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(MethodConfig):
+    """The trainer's model: the method's settings (:class:`MethodConfig`) on a torchvision ResNet with a
+    VICReg expander. YAML section ``model:``; its ``method`` comes from the config's top-level ``method``."""
+
     arch: str = "resnet50"
     expander: tuple[int, ...] = (8192, 8192, 8192)
     zero_init_residual: bool = True
-    method: str = "mast"  # "vicreg" | "mast"
-    uncertainty: str = "head"  # "head" (h_k MLPs) | "none" (one scalar a_k per augmentation)
-    masks: str = "dims"  # MASK_FORMS: "dims" (METHOD.md §2, per-dimension masks) | "tied" (the control) | ...
-    mask_init_logit: float = 3.0  # m ≈ 0.95 at start, close to VICReg
-    head_hidden: int = 32
-    tau: float = 0.5  # subspace threshold of eq. (1')
-    u_bar_momentum: float = 0.99  # running mean ū_k of eq. (1')
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.expander = tuple(int(x) for x in self.expander)
         if self.arch not in ARCHS:
             raise ValueError(f"model.arch: expected one of {list(ARCHS)}, got {self.arch!r}")
         if not self.expander or min(self.expander) < 1:
             raise ValueError(f"model.expander: expected positive layer widths, got {list(self.expander)}")
-        self.method_config()  # validates the method's fields
-
-    def method_config(self) -> MethodConfig:
-        """The method fields of this config (ResNet fields dropped)."""
-        return MethodConfig(**{f.name: getattr(self, f.name) for f in fields(MethodConfig)})
 
 
 def build_expander(in_dim: int, widths: tuple[int, ...]) -> nn.Sequential:
@@ -183,7 +175,7 @@ def sensitivities(u_bar: Tensor, mask_logits: Tensor) -> Tensor:
 class SubspaceModule(nn.Module):
     """Mask logits φ [K, d] and uncertainty heads h (METHOD §2), plus the running mean ū_k."""
 
-    def __init__(self, cfg: MethodConfig | ModelConfig, slices: dict[str, slice], dim: int) -> None:
+    def __init__(self, cfg: MethodConfig, slices: dict[str, slice], dim: int) -> None:
         super().__init__()
         self.tau, self.momentum = cfg.tau, cfg.u_bar_momentum
         k = len(slices)
@@ -327,5 +319,5 @@ class MASTModel(MAST):
         feat_dim = backbone.fc.in_features
         backbone.fc = nn.Identity()
         super().__init__(backbone, build_expander(feat_dim, cfg.expander), cfg.expander[-1], param_layout(aug.ops),
-                         cfg.method_config(), loss, aug.spec())
+                         cfg, loss, aug.spec())
         self.cfg, self.aug_cfg = cfg, aug

@@ -16,7 +16,7 @@ from typing import Iterable
 import numpy as np
 
 from mast.safe_read import short
-from transfer.records import iter_jsonl
+from transfer.records import iter_jsonl, record_problem
 
 # The number a summary table shows per task type (PROTOCOLS.md metric names), first match wins; a
 # probe's record names its own (``headline``: the dataset registry's metric, transfer.probes.datasets).
@@ -142,22 +142,11 @@ def results_from_records(records: list[dict], root: Path | None = None, first: d
     return Results(shown, names, sorted(columns, key=columns.get), runs, root)
 
 
-# The shape of a record's fields the report reads (PROTOCOLS.md "Results"): field -> accepted types.
-_FIELDS = {"checkpoint": (dict, type(None)), "metrics": (dict, type(None)), "metrics_std": (dict, type(None)),
-           "intervals": (dict, type(None)), "seeds": (list, type(None)), "predictions": (str, type(None)),
-           "seed_index": (int, type(None)), "pretrain_seed": (int, type(None))}
-
-
 def well_formed(record: dict, path: Path) -> bool:
-    """Whether the report can read ``record``; a record of another shape (a list metric, a string
-    checkpoint, written by hand or by another tool) is skipped with a one-line warning naming it."""
-    problem = next((f"{key!r} is a {type(record[key]).__name__}" for key, types in _FIELDS.items()
-                    if key in record and (not isinstance(record[key], types) or isinstance(record[key], bool))), None)
-    if problem is None:
-        numbers = {**(record.get("metrics") or {}), **(record.get("metrics_std") or {})}
-        bad = next((k for k, v in numbers.items() if isinstance(v, bool) or not isinstance(v, (int, float))), None)
-        problem = None if bad is None else f"metric {short(bad, 60)!r} is a {type(numbers[bad]).__name__}, not a number"
-    problem = problem or _bad_name(record)
+    """Whether the report can read ``record``: a field of another type than :class:`transfer.records.Record`
+    says (a list metric, a string checkpoint, written by hand or by another tool) or a name that cannot
+    name a report file, and it is skipped with a one-line warning naming it."""
+    problem = record_problem(record) or _bad_name(record)
     if problem is not None:
         who = f"{short(record.get('name') or '?', 60)} / {short(record.get('task_name') or record.get('task') or '?', 60)}"
         warnings.warn(f"{path}: skipping the record of {who!r}: {problem}", stacklevel=3)

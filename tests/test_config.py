@@ -155,3 +155,38 @@ def test_schedule_warmup_cosine_to_final_ratio():
     lrs = [learning_rate(cfg, s, spe) for s in range(10, 51)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
     assert not math.isnan(learning_rate(load_config("demo", ["optim.warmup_epochs=0"]).optim, 0, 3))
+
+
+def test_model_config_is_the_method_config_on_a_resnet():
+    from dataclasses import fields
+
+    from mast.model import MASTModel, MethodConfig, ModelConfig
+    from mast.augment import AugmentConfig
+    from mast.loss import LossConfig
+
+    method_fields = {f.name for f in fields(MethodConfig)}
+    assert issubclass(ModelConfig, MethodConfig)
+    assert not method_fields & set(ModelConfig.__annotations__)  # declared once, in MethodConfig
+    assert {f.name for f in fields(ModelConfig)} - method_fields == {"arch", "expander", "zero_init_residual"}
+    cfg = load_config("demo", ["method=vicreg", "model.expander=[16,16]"]).model_config()
+    assert cfg.method == "vicreg" and cfg.expander == (16, 16)
+    model = MASTModel(cfg, LossConfig(), AugmentConfig())
+    assert model.method_cfg is cfg and model.aug_names  # the method reads the one config
+    with pytest.raises(ValueError, match="model.masks"):  # the method's own checks run for a ModelConfig
+        ModelConfig(arch="resnet18", masks="nope")
+    with pytest.raises(ValueError, match="model.arch"):
+        ModelConfig(arch="vgg11")
+
+
+def test_an_old_run_folders_config_still_loads_and_resumes():
+    """A config.yaml written before ModelConfig was built on MethodConfig (model keys in the old order):
+    it loads to the same config, and a last.pth holding it resumes (config_diff finds no difference)."""
+    from pathlib import Path
+
+    old = yaml.safe_load((Path(__file__).parent / "data" / "old_run_config.yaml").read_text())
+    assert list(old["model"])[:3] == ["arch", "expander", "zero_init_residual"] and "method" not in old["model"]
+    cfg = from_dict(old)
+    assert cfg == load_config("demo") and cfg.model_config().method == old["method"]
+    assert config_diff(old, to_dict(cfg)) == []
+    assert config_diff(old, to_dict(load_config("demo", ["model.masks=tied"]))) == ["model.masks"]  # it can differ
+    assert to_dict(cfg)["model"].keys() == old["model"].keys()  # no key gained or lost

@@ -143,10 +143,11 @@ def test_a_rerun_removes_what_the_earlier_attempt_left(tmp_path):
 
 
 def test_one_line_cuts_between_words_and_moco_names():
+    from transfer.orchestrate import console
     from transfer.orchestrate.resolve import default_name
 
-    assert run_all.clip("checkpoint has no recorded pretraining resolution", 30) == "checkpoint has no recorded…"
-    assert run_all.clip("short", 30) == "short"
+    assert console.clip("checkpoint has no recorded pretraining resolution", 30) == "checkpoint has no recorded…"
+    assert console.clip("short", 30) == "short"
     assert default_name(Path("/x/moco_v2_800ep_pretrain.pth.tar")) == "moco_v2_800ep_pretrain"
     assert default_name(Path("/x/r50.pth")) == "r50"
 

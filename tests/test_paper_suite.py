@@ -17,7 +17,7 @@ import torchvision
 from paper_layouts import make_all
 from reports.results import load_results, select_records
 from transfer.orchestrate.run_all import main as run_all_main
-from transfer.orchestrate.run_all import outcome
+from transfer.orchestrate.console import outcome
 from transfer.segmentation.batch import BatchError, plan_batch
 from transfer.suite import PROJECT, SuiteError, load_suite, parse_task_args
 

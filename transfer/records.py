@@ -7,30 +7,37 @@ A task wraps its work in :class:`TaskRun`; whatever happens inside, exactly one 
                  ckpt_info=info, config=cfg, seeds=[0]) as run:
         run.metrics["top1_k20"] = 71.3
 
-``run_all`` collects these records into ``results.jsonl`` with :func:`append_jsonl`; readers use
-:func:`read_jsonl`, which skips (and warns about) a line a killed writer left corrupt.
+Its fields are those of :class:`Record`, the one definition of a record (field, type, who writes
+it, meaning; PROTOCOLS.md's table is generated from it). ``run_all`` completes each with its own
+fields (:func:`complete`) and collects them into ``results.jsonl`` with :func:`append_jsonl`;
+readers use :func:`read_jsonl`, which skips (and warns about) a line a killed writer left corrupt,
+and :func:`record_problem` to check a record's shape.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import math
 import sys
 import time
 import traceback
 import warnings
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from types import UnionType
+from typing import Any, Iterator, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from mast.atomic import append_line_atomic, write_text_atomic
 from mast.provenance import code_version, library_versions
+from mast.safe_read import short
 from transfer.checkpoints import CheckpointInfo
 
-__all__ = ["TaskRun", "TaskSkipped", "TaskFailed", "new_record", "write_json_atomic", "append_jsonl", "read_jsonl",
+__all__ = ["Record", "RecordError", "record_problem", "fields_table", "complete", "log_tail",
+           "TaskRun", "TaskSkipped", "TaskFailed", "new_record", "write_json_atomic", "append_jsonl", "read_jsonl",
            "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_SKIPPED"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED = 0, 1, 2, 3
@@ -106,11 +113,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def new_record(task: str, dataset: str, scale: str, checkpoint: dict | None, method: str | None,
                config: dict | None = None, seeds: list[int] | None = None) -> dict[str, Any]:
-    """A record with every field of the schema (PROTOCOLS.md "Results"), status ``running``."""
-    return {"task": task, "dataset": dataset, "scale": scale, "metrics": {}, "metrics_std": {},
-            "seeds": list(seeds or []), "checkpoint": checkpoint, "method": method, "config": config or {},
-            "code_version": code_version(), "versions": {}, "start": None, "end": None, "elapsed_s": None,
-            "status": "running", "error": None}
+    """A task's :class:`Record` as its JSON object, status ``running``."""
+    return Record(task=task, dataset=dataset, scale=scale, seeds=list(seeds or []), checkpoint=checkpoint,
+                  method=method, config=config or {}, code_version=code_version()).to_json()
 
 
 class TaskRun:
@@ -143,8 +148,8 @@ class TaskRun:
             )
         self.record = new_record(task, dataset, scale, asdict(ckpt_info) if ckpt_info else None,
                                  ckpt_info.method if ckpt_info else None, config, seeds)
-        self.metrics: dict[str, float] = self.record["metrics"]
-        self.metrics_std: dict[str, float] = self.record["metrics_std"]
+        self.metrics: dict[str, float] | None = self.record["metrics"]
+        self.metrics_std: dict[str, float] | None = self.record["metrics_std"]
         self.extra: dict[str, Any] = {}
         self.item_scores: dict[str, Any] = {}  # per-item scores a task saves next to the record (probes/cli.py)
 
@@ -166,7 +171,9 @@ class TaskRun:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc is None:
             bad = {k: v for k, v in self.metrics.items() if not math.isfinite(float(v))}
-            status, error = ("failed", f"non-finite metrics {bad}") if bad else ("ok", None)
+            shape = record_problem(_jsonable({**self.record, **self.extra}))  # a task bug: never an ok record
+            status, error = (("failed", f"non-finite metrics {bad}") if bad else
+                             ("failed", f"record field {shape} (transfer.records.Record)") if shape else ("ok", None))
         elif isinstance(exc, TaskSkipped):
             status, error = "skipped", _one_line(exc)
         elif isinstance(exc, KeyboardInterrupt):
@@ -233,3 +240,208 @@ def _jsonable(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return _jsonable(obj.tolist())
     return str(obj)
+
+
+# --- The record: one typed definition (PROTOCOLS.md "Results" is generated from it) ------------------
+
+_TASK, _TASK_EXTRA, _RUN_ALL = "task", "task, when it has it", "run_all"
+
+
+def _field(meaning: str, by: str = _TASK, default: Any = None, factory: Any = None) -> Any:
+    """A record field: what it means, who writes it. A task's fields are always in the JSON; the others
+    only once set (a task's own record.json has no run_all field; :func:`complete` writes run_all's)."""
+    meta = {"meaning": meaning, "by": by}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Record:
+    """One task run (PROTOCOLS.md "Results"). On disk it is a JSON object (:meth:`to_json`); a task holds
+    it as that object while it runs (``TaskRun.record``); :meth:`from_json` reads any record written
+    since the first version (absent fields: their default; keys this class does not know: kept in ``more``)."""
+
+    task: str = _field("task type: detection, segmentation, fewshot, linear or knn", default="")
+    dataset: str = _field("dataset name or path the task read", default="")
+    scale: str = _field("demo, paper; smoke or SCALE+overrides: never a paper number", default="")
+    metrics: dict[str, float] | None = _field("metric name -> value (PROTOCOLS.md names per task)", factory=dict)
+    metrics_std: dict[str, float] | None = _field("metric name -> std over the task's seeds", factory=dict)
+    seeds: list[int] | None = _field("the task's own seeds (fine-tuning runs, probe splits)", factory=list)
+    checkpoint: dict | None = _field("what was evaluated: path, sha256, arch, method, backbone, ...")
+    method: str | None = _field("pretraining method, as the checkpoint's run says")
+    config: dict = _field("the task's resolved config (also config.yaml beside the record)", factory=dict)
+    code_version: str | None = _field("git describe of the code (-dirty when edited)")
+    versions: dict[str, str] = _field("python, platform, torch and the engines' versions", factory=dict)
+    start: str | None = _field("UTC start time, ISO 8601")
+    end: str | None = _field("UTC end time, ISO 8601")
+    elapsed_s: float | None = _field("the task's own run time in seconds")
+    status: str = _field("running, ok, skipped or failed", default="running")
+    error: str | None = _field("why it was skipped or failed, one line")
+    headline: str | None = _field("the metric a summary shows (the probe dataset's metric)", _TASK_EXTRA)
+    intervals: dict[str, dict] | None = _field("metric -> its 95 % interval and how it was made", _TASK_EXTRA)
+    predictions: str | None = _field("per-item scores file (.npz), relative to results.jsonl's folder", _TASK_EXTRA)
+    preprocess: dict | None = _field("probe preprocessing: resize, crop, mean/std", _TASK_EXTRA)
+    splits: dict | None = _field("probe splits: how each was made, its size", _TASK_EXTRA)
+    feature_bn: bool | None = _field("linear probe: BatchNorm on the features", _TASK_EXTRA)
+    details: dict | None = _field("task-specific details (k used, weight-decay sweep, solver)", _TASK_EXTRA)
+    per_seed: dict[str, dict] | None = _field("detection: metrics per fine-tuning seed", _TASK_EXTRA)
+    vit_conversion: dict | None = _field("ViT weights: tensors added and left unused by the conversion", _TASK_EXTRA)
+    resumed: dict | None = _field("detection: per fine-tuning seed, the checkpoint its run continued from", _TASK_EXTRA)
+    batch: dict | None = _field("segmentation: the batch plan, effective against the protocol's", _TASK_EXTRA)
+    name: str | None = _field("checkpoint display name (--name): the report's row", _RUN_ALL)
+    task_name: str | None = _field("suite task name: the report's column", _RUN_ALL)
+    task_config_hash: str | None = _field("hash of the task's suite entry: which records compare", _RUN_ALL)
+    ckpt_sha256: str | None = _field("sha256 of the checkpoint file", _RUN_ALL)
+    backbone_option: str | None = _field("--backbone as given (None: the file's default)", _RUN_ALL)
+    ckpt_backbone: str | None = _field("the backbone chosen in the file", _RUN_ALL)
+    task_args: dict | None = _field("the suite entry's arguments", _RUN_ALL)
+    run_dir: str | None = _field("the task's output folder", _RUN_ALL)
+    exit_code: int | None = _field("the task process's exit code (None: lost)", _RUN_ALL)
+    wall_s: float | None = _field("wall time of the job, process start included", _RUN_ALL)
+    seed_index: int | None = _field("pretraining seed number within its --name group", _RUN_ALL)
+    pretrain_seed: int | None = _field("the pretraining run's seed, when its config says", _RUN_ALL)
+    command: str | None = _field("the run_all command line that produced the record", _RUN_ALL)
+    resumed_from: dict | None = _field("the task checkpoint a resubmitted job continued from", _RUN_ALL)
+    cluster_state: str | None = _field("SLURM's state when the cluster ended the job", _RUN_ALL + ", when set")
+    slurm_job_id: str | None = _field("that SLURM job's id", _RUN_ALL + ", when set")
+    timed_out: bool | None = _field("the job ran past its timeout_min", _RUN_ALL + ", when set")
+    overrides: list[str] | None = _field("the --task-args it ran with: never a paper number", _RUN_ALL + ", when set")
+    smoke: bool | None = _field("run_all --smoke: a pipeline check", _RUN_ALL + ", when set")
+    more: dict[str, Any] = field(default_factory=dict, repr=False, metadata={"by": None})
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Record":
+        """``obj`` (a record read from disk) as a Record; :class:`RecordError` names a field of the wrong type."""
+        problem = record_problem(obj)
+        if problem:
+            raise RecordError(problem)
+        known = {f.name for f in fields(cls) if f.name != "more"}
+        return cls(**{k: v for k, v in obj.items() if k in known},
+                   more={k: v for k, v in obj.items() if k not in known})
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object: the task's fields, then the others that are set, in schema order; then ``more``."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name != "more" and (getattr(self, f.name) is not None or _always(f))}
+        return {**out, **{k: v for k, v in self.more.items() if k not in out}}
+
+
+class RecordError(ValueError):
+    """A record field holds a value of the wrong type (the message names the field)."""
+
+
+def _always(f) -> bool:
+    return f.metadata.get("by") == _TASK
+
+
+def record_problem(obj: dict) -> str | None:
+    """Why ``obj`` is not a record of :class:`Record`'s shape (the first field of the wrong type), or None.
+    Every field may be absent (records written before it existed); a present one must have its type."""
+    hints = _hints()
+    for f in fields(Record):
+        if f.name == "more" or f.name not in obj:
+            continue
+        value, hint = obj[f.name], hints[f.name]
+        if not _is(value, hint):
+            return f"{f.name!r} is a {type(value).__name__}"
+    for key in ("metrics", "metrics_std"):  # checked above as dicts; their values are numbers
+        bad = next((k for k, v in (obj.get(key) or {}).items() if not _is(v, float)), None)
+        if bad is not None:
+            return f"metric {short(str(bad), 60)!r} is a {type(obj[key][bad]).__name__}, not a number"
+    return None
+
+
+@functools.cache
+def _hints() -> dict[str, Any]:  # resolved once: a report checks every record of results.jsonl
+    return get_type_hints(Record)
+
+
+def _is(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (parsed JSON) has type ``hint``: unions, dict/list with their value types, and
+    JSON's numbers (an int is a float; a bool is neither)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (Union, UnionType):
+        return any(_is(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return hint is bool
+    if hint is float:
+        return isinstance(value, (int, float))
+    if origin is dict:
+        return isinstance(value, dict) and (not args or args[1] is float or all(_is(v, args[1]) for v in value.values()))
+    if origin is list:
+        return isinstance(value, list) and all(_is(v, args[0]) for v in value)
+    return isinstance(value, hint)
+
+
+def fields_table() -> str:
+    """PROTOCOLS.md's "Results" field table (tests/test_records.py checks the doc holds exactly this)."""
+    hints = _hints()
+    rows = ["| field | type | written by | meaning |", "|---|---|---|---|"]
+    for f in fields(Record):
+        if f.name != "more":
+            hint = hints[f.name]
+            kind = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "").replace("NoneType", "None")
+            kind = kind.replace(" | ", " or ")  # a bar would split the Markdown cell
+            rows.append(f"| `{f.name}` | `{kind}` | {f.metadata['by']} | {f.metadata['meaning']} |")
+    return "\n".join(rows)
+
+
+# --- Completion by run_all -----------------------------------------------------------------------------
+
+def complete(out_dir: Path, known: Record, root: Path | None = None, ended: str | None = None,
+             verdict: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The record of the task run in ``out_dir``, completed with run_all's fields, written back and returned.
+
+    ``known`` holds run_all's fields (name, task_name, ..., exit_code, wall_s) and the task fields of a
+    record written here (task, dataset, scale label, checkpoint, method, config). The record is a failed
+    one when the task left none, or when ``ended`` says the job ended outside the task (the cluster ended
+    it, it timed out, its exit status is lost): that cause and the tail of the task's log, whatever the
+    task had written. ``verdict``: run_all's own (status, error), for a task it did not start (its dataset
+    check). ``predictions`` becomes relative to ``root`` (results.jsonl's folder) so OUT can move.
+    """
+    path = out_dir / "record.json"
+    record = _read_record(path)
+    if verdict is None and (ended is not None or record is None):
+        why = ended if ended is not None else f"exit code {known.exit_code} without a record"
+        verdict = ("failed", f"{why}; {log_tail(out_dir)}")
+    if verdict is not None:
+        record = replace(known, status=verdict[0], error=verdict[1],
+                         code_version=known.code_version or code_version()).to_json()
+    if not record.get("checkpoint"):  # a task that stopped before reading the checkpoint (e.g. skipped)
+        record.update(checkpoint=known.checkpoint, method=record.get("method") or known.method)
+    record.update({f.name: getattr(known, f.name) for f in fields(Record) if f.metadata.get("by") == _RUN_ALL or
+                   (str(f.metadata.get("by")).startswith(_RUN_ALL) and getattr(known, f.name) is not None)})
+    local = record.get("predictions")  # as the task wrote it: relative to its own folder
+    if local:
+        where = out_dir / local
+        record["predictions"] = str(where.relative_to(root) if root and where.is_relative_to(root) else where)
+    if known.smoke or known.overrides:  # never a paper number: the label says what it is
+        record.update(scale=known.scale, overrides=list(known.overrides or []), smoke=bool(known.smoke))
+    try:  # the task's record.json says what results.jsonl says (scale label, run_all's fields)
+        write_json_atomic(path, dict(record, predictions=local) if local else record)
+    except OSError:
+        pass  # results.jsonl, appended next, is the record of this run
+    return record
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def log_tail(out_dir: Path, lines: int = 15, chars: int = 1500) -> str:
+    """The last lines of the task's ``run_all.log``, on one line (what a failed record quotes)."""
+    try:
+        text = (out_dir / "run_all.log").read_text(errors="replace")
+    except OSError:
+        return "no log"
+    tail = " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())
+    return ("log tail: " + tail)[-chars:]

@@ -23,7 +23,6 @@ are numbered (``seed_index``, ``pretrain_seed``) and paired: ``transfer/orchestr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import signal
@@ -36,9 +35,11 @@ from pathlib import Path
 from mast.atomic import DiskFullError
 from mast.lock import FolderBusyError, FolderLock
 from mast.argtypes import positive_minutes
+from transfer.orchestrate import console
 from transfer.orchestrate.jobs import JobSpec, LaunchError, Outcome, Resources, Runner, SlurmOptions
 from transfer.orchestrate.resume import mark, read_mark, resume_point
 from transfer.orchestrate.resolve import UNTRAINED_STEM, Checkpoint, UsageError, resolve_checkpoints
+from transfer.records import Record, complete
 from transfer.suite import PROJECT, Suite, SuiteError, TaskSpec, load_suite, parse_task_args, parse_vars
 
 TENSORBOARD_TASKS = ("detection", "segmentation")  # the task types with a --no-tensorboard
@@ -204,90 +205,26 @@ def task_env(spec: TaskSpec) -> dict[str, str]:
 
 
 def finish(job: Job, outcome: Outcome, root: Path | None = None) -> dict:
-    """The task's record (or a failed one written here if the process left none), with run_all's keys.
-
-    A job the cluster ended (time limit, preemption, node failure, scancel) is recorded with that
-    cause (``cluster_state``), whatever the task had written; so is a job whose exit status is lost.
-    """
-    rc = outcome.exit_code
-    path = job.out_dir / "record.json"
-    record = None
-    if path.is_file():
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            record = None
-    if outcome.cluster_state or outcome.timed_out or rc is None:
-        record = _failed_record(job, outcome.describe(job.spec.timeout_min) + "; " + _log_tail(job))
-        record.update(cluster_state=outcome.cluster_state, slurm_job_id=outcome.job_id, timed_out=outcome.timed_out)
-    elif not isinstance(record, dict):
-        record = _failed_record(job, f"exit code {rc} without a record; " + _log_tail(job))
-    if not record.get("checkpoint"):  # a task that stopped before reading the checkpoint (e.g. skipped)
-        record["checkpoint"] = _failed_record(job, "")["checkpoint"]
-        record["method"] = record.get("method") or job.ckpt.method
-    record.update(name=job.ckpt.name, task_name=job.spec.name, task_config_hash=job.spec.config_hash,
-                  ckpt_sha256=job.ckpt.sha256, backbone_option=job.ckpt.backbone, ckpt_backbone=job.ckpt.chosen,
-                  task_args=job.spec.args, run_dir=str(job.out_dir),
-                  exit_code=rc, wall_s=outcome.wall_s,
-                  seed_index=job.ckpt.seed_index, pretrain_seed=job.ckpt.pretrain_seed, command=COMMAND or None,
-                  resumed_from=read_mark(job.out_dir))
-    local = record.get("predictions")  # as the task wrote it: relative to its own folder
-    if record.get("predictions"):  # per-item scores: a path relative to results.jsonl's folder, so OUT can move
-        where = job.out_dir / record["predictions"]
-        record["predictions"] = str(where.relative_to(root) if root and where.is_relative_to(root) else where)
-    if job.spec.smoke or job.spec.overrides:  # never a paper number: the label says what it is
-        record.update(scale=job.spec.scale_label, overrides=list(job.spec.overrides), smoke=job.spec.smoke)
-    try:  # the task's record.json says what results.jsonl says (scale label, run_all's keys)
-        from transfer.records import write_json_atomic
-
-        write_json_atomic(path, dict(record, predictions=local) if local else record)
-    except OSError:
-        pass  # results.jsonl, appended next, is the record of this run
-    return record
+    """The task's record completed with run_all's fields (transfer.records.complete): a failed one if the
+    process left none, or if the cluster ended the job / its exit status is lost (``cluster_state``)."""
+    lost = bool(outcome.cluster_state or outcome.timed_out or outcome.exit_code is None)
+    return complete(job.out_dir, known(job, outcome, lost), root, outcome.describe(job.spec.timeout_min) if lost else None)
 
 
-def _failed_record(job: Job, error: str) -> dict:
-    from transfer.records import new_record
-
-    ckpt = job.ckpt
-    record = new_record(job.spec.task, str(job.spec.args.get("data", job.spec.args.get("config", ""))),
-                        job.spec.scale, {"path": str(ckpt.path.resolve()), "sha256": ckpt.sha256, "arch": ckpt.arch,
-                                         "method": ckpt.method, "backbone": ckpt.chosen, "resolved": ckpt.reference}, ckpt.method, {"args": job.spec.args})
-    record.update(elapsed_s=None, status="failed", error=error)
-    return record
-
-
-def _log_tail(job: Job, lines: int = 15, chars: int = 1500) -> str:
-    try:
-        text = (job.out_dir / "run_all.log").read_text(errors="replace")
-    except OSError:
-        return "no log"
-    tail = " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())
-    return ("log tail: " + tail)[-chars:]
-
-
-def clip(text: str, width: int) -> str:
-    """``text`` on one line, at most ``width`` characters, cut between words (never mid-word) with '…'."""
-    text = " ".join(str(text).split())
-    if len(text) <= width:
-        return text
-    cut = text[: width - 1].rsplit(" ", 1)[0]
-    return (cut if cut else text[: width - 1]) + "…"
-
-
-def _headline(record: dict) -> str:
-    metrics = {k: v for k, v in (record.get("metrics") or {}).items() if not k.endswith("_ci95")}
-    if record.get("status") != "ok":
-        return clip(record.get("error") or "", 160)
-    first = record.get("headline")
-    names = ([first] if first in metrics else []) + [k for k in metrics if k != first]
-    return "  ".join(f"{k}={float(metrics[k]):.1f}" for k in names[:4])
-
-
-def _elapsed(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
+def known(job: Job, outcome: Outcome, lost: bool = False) -> Record:
+    """What run_all knows of a task run, as record fields (the rest the task writes)."""
+    ckpt, spec = job.ckpt, job.spec
+    checkpoint = {"path": str(ckpt.path.resolve()), "sha256": ckpt.sha256, "arch": ckpt.arch, "method": ckpt.method,
+                  "backbone": ckpt.chosen, "resolved": ckpt.reference}
+    return Record(task=spec.task, dataset=str(spec.args.get("data", spec.args.get("config", ""))),
+                  scale=spec.scale_label, checkpoint=checkpoint, method=ckpt.method, config={"args": spec.args},
+                  name=ckpt.name, task_name=spec.name, task_config_hash=spec.config_hash, ckpt_sha256=ckpt.sha256,
+                  backbone_option=ckpt.backbone, ckpt_backbone=ckpt.chosen, task_args=spec.args,
+                  run_dir=str(job.out_dir), exit_code=outcome.exit_code, wall_s=outcome.wall_s,
+                  seed_index=ckpt.seed_index, pretrain_seed=ckpt.pretrain_seed, command=COMMAND or None,
+                  resumed_from=read_mark(job.out_dir), overrides=list(spec.overrides) or None, smoke=spec.smoke or None,
+                  **(dict(cluster_state=outcome.cluster_state, slurm_job_id=outcome.job_id,
+                          timed_out=outcome.timed_out) if lost else {}))
 
 
 def execute(todo: list[Job], results: Path, runner: Runner, force: bool = False) -> list[dict]:
@@ -302,7 +239,7 @@ def execute(todo: list[Job], results: Path, runner: Runner, force: bool = False)
         job.record = finish(job, outcome, results.parent)
         append_jsonl(results, job.record)
         finished.append(job.record)
-        return f"{job.record['status']} {_elapsed(outcome.wall_s or 0)}  {_headline(job.record)}"
+        return console.done_line(job.record, outcome.wall_s)
 
     specs = [JobSpec(job.key, job.label, job_command(job), job.out_dir / "run_all.log", task_env(job.spec),
                      task_resources(job.spec, runner.slurm)) for job in todo]
@@ -312,26 +249,10 @@ def execute(todo: list[Job], results: Path, runner: Runner, force: bool = False)
         runner.run(specs, on_done)
     except KeyboardInterrupt:
         stopped = [by_key[k] for k in runner.running]
-        print(f"interrupted: {len(finished)} task(s) recorded, {len(todo) - len(finished)} not "
-              f"(stopped: {', '.join(f'{j.ckpt.label}/{j.spec.name}' for j in stopped) or 'none'}).",
+        print(console.interrupted_line(len(finished), len(todo), (f"{j.ckpt.label}/{j.spec.name}" for j in stopped)),
               file=sys.stderr, flush=True)
         raise
     return finished
-
-
-def summary(records: list[dict]) -> str:
-    """The terminal's final table: one line per (checkpoint, task)."""
-    rows = [("checkpoint", "task", "status", "time", "result")]
-    for r in records:
-        elapsed = r.get("wall_s") or r.get("elapsed_s")  # wall time, process start included
-        rows.append((r["name"], r["task_name"], r["status"], _elapsed(elapsed) if elapsed else "-", _headline(r)))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
-    lines = []
-    for j, row in enumerate(rows):
-        lines.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + f" | {row[4]} |")
-        if j == 0:
-            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|---|")
-    return "\n".join(lines)
 
 
 class Terminated(KeyboardInterrupt):
@@ -409,20 +330,21 @@ def _run(args: argparse.Namespace, suite: Suite, ckpts: list[Checkpoint], argv: 
         print(f"run_all: error: {blocked}: exists and is not a folder (run_all puts a task's results in "
               f"OUT/<checkpoint>/<task>/); move it or choose another --out", file=sys.stderr)
         return 2
-    print(f"suite {suite.name} ({suite.path}): {len(suite.tasks)} task(s) x {len(ckpts)} checkpoint(s); "
-          f"{len(done)} already done, {len(todo)} to run; results -> {results}", flush=True)
+    print(console.plan_line(suite.name, suite.path, len(suite.tasks), len(ckpts), len(done), len(todo), results),
+          flush=True)
     t0 = time.monotonic()
     runner = Runner(args.out, args.launcher, args.jobs, slurm_options(args, suite.slurm), wait=not args.no_wait,
                     force=args.force)
     todo, unrunnable = precheck(todo, results)
     finished = unrunnable + execute(todo, results, runner, args.force)
     if finished:
-        print(f"\n{len(finished)} task(s) in {_elapsed(time.monotonic() - t0)}:\n" + summary(finished), flush=True)
+        print(f"\n{len(finished)} task(s) in {console.elapsed(time.monotonic() - t0)}:\n" + console.summary(finished),
+              flush=True)
     if runner.running:  # --no-wait: the report waits for the jobs; the same command collects them
         return 1 if any(r["status"] == "failed" for r in finished) else 0
     if not args.no_report:
         _report(results, args.report or args.out / "report", args.baseline, argv)
-    line, nothing_ran = outcome(finished)
+    line, nothing_ran = console.outcome(finished)
     if line:
         print(line, flush=True)
     return 1 if nothing_ran or any(r["status"] == "failed" for r in finished) else 0
@@ -435,7 +357,7 @@ def precheck(todo: list[Job], results: Path) -> tuple[list[Job], list[dict]]:
     open ``failed``, each with the check's line (the layout expected, the path tried); the rest run.
     """
     from transfer.orchestrate.dataset_check import check_task
-    from transfer.records import append_jsonl, write_json_atomic
+    from transfer.records import append_jsonl
 
     verdicts = {}
     for job in todo:
@@ -454,25 +376,14 @@ def precheck(todo: list[Job], results: Path) -> tuple[list[Job], list[dict]]:
         set_aside(job)
         mark(job.out_dir, None)  # nothing runs: nothing resumed
         (job.out_dir / "run_all.log").write_text(f"not started: dataset check: {verdict.line}\n")
-        record = finish(job, Outcome(job.key, 3 if verdict.status == "missing" else 1), root=results.parent)
-        record.update(status="skipped" if verdict.status == "missing" else "failed", error=f"dataset check: {verdict.detail}")
-        write_json_atomic(job.out_dir / "record.json", record)
+        status = "skipped" if verdict.status == "missing" else "failed"
+        record = complete(job.out_dir, known(job, Outcome(job.key, 3 if status == "skipped" else 1)), results.parent,
+                          verdict=(status, f"dataset check: {verdict.detail}"))
         append_jsonl(results, record)
         records.append(record)
     for i, job in enumerate(runnable, 1):
         job.index = i
     return runnable, records
-
-
-def outcome(records: list[dict]) -> tuple[str, bool]:
-    """``8 tasks: 0 ok, 8 skipped: <first reason>`` and whether none of them gave a result."""
-    if not records:
-        return "", False
-    counts = {s: sum(r.get("status") == s for r in records) for s in ("ok", "skipped", "failed")}
-    parts = [f"{counts['ok']} ok"] + [f"{n} {s}" for s, n in counts.items() if s != "ok" and n]
-    first = next((r for r in records if r.get("status") != "ok"), None)
-    reason = f": {first['task_name']}: {clip(first.get('error') or '', 400)}" if first else ""
-    return f"{len(records)} tasks: {', '.join(parts)}{reason}", counts["ok"] == 0
 
 
 def invoked_as() -> str:
