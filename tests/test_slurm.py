@@ -224,7 +224,7 @@ def test_study_matched_run_starts_after_its_mast_run(slurm_cluster, tmp_path, ca
     """The study's dependencies become afterok: everything is submitted at once, and the matched-λ run
     (and each checkpoint's probes) starts only after the run it depends on has finished."""
     from transfer.orchestrate import study
-    from transfer.orchestrate.jobs import Runner, SlurmOptions
+    from plumbing.jobs import Runner, SlurmOptions
 
     args = study.build_parser().parse_args(["--seeds", "0", "--arms", "vicreg_matched", "mast", "--data",
                                             str(tmp_path / "data"), "--runs", str(tmp_path / "runs"),

@@ -14,12 +14,12 @@ from reports import compare, study_report
 from reports.study_report import arm_and_seed, study_results
 from synthetic_state import save_state
 from transfer.orchestrate import run_all, study
-from transfer.orchestrate.jobs import Runner
+from plumbing.jobs import Runner
 from transfer.orchestrate.resolve import Checkpoint
 from transfer.probes.cli import _save_scores, record_scores
 from transfer.records import TaskRun, append_jsonl
 from transfer.stats import difference_interval
-from transfer.suite import TaskSpec
+from transfer.orchestrate.suite import TaskSpec
 
 N_ITEMS = 200
 #: arm -> (accuracy level per seed, mean w over the last epoch or None): MAST is 20 points above VICReg
@@ -174,7 +174,7 @@ def test_arm_and_seed_reads_study_checkpoint_names():
 
 
 def test_study_suite_holds_exactly_the_reported_tasks():
-    from transfer.suite import load_suite
+    from transfer.orchestrate.suite import load_suite
 
     suite = load_suite(str(study.SUITE))
     assert {t.name for t in suite.tasks} == {task for task, _, _ in study_report.TASKS}

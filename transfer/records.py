@@ -26,8 +26,8 @@ from typing import Any, Iterator
 
 import yaml
 
-from mast.atomic import append_line_atomic, write_text_atomic
-from mast.provenance import code_version, library_versions
+from plumbing.atomic import append_line_atomic, write_text_atomic
+from plumbing.provenance import code_version, library_versions
 from transfer.checkpoints import CheckpointInfo
 
 __all__ = ["TaskRun", "TaskSkipped", "TaskFailed", "new_record", "write_json_atomic", "append_jsonl", "read_jsonl",
@@ -52,7 +52,7 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
-    """Append one record as one line (:func:`mast.atomic.append_line_atomic`: locked, never torn)."""
+    """Append one record as one line (:func:`plumbing.atomic.append_line_atomic`: locked, never torn)."""
     append_line_atomic(path, json.dumps(_jsonable(record), sort_keys=False))
 
 

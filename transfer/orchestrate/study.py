@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -40,9 +39,10 @@ import yaml
 
 from mast import rundir
 from transfer.orchestrate.demo import _step, is_finished, pretrain_command
-from transfer.orchestrate.jobs import JobSpec, LaunchError, Outcome, Runner
-from transfer.orchestrate.run_all import add_launcher_args, slurm_options
-from transfer.suite import PROJECT
+from plumbing.jobs import JobSpec, LaunchError, Outcome, Runner
+from plumbing.launcher_args import add_launcher_args, slurm_options
+from plumbing.signals import exit_code, stop_signals
+from plumbing import PROJECT
 
 ARMS: dict[str, list[str]] = {
     "vicreg": ["method=vicreg"],
@@ -102,7 +102,7 @@ def count_steps(data: Path, overrides: list[str], preset: str = "demo") -> int:
 def check_args(args: argparse.Namespace, overrides: list[str]) -> str | None:
     """The one-line reason the options cannot make a study, or None (checked before anything is written)."""
     from mast.config import ConfigError, load_config
-    from transfer.suite import SuiteError, load_suite
+    from transfer.orchestrate.suite import SuiteError, load_suite
 
     bad = [s for s in args.seeds if not 0 <= s < 2**32]
     if bad:
@@ -128,7 +128,7 @@ def check_args(args: argparse.Namespace, overrides: list[str]) -> str | None:
 
 def probes_done(out: Path, name: str, suite: Path, backbone: Path) -> bool:
     """Every suite task has an ok record for ``name``, written after ``backbone`` (so not of an older run)."""
-    from transfer.suite import load_suite
+    from transfer.orchestrate.suite import load_suite
 
     if not backbone.is_file():
         return False
@@ -258,20 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _interrupt(signum: int, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     """``make study``. Jobs run in their own sessions: on `kill` or Ctrl-C the runner stops them itself;
     the signal handlers are this command's while it runs and restored on return."""
-    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt),
-                signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
-    try:
+    with stop_signals():
         return _main(argv)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -320,9 +311,9 @@ def _main(argv: list[str] | None) -> int:
         execute(jobs, runner)
     except LaunchError as e:
         raise SystemExit(f"study: {e}") from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("study: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+        return exit_code(e)
     if runner.running:  # --no-wait: the same command later collects the jobs, then writes the report
         return 0
     failed = [j.name for j in jobs if j.state in ("failed", "skipped")]
