@@ -32,7 +32,8 @@ def add_launcher_args(p: argparse.ArgumentParser, distributed: bool = False) -> 
     for key in _CLUSTER_KEYS[:4]:
         g.add_argument(f"--slurm-{key}", default=None)
     g.add_argument("--slurm-time", type=positive_minutes, default=None, metavar="MIN",
-                   help="time limit of every job in minutes (default: the task's timeout_min, else 24 h)")
+                   help="time limit of the job in minutes (default 24 h)" if distributed else
+                   "time limit of every job in minutes (default: the task's timeout_min, else 24 h)")
     if distributed:
         g.add_argument("--slurm-signal-delay", type=int, default=120, metavar="S",
                        help="SIGUSR2 this many seconds before the time limit: requeue and resume (default 120)")

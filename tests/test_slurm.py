@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -193,7 +194,7 @@ def test_pretrain_on_slurm_requeued_gives_the_torchrun_weights(slurm_cluster, sy
     sub = subprocess.run([sys.executable, "-m", "mast.pretrain", "--launcher", "slurm", "--tasks-per-node", "2",
                           "--slurm-time", "10", *args, "--name", "slurm"], env=env, capture_output=True, text=True)
     assert sub.returncode == 0, sub.stderr
-    job_id = sub.stdout.split("SLURM job ")[1].split(":")[0]
+    job_id = re.search(r"submitted: SLURM job (\d+)", sub.stdout).group(1)
     torchrun = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                                  "-m", "mast.pretrain", *args, "--name", "torchrun"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -210,7 +211,7 @@ def test_pretrain_on_slurm_requeued_gives_the_torchrun_weights(slurm_cluster, sy
             break
         time.sleep(0.5)
     assert torchrun.wait(300) == 0, torchrun.stderr.read()
-    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "slurm" / "slurm").glob("*_0_log.*"))
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "slurm" / "slurm").rglob("*_0_log.*"))
     assert signalled and f"Requeued job {job_id}" in logs, logs[-2000:]
     a = torch.load(tmp_path / "slurm" / "backbone.pth", weights_only=True)
     b = torch.load(tmp_path / "torchrun" / "backbone.pth", weights_only=True)
