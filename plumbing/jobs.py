@@ -80,6 +80,9 @@ class SlurmOptions:
 
 @dataclass
 class JobSpec:
+    """One job: a command line, its log, what it needs and what it waits for. ``state`` is ``pending`` for a
+    job to run; the caller may plan one as ``ok`` (kept from an earlier run: not run, done for its
+    dependents); the runner sets ``running``, then ``ok``, ``failed`` or ``skipped`` (a dependency failed)."""
     key: str                       # stable identity across runs (jobs.json)
     label: str                     # what the terminal shows
     cmd: list[str]
@@ -87,6 +90,8 @@ class JobSpec:
     env: dict[str, str] = field(default_factory=dict)  # defaults: a variable the user set wins
     resources: Resources = field(default_factory=Resources)
     deps: list[str] = field(default_factory=list)      # keys that must finish ok first (SLURM: afterok)
+    state: str = "pending"
+    estimate_s: float = 0.0                            # expected seconds (the caller's progress lines)
     prepare: Callable[[], None] | None = None          # called just before each (re-)submission
     new_session: bool = False                          # the command in its own session (fair CPU share)
     distributed: bool = False                          # SLURM: one process per task, torch.distributed set up
@@ -166,9 +171,9 @@ class Runner:
     # ---- the loop -------------------------------------------------------------------------------
     def run(self, specs: list[JobSpec], on_done: Callable[[JobSpec, Outcome], str]) -> list[str]:
         """Run (or submit) every spec; returns the keys still on the cluster (``--no-wait``, Ctrl-C)."""
-        self.specs, self.on_done = specs, on_done
-        self.number = {s.key: i for i, s in enumerate(specs, 1)}
-        self.state = {s.key: "pending" for s in specs}
+        self.state = {s.key: s.state for s in specs}  # a key no spec has counts as done (ok)
+        self.specs, self.on_done = [s for s in specs if s.state == "pending"], on_done
+        self.number = {s.key: i for i, s in enumerate(self.specs, 1)}
         if self.launcher == "slurm":
             self._adopt()
         try:
@@ -193,15 +198,16 @@ class Runner:
 
     def _skip_orphans(self) -> None:
         for spec in self.specs:
-            if self.state[spec.key] == "pending" and any(self.state.get(d) in ("failed", "skipped") for d in spec.deps):
-                self.state[spec.key] = "skipped"
+            if self.state[spec.key] == "pending" and any(self.state.get(d, "ok") not in ("ok", "running", "pending")
+                                                         for d in spec.deps):
+                self.state[spec.key] = spec.state = "skipped"
                 self._say(spec, f"skipped: {', '.join(spec.deps)} did not succeed")
 
     def _start_ready(self) -> None:
         for spec in self.specs:
             if self.state[spec.key] != "pending":
                 continue
-            deps = [self.state.get(d) for d in spec.deps]
+            deps = [self.state.get(d, "ok") for d in spec.deps]
             if self.launcher == "local":
                 if len(self.running) >= self.parallel or any(s != "ok" for s in deps):
                     continue
@@ -254,7 +260,7 @@ class Runner:
                                   f"run a second copy into the same folder: scancel {job_id} or wait for it")
             elif state in ACTIVE:
                 self.running[spec.key] = _Running(spec, None, job_id)
-                self.state[spec.key] = "running"
+                self.state[spec.key] = spec.state = "running"
                 self._say(spec, f"already on the cluster: SLURM job {job_id} ({state})")
             elif self.force:
                 self.store.drop(spec.key)
@@ -262,7 +268,7 @@ class Runner:
             else:
                 self._collect(spec, job_id, state, None)
                 if self.state[spec.key] != "ok":
-                    self.state[spec.key] = "pending"  # recorded with its cause; submitted again
+                    self.state[spec.key] = spec.state = "pending"  # recorded with its cause; submitted again
 
     def _submit(self, spec: JobSpec) -> None:
         if spec.prepare is not None:
@@ -285,6 +291,7 @@ class Runner:
             raise LaunchError(f"{spec.label}: sbatch refused the job: {sbatch_message(e, self.cpu_hint)}") from None
         run = _Running(spec, job, str(job.job_id))
         self.running[spec.key], self.state[spec.key] = run, "running"
+        spec.state = "running"
         if local:
             self._say(spec, "started")
             return
@@ -340,7 +347,7 @@ class Runner:
                           done.get("wall_s", round(elapsed, 1) if elapsed else None))
         if cluster_state and not ended and cluster_state not in ("COMPLETED", "FAILED"):
             outcome.cluster_state = cluster_state  # any other end state: never counted as done
-        self.state[spec.key] = "ok" if outcome.ok else "failed"
+        self.state[spec.key] = spec.state = "ok" if outcome.ok else "failed"
         self._say(spec, self.on_done(spec, outcome))
         if self.launcher == "slurm":
             self.store.drop(spec.key)

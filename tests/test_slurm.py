@@ -234,7 +234,7 @@ def test_study_matched_run_starts_after_its_mast_run(slurm_cluster, tmp_path, ca
     stamps = tmp_path / "stamps"
     stamps.mkdir()
     for job in jobs:  # the real dependency graph, with commands that only record when they ran
-        name = job.name.replace(":", "_")
+        name = job.key.replace(":", "_")
         job.cmd = [sys.executable, "-c", f"import time, pathlib; p = pathlib.Path({str(stamps)!r}); "
                    f"(p / '{name}.start').write_text(repr(time.time())); time.sleep(2); "
                    f"(p / '{name}.end').write_text(repr(time.time()))"]
