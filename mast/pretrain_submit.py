@@ -10,7 +10,8 @@ When the job is preempted or nears its time limit, SLURM sends SIGUSR2 (``--slur
 seconds before); the job requeues itself with ``--resume auto`` and continues from its last
 ``last.pth`` (at most ``--max-requeues`` times). The job folder ``OUT_DIR/NAME/slurm`` (mode 0700)
 holds submitit's files, the job's log and ``jobs.json``: the same command again while the job is
-queued or running follows it instead of submitting a second copy.
+queued or running follows it instead of submitting a second copy; after it ended, collects its outcome,
+and submits it again (continuing from ``last.pth``) if it did not finish.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mast import rundir
 from plumbing.jobs import JobSpec, LaunchError, Resources, Runner
 from plumbing.launcher_args import slurm_options
 
@@ -36,6 +38,12 @@ def submit_pretraining(args: argparse.Namespace, argv: list[str], run_dir: Path)
                              timeout_min=args.slurm_time, nodes=args.nodes, tasks_per_node=tasks),
                    distributed=True, requeues=args.max_requeues, signal_delay_s=args.slurm_signal_delay)
     outcome = []
+
+    def prepare() -> None:  # submitted again after an earlier job of this run ended unfinished: continue it
+        if outcome and "--resume" not in spec.cmd and (run_dir / rundir.LAST).is_file():
+            spec.cmd += ["--resume", "auto"]
+
+    spec.prepare = prepare
     try:
         runner = Runner(folder, "slurm", slurm=slurm_options(args), wait=args.wait, folder=folder, cpu_hint=CPU_HINT)
         print(f"{args.nodes} node(s) x {tasks} task(s) -> {run_dir} (log {spec.log}, submitit's files "
@@ -46,4 +54,4 @@ def submit_pretraining(args: argparse.Namespace, argv: list[str], run_dir: Path)
         return 2
     except KeyboardInterrupt:
         return 130
-    return 0 if not outcome or outcome[0].ok else 1
+    return 0 if runner.running or not outcome or outcome[-1].ok else 1
