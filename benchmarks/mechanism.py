@@ -40,7 +40,7 @@ for _path in (ROOT, HERE):  # a fresh clone, and ``python -m benchmarks.mechanis
 
 import torch  # noqa: E402
 
-from mast.atomic import write_text_atomic  # noqa: E402
+from plumbing.atomic import write_text_atomic  # noqa: E402
 from mechanism_data import WorldSpec, make_world  # noqa: E402
 from mechanism_report import OLD_TITLES, TITLE, summarise, write_report  # noqa: E402
 from mechanism_runs import ARMS, MAST_ARMS, Settings, latents, matched_source, run_arm  # noqa: E402

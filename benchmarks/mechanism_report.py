@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mast.atomic import write_text_atomic  # noqa: E402
+from plumbing.atomic import write_text_atomic  # noqa: E402
 from transfer.stats import Interval, difference_interval, group_interval  # noqa: E402
 
 PER_RUN = ("D", "D_known", "D_random", "logit_spread", "subspace_size", "relief_share", "u_exponent")  # per factor

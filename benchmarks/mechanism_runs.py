@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from torch import Tensor, nn
 
 from mast import rundir
-from mast.atomic import torch_save_atomic, write_text_atomic
+from plumbing.atomic import torch_save_atomic, write_text_atomic
 from mast.differentiation import logit_spread, mask_differentiation, measured_sensitivity
 from mast.loss import LossConfig, effective_weight, mismatch_factor
 from mast.matched import matched_inv_coeff

@@ -17,7 +17,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from mast.atomic import write_text_atomic
+from plumbing.atomic import write_text_atomic
 
 from mast.augment import AugmentConfig
 from mast.matched import MatchedError, resolve_loss_section

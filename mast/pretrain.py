@@ -3,7 +3,7 @@
     python -m mast.pretrain [--config demo|stl10_r18|imagenet_r50|PATH.yaml] [--resume auto|PATH]
                             [--name NAME] [key=value ...]
     torchrun --nproc_per_node 8 -m mast.pretrain --config imagenet_r50 data.root=/data/imagenet/train
-    python -m mast.pretrain --launcher slurm --nodes 2 --gpus-per-node 8 --config imagenet_r50 ...  # mast/slurm.py
+    python -m mast.pretrain --launcher slurm --nodes 2 --gpus-per-node 8 --config imagenet_r50 ...  # mast/pretrain_submit.py
 
 No arguments = the CPU demo. The loop is written out (as facebookresearch/vicreg main_vicreg.py):
 two views are cropped in DataLoader workers, colour-augmented on the device with recorded
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,19 +29,21 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mast import resume as ckpt_io
+from mast import training_state as ckpt_io
 from mast import rundir
-from mast.atomic import DiskFullError, OutputError, make_folder, remove_stale_temps, torch_save_atomic
+from plumbing.atomic import DiskFullError, OutputError, make_folder, remove_stale_temps, torch_save_atomic
 from mast.augment import PhotometricAugment, SpatialTwoView
 from mast.config import ConfigError, PretrainConfig, load_config, to_dict
 from mast.data.folder import BadImageBudget, DatasetError, ResumableSampler, TwoViewFolder, sample_seed
 from mast.heldout import heldout_pass
 from mast.knn_monitor import KnnMonitor
-from mast.lock import FolderBusyError, FolderLock
+from plumbing.lock import FolderBusyError, FolderLock
 from mast.model import MASTModel
 from mast.optim import build_optimizer, build_subspace_optimizer, learning_rate, set_lr
 from mast.run_log import RunLog
-from mast.slurm import add_launcher_args, submit_pretraining
+from mast.pretrain_submit import submit_pretraining
+from plumbing.launcher_args import add_launcher_args
+from plumbing.signals import stop_signals
 
 
 class TrainingError(RuntimeError):
@@ -262,21 +263,6 @@ def train_step(ctx: Context, views: torch.Tensor, spatial: torch.Tensor) -> dict
     return out
 
 
-@contextlib.contextmanager
-def stop_on_signals(ctx: Context):
-    """SIGINT/SIGTERM set ``ctx.interrupted``; the loop then stops at the next step boundary, saves
-    and exits 128 + signal (130/143) instead of losing the work since the last save."""
-    def handle(signum: int, _frame) -> None:
-        ctx.interrupted = signum
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def interrupted(ctx: Context) -> bool:
     """True once any process got a stop signal (all ranks agree, so DDP steps stay matched)."""
     if ctx.world > 1:
@@ -294,7 +280,9 @@ def train(ctx: Context) -> None:
         ctx.log.knn(0, 0, knn_eval(ctx))  # the random-initialisation floor
     stop_at = min(total, cfg.runtime.stop_after_steps or total)
     ctx.model.train()
-    with stop_on_signals(ctx):
+    # SIGINT/SIGTERM set ctx.interrupted: the loop stops at the next step boundary, saves and exits
+    # 128 + signal (130/143) instead of losing the work since the last save
+    with stop_signals(lambda signum: setattr(ctx, "interrupted", signum)):
         while ctx.step < stop_at and not interrupted(ctx):
             _train_epoch(ctx, stop_at)
     if ctx.interrupted:
@@ -369,7 +357,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-tensorboard", action="store_true",
                         help="write no TensorBoard events (OUT_DIR/NAME/tensorboard/); metrics.jsonl is written either way")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. optim.epochs=10 method=vicreg")
-    add_launcher_args(parser)
+    add_launcher_args(parser, distributed=True)
     return parser.parse_intermixed_args(argv)
 
 

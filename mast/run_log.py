@@ -20,9 +20,9 @@ import torch
 from tqdm import tqdm
 
 from mast import rundir
-from mast.atomic import write_text_atomic
+from plumbing.atomic import write_text_atomic
 from mast.config import PretrainConfig, write_yaml
-from mast.provenance import code_version, library_versions
+from plumbing.provenance import code_version, library_versions
 from mast.tensorboard_events import open_writer, write_record
 
 SUMMARY_FIELDS = ("epoch", "step", "lr", "loss", "inv", "var", "cov", "unc", "mask_prior",

@@ -20,10 +20,10 @@ import warnings
 from pathlib import Path
 
 from mast import rundir
-from mast.atomic import write_text_atomic
-from mast.lock import LOCK_NAME, FolderBusyError, FolderLock
-from mast.provenance import code_version, file_sha256
-from mast.safe_read import UnreadableFile, read_regular_text, short
+from plumbing.atomic import write_text_atomic
+from plumbing.lock import LOCK_NAME, FolderBusyError, FolderLock
+from plumbing.provenance import code_version, file_sha256
+from plumbing.safe_read import UnreadableFile, read_regular_text, short
 from reports import mast_plots, narrative, plots, tables
 from reports.results import Results, commands, load_results
 

@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mast.atomic import write_bytes_atomic  # noqa: E402
+from plumbing.atomic import write_bytes_atomic  # noqa: E402
 from reports import compare  # noqa: E402
 from reports.results import Results, metric_names, task_label  # noqa: E402
 from reports.tables import group_label, ordered_names, summary_table  # noqa: E402

@@ -32,8 +32,8 @@ import re
 import sys
 from pathlib import Path
 
-from mast.atomic import write_bytes_atomic
-from mast.safe_read import UnreadableFile, read_regular_text
+from plumbing.atomic import write_bytes_atomic
+from plumbing.safe_read import UnreadableFile, read_regular_text
 
 MAX_BYTES = 8 << 20  # a Markdown document or report section; anything larger is not one
 

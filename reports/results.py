@@ -15,7 +15,7 @@ from typing import Iterable
 
 import numpy as np
 
-from mast.safe_read import short
+from plumbing.safe_read import short
 from transfer.records import iter_jsonl, record_problem
 
 # The number a summary table shows per task type (PROTOCOLS.md metric names), first match wins; a

@@ -27,8 +27,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mast.atomic import write_text_atomic  # noqa: E402
-from mast.provenance import code_version  # noqa: E402
+from plumbing.atomic import write_text_atomic  # noqa: E402
+from plumbing.provenance import code_version  # noqa: E402
 from reports import compare, study_runs  # noqa: E402
 from reports.compare import Delta  # noqa: E402
 from reports.plots import save_figure  # noqa: E402

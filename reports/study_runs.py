@@ -19,7 +19,7 @@ import yaml
 
 from mast import rundir
 from mast.matched import MatchedError, WindowMean, window_means
-from mast.safe_read import UnreadableFile, read_regular_text, short
+from plumbing.safe_read import UnreadableFile, read_regular_text, short
 from reports.mast_plots import StateError, load_state, sensitivities, subspace_stats, uncertainty_curves
 
 

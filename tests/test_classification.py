@@ -394,7 +394,7 @@ def test_kill_and_resume_continue_from_the_engine_checkpoint(r18: Path, tmp_path
 def test_paper_suite_runs_the_three_tasks_and_checks_imagenet_in_one_line(tmp_path: Path) -> None:
     """The paper suite's entries parse with the task's own options; --check reads ImageNet as the task does."""
     from transfer.orchestrate.dataset_check import check_task
-    from transfer.suite import load_suite
+    from transfer.orchestrate.suite import load_suite
 
     kaggle_standin(tmp_path / "imagenet")
     for smoke in (True, False):

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torchvision
 
-from mast.atomic import pickle_atomic
+from plumbing.atomic import pickle_atomic
 from transfer.checkpoints import CheckpointInfo, load_backbone, sha256_file
 from transfer.convert import MAPPING_VERSION, ConversionError, detectron2_name, main, to_detectron2, to_mmseg
 from transfer.detection.heads import register_heads

@@ -224,7 +224,7 @@ def test_paper_suite_refuses_an_external_checkpoint_without_size(standins, ckpt,
 
 
 def test_paper_suite_has_the_linear_suite_and_knn_on_one_dataset_root():
-    from transfer.suite import load_suite
+    from transfer.orchestrate.suite import load_suite
 
     suite = load_suite("paper", {"datasets": "/d", "image_size": "96", "normalize": "stl10"}, ["linear", "knn"])
     for task in ("linear", "knn"):

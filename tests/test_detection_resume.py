@@ -15,7 +15,7 @@ import torchvision
 from torch import nn
 
 from transfer.detection import main
-from transfer.detection.resume import checkpoint_to_resume, install_safe_checkpointer
+from transfer.detection.resume_checkpoint import checkpoint_to_resume, install_safe_checkpointer
 from transfer.records import TaskFailed
 
 REPO = Path(__file__).resolve().parents[1]

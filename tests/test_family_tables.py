@@ -16,7 +16,7 @@ import latex_check
 from reports import build, families, family_render, tables
 from reports.results import load_results
 from transfer.stats import mean_interval
-from transfer.suite import load_suite
+from transfer.orchestrate.suite import load_suite
 
 # The papers' column orders this report follows, each with its source table. The first list is the
 # dataset (group) headers of the family table in order, the second the metric headers in order.

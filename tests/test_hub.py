@@ -175,7 +175,7 @@ def test_run_all_names_the_reference_and_gives_tasks_the_pinned_one(r18, hf_cach
     assert ck.name == "r18" and ck.reference == f"hf://org/r18@{COMMIT}/model.safetensors"
     assert ck.ckpt_arg == ck.reference and ck.sha256 == sha256_file(r18[0])
     from transfer.orchestrate import run_all
-    from transfer.suite import load_suite
+    from transfer.orchestrate.suite import load_suite
 
     spec = load_suite("demo", tasks=["knn"]).tasks[0]
     job = run_all.Job(ck, spec, ck.task_dir(hf_cache, spec.name))

@@ -291,7 +291,7 @@ def test_every_task_takes_the_backbone_option(task):
 
 def test_run_all_passes_the_backbone_per_checkpoint(tmp_path):
     from transfer.orchestrate import run_all
-    from transfer.suite import TaskSpec
+    from transfer.orchestrate.suite import TaskSpec
 
     tv = random_resnet("resnet18", seed=4)
     solo = tmp_path / "solo.pth"

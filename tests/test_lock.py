@@ -1,4 +1,4 @@
-"""The run folder's lock (mast/lock.py): held by one process, never by its forked DataLoader workers,
+"""The run folder's lock (plumbing/lock.py): held by one process, never by its forked DataLoader workers,
 and every way it cannot be made is one line (issue 28 item 6, issue 27 case 11)."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_args
-from mast.lock import FolderBusyError, FolderLock, FolderUnusableError
+from plumbing.lock import FolderBusyError, FolderLock, FolderUnusableError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_forked_child_does_not_hold_the_lock_after_its_parent_is_killed(tmp_path: Path) -> None:
-    code = ("import os, sys, time; from mast.lock import FolderLock; "
+    code = ("import os, sys, time; from plumbing.lock import FolderLock; "
             f"lock = FolderLock({str(tmp_path / 'run')!r}, 'job'); pid = os.fork(); "
             "pid or time.sleep(60); print(pid, flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO,
@@ -108,7 +108,7 @@ def test_run_all_and_pretraining_refuse_a_folder_lock_in_one_line(tmp_path: Path
 
 
 def test_a_write_that_fails_at_once_does_not_claim_0_mib_needed(tmp_path: Path) -> None:
-    from mast.atomic import DiskFullError, atomic_write
+    from plumbing.atomic import DiskFullError, atomic_write
 
     def full(_f):
         raise OSError(errno.ENOSPC, "No space left on device")

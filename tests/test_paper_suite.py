@@ -19,7 +19,8 @@ from reports.results import load_results, select_records
 from transfer.orchestrate.run_all import main as run_all_main
 from transfer.orchestrate.console import outcome
 from transfer.segmentation.batch import BatchError, plan_batch
-from transfer.suite import PROJECT, SuiteError, load_suite, parse_task_args
+from plumbing import PROJECT
+from transfer.orchestrate.suite import SuiteError, load_suite, parse_task_args
 
 REPO = Path(__file__).resolve().parents[1]
 VOC = REPO / "transfer" / "mmseg_configs" / "fcn_r50_d8_voc12aug_512x512_20k.py"

@@ -18,7 +18,7 @@ import torchvision
 import yaml
 from PIL import Image
 
-from mast.atomic import torch_save_atomic
+from plumbing.atomic import torch_save_atomic
 from mast.data.folder import ResumableSampler, TwoViewFolder
 from mast.augment import AugmentConfig, SpatialTwoView
 from mast.pretrain import main

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mast import atomic
-from mast.atomic import DiskFullError, append_line_atomic, atomic_write, remove_stale_temps, write_text_atomic
-from mast.lock import FolderBusyError, FolderLock
+from plumbing import atomic
+from plumbing.atomic import DiskFullError, append_line_atomic, atomic_write, remove_stale_temps, write_text_atomic
+from plumbing.lock import FolderBusyError, FolderLock
 from mast.pretrain import main
 from conftest import tiny_args
 from test_pretrain import _backbone
@@ -54,7 +54,7 @@ def test_folder_lock_names_the_holder_and_dies_with_it(tmp_path):
         with pytest.raises(FolderBusyError, match=f"PID {os.getpid()}"):
             FolderLock(tmp_path / "run", "job")
     FolderLock(tmp_path / "run", "job").release()  # released: free again
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mast.lock import FolderLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from plumbing.lock import FolderLock; "
                                f"held = FolderLock({str(tmp_path / 'run')!r}, 'job'); print('held', flush=True); "
                                "time.sleep(60)"], stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
@@ -329,7 +329,7 @@ def test_one_class_or_one_way_is_refused_not_reported_as_100(tmp_path, capsys):
 
 
 def test_code_version_is_dirty_for_changed_code_not_for_rebuilt_committed_reports(tmp_path):
-    from mast.provenance import code_version
+    from plumbing.provenance import code_version
 
     def git(*args):
         subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],

@@ -1,5 +1,5 @@
 """run_all re-submission: --resume only for a detection/segmentation task the cluster ended, same config,
-with a checkpoint of its own in its folder (transfer/orchestrate/resume.py).
+with a checkpoint of its own in its folder (transfer/orchestrate/task_resume.py).
 
 The earlier attempt's records are real: written by run_all's own ``finish`` from a job outcome.
 """
@@ -15,8 +15,8 @@ import yaml
 
 from transfer.checkpoints import build_resnet
 from transfer.orchestrate import run_all
-from transfer.orchestrate.jobs import JobSpec, Outcome
-from transfer.suite import load_suite
+from plumbing.jobs import JobSpec, Outcome
+from transfer.orchestrate.suite import load_suite
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "detectron_configs" / "demo_synthetic_R_18_FPN.yaml")

@@ -21,7 +21,7 @@ import yaml
 
 from transfer.orchestrate import run_all
 from transfer.checkpoints import build_resnet
-from transfer.suite import TASK_MODULES, SuiteError, load_suite
+from transfer.orchestrate.suite import TASK_MODULES, SuiteError, load_suite
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,7 +88,7 @@ def test_bad_input_is_refused_in_one_line(ckpt, tmp_path, capsys):
 
 def test_a_second_run_all_on_the_same_out_is_refused(ckpt, tmp_path, capsys):
     out = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from mast.lock import FolderLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from plumbing.lock import FolderLock; "
                                f"held = FolderLock({str(out)!r}, 'run_all'); print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:

@@ -328,7 +328,7 @@ def test_out_that_cannot_be_created_is_one_line(tmp_path, synthetic_root, capsys
 def test_disk_full_on_the_first_byte_says_no_zero_mib(tmp_path):
     import errno
 
-    from mast.atomic import DiskFullError, atomic_write
+    from plumbing.atomic import DiskFullError, atomic_write
 
     def full(f):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -193,7 +194,7 @@ def test_pretrain_on_slurm_requeued_gives_the_torchrun_weights(slurm_cluster, sy
     sub = subprocess.run([sys.executable, "-m", "mast.pretrain", "--launcher", "slurm", "--tasks-per-node", "2",
                           "--slurm-time", "10", *args, "--name", "slurm"], env=env, capture_output=True, text=True)
     assert sub.returncode == 0, sub.stderr
-    job_id = sub.stdout.split("SLURM job ")[1].split(":")[0]
+    job_id = re.search(r"submitted: SLURM job (\d+)", sub.stdout).group(1)
     torchrun = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                                  "-m", "mast.pretrain", *args, "--name", "torchrun"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -210,7 +211,7 @@ def test_pretrain_on_slurm_requeued_gives_the_torchrun_weights(slurm_cluster, sy
             break
         time.sleep(0.5)
     assert torchrun.wait(300) == 0, torchrun.stderr.read()
-    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "slurm" / "slurm").glob("*_0_log.*"))
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "slurm" / "slurm").rglob("*_0_log.*"))
     assert signalled and f"Requeued job {job_id}" in logs, logs[-2000:]
     a = torch.load(tmp_path / "slurm" / "backbone.pth", weights_only=True)
     b = torch.load(tmp_path / "torchrun" / "backbone.pth", weights_only=True)
@@ -219,12 +220,41 @@ def test_pretrain_on_slurm_requeued_gives_the_torchrun_weights(slurm_cluster, sy
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_pretrain_cancelled_then_the_same_command_continues_it(slurm_cluster, synthetic_root, tmp_path):
+    """Pretraining is one job of the job runner: a job the cluster ended is collected by the same command,
+    which submits it again with --resume auto (from the run's own last.pth) and follows it to its end."""
+    args = tiny_args(synthetic_root, tmp_path, "optim.epochs=3", "--name", "run", "--launcher", "slurm",
+                     "--slurm-time", "10")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    sub = subprocess.run([sys.executable, "-m", "mast.pretrain", *args], env=env, capture_output=True, text=True)
+    assert sub.returncode == 0, sub.stderr
+    job_id = re.search(r"submitted: SLURM job (\d+)", sub.stdout).group(1)
+    deadline = time.monotonic() + 600
+    while not (tmp_path / "run" / "last.pth").is_file() and _squeue_state(job_id):
+        assert time.monotonic() < deadline, "no last.pth within 600 s"
+        time.sleep(0.5)
+    subprocess.run(["scancel", job_id], check=True)
+    while _squeue_state(job_id) not in ("", "CANCELLED"):
+        time.sleep(0.5)
+    again = subprocess.run([sys.executable, "-m", "mast.pretrain", *args, "--wait"], env=env, capture_output=True,
+                           text=True, timeout=700)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert f"failed: ended by the cluster: CANCELLED (SLURM job {job_id})" in again.stdout, again.stdout
+    assert again.stdout.count("submitted: SLURM job") == 1 and "COMPLETED" in again.stdout, again.stdout
+    log = (tmp_path / "run" / "slurm" / "pretrain.log").read_text()
+    commands = [line for line in log.splitlines() if line.startswith(f"{sys.executable} -m mast.pretrain")]
+    assert len(commands) == 2 and "--resume" not in commands[0] and commands[1].endswith("--resume auto"), commands
+    assert (tmp_path / "run" / "backbone.pth").is_file(), log[-2000:]
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_study_matched_run_starts_after_its_mast_run(slurm_cluster, tmp_path, capsys):
     """The study's dependencies become afterok: everything is submitted at once, and the matched-λ run
     (and each checkpoint's probes) starts only after the run it depends on has finished."""
     from transfer.orchestrate import study
-    from transfer.orchestrate.jobs import Runner, SlurmOptions
+    from plumbing.jobs import Runner, SlurmOptions
 
     args = study.build_parser().parse_args(["--seeds", "0", "--arms", "vicreg_matched", "mast", "--data",
                                             str(tmp_path / "data"), "--runs", str(tmp_path / "runs"),
@@ -233,7 +263,7 @@ def test_study_matched_run_starts_after_its_mast_run(slurm_cluster, tmp_path, ca
     stamps = tmp_path / "stamps"
     stamps.mkdir()
     for job in jobs:  # the real dependency graph, with commands that only record when they ran
-        name = job.name.replace(":", "_")
+        name = job.key.replace(":", "_")
         job.cmd = [sys.executable, "-c", f"import time, pathlib; p = pathlib.Path({str(stamps)!r}); "
                    f"(p / '{name}.start').write_text(repr(time.time())); time.sleep(2); "
                    f"(p / '{name}.end').write_text(repr(time.time()))"]

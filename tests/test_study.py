@@ -14,12 +14,12 @@ from reports import compare, study_report
 from reports.study_report import arm_and_seed, study_results
 from synthetic_state import save_state
 from transfer.orchestrate import run_all, study
-from transfer.orchestrate.jobs import Runner
+from plumbing.jobs import Runner
 from transfer.orchestrate.resolve import Checkpoint
 from transfer.probes.cli import _save_scores, record_scores
 from transfer.records import TaskRun, append_jsonl
 from transfer.stats import difference_interval
-from transfer.suite import TaskSpec
+from transfer.orchestrate.suite import TaskSpec
 
 N_ITEMS = 200
 #: arm -> (accuracy level per seed, mean w over the last epoch or None): MAST is 20 points above VICReg
@@ -124,7 +124,7 @@ def test_plan_gives_every_mast_type_arm_its_own_matched_control(tmp_path, capsys
             line = next(x for x in plan.splitlines() if f"pretrain:{control}_s{seed} " in x)
             assert line.rstrip().endswith(f"after ['pretrain:{source}_s{seed}']"), line
     args = study.build_parser().parse_args(argv[1:])
-    jobs = {j.name: j for j in study.plan_jobs(args, [*study.STUDY_OVERRIDES, "optim.epochs=1"])}
+    jobs = {j.key: j for j in study.plan_jobs(args, [*study.STUDY_OVERRIDES, "optim.epochs=1"])}
     cmd = jobs["pretrain:vicreg_matched_unc_none_s1"].cmd
     assert f"loss.inv_coeff=auto:{tmp_path / 'runs' / 'study_mast_unc_none_s1'}" in cmd
     with pytest.raises(SystemExit, match="vicreg_matched_tied needs the mast_tied arm"):
@@ -174,7 +174,7 @@ def test_arm_and_seed_reads_study_checkpoint_names():
 
 
 def test_study_suite_holds_exactly_the_reported_tasks():
-    from transfer.suite import load_suite
+    from transfer.orchestrate.suite import load_suite
 
     suite = load_suite(str(study.SUITE))
     assert {t.name for t in suite.tasks} == {task for task, _, _ in study_report.TASKS}
@@ -184,11 +184,11 @@ def test_study_suite_holds_exactly_the_reported_tasks():
 # --- orchestration ---------------------------------------------------------------------------------------
 def test_execute_runs_dependencies_first_and_skips_dependents_of_a_failure(tmp_path, capsys):
     def job(name, code, deps=()):
-        return study.Job(name, [sys.executable, "-c", f"raise SystemExit({code})"], tmp_path / f"{name}.log", list(deps))
+        return study.study_job(name, [sys.executable, "-c", f"raise SystemExit({code})"], tmp_path / f"{name}.log", list(deps))
     jobs = [job("pretrain:b", 0, ["pretrain:a"]), job("pretrain:a", 0), job("pretrain:bad", 3),
             job("probes:c", 0, ["pretrain:bad"]), job("probes:d", 1, ["pretrain:b"])]
     study.execute(jobs, Runner(tmp_path / "runs", "local", jobs=2, poll_s=0.05))
-    states = {j.name: j.state for j in jobs}
+    states = {j.key: j.state for j in jobs}
     assert states == {"pretrain:b": "ok", "pretrain:a": "ok", "pretrain:bad": "failed", "probes:c": "skipped",
                       "probes:d": "ok"}  # run_all's exit 1 (a task failed) is recorded in the results, not fatal
     assert "probes:c skipped: pretrain:bad did not succeed" in capsys.readouterr().out

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from test_slurm import KNN, _records, _squeue_state, _suite, ckpts, slurm_cluster  # noqa: F401 - fixtures
 from transfer.orchestrate import run_all
-from transfer.orchestrate.job_store import JobStore, LaunchError
+from plumbing.job_store import JobStore, LaunchError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from mast.provenance import file_sha256
+from plumbing.provenance import file_sha256
 from reports import build, quote
 from test_reports import _fixture_with_runs
 
@@ -215,7 +215,7 @@ def test_a_run_config_whose_augment_is_a_list_does_not_stop_a_probe(tmp_path):
 def test_detection_resume_on_a_fifo_last_checkpoint_is_one_line_not_a_hang(tmp_path, synthetic_root, no_hang):
     from transfer.checkpoints import build_resnet
     from transfer.detection import main
-    from transfer.detection.resume import checkpoint_to_resume
+    from transfer.detection.resume_checkpoint import checkpoint_to_resume
     from transfer.records import TaskFailed
 
     out = tmp_path / "det"
@@ -232,7 +232,7 @@ def test_detection_resume_on_a_fifo_last_checkpoint_is_one_line_not_a_hang(tmp_p
 
 
 def test_run_all_resume_point_never_opens_a_fifo(tmp_path, no_hang):
-    from transfer.orchestrate.resume import resume_point
+    from transfer.orchestrate.task_resume import resume_point
 
     out = tmp_path / "task"
     (out / "seed_0").mkdir(parents=True)

@@ -15,7 +15,7 @@ import torchvision
 from transfer.orchestrate.dataset_check import check_suite
 from transfer.probes.datasets import LayoutError, load_split
 from transfer.probes.vissl_readers import VOC_CLASSES
-from transfer.suite import load_suite
+from transfer.orchestrate.suite import load_suite
 from vissl_standins import INAT_CATEGORIES, PLACES_CLASSES, inat18, places205, voc07
 
 pytestmark = pytest.mark.usefixtures("one_thread")

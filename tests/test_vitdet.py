@@ -107,7 +107,7 @@ def test_tiny_vitdet_fine_tuning_on_the_synthetic_scenes(dino_vit, synthetic_roo
 def test_suites_have_the_vitdet_tasks_and_the_dataset_check_reads_their_lazyconfig(tmp_path, monkeypatch):
     monkeypatch.delenv("DETECTRON2_DATASETS", raising=False)  # the suite's env says where
     from transfer.orchestrate.dataset_check import check_task
-    from transfer.suite import load_suite
+    from transfer.orchestrate.suite import load_suite
 
     paper = {s.name: s for s in load_suite("paper", {"datasets": str(tmp_path)}).tasks}
     demo = {s.name: s for s in load_suite("demo").tasks}

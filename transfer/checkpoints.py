@@ -33,7 +33,7 @@ import torchvision
 from torch import Tensor, nn
 
 from mast import rundir
-from mast.provenance import file_sha256
+from plumbing.provenance import file_sha256
 from transfer.vit_layouts import find_vit_candidates
 from transfer.hub import HubError, is_reference, resolve, shard_files
 from transfer.safe_files import INDEX_SUFFIX, FileReadError, Opaque, read_any

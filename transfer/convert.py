@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mast.atomic import DiskFullError, OutputError, pickle_atomic, torch_save_atomic
+from plumbing.atomic import DiskFullError, OutputError, pickle_atomic, torch_save_atomic
 
 from transfer.checkpoints import (CheckpointError, CheckpointInfo, add_backbone_arg, canonical_keys, load_backbone,
                                   refuse_cifar_stem)

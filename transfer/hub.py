@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from mast.provenance import file_sha256
+from plumbing.provenance import file_sha256
 
 SCHEMES = ("hf://", "torchvision://", "timm://", "https://", "http://")
 # What a repo holds, in the order transformers / timm look for it: tensors-only files first.

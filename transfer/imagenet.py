@@ -205,7 +205,7 @@ def imagenet_samples(root: str | Path, subset: str | None = None,
 
 def write_ann_file(path: Path, samples: Samples) -> None:
     """mmpretrain's ``CustomDataset`` annotation file (``relative/path label`` per line), atomically."""
-    from mast.atomic import write_text_atomic
+    from plumbing.atomic import write_text_atomic
 
     write_text_atomic(path, "".join(f"{rel} {label}\n" for rel, label in samples))
 

@@ -31,9 +31,9 @@ from typing import Any, Iterator, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from mast.atomic import append_line_atomic, write_text_atomic
-from mast.provenance import code_version, library_versions
-from mast.safe_read import short
+from plumbing.atomic import append_line_atomic, write_text_atomic
+from plumbing.provenance import code_version, library_versions
+from plumbing.safe_read import short
 from transfer.checkpoints import CheckpointInfo
 
 __all__ = ["Record", "RecordError", "record_problem", "fields_table", "complete", "log_tail",
@@ -59,7 +59,7 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
-    """Append one record as one line (:func:`mast.atomic.append_line_atomic`: locked, never torn)."""
+    """Append one record as one line (:func:`plumbing.atomic.append_line_atomic`: locked, never torn)."""
     append_line_atomic(path, json.dumps(_jsonable(record), sort_keys=False))
 
 

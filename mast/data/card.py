@@ -18,7 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from mast.atomic import write_text_atomic
+from plumbing.atomic import write_text_atomic
 from mast.data.scenes import SHAPES, TASKS
 
 C_GRID = (0.001, 0.01, 0.1, 1.0)

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from mast.atomic import write_text_atomic
+from plumbing.atomic import write_text_atomic
 
 from mast.data import scenes
 from mast.data.scenes import COLORS, SHAPES, TASKS

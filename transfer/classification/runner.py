@@ -25,10 +25,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mast.atomic import write_bytes_atomic, write_text_atomic
+from plumbing.atomic import write_bytes_atomic, write_text_atomic
 from transfer.checkpoints import CheckpointInfo, add_backbone_arg
 from transfer.records import EXIT_USAGE, TaskFailed, TaskRun
-from transfer.suite import project_path
+from plumbing import project_path
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "mmpretrain_configs"
 PROTOCOLS = {
@@ -163,7 +163,7 @@ def attach_checkpoint(cfg: Any, converted: Path) -> None:
 
 def to_mmpretrain_file(state: dict, info: CheckpointInfo, out_dir: Path) -> Path:
     """The canonical backbone under ``backbone.``: mmpretrain's ResNet(style='pytorch') has torchvision's names."""
-    from mast.atomic import torch_save_atomic
+    from plumbing.atomic import torch_save_atomic
     from transfer.convert import to_mmseg  # the same file format: torchvision names, prefix backbone.
 
     path = Path(out_dir) / "backbone_mmpretrain.pth"

@@ -18,7 +18,7 @@ with detectron2's ``DefaultTrainer`` under its ``launch``. Weights are verified 
 AP75) as the mean over seeds, with their std; ``DIR/log.txt`` the log; ``DIR/config.yaml`` and
 ``DIR/seed_S/config.yaml`` the resolved configs. ``--resume`` continues each seed from its own last
 checkpoint in ``DIR/seed_S`` (saved every ``SOLVER.CHECKPOINT_PERIOD`` iterations with --save-model,
-the paper default; :mod:`transfer.detection.resume`); a seed without one starts from the weights.
+the paper default; :mod:`transfer.detection.resume_checkpoint`); a seed without one starts from the weights.
 """
 
 from __future__ import annotations
@@ -34,18 +34,18 @@ from typing import Any
 
 import yaml
 
-from mast.atomic import write_text_atomic
+from plumbing.atomic import write_text_atomic
 from transfer.checkpoints import (CheckpointError, CheckpointInfo, HoldsViT, add_backbone_arg, load_backbone,
                                   refuse_cifar_stem)
 from transfer.convert import MAPPING_VERSION
 from transfer.detection.data import SYNTHETIC_SPLITS, prepare_datasets, synthetic_num_classes
-from transfer.detection.resume import clear_resume_point
+from transfer.detection.resume_checkpoint import clear_resume_point
 from transfer.detection.train import RESULT_FILE, WeightsSource, setup_logging, train_and_evaluate
 from transfer.detection.heads import register_heads
 from transfer.detection.vitdet import SMOKE_LAZY_OPTS, is_lazy_config, load_lazy_config
 from transfer.engines import sync_norms_to_bn
 from transfer.records import EXIT_USAGE, TaskFailed, TaskRun
-from transfer.suite import project_path
+from plumbing import project_path
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = {"demo": "detectron_configs/demo_synthetic_R_18_FPN.yaml",

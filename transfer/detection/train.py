@@ -7,7 +7,7 @@ folder; ``--no-tensorboard`` leaves it out); and the final model checkpoint is o
 skip the ~100 MB file). Weights are loaded with
 :func:`transfer.detection.weights.load_verified` instead of ``resume_or_load``, so a backbone tensor that
 was not loaded stops the run; ``--resume`` continues from the seed's own last checkpoint instead
-(:mod:`transfer.detection.resume`: detectron2's ``resume_or_load``, the file read as data).
+(:mod:`transfer.detection.resume_checkpoint`: detectron2's ``resume_or_load``, the file read as data).
 
 Rank 0 writes ``OUTPUT_DIR/result.json`` (``status``, ``results`` or ``error``) so the parent
 process gets a clean one-line reason even when the run happened in a spawned worker.
@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 from transfer.checkpoints import load_backbone
 from transfer.convert import to_detectron2
 from transfer.detection.data import evaluator_type, register_synthetic
-from transfer.detection.resume import resume as resume_seed
+from transfer.detection.resume_checkpoint import resume as resume_seed
 from transfer.detection.weights import load_verified
 from transfer.detection.heads import register_heads
 from transfer.records import TaskFailed, write_json_atomic

@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from transfer.suite import Suite, SuiteError, TaskSpec, load_suite, project_path
+from transfer.orchestrate.suite import Suite, SuiteError, TaskSpec, load_suite, project_path
 
 # detectron2's builtin names (detectron2/data/datasets/builtin.py) -> files under DETECTRON2_DATASETS
 COCO = {f"coco_2017_{s}": [f"coco/{s}2017", f"coco/annotations/instances_{s}2017.json"] for s in ("train", "val")}
@@ -128,7 +128,7 @@ def probe_splits(spec: TaskSpec) -> tuple[argparse.Namespace, list[tuple[str, bo
     import importlib
 
     from transfer.probes.datasets import REGISTRY
-    from transfer.suite import TASK_MODULES
+    from transfer.orchestrate.suite import TASK_MODULES
 
     parser = importlib.import_module(TASK_MODULES[spec.task]).build_parser()
     try:
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--suite", default="paper", help="suite name or YAML path (default paper)")
     p.add_argument("--var", action="append", default=[], help="other suite variables: NAME=VALUE")
     args = p.parse_args(argv)
-    from transfer.suite import parse_vars
+    from transfer.orchestrate.suite import parse_vars
 
     try:
         suite = load_suite(args.suite, {"datasets": args.root, **parse_vars(args.var)})

@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 
 from mast import rundir
-from transfer.orchestrate.jobs import JobSpec, LaunchError, Runner
-from transfer.orchestrate.run_all import add_launcher_args, launcher_argv, slurm_options
-from transfer.suite import PROJECT
+from plumbing.jobs import JobSpec, LaunchError, Runner
+from plumbing.launcher_args import add_launcher_args, launcher_argv, slurm_options
+from plumbing import PROJECT
 
 METHODS = ("vicreg", "mast")
 FINE_TUNING = ("detection", "segmentation")  # minutes per run: on seed 0 only (README "The demo report")

@@ -11,7 +11,7 @@ every task runs in its own process, writes ``D/record.json``, and run_all append
 dataset is one failed/skipped record and the suite goes on; a re-run skips every task that already
 has an ``ok`` record for the same checkpoint sha256 and task config, so an interrupted suite
 resumes where it stopped. ``D = OUT/<checkpoint name>/<task name>``. Tasks run through the job
-runner (``transfer/orchestrate/jobs.py``): local subprocesses, ``--jobs`` at a time, or one SLURM
+runner (``plumbing/jobs.py``): local subprocesses, ``--jobs`` at a time, or one SLURM
 job each with ``--launcher slurm`` (docs/CLUSTER.md: resources per task type, --no-wait and collect).
 
 Pretraining seeds: several checkpoints may share a ``--name`` (``--ckpt s0.pth --ckpt s1.pth --name
@@ -25,22 +25,23 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mast.atomic import DiskFullError
-from mast.lock import FolderBusyError, FolderLock
-from mast.argtypes import positive_minutes
+from plumbing import PROJECT
+from plumbing.atomic import DiskFullError
+from plumbing.jobs import JobSpec, LaunchError, Outcome, Resources, Runner, SlurmOptions
+from plumbing.launcher_args import add_launcher_args, slurm_options
+from plumbing.lock import FolderBusyError, FolderLock
+from plumbing.signals import exit_code, stop_signals
 from transfer.orchestrate import console
-from transfer.orchestrate.jobs import JobSpec, LaunchError, Outcome, Resources, Runner, SlurmOptions
-from transfer.orchestrate.resume import mark, read_mark, resume_point
 from transfer.orchestrate.resolve import UNTRAINED_STEM, Checkpoint, UsageError, resolve_checkpoints
+from transfer.orchestrate.suite import Suite, SuiteError, TaskSpec, load_suite, parse_task_args, parse_vars
+from transfer.orchestrate.task_resume import mark, read_mark, resume_point
 from transfer.records import Record, complete
-from transfer.suite import PROJECT, Suite, SuiteError, TaskSpec, load_suite, parse_task_args, parse_vars
 
 TENSORBOARD_TASKS = ("detection", "segmentation")  # the task types with a --no-tensorboard
 COMMAND = ""  # this run_all's command line, stored in every record it writes (set by main)
@@ -48,7 +49,7 @@ COMMAND = ""  # this run_all's command line, stored in every record it writes (s
 
 @dataclass
 class Job:
-    """One (checkpoint, suite task): run through the job runner (transfer/orchestrate/jobs.py)."""
+    """One (checkpoint, suite task): run through the job runner (plumbing/jobs.py)."""
     ckpt: Checkpoint
     spec: TaskSpec
     out_dir: Path
@@ -98,42 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
                    f"events ({', '.join(TENSORBOARD_TASKS)}): no event files")
     add_launcher_args(p)
     return p
-
-
-def add_launcher_args(p: argparse.ArgumentParser) -> None:
-    """--launcher and the --slurm-* options (shared by run_all, study and demo; docs/CLUSTER.md)."""
-    p.add_argument("--launcher", choices=["local", "slurm"], default="local",
-                   help="local: subprocesses here (--jobs at a time); slurm: one SLURM job per task (submitit)")
-    p.add_argument("--no-wait", action="store_true", help="slurm: return after submitting; the same command "
-                   "again collects finished jobs and submits only what failed or never ran")
-    p.add_argument("--slurm-partition", default=None)
-    p.add_argument("--slurm-account", default=None)
-    p.add_argument("--slurm-qos", default=None)
-    p.add_argument("--slurm-constraint", default=None)
-    p.add_argument("--slurm-time", type=positive_minutes, default=None, metavar="MIN",
-                   help="time limit of every job in minutes (default: the task's timeout_min, else 24 h)")
-    p.add_argument("--slurm-cpu-only", action="store_true", default=None,
-                   help="request no GPUs (a CPU-only cluster, e.g. scripts/slurm_local.sh)")
-
-
-def launcher_argv(args: argparse.Namespace) -> list[str]:
-    """The --launcher and --slurm-* options of ``args`` as command-line arguments (passed on to run_all)."""
-    out = ["--launcher", args.launcher]
-    for key in ("partition", "account", "qos", "constraint", "time"):
-        if getattr(args, f"slurm_{key}") is not None:
-            out += [f"--slurm-{key}", str(getattr(args, f"slurm_{key}"))]
-    return out + (["--slurm-cpu-only"] if args.slurm_cpu_only else [])
-
-
-def slurm_options(args: argparse.Namespace, defaults: dict | None = None) -> SlurmOptions:
-    """The --slurm-* options over a suite's ``slurm:`` section."""
-    d = dict(defaults or {})
-    pick = {k: getattr(args, f"slurm_{k}") for k in ("partition", "account", "qos", "constraint", "time", "cpu_only")}
-    d.update({k: v for k, v in pick.items() if v is not None})
-    return SlurmOptions(partition=d.get("partition"), account=d.get("account"), qos=d.get("qos"),
-                        constraint=d.get("constraint"), time_min=d.get("time"), cpu_only=bool(d.get("cpu_only")),
-                        cpus_per_gpu=d.get("cpus_per_gpu"), mem_per_gpu_gb=d.get("mem_per_gpu_gb"))
-
 
 
 def plan(ckpts: list[Checkpoint], suite: Suite, out: Path, force: bool) -> tuple[list[Job], list[Job]]:
@@ -187,7 +152,7 @@ def set_aside(job: Job) -> None:
 def prepare(job: Job, spec: JobSpec | None = None, force: bool = False) -> None:
     """Just before (re-)submission: what an earlier attempt left is set aside; a fresh log. A detection or
     segmentation task the cluster ended continues from its own checkpoint (``--resume`` added to ``spec``'s
-    command; transfer/orchestrate/resume.py says when)."""
+    command; transfer/orchestrate/task_resume.py says when)."""
     set_aside(job)
     (job.out_dir / "run_all.log").unlink(missing_ok=True)
     lazy = str(job.spec.args.get("config", "")).endswith(".py") and job.spec.task == "detection"  # ViTDet: no resume yet
@@ -255,29 +220,17 @@ def execute(todo: list[Job], results: Path, runner: Runner, force: bool = False)
     return finished
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a job scheduler, ``kill``): stops like Ctrl-C, but exits 128 + 15 = 143, as the shell reports it."""
-
-
-def _interrupt(signum: int, frame) -> None:
-    raise Terminated(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point. SIGTERM (e.g. from a job scheduler) stops as cleanly as Ctrl-C; exit 143 for
     SIGTERM, 130 for Ctrl-C (SIGINT), the codes a shell gives a process killed by that signal."""
-    # Ctrl-C is Python's KeyboardInterrupt here whatever the caller left installed (an ignored SIGINT would
-    # also be inherited by every task process, which then could not be stopped); restored on return.
-    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt),
-                signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
     try:
-        return _main(argv)
+        with stop_signals():
+            return _main(argv)
     except KeyboardInterrupt as e:  # before or between tasks: nothing is half-written
         print("run_all: interrupted; re-run the same command to resume.", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        return exit_code(e)
 
 
 def _main(argv: list[str] | None) -> int:

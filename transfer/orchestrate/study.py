@@ -29,20 +29,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from mast import rundir
 from transfer.orchestrate.demo import _step, is_finished, pretrain_command
-from transfer.orchestrate.jobs import JobSpec, LaunchError, Outcome, Runner
-from transfer.orchestrate.run_all import add_launcher_args, slurm_options
-from transfer.suite import PROJECT
+from plumbing.jobs import JobSpec, LaunchError, Outcome, Runner
+from plumbing.launcher_args import add_launcher_args, slurm_options
+from plumbing.signals import exit_code, stop_signals
+from plumbing import PROJECT
 
 ARMS: dict[str, list[str]] = {
     "vicreg": ["method=vicreg"],
@@ -70,15 +69,14 @@ RUN_OVERHEAD_S = 30.0  # per pretraining run: start-up, kNN at initialisation an
 SUITE = Path(__file__).resolve().parents[1] / "suites" / "study.yaml"
 
 
-@dataclass
-class Job:
-    """One subprocess of the study: a pretraining run or the probes of one checkpoint."""
-    name: str
-    cmd: list[str]
-    log: Path
-    deps: list[str] = field(default_factory=list)
-    estimate_s: float = 0.0
-    state: str = "pending"  # pending | ok | stale (a matched run of an older rule) | failed | skipped
+#: Every job's environment defaults: one thread, unbuffered logs, the project importable.
+JOB_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(PROJECT)}
+
+
+def study_job(name: str, cmd: list[str], log: Path, deps: list[str] | None = None, estimate_s: float = 0.0) -> JobSpec:
+    """One job of the study (a pretraining run or the probes of one checkpoint) for the job runner. Its
+    state: pending | ok (kept) | stale (a matched run of an older rule) | running | failed | skipped."""
+    return JobSpec(name, name, cmd, log, dict(JOB_ENV), deps=list(deps or []), estimate_s=estimate_s, new_session=True)
 
 
 def run_name(arm: str, seed: int) -> str:
@@ -102,7 +100,7 @@ def count_steps(data: Path, overrides: list[str], preset: str = "demo") -> int:
 def check_args(args: argparse.Namespace, overrides: list[str]) -> str | None:
     """The one-line reason the options cannot make a study, or None (checked before anything is written)."""
     from mast.config import ConfigError, load_config
-    from transfer.suite import SuiteError, load_suite
+    from transfer.orchestrate.suite import SuiteError, load_suite
 
     bad = [s for s in args.seeds if not 0 <= s < 2**32]
     if bad:
@@ -128,7 +126,7 @@ def check_args(args: argparse.Namespace, overrides: list[str]) -> str | None:
 
 def probes_done(out: Path, name: str, suite: Path, backbone: Path) -> bool:
     """Every suite task has an ok record for ``name``, written after ``backbone`` (so not of an older run)."""
-    from transfer.suite import load_suite
+    from transfer.orchestrate.suite import load_suite
 
     if not backbone.is_file():
         return False
@@ -165,7 +163,7 @@ def stale_runs(args: argparse.Namespace) -> list[Path]:
             if is_finished(d := args.runs / f"study_{run_name(a, seed)}") and stale_match(d, a)]
 
 
-def plan_jobs(args: argparse.Namespace, overrides: list[str]) -> list[Job]:
+def plan_jobs(args: argparse.Namespace, overrides: list[str]) -> list[JobSpec]:
     """Pretraining jobs (a matched run waits for its own arm's same-seed run) and one probe job per checkpoint.
 
     List order is priority: the headline comparison (MAST, VICReg, matched VICReg; per seed, MAST first
@@ -188,7 +186,7 @@ def plan_jobs(args: argparse.Namespace, overrides: list[str]) -> list[Job]:
         cmd = pretrain_command(f"study_{name}", args.runs, args.data, args.preset,
                                [*arm_overrides, f"seed={seed}", *overrides])
         deps = [f"pretrain:{run_name(source, seed)}"] if source else []
-        job = Job(f"pretrain:{name}", cmd, logs / f"pretrain_{name}.log", deps,
+        job = study_job(f"pretrain:{name}", cmd, logs / f"pretrain_{name}.log", deps,
                   RUN_OVERHEAD_S + steps * STEP_S["vicreg" if arm.startswith("vicreg") else "mast"])
         if is_finished(run_dir):
             job.state = "stale" if run_dir in stale else "ok"
@@ -197,7 +195,7 @@ def plan_jobs(args: argparse.Namespace, overrides: list[str]) -> list[Job]:
                      "--ckpt", str(run_dir / rundir.BACKBONE), "--name", name, "--suite", str(args.suite), "--var", f"data={args.data}",
                      "--out", str(args.out / name), "--no-report", "--jobs", "1"]  # one run_all per folder
         probe_cmd += ["--tasks", *args.tasks] if args.tasks else []
-        probe = Job(f"probes:{name}", probe_cmd, logs / f"probes_{name}.log", [job.name], PROBES_S)
+        probe = study_job(f"probes:{name}", probe_cmd, logs / f"probes_{name}.log", [job.key], PROBES_S)
         if job.state == "ok" and probes_done(args.out / name, name, args.suite, run_dir / rundir.BACKBONE):
             probe.state, probe.estimate_s = "ok", 0.0  # kept; run_all would skip every task anyway
         probes.append(probe)
@@ -209,32 +207,24 @@ def _fmt(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
-def execute(jobs: list[Job], runner: Runner) -> None:
+def execute(jobs: list[JobSpec], runner: Runner) -> None:
     """Run the pending jobs through the job runner, each after its dependencies succeeded (SLURM: afterok).
 
     Jobs run in their own sessions (like separately typed commands: with the kernel's autogroup
     scheduling every session gets an equal CPU share). run_all's exit 1 (a task failed) is a record
     in the results, not a study failure.
     """
-    pending = {j.name for j in jobs if j.state == "pending"}
-    by_name = {j.name: j for j in jobs}
-    specs = [JobSpec(j.name, j.name, j.cmd, j.log, {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                                                     "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(PROJECT)},
-                     runner.slurm.resources(1, None), [d for d in j.deps if d in pending], new_session=True)
-             for j in jobs if j.state == "pending"]
+    for job in jobs:
+        job.resources = runner.slurm.resources(1, None)
 
-    def on_done(spec: JobSpec, outcome: Outcome) -> str:
-        job = by_name[spec.key]
-        ok = outcome.ok or (job.name.startswith("probes:") and outcome.exit_code == 1 and not outcome.cluster_state)
-        job.state = "ok" if ok else "failed"
+    def on_done(job: JobSpec, outcome: Outcome) -> str:
+        if job.key.startswith("probes:") and outcome.exit_code == 1 and not outcome.cluster_state:
+            job.state = "ok"
         left = sum(j.estimate_s for j in jobs if j.state == "pending") / runner.parallel
-        why = "" if ok else f" ({outcome.describe(None)}; see {job.log})"
+        why = "" if job.state == "ok" else f" ({outcome.describe(None)}; see {job.log})"
         return f"{job.state} in {_fmt(outcome.wall_s or 0)}{why}; queued work ~{_fmt(left)}"
 
-    runner.run(specs, on_done)
-    for key, state in runner.state.items():
-        if state == "skipped":
-            by_name[key].state = "skipped"
+    runner.run(jobs, on_done)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,20 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _interrupt(signum: int, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     """``make study``. Jobs run in their own sessions: on `kill` or Ctrl-C the runner stops them itself;
     the signal handlers are this command's while it runs and restored on return."""
-    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt),
-                signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
-    try:
+    with stop_signals():
         return _main(argv)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -303,15 +284,15 @@ def _main(argv: list[str] | None) -> int:
     serial = sum(j.estimate_s for j in todo)
     print(f"{len(args.arms)} arms x {len(args.seeds)} seeds, {args.epochs} epochs "
           f"({count_steps(args.data, overrides, args.preset)} "
-          f"steps) each; {sum(j.name.startswith('pretrain:') for j in todo)} pretraining runs and "
-          f"{sum(j.name.startswith('probes:') for j in todo)} probe suites to run.\n"
+          f"steps) each; {sum(j.key.startswith('pretrain:') for j in todo)} pretraining runs and "
+          f"{sum(j.key.startswith('probes:') for j in todo)} probe suites to run.\n"
           f"Expected duration: ~{serial / args.jobs / 60:.0f} min with --jobs {args.jobs} "
           f"({serial / 60:.0f} min of one-thread work, measured rates of a 2-core CPU: "
           f"{STEP_S['vicreg']} / {STEP_S['mast']} s per VICReg / MAST step, {PROBES_S:.0f} s of probes per "
           f"checkpoint; slower when other jobs share the cores).", flush=True)
     if args.plan:
         for job in jobs:
-            print(f"  {job.state:8s} {job.name:28s} ~{_fmt(job.estimate_s)}  after {job.deps or '-'}")
+            print(f"  {job.state:8s} {job.key:28s} ~{_fmt(job.estimate_s)}  after {job.deps or '-'}")
         return 0
     where = f"{args.jobs} at a time" if args.launcher == "local" else "SLURM jobs"
     _step(f"2/3 pretraining and probes ({len(todo)} jobs, {where})")
@@ -320,12 +301,12 @@ def _main(argv: list[str] | None) -> int:
         execute(jobs, runner)
     except LaunchError as e:
         raise SystemExit(f"study: {e}") from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("study: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+        return exit_code(e)
     if runner.running:  # --no-wait: the same command later collects the jobs, then writes the report
         return 0
-    failed = [j.name for j in jobs if j.state in ("failed", "skipped")]
+    failed = [j.key for j in jobs if j.state in ("failed", "skipped")]
     _step(f"3/3 report -> {args.report}")
     code = subprocess.call([sys.executable, "-m", "reports.study_report", "--results", str(args.out),
                             "--runs", str(args.runs), "--out", str(args.report)])

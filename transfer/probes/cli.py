@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mast.atomic import write_bytes_atomic
+from plumbing.atomic import write_bytes_atomic
 from transfer.checkpoints import CheckpointError, add_backbone_arg
 from transfer.probes.features import FeatureError, FeatureExtractor, default_cache_dir
 from transfer.records import EXIT_USAGE, TaskRun, TaskSkipped

@@ -38,7 +38,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from mast import rundir
-from mast.atomic import torch_save_atomic
+from plumbing.atomic import torch_save_atomic
 from mast.data.folder import DatasetError, center_square, open_rgb
 
 from transfer.checkpoints import (CheckpointInfo, HoldsViT, build_resnet, load_backbone, require_stem_padding,

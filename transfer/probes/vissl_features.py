@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mast.atomic import torch_save_atomic
+from plumbing.atomic import torch_save_atomic
 from mast.data.folder import DatasetError, open_rgb
 
 __all__ = ["FEATURE", "vissl_res5_features", "supports"]

@@ -99,7 +99,7 @@ def check_backbone_cfg(backbone: dict, info: CheckpointInfo, config_name: str, h
 
 def to_mmseg_file(state: Mapping[str, Tensor], info: CheckpointInfo, out_dir: Path) -> Path:
     """Convert a canonical state_dict (``transfer.convert.to_mmseg``) into ``out_dir``, atomically."""
-    from mast.atomic import torch_save_atomic
+    from plumbing.atomic import torch_save_atomic
     from transfer.convert import to_mmseg
 
     path = Path(out_dir) / "backbone_mmseg.pth"

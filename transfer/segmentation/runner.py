@@ -26,12 +26,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mast.atomic import write_text_atomic
+from plumbing.atomic import write_text_atomic
 from transfer.checkpoints import CheckpointInfo, add_backbone_arg
 from transfer.engines import sync_norms_to_bn
 from transfer.segmentation.batch import apply_batch, shrink_for_smoke
 from transfer.records import EXIT_USAGE, TaskFailed, TaskRun
-from transfer.suite import project_path
+from plumbing import project_path
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "mmseg_configs"
 DEFAULT_CONFIGS = {

@@ -133,7 +133,7 @@ def build_backbone(backbone_cfg: Mapping[str, Any]) -> torch.nn.Module:
 def to_mmseg_vit_file(state: Mapping[str, Tensor], info: VitInfo, backbone_cfg: Mapping[str, Any],
                       out_dir: Path) -> tuple[Path, list[str], list[str]]:
     """Write the converted backbone to ``out_dir/backbone_mmseg.pth``: ``(path, new tensors, unused)``."""
-    from mast.atomic import torch_save_atomic
+    from plumbing.atomic import torch_save_atomic
 
     img = backbone_cfg.get("img_size", 224)
     img_size = int(img[0] if isinstance(img, (tuple, list)) else img)

@@ -1,7 +1,10 @@
-"""One job runner for run_all, study and demo, on submitit: local processes or SLURM jobs.
+"""The one job runner, on submitit: local processes or SLURM jobs, for run_all, the study, the demo and
+pretraining (``python -m mast.pretrain --launcher slurm``).
 
 A job (:class:`JobSpec`) is a command line with environment defaults, resources, a log file and
-dependencies. :class:`Runner` runs a list of them through submitit's ``LocalExecutor`` (``--jobs N``
+dependencies; a distributed one (pretraining) runs in every SLURM task with ``torch.distributed``
+set up from the SLURM environment, and is requeued with ``--resume auto`` on preemption or near its
+time limit (SIGUSR2), at most ``requeues`` times, continuing from the run's own checkpoint. :class:`Runner` runs a list of them through submitit's ``LocalExecutor`` (``--jobs N``
 at a time, per-job time limit, heartbeat lines) or ``SlurmExecutor`` (everything submitted at once,
 dependencies as ``afterok``, the time limit is the job's ``--time``), and hands each finished job's
 :class:`Outcome` to the caller, who turns it into a record.
@@ -31,14 +34,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from mast.safe_read import short
-from mast.slurm import SETUP as SLURM_SETUP
-from transfer.orchestrate.job_command import Command
-from transfer.orchestrate.job_store import JobStore, LaunchError, controller_output
-from mast.slurm import ACTIVE, CLUSTER_ENDED, FolderError, cluster_jobs, cluster_states, private_folder, sbatch_message
+from plumbing import PROJECT
+from plumbing.job_command import Command
+from plumbing.job_store import JobStore, LaunchError, controller_output
+from plumbing.safe_read import short
+from plumbing.slurm import (ACTIVE, CLUSTER_ENDED, CPU_ONLY_HINT, SETUP as SLURM_SETUP, FolderError, cluster_jobs,
+                            cluster_states, private_folder, sbatch_message)
 
+__all__ = ["JobSpec", "LaunchError", "Outcome", "Resources", "Runner", "SlurmOptions"]
 HEARTBEAT_S = 60.0
-PROJECT = Path(__file__).resolve().parents[2]
 SACCT_POLL_S = 3.0  # one sacct call per poll for all running jobs
 UNKNOWN_GRACE_S = 60.0  # a just-submitted job may not be in sacct yet
 
@@ -76,6 +80,9 @@ class SlurmOptions:
 
 @dataclass
 class JobSpec:
+    """One job: a command line, its log, what it needs and what it waits for. ``state`` is ``pending`` for a
+    job to run; the caller may plan one as ``ok`` (kept from an earlier run: not run, done for its
+    dependents); the runner sets ``running``, then ``ok``, ``failed`` or ``skipped`` (a dependency failed)."""
     key: str                       # stable identity across runs (jobs.json)
     label: str                     # what the terminal shows
     cmd: list[str]
@@ -83,8 +90,13 @@ class JobSpec:
     env: dict[str, str] = field(default_factory=dict)  # defaults: a variable the user set wins
     resources: Resources = field(default_factory=Resources)
     deps: list[str] = field(default_factory=list)      # keys that must finish ok first (SLURM: afterok)
+    state: str = "pending"
+    estimate_s: float = 0.0                            # expected seconds (the caller's progress lines)
     prepare: Callable[[], None] | None = None          # called just before each (re-)submission
     new_session: bool = False                          # the command in its own session (fair CPU share)
+    distributed: bool = False                          # SLURM: one process per task, torch.distributed set up
+    requeues: int = 0                                  # SLURM: requeued with --resume auto on SIGUSR2, this often
+    signal_delay_s: int = 120                          # SLURM: SIGUSR2 this long before the time limit
 
     @property
     def exit_file(self) -> Path:
@@ -134,7 +146,10 @@ class Runner:
     """Runs :class:`JobSpec` s through submitit; ``on_done(spec, outcome) -> str`` turns each into a record."""
 
     def __init__(self, out: Path, launcher: str = "local", jobs: int = 1, slurm: SlurmOptions | None = None,
-                 wait: bool = True, poll_s: float = 1.0, force: bool = False):
+                 wait: bool = True, poll_s: float = 1.0, force: bool = False, folder: Path | None = None,
+                 cpu_hint: str = CPU_ONLY_HINT):
+        """``out`` holds ``jobs.json``; ``folder`` submitit's files (default ``out/.submitit``); ``cpu_hint``
+        the option that asks for no GPUs, named when sbatch refuses a GPU request."""
         if launcher not in ("local", "slurm"):
             raise LaunchError(f"--launcher {launcher}: expected local or slurm")
         if launcher == "slurm" and shutil.which("sbatch") is None:
@@ -144,8 +159,9 @@ class Runner:
             raise LaunchError("--no-wait needs --launcher slurm (local jobs are this process's children)")
         self.out, self.launcher, self.parallel = out, launcher, max(1, jobs)
         self.slurm, self.wait, self.poll_s, self.force = slurm or SlurmOptions(), wait, poll_s, force
+        self.cpu_hint = cpu_hint
         try:
-            self.folder = private_folder(out / ".submitit")
+            self.folder = private_folder(folder or out / ".submitit")
         except FolderError as e:
             raise LaunchError(str(e)) from None
         self.store = JobStore(out) if launcher == "slurm" else None
@@ -155,9 +171,9 @@ class Runner:
     # ---- the loop -------------------------------------------------------------------------------
     def run(self, specs: list[JobSpec], on_done: Callable[[JobSpec, Outcome], str]) -> list[str]:
         """Run (or submit) every spec; returns the keys still on the cluster (``--no-wait``, Ctrl-C)."""
-        self.specs, self.on_done = specs, on_done
-        self.number = {s.key: i for i, s in enumerate(specs, 1)}
-        self.state = {s.key: "pending" for s in specs}
+        self.state = {s.key: s.state for s in specs}  # a key no spec has counts as done (ok)
+        self.specs, self.on_done = [s for s in specs if s.state == "pending"], on_done
+        self.number = {s.key: i for i, s in enumerate(self.specs, 1)}
         if self.launcher == "slurm":
             self._adopt()
         try:
@@ -182,15 +198,16 @@ class Runner:
 
     def _skip_orphans(self) -> None:
         for spec in self.specs:
-            if self.state[spec.key] == "pending" and any(self.state.get(d) in ("failed", "skipped") for d in spec.deps):
-                self.state[spec.key] = "skipped"
+            if self.state[spec.key] == "pending" and any(self.state.get(d, "ok") not in ("ok", "running", "pending")
+                                                         for d in spec.deps):
+                self.state[spec.key] = spec.state = "skipped"
                 self._say(spec, f"skipped: {', '.join(spec.deps)} did not succeed")
 
     def _start_ready(self) -> None:
         for spec in self.specs:
             if self.state[spec.key] != "pending":
                 continue
-            deps = [self.state.get(d) for d in spec.deps]
+            deps = [self.state.get(d, "ok") for d in spec.deps]
             if self.launcher == "local":
                 if len(self.running) >= self.parallel or any(s != "ok" for s in deps):
                     continue
@@ -243,7 +260,7 @@ class Runner:
                                   f"run a second copy into the same folder: scancel {job_id} or wait for it")
             elif state in ACTIVE:
                 self.running[spec.key] = _Running(spec, None, job_id)
-                self.state[spec.key] = "running"
+                self.state[spec.key] = spec.state = "running"
                 self._say(spec, f"already on the cluster: SLURM job {job_id} ({state})")
             elif self.force:
                 self.store.drop(spec.key)
@@ -251,7 +268,7 @@ class Runner:
             else:
                 self._collect(spec, job_id, state, None)
                 if self.state[spec.key] != "ok":
-                    self.state[spec.key] = "pending"  # recorded with its cause; submitted again
+                    self.state[spec.key] = spec.state = "pending"  # recorded with its cause; submitted again
 
     def _submit(self, spec: JobSpec) -> None:
         if spec.prepare is not None:
@@ -263,16 +280,18 @@ class Runner:
         command = Command(spec.cmd, spec.env, str(spec.log), str(spec.exit_file),
                           timeout_s=60 * limit if local and limit else None,
                           cuda_visible=os.environ.get("CUDA_VISIBLE_DEVICES") if local else "keep",
-                          runner_pid=os.getpid() if local else None, new_session=spec.new_session)
+                          runner_pid=os.getpid() if local else None, new_session=spec.new_session,
+                          distributed=spec.distributed and not local, requeue=bool(spec.requeues) and not local)
         executor = self._local_executor(spec) if local else self._slurm_executor(spec)
         try:
             # LocalExecutor's controller inherits this environment; submitit echoes sbatch's stderr: one line here
             with _project_importable(), redirect_stderr(io.StringIO()), controller_output(self.folder, local):
                 job = executor.submit(command)
         except Exception as e:  # sbatch refused: its own message, one line; nothing recorded as failed
-            raise LaunchError(f"{spec.label}: sbatch refused the job: {sbatch_message(e)}") from None
+            raise LaunchError(f"{spec.label}: sbatch refused the job: {sbatch_message(e, self.cpu_hint)}") from None
         run = _Running(spec, job, str(job.job_id))
         self.running[spec.key], self.state[spec.key] = run, "running"
+        spec.state = "running"
         if local:
             self._say(spec, "started")
             return
@@ -305,6 +324,8 @@ class Runner:
                             ntasks_per_node=r.tasks_per_node, cpus_per_task=r.cpus, stderr_to_stdout=True, setup=SLURM_SETUP)
         if r.gpus:
             params["gpus_per_node"] = r.gpus
+        if spec.requeues:  # submitit's SIGUSR2 handler requeues; the job's Command.checkpoint says how
+            params["signal_delay_s"] = spec.signal_delay_s
         if r.mem_gb:
             params["mem"] = f"{int(-(-r.mem_gb // 1))}G"
         params.update({k: v for k, v in (("partition", o.partition), ("account", o.account), ("qos", o.qos),
@@ -313,7 +334,7 @@ class Runner:
         if after:
             params["dependency"] = "afterok:" + ":".join(after)
             params["additional_parameters"] = {"kill-on-invalid-dep": "yes"}
-        executor = submitit.SlurmExecutor(folder=self.folder / "%j", max_num_timeout=0)
+        executor = submitit.SlurmExecutor(folder=self.folder / "%j", max_num_timeout=spec.requeues)
         executor.update_parameters(**params)
         return executor
 
@@ -326,7 +347,7 @@ class Runner:
                           done.get("wall_s", round(elapsed, 1) if elapsed else None))
         if cluster_state and not ended and cluster_state not in ("COMPLETED", "FAILED"):
             outcome.cluster_state = cluster_state  # any other end state: never counted as done
-        self.state[spec.key] = "ok" if outcome.ok else "failed"
+        self.state[spec.key] = spec.state = "ok" if outcome.ok else "failed"
         self._say(spec, self.on_done(spec, outcome))
         if self.launcher == "slurm":
             self.store.drop(spec.key)

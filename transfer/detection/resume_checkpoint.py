@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mast.safe_read import UnreadableFile, read_regular_text
+from plumbing.safe_read import UnreadableFile, read_regular_text
 from transfer.records import TaskFailed
 
 __all__ = ["LAST_CHECKPOINT", "checkpoint_to_resume", "clear_resume_point", "install_safe_checkpointer", "resume"]

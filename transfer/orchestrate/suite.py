@@ -34,6 +34,8 @@ from typing import Any
 
 import yaml
 
+from plumbing import project_path
+
 
 class SuiteError(ValueError):
     """A suite file or a --var override that cannot be used (one-line message)."""
@@ -52,8 +54,7 @@ SUITE_KEYS = ("scale", "vars", "tasks", "slurm")
 #: A suite's ``slurm:`` section: defaults for ``--launcher slurm`` (the --slurm-* options win).
 SLURM_KEYS = ("partition", "account", "qos", "constraint", "time", "cpu_only", "cpus_per_gpu", "mem_per_gpu_gb")
 CHECKPOINT_SETS = ("all", "trained")
-SUITES_DIR = Path(__file__).resolve().parent / "suites"
-PROJECT = Path(__file__).resolve().parents[1]
+SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 PATH_ARGS = ("config",)  # args naming a project file: resolved against PROJECT when found there
 # --smoke: every task becomes a pipeline check (few iterations, small images, few episodes, no
 # data-loader workers). Detection's and segmentation's own --smoke say how (transfer.detection.runner.SMOKE_OPTS).
@@ -127,13 +128,6 @@ class TaskSpec:
         smoke = SMOKE_ARGS.get(self.task, []) if self.smoke else []
         return cmd + list(self.extra_args) + smoke + list(self.overrides)
 
-
-def project_path(value: str | Path) -> Path:
-    """A relative path that names a project file (``detectron_configs/...``) resolves there, else stays."""
-    path = Path(value)
-    if not path.is_absolute() and (PROJECT / path).exists():
-        return PROJECT / path
-    return path
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mast.atomic import torch_save_atomic
+from plumbing.atomic import torch_save_atomic
 
 from mast.config import ConfigError, config_diff
 

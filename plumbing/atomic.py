@@ -175,7 +175,7 @@ def append_line_atomic(path: str | Path, line: str) -> None:
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:
     """Remove the temp files a killed :func:`atomic_write` left in ``folder`` (``.NAME.XXXX.tmp``).
-    Call it only while holding the folder (see :mod:`mast.lock`): a live writer's temp looks the same."""
+    Call it only while holding the folder (see :mod:`plumbing.lock`): a live writer's temp looks the same."""
     folder = Path(folder)
     removed = []
     if folder.is_dir():

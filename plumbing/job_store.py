@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from mast.atomic import write_text_atomic
-from mast.safe_read import UnreadableFile, read_regular_text, short
+from plumbing.atomic import write_text_atomic
+from plumbing.safe_read import UnreadableFile, read_regular_text, short
 
 _TOKEN = re.compile(r"[0-9a-f]{12}")
 _JOB_ID = re.compile(r"[0-9]{1,12}(_[0-9]{1,9})?")

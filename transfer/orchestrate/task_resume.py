@@ -23,8 +23,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mast.atomic import write_text_atomic
-from mast.safe_read import UnreadableFile, read_regular_text
+from plumbing.atomic import write_text_atomic
+from plumbing.safe_read import UnreadableFile, read_regular_text
 
 __all__ = ["RESUMABLE", "RESUME_FILE", "resume_point", "mark", "read_mark"]
 
