@@ -48,3 +48,18 @@ def test_probe_features_benchmark_counts_one_pass_when_the_cache_is_shared():
     assert not any(t["cache_hits"][0] for t in arms["separate"]["tasks"])
     ratio = result["ratio_shared_over_separate"]["features_cpu_s"]
     assert ratio["mean"] == round(arms["shared"]["features_cpu_s"] / arms["separate"]["features_cpu_s"], 3)
+
+
+def test_newcomer_paths_counts_the_files_each_path_really_imports():
+    result = run_script("benchmarks/newcomer_paths.py")
+    paths = result["paths"]
+    for path in paths.values():
+        assert path["files"] == len(path["list"]) and path["lines"] == sum(path["list"].values())
+        assert path["mast_file"] == str(ROOT / "mast" / "__init__.py")  # this checkout, not the editable install's
+        assert not any(f.startswith(("benchmarks/", "tests/")) for f in path["list"])
+    assert {"transfer/probes/knn.py", "transfer/probes/features.py"} <= set(paths["knn_vit"]["list"])
+    assert {"mast/pretrain.py", "mast/loss.py", "mast/optim.py"} <= set(paths["pretrain_step"]["list"])
+    run_all = paths["run_all_slurm"]
+    assert {"transfer/run_all.py", "transfer/orchestrate/run_all.py", *run_all["job_files"]} <= set(run_all["list"])
+    assert any(f.endswith("job_command.py") for f in run_all["job_files"])  # what the SLURM job unpickles
+    assert result["packages"]["all"]["lines"] == sum(c["lines"] for k, c in result["packages"].items() if k != "all")
