@@ -174,12 +174,12 @@ def test_run_all_names_the_reference_and_gives_tasks_the_pinned_one(r18, hf_cach
     (ck,) = resolve_checkpoints(["hf://org/r18"], [])
     assert ck.name == "r18" and ck.reference == f"hf://org/r18@{COMMIT}/model.safetensors"
     assert ck.ckpt_arg == ck.reference and ck.sha256 == sha256_file(r18[0])
-    from transfer.orchestrate import run_all
+    from transfer.orchestrate import run_all, suite_jobs
     from transfer.orchestrate.suite import load_suite
 
     spec = load_suite("demo", tasks=["knn"]).tasks[0]
-    job = run_all.Job(ck, spec, ck.task_dir(hf_cache, spec.name))
-    cmd = run_all.job_command(job)
+    job = suite_jobs.Job(ck, spec, ck.task_dir(hf_cache, spec.name))
+    cmd = suite_jobs.job_command(job)
     assert cmd[cmd.index("--ckpt") + 1] == ck.reference
 
 

@@ -290,7 +290,7 @@ def test_every_task_takes_the_backbone_option(task):
 
 
 def test_run_all_passes_the_backbone_per_checkpoint(tmp_path):
-    from transfer.orchestrate import run_all
+    from transfer.orchestrate import run_all, suite_jobs
     from transfer.orchestrate.suite import TaskSpec
 
     tv = random_resnet("resnet18", seed=4)
@@ -305,18 +305,18 @@ def test_run_all_passes_the_backbone_per_checkpoint(tmp_path):
     with pytest.raises(run_all.UsageError, match="--backbone"):  # 'nothing' names no candidate of solo.pth
         run_all.resolve_checkpoints([str(solo)], [], ["nothing"])
     spec = TaskSpec(name="k", task="knn", args={"data": "d"}, scale="demo")
-    command = run_all.job_command(run_all.Job(ckpts[0], spec, tmp_path / "out" / "k"))
+    command = suite_jobs.job_command(suite_jobs.Job(ckpts[0], spec, tmp_path / "out" / "k"))
     assert command[-2:] == ["--backbone", "momentum_backbone"]
-    assert "--backbone" not in run_all.job_command(run_all.Job(ckpts[1], spec, tmp_path / "out" / "k"))
+    assert "--backbone" not in suite_jobs.job_command(suite_jobs.Job(ckpts[1], spec, tmp_path / "out" / "k"))
     record = {"status": "ok", "name": "solo", "ckpt_sha256": ckpts[0].sha256,
               "task_config_hash": spec.config_hash, "backbone_option": None}
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "results.jsonl").write_text(json.dumps(record) + "\n")
     suite = run_all.Suite("s", tmp_path / "s.yaml", [spec])
-    todo, done = run_all.plan([run_all.Checkpoint("solo", solo, ckpts[0].sha256, "resnet18", None, False)],
+    todo, done = suite_jobs.plan([suite_jobs.Checkpoint("solo", solo, ckpts[0].sha256, "resnet18", None, False)],
                               suite, tmp_path / "out", force=False)
     assert (len(todo), len(done)) == (0, 1)  # same file, same (default) choice: done
-    todo, done = run_all.plan([ckpts[0]], suite, tmp_path / "out", force=False)
+    todo, done = suite_jobs.plan([ckpts[0]], suite, tmp_path / "out", force=False)
     assert (len(todo), len(done)) == (1, 0)  # another backbone of the same file is another result
 
 
