@@ -317,3 +317,17 @@ def test_no_tensorboard_reaches_the_tasks_that_write_events(ckpt, tmp_path):
         if spec.task in parse:
             assert parse[spec.task](suite_jobs.job_command(on)[3:]).tensorboard
             assert not parse[spec.task](suite_jobs.job_command(off)[3:]).tensorboard
+
+
+def test_a_report_that_cannot_be_built_exits_1_and_keeps_the_results(ckpt, tmp_path, capsys):
+    """Every task skipped (no dataset) and --report at a file: the record is kept, the report line says how to
+    rebuild it, and the exit status says something went wrong (it used to be 0)."""
+    suite = _suite(tmp_path / "s.yaml", [{"task": "knn", "args": {"data": str(tmp_path / "absent")}}])
+    blocker = tmp_path / "report"
+    blocker.write_text("a file the report folder would need to be")
+    out = tmp_path / "out"
+    code = run_all.main(["--ckpt", str(ckpt), "--suite", str(suite), "--out", str(out), "--report", str(blocker)])
+    err = capsys.readouterr().err
+    assert code == 1 and "report not built" in err and "reports.build" in err, err
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1
+    assert blocker.read_text() == "a file the report folder would need to be"  # never overwritten
