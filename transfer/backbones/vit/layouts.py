@@ -1,6 +1,6 @@
 """Where the Vision Transformer sits in a checkpoint, and its tensors under timm's names.
 
-The ResNet path (:mod:`transfer.layouts`) finds a backbone by its stem; a ViT is found by its patch
+The ResNet path (:mod:`transfer.backbones.resnet.layouts`) finds a backbone by its stem; a ViT is found by its patch
 embedding, a 4-D conv weight with 3 input channels:
 
 - ``P + patch_embed.proj.weight``: timm's names, which timm, DINO, iBOT, MAE, DINOv2 and MoCo v3
@@ -10,13 +10,14 @@ embedding, a 4-D conv weight with 3 input channels:
   final norm ``ln1``; layout ``"mmpretrain"``).
 
 Which candidate is taken (``--backbone``, the only one, DINO's teacher, MoCo v3's ``base_encoder``
-over its ``momentum_encoder``) is decided exactly as for ResNets (:func:`transfer.layouts.choose`).
+over its ``momentum_encoder``) is decided exactly as for ResNets (:func:`transfer.backbones.candidates.choose`).
 :func:`to_timm` then renames the chosen tensors onto timm's ``VisionTransformer`` (each tensor
 once) and names every tensor it does not use, with the reason: a pretraining-only mask token (MAE,
 DINOv2 ``mask_token``, iBOT ``masked_embed``), MAE's decoder, a classifier/projection ``head``.
 DINOv2's training checkpoints chunk the blocks (``blocks.C.N.``, N the global index) and keep
-``register_tokens`` outside the position embedding: both are rewritten as timm's own DINOv2
-conversion does (``reg_token``; the class token's position added to it, ``no_embed_class``).
+``register_tokens`` outside the position embedding: the chunks are renumbered, and the registers go
+through timm's own DINOv2 conversion (``_convert_dinov2``, what ``checkpoint_filter_fn`` runs for a
+DINOv2 file: ``reg_token``, the class token's position folded into ``cls_token``, ``no_embed_class``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Mapping
 
 from torch import Tensor
 
-from transfer.layouts import Candidate, _merge_identical
+from transfer.backbones.candidates import Candidate, candidates_at
 
 ANCHORS = {"patch_embed.proj.weight": "timm", "patch_embed.projection.weight": "mmpretrain"}
 # Per layout: (regex on the name inside the backbone, timm name), applied first match wins.
@@ -63,13 +64,7 @@ def find_vit_candidates(flat: Mapping[str, Tensor]) -> list[Candidate]:
             prefix = key[: -len(anchor)]
             if key.endswith(anchor) and (prefix == "" or prefix.endswith(".")) and _is_patch_embed(t):
                 found.append((prefix, layout))
-    prefixes = [p for p, _ in found]
-    cands = []
-    for prefix, layout in found:
-        inner = [q for q in prefixes if q != prefix and q.startswith(prefix)]
-        keys = tuple(k for k in flat if k.startswith(prefix) and not any(k.startswith(q) for q in inner))
-        cands.append(Candidate(prefix, layout, keys))
-    return _merge_identical(cands, flat)
+    return candidates_at(found, flat)
 
 
 def to_timm(tensors: Mapping[str, Tensor], layout: str) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -89,7 +84,13 @@ def to_timm(tensors: Mapping[str, Tensor], layout: str) -> tuple[dict[str, Tenso
         if new in out:
             raise ValueError(f"tensors {name!r} and another both map to {new!r}")
         out[new] = value
-    return _dinov2_registers(out), unused
+    if any(".mlp.w12." in k for k in out):  # timm's DINOv2 conversion would rename it into a mis-shaped fc1
+        raise ValueError("SwiGLU MLP (DINOv2 ViT-g) is not supported")
+    if {"register_tokens", "cls_token", "pos_embed"} <= set(out):  # DINOv2's names: timm's conversion (no model used)
+        from timm.models.vision_transformer import _convert_dinov2
+
+        out = _convert_dinov2(dict(out), None)
+    return out, unused
 
 
 def _rename(name: str, layout: str) -> str:
@@ -100,22 +101,7 @@ def _rename(name: str, layout: str) -> str:
         return name
     if m := _CHUNKED.match(name):  # DINOv2 BlockChunk: blocks.<chunk>.<global index>.
         return f"blocks.{m.group(1)}." + name[m.end():]
-    return "reg_token" if name == "register_tokens" else name
-
-
-def _dinov2_registers(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """DINOv2 adds the position embedding to the class token only (registers have none): timm's
-    form of that is ``no_embed_class`` with the class position folded into ``cls_token``."""
-    pos, reg = state.get("pos_embed"), state.get("reg_token")
-    if pos is None or reg is None or "cls_token" not in state or pos.ndim != 3:
-        return state
-    prefix = pos.shape[1] - square_part(pos.shape[1])
-    if prefix != 1:  # timm-layout files already without (0) or with every prefix token (1 + R)
-        return state
-    state = dict(state)
-    state["cls_token"] = state["cls_token"] + pos[:, :1]
-    state["pos_embed"] = pos[:, 1:]
-    return state
+    return name
 
 
 def square_part(n: int) -> int:
