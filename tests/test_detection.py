@@ -136,15 +136,15 @@ def _build_demo_model():
 
 
 def _converted(r18_ckpt: Path) -> dict:
-    from transfer.checkpoints import load_backbone
-    from transfer.convert import to_detectron2
+    from transfer.backbones import load
+    from transfer.backbones.resnet.detectron2 import to_detectron2
 
-    return to_detectron2(*load_backbone(r18_ckpt))
+    return to_detectron2(*load(r18_ckpt))
 
 
 def test_weights_that_do_not_load_are_refused(r18_ckpt, tmp_path):
     """detectron2 only warns about unmatched names; load_verified refuses."""
-    from transfer.detection.weights import WeightsNotLoaded, load_verified
+    from transfer.backbones.resnet.detectron2 import WeightsNotLoaded, load_verified
 
     good = _converted(r18_ckpt)
     wrong_prefix = {**good, "model": {f"encoder.{k}": v for k, v in good["model"].items()}}

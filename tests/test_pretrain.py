@@ -93,7 +93,7 @@ def test_checkpoint_reader_sees_method(full_run):
     checkpoints = pytest.importorskip("transfer.checkpoints")
     if not hasattr(checkpoints, "load_backbone"):
         pytest.skip("transfer.checkpoints.load_backbone not written yet")
-    _, info = checkpoints.load_backbone(str(full_run / "backbone.pth"))
+    _, info = checkpoints.load(str(full_run / "backbone.pth"))
     assert info.arch == "resnet18" and info.method == "mast"
 
 

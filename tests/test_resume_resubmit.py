@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from transfer.checkpoints import build_resnet
+from transfer.backbones.resnet.load import build_resnet
 from transfer.orchestrate import run_all
 from transfer.orchestrate.jobs import JobSpec, Outcome
 from transfer.suite import load_suite

@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from transfer.orchestrate import run_all
-from transfer.checkpoints import build_resnet
+from transfer.backbones.resnet.load import build_resnet
 from transfer.suite import TASK_MODULES, SuiteError, load_suite
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ import yaml
 
 from conftest import tiny_args
 from transfer.orchestrate import run_all
-from transfer.checkpoints import build_resnet
+from transfer.backbones.resnet.load import build_resnet
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "slurm_local.sh"

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import vit_writers as W
-from transfer.segmentation.backbone import BackboneMismatch
-from transfer.segmentation.vit_backbone import build_backbone, check_vit_cfg, to_mae_state
-from transfer.vit import load_vit
+from transfer.backbones.info import BackboneMismatch
+from transfer.backbones.vit.mmseg import build_backbone, check_vit_cfg, to_mae_state
+from transfer.backbones import load
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 OUT = [1, 3]
@@ -23,7 +23,7 @@ def _mae_cfg(patch: int, img: int, **kw) -> dict:
 def test_mmseg_mae_outputs_equal_the_reference_vit(tmp_path, patch, ls, train_img, img):
     ref = W.timm_vit(patch, train_img, ls=ls, depth=4)
     torch.save(W.dino(ref.state_dict(), ref.state_dict()), tmp_path / "d.pth")
-    state, info = load_vit(tmp_path / "d.pth")
+    state, info = load(tmp_path / "d.pth")
     cfg = _mae_cfg(patch, img)
     assert check_vit_cfg({"backbone": cfg}, info, "test") == []
     backbone = build_backbone(cfg)
@@ -35,7 +35,7 @@ def test_mmseg_mae_outputs_equal_the_reference_vit(tmp_path, patch, ls, train_im
     assert any("gamma" in k for k in new) != ls  # a ViT with LayerScale keeps its own gammas
     if img != train_img:  # the reference at the new resolution: timm's own resampling (MAE's, no antialias)
         from timm.layers import resample_abs_pos_embed
-        from transfer.vit import VitSpec
+        from transfer.backbones.vit.load import VitSpec
 
         ref = W.timm_vit(patch, img, ls=ls, depth=4)
         sd = dict(state, pos_embed=resample_abs_pos_embed(state["pos_embed"], [img // patch] * 2, antialias=False))
@@ -52,7 +52,7 @@ def test_mmseg_mae_outputs_equal_the_reference_vit(tmp_path, patch, ls, train_im
 def test_swapped_blocks_are_caught_numerically(tmp_path):
     ref = W.timm_vit(16, 32, depth=4)
     torch.save(W.swap_blocks(ref.state_dict()), tmp_path / "bad.pth")
-    state, info = load_vit(tmp_path / "bad.pth")
+    state, info = load(tmp_path / "bad.pth")
     backbone = build_backbone(_mae_cfg(16, 32))
     backbone.eval()
     backbone.load_state_dict(to_mae_state(state, info, backbone.state_dict(), 32)[0])
@@ -64,7 +64,7 @@ def test_swapped_blocks_are_caught_numerically(tmp_path):
 
 def test_config_for_another_vit_is_refused(tmp_path):
     torch.save(W.timm_vit(16, 32, depth=4).state_dict(), tmp_path / "v.pth")
-    _, info = load_vit(tmp_path / "v.pth")
+    _, info = load(tmp_path / "v.pth")
     with pytest.raises(BackboneMismatch, match="does not match the checkpoint's vit_tiny_patch16"):
         check_vit_cfg({"backbone": dict(_mae_cfg(16, 32), patch_size=8)}, info, "x.py")
     with pytest.raises(BackboneMismatch, match="cannot hold a ViT checkpoint"):
@@ -78,7 +78,7 @@ def test_config_for_another_vit_is_refused(tmp_path):
     with pytest.raises(BackboneMismatch, match="neck/heads read"):
         check_vit_cfg(model, info, "x.py")
     torch.save(W.dinov2(W.timm_vit(16, 32, reg=4, depth=4).state_dict()), tmp_path / "r.pth")
-    _, info = load_vit(tmp_path / "r.pth")
+    _, info = load(tmp_path / "r.pth")
     with pytest.raises(BackboneMismatch, match="no register tokens"):
         check_vit_cfg({"backbone": _mae_cfg(16, 32)}, info, "x.py")
 

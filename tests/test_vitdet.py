@@ -15,7 +15,7 @@ import torchvision
 import vit_writers as W
 from tensorboard_reader import read_scalars
 from transfer.detection import main
-from transfer.detection.vit_weights import VITDET_PREFIX
+from transfer.backbones.vit.detectron2 import VITDET_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = str(REPO / "detectron_configs" / "vitdet" / "mask_rcnn_vitdet_b_100ep.py")
@@ -38,7 +38,7 @@ def test_paper_config_resolves_with_the_vitdet_schedule_and_loads_every_vit_tens
 
     from transfer.detection.vitdet import (convert_for, load_lazy_config, load_vitdet_verified, resolve_vitdet,
                                            vitdet_summary)
-    from transfer.vit import load_vit
+    from transfer.backbones import load
 
     cfg = load_lazy_config(PAPER, [])
     keys = vitdet_summary(cfg)
@@ -48,7 +48,7 @@ def test_paper_config_resolves_with_the_vitdet_schedule_and_loads_every_vit_tens
                     "rel_pos": True, "amp": True}
     assert cfg.optimizer.params.overrides == {"pos_embed": {"weight_decay": 0.0}}
     assert cfg.optimizer.params.weight_decay_norm == 0.0 and cfg.train.init_checkpoint == ""
-    state, info = load_vit(dino_vit)
+    state, info = load(dino_vit)
     resolved, notes = resolve_vitdet(cfg, info, "paper", [])
     cfg = load_lazy_config(PAPER, resolved)
     assert cfg.model.backbone.net.embed_dim == 192 and any("width 768 -> 192" in n for n in notes)

@@ -28,7 +28,7 @@ import yaml
 
 from mast.atomic import append_line_atomic, write_text_atomic
 from mast.provenance import code_version, library_versions
-from transfer.checkpoints import CheckpointInfo
+from transfer.backbones.info import CheckpointInfo
 
 __all__ = ["TaskRun", "TaskSkipped", "TaskFailed", "new_record", "write_json_atomic", "append_jsonl", "read_jsonl",
            "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_SKIPPED"]

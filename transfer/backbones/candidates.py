@@ -15,7 +15,6 @@ anything else is refused with the list of candidates.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping

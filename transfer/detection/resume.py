@@ -62,7 +62,7 @@ def install_safe_checkpointer(trainer: Any) -> None:
     model, folder and checkpointables; the ``PeriodicCheckpointer`` hook keeps saving as before."""
     from detectron2.checkpoint import DetectionCheckpointer
 
-    from transfer.safe_files import FileReadError, read_torch_file
+    from transfer.backbones.read import FileReadError, read_torch_file
 
     class SafeCheckpointer(DetectionCheckpointer):
         """Reads ``.pth`` files only, as data (module docstring)."""

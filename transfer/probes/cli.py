@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from mast.atomic import write_bytes_atomic
-from transfer.checkpoints import CheckpointError, add_backbone_arg
+from transfer.backbones.info import CheckpointError, add_backbone_arg
 from transfer.probes.features import FeatureError, FeatureExtractor, default_cache_dir
 from transfer.records import EXIT_USAGE, TaskRun, TaskSkipped
 from transfer.stats import LEVEL, N_BOOT, mean_interval

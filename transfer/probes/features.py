@@ -41,8 +41,9 @@ from mast import rundir
 from mast.atomic import torch_save_atomic
 from mast.data.folder import DatasetError, center_square, open_rgb
 
-from transfer.checkpoints import (CheckpointInfo, HoldsViT, build_resnet, load_backbone, require_stem_padding,
-                                  weights_id)
+from transfer.backbones import load
+from transfer.backbones.info import CheckpointInfo, weights_id
+from transfer.backbones.resnet.load import build_resnet, require_stem_padding
 
 __all__ = ["FeatureError", "SplitFeatures", "FeatureExtractor", "Preprocess", "pretrain_resolution",
            "parse_normalize"]
@@ -189,17 +190,12 @@ class FeatureExtractor:
                  dataset: str | None = None, split_file: str | None = None, fewshot: bool = False,
                  carve_val: bool = False, vit_pool: str | None = None, vit_last_blocks: int | None = None,
                  linear: bool = False, stem_padding: int | None = None) -> None:
-        try:
-            self.state, self.info = load_backbone(ckpt, backbone, stem_padding)
-            require_stem_padding(self.info)  # before any work: a CIFAR stem's padding is never guessed
-        except HoldsViT:
-            from transfer.vit import load_vit
-
-            self.state, self.info = load_vit(ckpt, backbone)
-        self.vit = getattr(self.info, "family", "resnet") == "vit"
+        self.state, self.info = load(ckpt, backbone, stem_padding)
+        require_stem_padding(self.info)  # before any work: a CIFAR stem's padding is never guessed
+        self.vit = self.info.family == "vit"
         self.vit_pool = self.vit_last_blocks = None
         if self.vit:
-            from transfer.vit import linear_default
+            from transfer.backbones.vit.features import linear_default
 
             pool, blocks = linear_default(self.info) if linear else (self.info.default_pool, 1)
             self.vit_pool, self.vit_last_blocks = vit_pool or pool, vit_last_blocks or blocks
@@ -305,7 +301,7 @@ class FeatureExtractor:
 
     def _network(self) -> nn.Module:
         if self.model is None and self.vit:
-            from transfer.vit import VitFeatures, probe_feature_sets
+            from transfer.backbones.vit.features import VitFeatures, probe_feature_sets
 
             sets = probe_feature_sets(self.info, self.vit_pool, self.vit_last_blocks)
             self.model = VitFeatures.from_state(self.state, self.info, self.image_size, sets).eval().to(self.device)

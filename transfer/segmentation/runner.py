@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mast.atomic import write_text_atomic
-from transfer.checkpoints import CheckpointInfo, add_backbone_arg
+from transfer.backbones.info import CheckpointInfo, add_backbone_arg
 from transfer.engines import sync_norms_to_bn
 from transfer.segmentation.batch import apply_batch, shrink_for_smoke
 from transfer.records import EXIT_USAGE, TaskFailed, TaskRun
@@ -77,7 +77,7 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
     """Read the config, apply the command line, and check its backbone against ``info``."""
     from mmengine.config import Config, DictAction
 
-    from transfer.segmentation.backbone import check_backbone_cfg
+    from transfer.backbones.resnet.mmseg import check_backbone_cfg
     from transfer.segmentation.data import set_data_root
 
     path = Path(args.config) if args.config else DEFAULT_CONFIGS[args.scale or "demo"]
@@ -94,8 +94,8 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
     if args.data_root:
         set_data_root(cfg, args.data_root)
     heads = (cfg.model.get("decode_head"), cfg.model.get("auxiliary_head"))
-    if getattr(info, "family", "resnet") == "vit":
-        from transfer.segmentation.vit_backbone import check_vit_cfg
+    if info.family == "vit":
+        from transfer.backbones.vit.mmseg import check_vit_cfg
 
         cfg.depth_notes = check_vit_cfg(cfg.model, info, path.name)
     else:
@@ -202,8 +202,8 @@ def train_and_evaluate(cfg: Any, converted: Path) -> dict[str, float]:
     """
     from mmengine.runner import Runner, find_latest_checkpoint
 
-    from transfer.segmentation.backbone import (backbone_of, make_loaded_hook, read_converted,
-                                       register_runner_scheme, runner_file, verify_backbone_state)
+    from transfer.segmentation.backbone import (backbone_of, make_loaded_hook, read_converted, register_runner_scheme,
+                                                runner_file, verify_backbone_state)
 
     register_runner_scheme()
     _init_cpu_group(cfg)
@@ -277,9 +277,10 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
     """The whole task; ``task`` is None on ranks > 0 (only rank 0 writes the record)."""
     from dataclasses import asdict
 
-    from transfer.checkpoints import HoldsViT, load_backbone, refuse_cifar_stem
+    from transfer.backbones import load
+    from transfer.backbones.resnet.load import refuse_cifar_stem
+    from transfer.backbones.resnet.mmseg import to_mmseg_file
     from transfer.engines import require_mmseg
-    from transfer.segmentation.backbone import to_mmseg_file
     from transfer.segmentation.data import check_data_layout
 
     require_mmseg()
@@ -288,12 +289,7 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
-    try:
-        state, info = load_backbone(args.ckpt, args.backbone)
-    except HoldsViT:
-        from transfer.vit import load_vit
-
-        state, info = load_vit(args.ckpt, args.backbone)
+    state, info = load(args.ckpt, args.backbone)
     refuse_cifar_stem(info, "mmseg")
     cfg = load_config(args, info)
     cfg.resume = bool(args.resume)
@@ -307,8 +303,8 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
             task.record["scale"] = "smoke"
     check_data_layout(cfg, dataset)
     out = Path(args.out)
-    if getattr(info, "family", "resnet") == "vit":
-        from transfer.segmentation.vit_backbone import to_mmseg_vit_file
+    if info.family == "vit":
+        from transfer.backbones.vit.mmseg import to_mmseg_vit_file
 
         converted, new, unused = to_mmseg_vit_file(state, info, cfg.model.backbone, out)
         if task is not None:  # tensors the engine's ViT has and the checkpoint had not (zero rel-pos, unit gammas)
