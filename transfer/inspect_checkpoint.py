@@ -20,8 +20,8 @@ from typing import Any, Mapping
 from transfer.backbones.candidates import Candidate
 from transfer.backbones.info import CheckpointError, add_backbone_arg, find_method
 from transfer.backbones.loader import locate
-from transfer.backbones.resnet.inspect import describe_resnet, inspect_resnet, unused
-from transfer.backbones.vit.inspect import inspect_vit
+from transfer.backbones.resnet.inspection import describe_resnet, inspect_resnet, unused
+from transfer.backbones.vit.inspection import inspect_vit
 
 METADATA_KEYS = ("epoch", "epochs", "global_step", "iteration", "iter", "phase_idx", "train_phase_idx", "arch",
                  "model", "method", "version", "pytorch-lightning_version", "mmselfsup_version", "mmpretrain_version",

@@ -28,7 +28,6 @@ import yaml
 
 from mast.atomic import append_line_atomic, write_text_atomic
 from mast.provenance import code_version, library_versions
-from transfer.backbones.info import CheckpointInfo
 
 __all__ = ["TaskRun", "TaskSkipped", "TaskFailed", "new_record", "write_json_atomic", "append_jsonl", "read_jsonl",
            "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_SKIPPED"]
@@ -130,7 +129,7 @@ class TaskRun:
         dataset: str,
         scale: str,
         out_dir: str | Path,
-        ckpt_info: CheckpointInfo | None,
+        ckpt_info: Any,  # a transfer.backbones CheckpointInfo (a dataclass; the floor does not import backbones), or None
         config: dict | None = None,
         seeds: list[int] | None = None,
         force: bool = False,

@@ -8,7 +8,7 @@
 - :mod:`~transfer.backbones.info`: :class:`CheckpointInfo` (with its ``family``), the errors;
 - :mod:`~transfer.backbones.loader`: :func:`load` / :func:`locate` for every family;
 - per family: ``layouts`` (where it sits, under which names), ``load`` (onto the reference network:
-  torchvision's ResNet, timm's ViT), ``detectron2`` and ``mmseg`` (conversion per engine), ``inspect``.
+  torchvision's ResNet, timm's ViT), ``detectron2`` and ``mmseg`` (conversion per engine), ``inspection``.
 """
 
 from transfer.backbones.info import CheckpointError, CheckpointInfo
