@@ -87,10 +87,10 @@ def test_wrong_prefix(tmp_path, resnet18_state):
     assert "unrecognised key prefix 'head.'" in _one_line_error(_save(tmp_path, "p.pth", _prefixed(resnet18_state, "head.")))
 
 
-def test_vit_state_dict(tmp_path):
+def test_a_truncated_vit_is_refused_as_a_vit(tmp_path):
     vit = {"cls_token": torch.zeros(1, 1, 8), "patch_embed.proj.weight": torch.zeros(8, 3, 16, 16),
            "blocks.0.attn.qkv.weight": torch.zeros(24, 8)}
-    assert "no ResNet weights found" in _one_line_error(_save(tmp_path, "vit.pth", vit))
+    assert "ViT tensor 'pos_embed' missing" in _one_line_error(_save(tmp_path, "vit.pth", vit))
 
 
 def test_missing_and_misshaped_tensors(tmp_path, resnet18_state):

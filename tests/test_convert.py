@@ -197,7 +197,8 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path, capsys):
 
 
 def _info(arch: str = "resnet18") -> CheckpointInfo:
-    return CheckpointInfo(path="x.pth", sha256="0" * 64, arch=arch, method=None, source_format="test", run_dir=None)
+    return CheckpointInfo(path="x.pth", sha256="0" * 64, arch=arch, method=None, source_format="test", run_dir=None,
+                          family="resnet")
 
 
 def test_coverage_check_rejects_leftovers_and_gaps():

@@ -83,7 +83,7 @@ def test_real_mmengine_runner_file_reads_bit_exact(runner_file) -> None:
     state, info = load(path)
     assert info.source_format == "state_dict.backbone" and info.arch == "resnet18"
     assert set(state) == set(trained) and all(torch.equal(state[k], trained[k]) for k in trained)
-    hub = read_checkpoint(path)["message_hub"]["log_scalars"]
+    hub = read_checkpoint(path)[0]["message_hub"]["log_scalars"]
     assert hub and all(isinstance(b, Opaque) for b in hub.values())  # never an mmengine object
 
 
