@@ -112,10 +112,12 @@ def test_refusals_before_training(r18_ckpt, synthetic_root, tmp_path):
     rec = read_record(missing)
     assert rec["status"] == "skipped" and "DETECTRON2_DATASETS" in rec["error"] and "coco/" in rec["error"]
 
+    import vit_writers
+
     vit = tmp_path / "vit.pth"
-    torch.save({"cls_token": torch.zeros(1, 1, 8), "patch_embed.proj.weight": torch.zeros(8, 3, 16, 16)}, vit)
+    torch.save(vit_writers.timm_vit(16, 32, depth=2).state_dict(), vit)
     c4 = REPO / "detectron_configs" / "coco_R_50_C4_1x.yaml"
-    for name, ckpt, config, expected in [("vit", vit, DEMO, "no ResNet weights"),
+    for name, ckpt, config, expected in [("vit", vit, DEMO, "holds a Vision Transformer"),
                                          ("c4_r18", r18_ckpt, c4, "use an FPN config")]:
         code = main(["--ckpt", str(ckpt), "--config", str(config), "--out", str(tmp_path / name),
                      "--data-root", str(synthetic_root)])

@@ -87,3 +87,30 @@ def test_vitdet_swapped_blocks_caught_and_registers_refused(tmp_path):
     state, info = load(tmp_path / "r.pth")
     with pytest.raises(CheckpointError, match="ViTDet has no register tokens"):
         to_vitdet(state, info, False, 32)
+
+
+@pytest.mark.parametrize("patch, ls", [(16, False), (8, True)])
+def test_convert_cli_writes_vitdet_keys_detectron2_loads_strictly(tmp_path, patch, ls):
+    """``python -m transfer.convert --to detectron2`` on a DINO file: detectron2's own checkpointer reads the
+    pickle into its ViT with nothing missing, unexpected or mis-shaped, and the ViT computes the reference's tokens."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from transfer.convert import main
+
+    ref = W.timm_vit(patch, 32, ls=ls, depth=4)
+    torch.save(W.dino(ref.state_dict(), ref.state_dict()), tmp_path / "dino_vit.pth")
+    out = tmp_path / "vitdet.pkl"
+    assert main(["--ckpt", str(tmp_path / "dino_vit.pth"), "--to", "detectron2", "--out", str(out)]) == 0
+    _, info = load(tmp_path / "dino_vit.pth")
+    wrapper = nn.Module()  # the names of ViTDet's model: backbone (SimpleFeaturePyramid) -> net (ViT)
+    wrapper.backbone = nn.Module()
+    wrapper.backbone.net = _d2_vit(info, 32)
+    checkpointer = DetectionCheckpointer(wrapper)
+    incompatible = checkpointer._load_model(checkpointer._load_file(str(out)))
+    assert (incompatible.missing_keys, incompatible.unexpected_keys, incompatible.incorrect_shapes) == ([], [], [])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        got = wrapper.backbone.net(x)["last_feat"]
+    diff = float((got - _reference_tokens(ref, ref.state_dict(), x, patch)).abs().max())
+    print(f"transfer.convert --to detectron2, ViTDet vs timm (patch {patch}, LayerScale {ls}): max |Δ| = {diff:.2e}")
+    assert diff <= 1e-5

@@ -118,3 +118,29 @@ def test_vit_segmentation_tiny_finetuning_run(tmp_path, synthetic_root):
     assert len(new) == 12 * 3 and all("relative_position_bias_table" in k or "gamma" in k for k in new)
     assert set(record["metrics"]) == {"mIoU", "mAcc", "aAcc"}
     assert "backbone: all weights of" in (out / "train.log").read_text()
+
+
+@pytest.mark.parametrize("patch, ls", [(16, False), (8, True)])
+def test_convert_cli_writes_mae_keys_mmseg_loads_strictly(tmp_path, patch, ls):
+    """``python -m transfer.convert --to mmseg`` on a DINO file: mmengine loads it into mmseg's MAE with
+    ``strict=True`` and every block's output is the reference ViT's."""
+    from mmengine.runner import load_checkpoint
+
+    from transfer.backbones.vit.mmseg import mae_cfg
+    from transfer.convert import main
+
+    ref = W.timm_vit(patch, 32, ls=ls, depth=4)
+    torch.save(W.dino(ref.state_dict(), ref.state_dict()), tmp_path / "dino_vit.pth")
+    out = tmp_path / "mae.pth"
+    assert main(["--ckpt", str(tmp_path / "dino_vit.pth"), "--to", "mmseg", "--out", str(out)]) == 0
+    _, info = load(tmp_path / "dino_vit.pth")
+    backbone = build_backbone(mae_cfg(info))
+    backbone.eval()
+    load_checkpoint(backbone, str(out), map_location="cpu", strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        got = backbone(x)
+        want = ref.forward_intermediates(x, indices=list(range(4)), intermediates_only=True, norm=False)
+    diff = max(float((g - w).abs().max()) for g, w in zip(got, want))
+    print(f"transfer.convert --to mmseg, MAE vs timm (patch {patch}, LayerScale {ls}): max |Δ| over 4 blocks = {diff:.2e}")
+    assert len(got) == 4 and diff <= 1e-5

@@ -75,10 +75,13 @@ def test_backbone_and_config_families_must_agree(dino_vit, tmp_path):
     resnet = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), resnet)
     assert main(["--ckpt", str(resnet), "--config", DEMO, "--out", str(tmp_path / "a")]) != 0
-    assert "ViTDet config and needs a ViT checkpoint" in _record(tmp_path / "a")["error"]
+    assert "holds a ResNet (resnet18) and --config demo_synthetic_vitdet_t16.py is a ViTDet config" \
+        in _record(tmp_path / "a")["error"]
     yaml_cfg = str(REPO / "detectron_configs" / "demo_synthetic_R_18_FPN.yaml")
     assert main(["--ckpt", str(dino_vit), "--config", yaml_cfg, "--out", str(tmp_path / "b")]) != 0
-    assert "holds a ViT" in _record(tmp_path / "b")["error"] and "\n" not in _record(tmp_path / "b")["error"]
+    error = _record(tmp_path / "b")["error"]
+    assert "holds a Vision Transformer (vit_tiny_patch16) and --config demo_synthetic_R_18_FPN.yaml is a ResNet " \
+        "config: use a ViTDet config" in error and "\n" not in error
     with pytest.raises(SystemExit):  # a YAML-style override on a LazyConfig: usage error before anything runs
         main(["--ckpt", str(dino_vit), "--config", DEMO, "--out", str(tmp_path / "c"), "SOLVER.MAX_ITER", "2"])
 
