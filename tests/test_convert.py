@@ -76,7 +76,7 @@ def tv_stages(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def read_pkl(path: Path) -> dict:
-    """A pickle this test wrote itself (the project never unpickles files, see transfer/detection/weights.py)."""
+    """A pickle this test wrote itself (the project never unpickles files, see transfer/backbones/resnet/detectron2.py)."""
     with open(path, "rb") as f:
         return pickle.load(f)
 

@@ -2,7 +2,7 @@
 
 Each case writes a checkpoint as that codebase saves it (tests/vit_writers.py; random weights,
 ViT-Tiny width and depth, patch 8 and 16, with and without registers/LayerScale), reads it with
-:func:`transfer.vit.load_vit`, builds timm's ViT from the result and compares the final tokens with
+:func:`transfer.backbones.load`, builds timm's ViT from the result and compares the final tokens with
 the writer's model (≤ 1e-5). A file whose blocks are swapped gives other features, and tensors the
 reference ViT has no place for are refused in one line.
 """

@@ -9,12 +9,12 @@
 A ResNet checkpoint takes a YAML config; a ViT checkpoint takes a ViTDet LazyConfig (``.py``), run by
 :mod:`transfer.detection.vitdet_train` (the other pairings are refused in one line).
 
-Steps: read the checkpoint (any accepted wrapping, :mod:`transfer.checkpoints`), convert it to a
+Steps: read the checkpoint (any accepted wrapping, :func:`transfer.backbones.load`), convert it to a
 detectron2 names in memory (in every training process: no pickle is read), resolve the config (``_BASE_`` chain, then
 ``KEY VALUE`` overrides, then ``MODEL.RESNETS.DEPTH`` from the checkpoint and SyncBN -> BN when
 there is one process), check that every dataset is on disk, then for each seed train and evaluate
 with detectron2's ``DefaultTrainer`` under its ``launch``. Weights are verified after loading
-(:mod:`transfer.detection.weights`). ``DIR/record.json`` gets bbox/segm AP, AP50, AP75 (VOC: AP, AP50,
+(:mod:`transfer.backbones.resnet.detectron2`). ``DIR/record.json`` gets bbox/segm AP, AP50, AP75 (VOC: AP, AP50,
 AP75) as the mean over seeds, with their std; ``DIR/log.txt`` the log; ``DIR/config.yaml`` and
 ``DIR/seed_S/config.yaml`` the resolved configs. ``--resume`` continues each seed from its own last
 checkpoint in ``DIR/seed_S`` (saved every ``SOLVER.CHECKPOINT_PERIOD`` iterations with --save-model,

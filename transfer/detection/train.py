@@ -5,7 +5,7 @@ hook) with three changes: evaluators are chosen from the dataset's ``evaluator_t
 are the console, ``metrics.json`` and detectron2's own ``TensorboardXWriter`` (event files in the seed's
 folder; ``--no-tensorboard`` leaves it out); and the final model checkpoint is optional (demo runs
 skip the ~100 MB file). Weights are loaded with
-:func:`transfer.detection.weights.load_verified` instead of ``resume_or_load``, so a backbone tensor that
+:func:`transfer.backbones.resnet.detectron2.load_verified` instead of ``resume_or_load``, so a backbone tensor that
 was not loaded stops the run; ``--resume`` continues from the seed's own last checkpoint instead
 (:mod:`transfer.detection.resume`: detectron2's ``resume_or_load``, the file read as data).
 

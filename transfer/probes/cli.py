@@ -49,7 +49,7 @@ def _optional_str(value: str) -> str | None:
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="backbone checkpoint (any format transfer.checkpoints reads)")
+    parser.add_argument("--ckpt", required=True, help="backbone checkpoint (any format transfer.backbones reads)")
     parser.add_argument("--data", required=True, help="dataset root: the download layout of --dataset NAME, "
                         "else <split>/<class>/<image> folders")
     parser.add_argument("--out", required=True, help="output directory for record.json and config.yaml")

@@ -7,9 +7,9 @@ name), are read and cropped as the pretraining kNN monitor reads them (shorter s
 normalised (:class:`Preprocess`: ImageNet's or STL-10's statistics, or the user's), and then go
 through the checkpoint's ResNet (``fc = Identity``, eval mode, no grad, channels_last, batched).
 The output is the un-normalised pooled feature, as in AugSelf. A ViT checkpoint
-(:mod:`transfer.vit`) goes through timm's ViT instead, at the resolution asked (position
+(:mod:`transfer.backbones.vit`) goes through timm's ViT instead, at the resolution asked (position
 embedding resampled), and gives the tokens its codebase evaluates (``vit_pool``:
-:func:`transfer.vit.vit_features`; default :data:`transfer.vit.DEFAULT_POOL`).
+:func:`transfer.backbones.vit.features.vit_features`; default :data:`transfer.vit.DEFAULT_POOL`).
 
 Preprocessing defaults come from the checkpoint's pretraining run (``config.yaml``:
 ``augment.size``, ``augment.mean``/``std``); a checkpoint from elsewhere has none, so at
@@ -21,7 +21,7 @@ relative path/size/mtime, transform) under ``--cache-dir`` (default :func:`defau
 atomically. Any change of the checkpoint's bytes or of the image files gives another key, so a
 stale entry is never read. The network is built only on a cache miss. A ViT's key includes its pooling
 (``vit_pool``, ``vit_last_blocks``); one pass stores every pooling the probes ask for, each under its own
-key (:func:`transfer.vit.probe_feature_sets`), so kNN, linear and few-shot share one pass per image.
+key (:func:`transfer.backbones.vit.features.probe_feature_sets`), so kNN, linear and few-shot share one pass per image.
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ class FeatureExtractor:
     def features(self, root: str | Path, split: str) -> SplitFeatures:
         """Features of ``split`` of ``root``: read from the cache when the key matches, else computed and stored.
 
-        A ViT's pass computes every feature set of :func:`transfer.vit.probe_feature_sets` and stores
+        A ViT's pass computes every feature set of :func:`transfer.backbones.vit.features.probe_feature_sets` and stores
         each under its own key, so that another probe task asking for another pooling of the same
         images reads it instead of running the network again.
         """

@@ -4,7 +4,7 @@
         [--launcher none|pytorch|slurm] [--data-root ROOT] [--cfg-options k=v ...] [--seed N]
         [--threads N] [--resume] [--force]
 
-One run: read the checkpoint (``transfer.checkpoints.load_backbone``, ``weights_only=True``), check
+One run: read the checkpoint (``transfer.backbones.load``, ``weights_only=True``), check
 the config's backbone against it and the dataset layout (one-line errors, before anything is
 built), convert it to ``DIR/backbone_mmseg.pth``, build mmengine's ``Runner`` (the existing
 distributed engine; SyncBN becomes BN in one process), verify that every backbone weight was
@@ -43,7 +43,7 @@ METRICS = ("mIoU", "mAcc", "aAcc")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m transfer.segmentation", description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt", required=True, help="SSL checkpoint (any format transfer.checkpoints reads)")
+    p.add_argument("--ckpt", required=True, help="SSL checkpoint (any format transfer.backbones reads)")
     p.add_argument("--out", required=True, help="output directory (record.json, train.log, mmseg_config.py)")
     p.add_argument("--config", help="mmseg config file (default: the --scale's FCN config)")
     p.add_argument("--scale", choices=sorted(DEFAULT_CONFIGS), default=None,
@@ -219,7 +219,7 @@ def train_and_evaluate(cfg: Any, converted: Path) -> dict[str, float]:
         if Path(latest).resolve().parent != work:  # last_checkpoint is a text file naming any path
             raise FileNotFoundError(f"--resume: {work}/last_checkpoint points outside the run ({latest}); "
                                     "only the Runner's own checkpoints in its work folder are resumed")
-        cfg.load_from = runner_file(latest)  # read as data: transfer.safe_files
+        cfg.load_from = runner_file(latest)  # read as data: transfer.backbones.read
     else:  # a fresh start: a later --resume must never continue an earlier attempt's file
         (Path(cfg.work_dir) / "last_checkpoint").unlink(missing_ok=True)
     if cfg.get("visualizer") is not None:
