@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from transfer.backbones.candidates import Candidate
 from transfer.backbones.info import CheckpointError, add_backbone_arg, find_method
-from transfer.backbones.loader import locate
+from transfer.backbones import locate
 from transfer.backbones.resnet.inspection import describe_resnet, inspect_resnet, unused
 from transfer.backbones.vit.inspection import inspect_vit
 

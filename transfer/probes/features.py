@@ -43,7 +43,6 @@ from mast.data.folder import DatasetError, center_square, open_rgb
 
 from transfer.backbones import load
 from transfer.backbones.info import CheckpointInfo, weights_id
-from transfer.backbones.resnet.load import build_resnet, require_stem_padding
 
 __all__ = ["FeatureError", "SplitFeatures", "FeatureExtractor", "Preprocess", "pretrain_resolution",
            "parse_normalize"]
@@ -191,8 +190,11 @@ class FeatureExtractor:
                  carve_val: bool = False, vit_pool: str | None = None, vit_last_blocks: int | None = None,
                  linear: bool = False, stem_padding: int | None = None) -> None:
         self.state, self.info = load(ckpt, backbone, stem_padding)
-        require_stem_padding(self.info)  # before any work: a CIFAR stem's padding is never guessed
-        self.vit = self.info.family == "vit"
+        self.vit = self.info.family == "vit"  # each family's code is imported where its branch needs it
+        if not self.vit:
+            from transfer.backbones.resnet.load import require_stem_padding
+
+            require_stem_padding(self.info)  # before any work: a CIFAR stem's padding is never guessed
         self.vit_pool = self.vit_last_blocks = None
         if self.vit:
             from transfer.backbones.vit.features import linear_default
@@ -306,6 +308,8 @@ class FeatureExtractor:
             sets = probe_feature_sets(self.info, self.vit_pool, self.vit_last_blocks)
             self.model = VitFeatures.from_state(self.state, self.info, self.image_size, sets).eval().to(self.device)
         if self.model is None:
+            from transfer.backbones.resnet.load import build_resnet
+
             model = build_resnet(self.info.arch, self.info.stem, self.info.stem_padding)
             model.load_state_dict(self.state, strict=True)
             self.model = model.eval().to(self.device, memory_format=torch.channels_last)
