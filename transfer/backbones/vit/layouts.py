@@ -30,19 +30,33 @@ from torch import Tensor
 from transfer.backbones.candidates import Candidate, candidates_at
 
 ANCHORS = {"patch_embed.proj.weight": "timm", "patch_embed.projection.weight": "mmpretrain"}
-# Per layout: (regex on the name inside the backbone, timm name), applied first match wins.
-MMPRETRAIN_NAMES = (
-    (r"^patch_embed\.projection\.", "patch_embed.proj."),
-    (r"^layers\.(\d+)\.ln1\.", r"blocks.\1.norm1."),
-    (r"^layers\.(\d+)\.ln2\.", r"blocks.\1.norm2."),
-    (r"^layers\.(\d+)\.attn\.(qkv|proj)\.", r"blocks.\1.attn.\2."),
-    (r"^layers\.(\d+)\.attn\.gamma1\.weight$", r"blocks.\1.ls1.gamma"),
-    (r"^layers\.(\d+)\.ffn\.layers\.0\.0\.", r"blocks.\1.mlp.fc1."),
-    (r"^layers\.(\d+)\.ffn\.layers\.1\.", r"blocks.\1.mlp.fc2."),
-    (r"^layers\.(\d+)\.ffn\.gamma2\.weight$", r"blocks.\1.ls2.gamma"),
-    (r"^ln1\.", "norm."),
-    (r"^pre_norm\.", "norm_pre."),
+# The block structure timm's ViT shares with OpenMMLab's (mmpretrain's VisionTransformer, mmseg's MAE):
+# (timm name, OpenMMLab name), N a block index. Each OpenMMLab model adds its own LayerScale and norm names.
+OPENMMLAB_SHARED = (
+    ("patch_embed.proj.", "patch_embed.projection."),
+    ("blocks.N.norm1.", "layers.N.ln1."),
+    ("blocks.N.norm2.", "layers.N.ln2."),
+    ("blocks.N.attn.qkv.", "layers.N.attn.qkv."),
+    ("blocks.N.attn.proj.", "layers.N.attn.proj."),
+    ("blocks.N.mlp.fc1.", "layers.N.ffn.layers.0.0."),
+    ("blocks.N.mlp.fc2.", "layers.N.ffn.layers.1."),
 )
+MMPRETRAIN_OWN = (("blocks.N.ls1.gamma", "layers.N.attn.gamma1.weight"), ("blocks.N.ls2.gamma", "layers.N.ffn.gamma2.weight"),
+                  ("norm.", "ln1."), ("norm_pre.", "pre_norm."))
+
+
+def rename_rules(pairs: tuple[tuple[str, str], ...], to_timm: bool) -> tuple[tuple[str, str], ...]:
+    """``(regex, replacement)`` for each ``(timm, other)`` name pair, towards timm's names or away from them;
+    a name ending in ``.`` is a prefix, any other a whole name."""
+    rules = []
+    for timm, other in pairs:
+        src, dst = (other, timm) if to_timm else (timm, other)
+        pattern = "^" + re.escape(src).replace("N", r"(\d+)") + ("" if src.endswith(".") else "$")
+        rules.append((pattern, dst.replace("N", r"\1")))
+    return tuple(rules)
+
+
+MMPRETRAIN_NAMES = rename_rules(OPENMMLAB_SHARED + MMPRETRAIN_OWN, to_timm=True)
 # Tensors a ViT checkpoint holds that the frozen backbone does not use: (regex, reason).
 UNUSED = (
     (r"^(mask_token|masked_embed)$", "mask token (pretraining only)"),

@@ -22,20 +22,14 @@ import torch
 from torch import Tensor
 
 from transfer.backbones.info import BackboneMismatch, CheckpointInfo
+from transfer.backbones.vit.layouts import OPENMMLAB_SHARED, rename_rules
 from transfer.backbones.vit.load import resize_pos_embed, spec_of
 
 VIT_TYPES = ("MAE", "mmseg.MAE")
-TIMM_TO_MAE = (
-    (r"^patch_embed\.proj\.", "patch_embed.projection."),
-    (r"^blocks\.(\d+)\.norm1\.", r"layers.\1.ln1."),
-    (r"^blocks\.(\d+)\.norm2\.", r"layers.\1.ln2."),
-    (r"^blocks\.(\d+)\.attn\.(qkv|proj)\.", r"layers.\1.attn.\2."),
-    (r"^blocks\.(\d+)\.mlp\.fc1\.", r"layers.\1.ffn.layers.0.0."),
-    (r"^blocks\.(\d+)\.mlp\.fc2\.", r"layers.\1.ffn.layers.1."),
-    (r"^blocks\.(\d+)\.ls1\.gamma$", r"layers.\1.gamma_1"),
-    (r"^blocks\.(\d+)\.ls2\.gamma$", r"layers.\1.gamma_2"),
-    (r"^norm\.", "norm1."),
-)
+# mmseg's MAE (BEiT's block): LayerScale as gamma_1/gamma_2, the final norm norm1; the rest as mmpretrain's.
+TIMM_TO_MAE = rename_rules(OPENMMLAB_SHARED + (("blocks.N.ls1.gamma", "layers.N.gamma_1"),
+                                               ("blocks.N.ls2.gamma", "layers.N.gamma_2"), ("norm.", "norm1.")),
+                           to_timm=False)
 
 
 def check_vit_cfg(model: dict, info: CheckpointInfo, config_name: str) -> list[str]:
