@@ -2,13 +2,17 @@
 
     benchmarks      benchmarks/                    may import every layer; nothing imports it
     orchestration   transfer/orchestrate/, transfer/run_all.py (start tasks and reports as subprocesses)
-    reports         reports/                       core + floor only (reads records, not task code)
-    tasks           transfer/detection/, transfer/segmentation/, transfer/probes/ (core + floor)
+    reports         reports/                       core + floor + backbones (reads records and checkpoint files as
+                                                   data, not task code)
+    tasks           transfer/detection/, transfer/segmentation/, transfer/probes/ (core + floor + backbones)
+    backbones       transfer/backbones/ (read once, one package per family) and its two commands,
+                    transfer/convert.py and transfer/inspect_checkpoint.py (core + floor + backbones)
     floor           transfer/'s top-level modules listed in FLOOR (core + floor)
     core            mast/                          (plumbing)
     plumbing        plumbing/                      imports nothing of the project
 
-A module's layer follows from its package path, except the floor, whose modules are listed by
+A module's layer follows from its package path, except the floor and the backbones' two commands
+(``python -m transfer.convert`` / ``transfer.inspect_checkpoint`` keep their names), which are listed by
 name: a new file at ``transfer/``'s top level must be placed on purpose. A module no rule places
 fails the check. Every import statement counts, also one inside a function.
 """
@@ -23,15 +27,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("plumbing", "mast", "transfer", "reports", "benchmarks")
 NOT_MODULES = ("transfer.mmseg_configs", "transfer.mmpretrain_configs")  # mmengine config files, read by path, never imported
-FLOOR = ("transfer", "transfer.checkpoints", "transfer.layouts", "transfer.convert", "transfer.inspect_checkpoint",
-         "transfer.vit", "transfer.vit_layouts", "transfer.vit_inspect", "transfer.safe_files",
-         "transfer.records", "transfer.engines", "transfer.stats", "transfer.hub", "transfer.imagenet")
+FLOOR = ("transfer", "transfer.records", "transfer.engines", "transfer.stats", "transfer.hub", "transfer.imagenet")
+BACKBONE_COMMANDS = ("transfer.convert", "transfer.inspect_checkpoint")
 TASK_PACKAGES = ("transfer.detection", "transfer.segmentation", "transfer.probes", "transfer.classification")
 # (layer, rule): each module must match exactly one rule.
 RULES = (
     ("plumbing", lambda m: _under(m, "plumbing")),
     ("core", lambda m: _under(m, "mast")),
     ("floor", lambda m: m in FLOOR),
+    ("backbones", lambda m: _under(m, "transfer.backbones") or m in BACKBONE_COMMANDS),
     ("tasks", lambda m: any(_under(m, p) for p in TASK_PACKAGES)),
     ("reports", lambda m: _under(m, "reports")),
     ("orchestration", lambda m: _under(m, "transfer.orchestrate") or m == "transfer.run_all"),
@@ -41,10 +45,11 @@ ALLOWED = {  # layer -> the layers its modules may import
     "plumbing": {"plumbing"},
     "core": {"plumbing", "core"},
     "floor": {"plumbing", "core", "floor"},
-    "tasks": {"plumbing", "core", "floor", "tasks"},
-    "reports": {"plumbing", "core", "floor", "reports"},
-    "orchestration": {"plumbing", "core", "floor", "tasks", "reports", "orchestration"},
-    "benchmarks": {"plumbing", "core", "floor", "tasks", "reports", "orchestration", "benchmarks"},
+    "backbones": {"plumbing", "core", "floor", "backbones"},
+    "tasks": {"plumbing", "core", "floor", "backbones", "tasks"},
+    "reports": {"plumbing", "core", "floor", "backbones", "reports"},  # mast_plots reads a state file as data (backbones.read)
+    "orchestration": {"plumbing", "core", "floor", "backbones", "tasks", "reports", "orchestration"},
+    "benchmarks": {"plumbing", "core", "floor", "backbones", "tasks", "reports", "orchestration", "benchmarks"},
 }
 
 
@@ -123,7 +128,7 @@ def test_every_module_is_in_exactly_one_layer():
 
 def test_every_listed_floor_module_exists():
     modules = project_modules()
-    assert [m for m in FLOOR if m not in modules] == []
+    assert [m for m in FLOOR + BACKBONE_COMMANDS if m not in modules] == []
 
 
 def test_no_import_goes_up_a_layer():
@@ -173,7 +178,9 @@ def test_the_check_fails_on_an_unknown_or_misplaced_module(tmp_path):
         "transfer/probes/__init__.py": "",
         "transfer/probes/knn.py": "from transfer.detection import runner\n",  # task -> other task
         "transfer/detection/__init__.py": "",
-        "transfer/detection/runner.py": "",
+        "transfer/detection/runner.py": "from transfer.backbones import loader\n",  # task -> backbones: allowed
+        "transfer/backbones/__init__.py": "",
+        "transfer/backbones/loader.py": "from transfer.probes import knn\n",  # backbones -> task: up
         "transfer/orchestrate/__init__.py": "",
         "transfer/orchestrate/jobs.py": "",  # new orchestration module: placed by its package path
         "reports/__init__.py": "",
@@ -189,6 +196,8 @@ def test_the_check_fails_on_an_unknown_or_misplaced_module(tmp_path):
         "plumbing.jobs (plumbing) imports mast.core (core)",
         "reports.r (reports) imports transfer.orchestrate (orchestration)",
         "reports.r (reports) imports transfer.orchestrate.jobs (orchestration)",
+        "transfer.backbones.loader (backbones) imports transfer.probes (tasks)",
+        "transfer.backbones.loader (backbones) imports transfer.probes.knn (tasks)",
         "transfer.probes.knn imports transfer.detection.runner: one task package imports another",
         "transfer.probes.knn imports transfer.detection: one task package imports another",
     ]

@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
-from transfer.checkpoints import build_resnet
-from transfer.orchestrate import run_all, suite_jobs
+from transfer.backbones.resnet.load import build_resnet
+from transfer.orchestrate import run_all
 from plumbing.jobs import JobSpec, Outcome
 from transfer.orchestrate.suite import load_suite
 

@@ -19,8 +19,8 @@ import pytest
 import torch
 import yaml
 
-from transfer.orchestrate import run_all, suite_jobs
-from transfer.checkpoints import build_resnet
+from transfer.orchestrate import run_all
+from transfer.backbones.resnet.load import build_resnet
 from transfer.orchestrate.suite import TASK_MODULES, SuiteError, load_suite
 
 REPO = Path(__file__).resolve().parents[1]

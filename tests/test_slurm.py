@@ -20,8 +20,8 @@ import torch
 import yaml
 
 from conftest import tiny_args
-from transfer.orchestrate import run_all, suite_jobs
-from transfer.checkpoints import build_resnet
+from transfer.orchestrate import run_all
+from transfer.backbones.resnet.load import build_resnet
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "slurm_local.sh"

@@ -108,7 +108,7 @@ def test_a_planted_submitit_folder_is_refused_and_the_target_untouched(tmp_path,
 def _r18(tmp_path: Path) -> Path:
     import torch
 
-    from transfer.checkpoints import build_resnet
+    from transfer.backbones.resnet.load import build_resnet
 
     path = tmp_path / "r18.pth"
     if not path.exists():
@@ -222,8 +222,8 @@ def test_jobs_json_a_folder_submits_nothing_so_nothing_is_orphaned(slurm_cluster
 DRIVER = """
 import sys, torch, yaml
 from pathlib import Path
-from transfer.orchestrate import run_all, suite_jobs
-from transfer.checkpoints import build_resnet
+from transfer.orchestrate import run_all
+from transfer.backbones.resnet.load import build_resnet
 d = Path(sys.argv[1])
 torch.save(build_resnet("resnet18").state_dict(), d / "r18.pth")
 (d / "s.yaml").write_text(yaml.safe_dump({"scale": "demo", "tasks": [{"name": "a", "task": "knn"}]}))

@@ -17,12 +17,11 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from transfer.checkpoints import (CheckpointError, canonicalise, detect_arch, detect_stem, find_method, add_backbone_arg,
-                                  local_checkpoint, read_checkpoint, sha256_file, find_stem_padding,
-                                  saved_configs, solo_learn_dataset)
-from transfer.vit_layouts import find_vit_candidates
-from transfer.layouts import (Candidate, LayoutError, backbone_tensors, choose, describe, find_candidates, flatten,
-                              guess_codebase, matches_any, unused_groups)
+from transfer.backbones.candidates import Candidate
+from transfer.backbones.info import CheckpointError, add_backbone_arg, find_method
+from transfer.backbones import locate
+from transfer.backbones.resnet.inspection import describe_resnet, inspect_resnet, unused
+from transfer.backbones.vit.inspection import inspect_vit
 
 METADATA_KEYS = ("epoch", "epochs", "global_step", "iteration", "iter", "phase_idx", "train_phase_idx", "arch",
                  "model", "method", "version", "pytorch-lightning_version", "mmselfsup_version", "mmpretrain_version",
@@ -31,66 +30,24 @@ METADATA_KEYS = ("epoch", "epochs", "global_step", "iteration", "iter", "phase_i
 
 def inspect_checkpoint(path: str | Path, backbone: str | None = None) -> dict[str, Any]:
     """Everything :func:`main` prints, as a JSON-ready dict (``error`` set when the tasks would refuse)."""
-    path, provenance = local_checkpoint(path)
-    obj = read_checkpoint(path)
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a state_dict (a dict of "
-                              "tensors): re-save it with torch.save(model.state_dict(), PATH)")
-    flat = flatten(obj)
-    cands = find_candidates(flat)
+    got = locate(path, backbone)
     report: dict[str, Any] = {
-        "path": str(path), "sha256": sha256_file(path), "size_mb": round(path.stat().st_size / 2**20, 1),
-        "tensors": len(flat), "candidates": [_describe(c, flat) for c in cands], "metadata": metadata(obj, path),
+        "path": str(got.path), "sha256": got.sha256, "size_mb": round(got.path.stat().st_size / 2**20, 1),
+        "tensors": len(got.flat), "family": got.family, "metadata": metadata(got.obj, got.path),
+        "candidates": [_describe(c, got.flat, f) for f, cands in got.found.items() for c in cands],
         "codebase": None, "chosen": None, "choice": None, "arch": None, "stem": None, "layout": None, "parameters": None,
-        "unused": [], "error": None, **provenance,
+        "unused": [], "error": got.error or None, **got.provenance,
     }
-    vits = find_vit_candidates(flat)
-    if vits and (not cands or (backbone and matches_any(backbone, vits) and not matches_any(backbone, cands))):
-        from transfer.vit_inspect import inspect_vit
-
-        return inspect_vit(obj, flat, path, backbone, report)
-    if vits and not backbone:  # a ResNet and a ViT: listed, and the tasks refuse until --backbone chooses
-        report["error"] = (f"checkpoint {path} holds a ResNet {describe(cands)} and a Vision Transformer "
-                           f"{describe(vits)}; choose one with --backbone NAME")
+    if got.chosen is None:
+        report["unused"] = unused(got.flat, got.candidates, None)
         return report
-    chosen = None
-    try:
-        if not cands:
-            raise LayoutError(f"checkpoint {path}: no ResNet weights found (no 3-channel stem conv)")
-        chosen, report["choice"] = choose(cands, backbone, f"checkpoint {path}")
-        report.update(chosen=chosen.name, codebase=guess_codebase(obj, cands, chosen), layout=chosen.layout)
-        tensors = backbone_tensors(chosen, flat)
-        report["arch"] = arch = detect_arch(tensors, path)
-        report["stem"] = stem = detect_stem(tensors)
-        if stem == "cifar":
-            report["stem_padding"], report["stem_padding_source"] = find_stem_padding(obj, path, chosen.layout)
-            if any(solo_learn_dataset(c) for _, c in saved_configs(obj, path)):
-                report["codebase"] = "solo-learn"
-        state = canonicalise(tensors, arch, path, stem)
-        report["parameters"] = sum(v.numel() for k, v in state.items() if not k.endswith(_BUFFERS))
-    except (CheckpointError, LayoutError) as e:
-        report["error"] = str(e)
-    report["unused"] = unused(flat, cands, chosen)
-    return report
+    return inspect_vit(got, report) if got.family == "vit" else inspect_resnet(got, report)
 
 
-_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def _describe(c: Candidate, flat: Mapping) -> dict[str, Any]:
-    tensors = backbone_tensors(c, flat)
-    try:
-        arch = detect_arch(tensors, c.name) + (" (CIFAR stem)" if detect_stem(tensors) == "cifar" else "")
-    except CheckpointError:
-        arch = "not a torchvision ResNet"
+def _describe(c: Candidate, flat: Mapping, family: str) -> dict[str, Any]:
+    arch = "ViT" if family == "vit" else describe_resnet(c, flat)
     return {"name": c.name, "role": c.role, "layout": c.layout, "arch": arch, "tensors": len(c.keys),
-            "aliases": [a.rstrip(".") for a in c.aliases]}
-
-
-def unused(flat: Mapping, cands: list[Candidate], chosen: Candidate | None) -> list[dict[str, Any]]:
-    """Tensors the tasks do not read, grouped, with the reason (the chosen ResNet's ``fc.*`` is dropped)."""
-    return unused_groups(flat, cands, chosen,
-                         lambda rest: ("fc.*", "classifier (dropped)") if rest.startswith("fc.") else None)
+            "aliases": [a.rstrip(".") for a in c.aliases], "family": family}
 
 
 def metadata(obj: Mapping, path: Path) -> dict[str, Any]:
