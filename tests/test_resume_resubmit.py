@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from transfer.backbones.resnet.load import build_resnet
-from transfer.orchestrate import run_all
+from transfer.orchestrate import run_all, suite_jobs
 from plumbing.jobs import JobSpec, Outcome
 from transfer.orchestrate.suite import load_suite
 

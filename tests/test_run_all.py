@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from transfer.orchestrate import run_all
+from transfer.orchestrate import run_all, suite_jobs
 from transfer.backbones.resnet.load import build_resnet
 from transfer.orchestrate.suite import TASK_MODULES, SuiteError, load_suite
 

@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from conftest import tiny_args
-from transfer.orchestrate import run_all
+from transfer.orchestrate import run_all, suite_jobs
 from transfer.backbones.resnet.load import build_resnet
 
 REPO = Path(__file__).resolve().parents[1]

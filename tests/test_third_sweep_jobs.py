@@ -222,7 +222,7 @@ def test_jobs_json_a_folder_submits_nothing_so_nothing_is_orphaned(slurm_cluster
 DRIVER = """
 import sys, torch, yaml
 from pathlib import Path
-from transfer.orchestrate import run_all
+from transfer.orchestrate import run_all, suite_jobs
 from transfer.backbones.resnet.load import build_resnet
 d = Path(sys.argv[1])
 torch.save(build_resnet("resnet18").state_dict(), d / "r18.pth")
