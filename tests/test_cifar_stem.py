@@ -14,8 +14,8 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from transfer.backbones.info import CheckpointError
 from transfer.backbones.resnet.load import build_resnet
 from transfer.backbones import load
-from transfer.convert import convert_file
-from transfer.inspect_checkpoint import format_report, inspect_checkpoint
+from transfer.backbones.convert import convert_file
+from transfer.backbones.inspect_checkpoint import format_report, inspect_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
