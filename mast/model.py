@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from mast.augment import AugmentConfig, param_layout
 from mast.loss import LossConfig, float32_region, objective
 
-# torchvision's ResNets; their block table lives in transfer.checkpoints.RESNET_LAYERS, not here.
+# torchvision's ResNets; their block table lives in transfer.backbones.resnet.load.RESNET_LAYERS, not here.
 ARCHS = tuple(sorted((n for n in torchvision.models.list_models(torchvision.models) if n.startswith("resnet")),
                      key=lambda n: int(n.removeprefix("resnet"))))
 

@@ -34,9 +34,9 @@ class StateError(ValueError):
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
-    """A ``mast_state.pth``, read as data (:func:`transfer.safe_files.read_torch_file`: weights_only; a pickle
+    """A ``mast_state.pth``, read as data (:func:`transfer.backbones.read.read_torch_file`: weights_only; a pickle
     that names code is refused, never run); anything else is one :class:`StateError` line naming it."""
-    from transfer.safe_files import FileReadError, read_torch_file
+    from transfer.backbones.read import FileReadError, read_torch_file
 
     path = Path(path)
     if not path.is_file():  # also a FIFO: never opened

@@ -4,7 +4,9 @@ import pytest
 import torch
 import torchvision
 
-from transfer.checkpoints import CheckpointError, build_resnet, canonical_keys, load_backbone
+from transfer.backbones.info import CheckpointError
+from transfer.backbones.resnet.load import build_resnet, canonical_keys
+from transfer.backbones import load
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,7 @@ WRAPPINGS = {
 
 @pytest.mark.parametrize("wrapping", list(WRAPPINGS))
 def test_every_wrapping_gives_the_same_canonical_state(tmp_path, resnet18_state, wrapping):
-    state, info = load_backbone(_save(tmp_path, "ckpt.pth", WRAPPINGS[wrapping](resnet18_state)))
+    state, info = load(_save(tmp_path, "ckpt.pth", WRAPPINGS[wrapping](resnet18_state)))
     assert info.arch == "resnet18"
     assert set(state) == set(canonical_keys("resnet18"))
     assert not any(k.startswith("fc.") for k in state)
@@ -59,16 +61,16 @@ def test_detects_resnet50_and_reads_method_from_run_config(tmp_path):
     run.mkdir()
     (run / "config.yaml").write_text("method: vicreg\nname: x\n")
     torch.save(build_resnet("resnet50").state_dict(), run / "backbone.pth")
-    state, info = load_backbone(run / "backbone.pth")
+    state, info = load(run / "backbone.pth")
     assert info.arch == "resnet50" and info.method == "vicreg" and info.run_dir == str(run.resolve())
     assert len(info.sha256) == 64
     torch.save(build_resnet("resnet50").state_dict(), run / "backbone_init.pth")
-    assert load_backbone(run / "backbone_init.pth")[1].method == "init"  # never trained, whatever the run
+    assert load(run / "backbone_init.pth")[1].method == "init"  # never trained, whatever the run
 
 
 def _one_line_error(path):
     with pytest.raises(CheckpointError) as err:
-        load_backbone(path)
+        load(path)
     message = str(err.value)
     assert "\n" not in message and str(path) in message
     return message
@@ -85,10 +87,10 @@ def test_wrong_prefix(tmp_path, resnet18_state):
     assert "unrecognised key prefix 'head.'" in _one_line_error(_save(tmp_path, "p.pth", _prefixed(resnet18_state, "head.")))
 
 
-def test_vit_state_dict(tmp_path):
+def test_a_truncated_vit_is_refused_as_a_vit(tmp_path):
     vit = {"cls_token": torch.zeros(1, 1, 8), "patch_embed.proj.weight": torch.zeros(8, 3, 16, 16),
            "blocks.0.attn.qkv.weight": torch.zeros(24, 8)}
-    assert "no ResNet weights found" in _one_line_error(_save(tmp_path, "vit.pth", vit))
+    assert "ViT tensor 'pos_embed' missing" in _one_line_error(_save(tmp_path, "vit.pth", vit))
 
 
 def test_missing_and_misshaped_tensors(tmp_path, resnet18_state):
@@ -106,7 +108,7 @@ def test_two_candidate_backbones(tmp_path, resnet18_state):
     assert "found 2 candidate backbones" in message and "--backbone" in message
     # the same tensors under two names (one module registered twice) are one backbone
     same = {**_prefixed(resnet18_state, "backbone."), **_prefixed(resnet18_state, "encoder_q.0.")}
-    assert load_backbone(_save(tmp_path, "same.pth", same))[1].backbone == "backbone."
+    assert load(_save(tmp_path, "same.pth", same))[1].backbone == "backbone."
 
 
 def test_missing_file_and_non_dict(tmp_path):

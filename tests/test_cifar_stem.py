@@ -11,9 +11,11 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from transfer.checkpoints import CheckpointError, build_resnet, load_backbone
-from transfer.convert import convert_file
-from transfer.inspect_checkpoint import format_report, inspect_checkpoint
+from transfer.backbones.info import CheckpointError
+from transfer.backbones.resnet.load import build_resnet
+from transfer.backbones import load
+from transfer.backbones.convert import convert_file
+from transfer.backbones.inspect_checkpoint import format_report, inspect_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,8 +56,8 @@ def test_recognised_and_the_rebuilt_network_computes_the_same(tmp_path, block, l
     path = _solo_learn_file(tmp_path / "c.ckpt", model) if wrap else tmp_path / "c.pth"
     if not wrap:  # a plain state_dict does not say how conv1 was padded: never guessed, given here
         torch.save(model.state_dict(), path)
-        assert load_backbone(path)[1].stem_padding is None
-    state, info = load_backbone(path, padding=None if wrap else padding)
+        assert load(path)[1].stem_padding is None
+    state, info = load(path, padding=None if wrap else padding)
     assert (info.arch, info.stem, info.stem_padding) == (arch, "cifar", padding)
     rebuilt = build_resnet(info.arch, info.stem, info.stem_padding)
     rebuilt.load_state_dict(state, strict=True)
@@ -71,7 +73,7 @@ def test_recognised_and_the_rebuilt_network_computes_the_same(tmp_path, block, l
 def test_imagenet_stem_is_unchanged(tmp_path) -> None:
     torch.manual_seed(0)
     torch.save(build_resnet("resnet18").state_dict(), tmp_path / "r18.pth")
-    _, info = load_backbone(tmp_path / "r18.pth")
+    _, info = load(tmp_path / "r18.pth")
     assert info.stem == "imagenet" and info.stem_padding is None
 
 

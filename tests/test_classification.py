@@ -24,7 +24,7 @@ from imagenet_standins import SYNSETS, folders_standin, kaggle_standin, write_jp
 from transfer.imagenet import (SUBSETS, ImageNetLayoutError, imagenet_samples, read_subset)
 from transfer.classification.runner import PROTOCOLS, build_parser, load_config, main
 from transfer.records import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED
-from transfer.safe_files import read_runner_file
+from transfer.backbones.read import read_runner_file
 
 REPO = Path(__file__).resolve().parents[1]
 # a few iterations on 32 px crops; global batch 4 (off-protocol, so --any-batch); stand-in sizes
@@ -137,7 +137,7 @@ def _resolved(protocol: str, ckpt: Path, tmp_path: Path):
     from mmengine.optim import build_optim_wrapper
     from mmpretrain.registry import MODELS
 
-    from transfer.checkpoints import CheckpointInfo
+    from transfer.backbones.info import CheckpointInfo
 
     info = CheckpointInfo(path=str(ckpt), sha256="0" * 64, arch="resnet50", method=None, source_format="torchvision",
                           run_dir=None)

@@ -19,7 +19,7 @@ def test_presets_resolve_and_roundtrip(preset, tmp_path):
     path = tmp_path / "config.yaml"
     write_yaml(cfg, path)
     data = yaml.safe_load(path.read_text())
-    assert data["method"] in ("vicreg", "mast")  # top level: transfer/checkpoints.py reads it
+    assert data["method"] in ("vicreg", "mast")  # top level: transfer/backbones/info.py reads it
     assert "method" not in data["model"]
     assert from_dict(data) == cfg
     assert load_config(str(path)) == cfg  # a written config.yaml is itself a valid --config

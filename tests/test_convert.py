@@ -16,8 +16,12 @@ import torch
 import torchvision
 
 from plumbing.atomic import pickle_atomic
-from transfer.checkpoints import CheckpointInfo, load_backbone, sha256_file
-from transfer.convert import MAPPING_VERSION, ConversionError, detectron2_name, main, to_detectron2, to_mmseg
+from transfer.backbones.info import CheckpointInfo, sha256_file
+from transfer.backbones import load
+from transfer.backbones.resnet.detectron2 import MAPPING_VERSION, detectron2_name, to_detectron2
+from transfer.backbones.info import ConversionError
+from transfer.convert import main
+from transfer.backbones.resnet.mmseg import to_mmseg
 from transfer.detection.heads import register_heads
 
 CONFIGS = Path(__file__).resolve().parents[1] / "detectron_configs"
@@ -72,7 +76,7 @@ def tv_stages(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def read_pkl(path: Path) -> dict:
-    """A pickle this test wrote itself (the project never unpickles files, see transfer/detection/weights.py)."""
+    """A pickle this test wrote itself (the project never unpickles files, see transfer/backbones/resnet/detectron2.py)."""
     with open(path, "rb") as f:
         return pickle.load(f)
 
@@ -80,7 +84,7 @@ def read_pkl(path: Path) -> dict:
 def convert_to_pkl(tv_model, tmp_path: Path) -> Path:
     ckpt = tmp_path / "tv.pth"
     torch.save(tv_model.state_dict(), ckpt)
-    state, info = load_backbone(ckpt)
+    state, info = load(ckpt)
     pkl = tmp_path / "tv.pkl"
     pickle_atomic(pkl, to_detectron2(state, info))
     return pkl
@@ -99,7 +103,7 @@ EQUIVALENCE = [
 
 @pytest.mark.parametrize("arch,config", EQUIVALENCE)
 def test_converted_backbone_matches_torchvision(arch, config, tmp_path):
-    from transfer.detection.weights import backbone_keys, load_verified
+    from transfer.backbones.resnet.detectron2 import backbone_keys, load_verified
 
     tv = random_resnet(arch)
     pkl = convert_to_pkl(tv, tmp_path)
@@ -120,7 +124,7 @@ def test_converted_backbone_matches_torchvision(arch, config, tmp_path):
 @pytest.mark.slow
 def test_equivalence_check_catches_stride_in_1x1(tmp_path):
     """The comparison above is sensitive: the classic STRIDE_IN_1X1 True mistake fails it."""
-    from transfer.detection.weights import load_verified
+    from transfer.backbones.resnet.detectron2 import load_verified
 
     tv = random_resnet("resnet50")
     model = build_d2("coco_R_50_FPN_1x.yaml", depth=50, stride_in_1x1=True)
@@ -193,7 +197,8 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path, capsys):
 
 
 def _info(arch: str = "resnet18") -> CheckpointInfo:
-    return CheckpointInfo(path="x.pth", sha256="0" * 64, arch=arch, method=None, source_format="test", run_dir=None)
+    return CheckpointInfo(path="x.pth", sha256="0" * 64, arch=arch, method=None, source_format="test", run_dir=None,
+                          family="resnet")
 
 
 def test_coverage_check_rejects_leftovers_and_gaps():

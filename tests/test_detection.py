@@ -112,10 +112,12 @@ def test_refusals_before_training(r18_ckpt, synthetic_root, tmp_path):
     rec = read_record(missing)
     assert rec["status"] == "skipped" and "DETECTRON2_DATASETS" in rec["error"] and "coco/" in rec["error"]
 
+    import vit_writers
+
     vit = tmp_path / "vit.pth"
-    torch.save({"cls_token": torch.zeros(1, 1, 8), "patch_embed.proj.weight": torch.zeros(8, 3, 16, 16)}, vit)
+    torch.save(vit_writers.timm_vit(16, 32, depth=2).state_dict(), vit)
     c4 = REPO / "detectron_configs" / "coco_R_50_C4_1x.yaml"
-    for name, ckpt, config, expected in [("vit", vit, DEMO, "no ResNet weights"),
+    for name, ckpt, config, expected in [("vit", vit, DEMO, "holds a Vision Transformer"),
                                          ("c4_r18", r18_ckpt, c4, "use an FPN config")]:
         code = main(["--ckpt", str(ckpt), "--config", str(config), "--out", str(tmp_path / name),
                      "--data-root", str(synthetic_root)])
@@ -136,15 +138,15 @@ def _build_demo_model():
 
 
 def _converted(r18_ckpt: Path) -> dict:
-    from transfer.checkpoints import load_backbone
-    from transfer.convert import to_detectron2
+    from transfer.backbones import load
+    from transfer.backbones.resnet.detectron2 import to_detectron2
 
-    return to_detectron2(*load_backbone(r18_ckpt))
+    return to_detectron2(*load(r18_ckpt))
 
 
 def test_weights_that_do_not_load_are_refused(r18_ckpt, tmp_path):
     """detectron2 only warns about unmatched names; load_verified refuses."""
-    from transfer.detection.weights import WeightsNotLoaded, load_verified
+    from transfer.backbones.resnet.detectron2 import WeightsNotLoaded, load_verified
 
     good = _converted(r18_ckpt)
     wrong_prefix = {**good, "model": {f"encoder.{k}": v for k, v in good["model"].items()}}

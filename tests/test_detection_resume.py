@@ -53,7 +53,7 @@ def test_resume_continues_from_the_last_checkpoint_and_never_runs_file_code(tmp_
     seed = out / "seed_0"
     saved = checkpoint_to_resume(seed)
     assert saved is not None and saved.is_file()
-    from transfer.safe_files import read_torch_file
+    from transfer.backbones.read import read_torch_file
 
     obj = read_torch_file(saved)
     assert obj["iteration"] == 1

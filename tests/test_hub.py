@@ -17,7 +17,8 @@ from safetensors.torch import save_file
 
 from hub_cache import COMMIT, hf_repo, shard
 from transfer import hub
-from transfer.checkpoints import CheckpointError, load_backbone, sha256_file
+from transfer.backbones.info import CheckpointError, sha256_file
+from transfer.backbones import load
 from transfer.orchestrate.resolve import UsageError, resolve_checkpoints
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -59,7 +60,7 @@ def test_hf_repo_resolves_through_huggingface_hubs_cache_to_its_commit(r18, hf_c
     assert repo.repo_id == "org/r18" and {r.commit_hash for r in repo.revisions} == {COMMIT}
     assert {ref for r in repo.revisions for ref in r.refs} == {"main"}
 
-    canonical, info = load_backbone("hf://org/r18")
+    canonical, info = load("hf://org/r18")
     assert _same(canonical, state)
     assert info.reference == "hf://org/r18" and info.revision == COMMIT
     assert info.resolved == f"hf://org/r18@{COMMIT}/model.safetensors"
@@ -75,23 +76,23 @@ def test_hf_sharded_safetensors_are_read_through_their_index(r18, hf_cache, tmp_
     (tmp_path / "shards").mkdir()
     files = shard(state, tmp_path / "shards", parts=3)
     hf_repo(hf_cache, "org/sharded", files)
-    canonical, info = load_backbone("hf://org/sharded")
+    canonical, info = load("hf://org/sharded")
     assert _same(canonical, state)
     assert info.resolved == f"hf://org/sharded@{COMMIT}/model.safetensors.index.json"
     parts = [files["model.safetensors.index.json"]] + [files[f"model-0000{i}-of-00003.safetensors"] for i in (1, 2, 3)]
     expected = hashlib.sha256("\n".join(hashlib.sha256(p.read_bytes()).hexdigest() for p in parts).encode()).hexdigest()
     assert info.sha256 == expected == sha256_file(info.path)
-    local, local_info = load_backbone(files["model.safetensors.index.json"])  # a local index reads the same
+    local, local_info = load(files["model.safetensors.index.json"])  # a local index reads the same
     assert _same(local, state) and local_info.sha256 == expected and not local_info.reference
     index = tmp_path / "shards" / "model.safetensors.index.json"
     index.write_text(json.dumps({"weight_map": {"conv1.weight": "../elsewhere.safetensors"}}))
     with pytest.raises(CheckpointError, match="weight_map must name shard files in its own folder"):
-        load_backbone(index)
+        load(index)
     # a shard missing from the cache: one line naming the reference and the shard file
     (hf_cache / "models--org--sharded" / "snapshots" / COMMIT / "model-00002-of-00003.safetensors").unlink()
     with pytest.raises(CheckpointError, match=rf"^--ckpt hf://org/sharded: not resolved; tried org/sharded@{COMMIT} .*"
                                               r"model-00002-of-00003") as e:
-        load_backbone("hf://org/sharded")
+        load("hf://org/sharded")
     assert "\n" not in str(e.value)
 
 
@@ -109,7 +110,7 @@ def test_unresolvable_references_are_one_line_saying_what_was_tried(hf_cache, tm
     }
     for ref, pattern in cases.items():
         with pytest.raises(CheckpointError) as e:
-            load_backbone(ref)
+            load(ref)
         assert str(e.value).startswith(f"--ckpt {ref}") and "\n" not in str(e.value), str(e.value)
         assert __import__("re").search(pattern, str(e.value)), str(e.value)
     with pytest.raises(UsageError, match=r"^--ckpt hf://org/none: not resolved"):
@@ -141,12 +142,12 @@ def test_https_url_goes_to_torch_hubs_cache_and_its_sha256_is_checked(r18, tmp_p
     cached.write_bytes(path.read_bytes())
     digest = sha256_file(cached)
     ref = f"https://example.org/releases/v1/r18_release.safetensors#sha256={digest}"
-    canonical, info = load_backbone(ref)
+    canonical, info = load(ref)
     assert _same(canonical, state) and info.sha256 == digest and info.reference == ref and info.path == str(cached)
-    assert load_backbone("https://example.org/releases/v1/r18_release.safetensors")[1].sha256 == digest
+    assert load("https://example.org/releases/v1/r18_release.safetensors")[1].sha256 == digest
     wrong = ref[:-4] + ("0000" if not ref.endswith("0000") else "1111")
     with pytest.raises(CheckpointError, match=f"has sha256 {digest[:16]}..., expected {wrong[-64:][:16]}"):
-        load_backbone(wrong)
+        load(wrong)
 
 
 def test_timm_tag_resolves_through_its_pretrained_cfgs_hub_repo(hf_cache, tmp_path):
@@ -161,9 +162,9 @@ def test_timm_tag_resolves_through_its_pretrained_cfgs_hub_repo(hf_cache, tmp_pa
     hf_repo(hf_cache, cfg.hf_hub_id, {"model.safetensors": file})
     got = hub.resolve("timm://vit_small_patch16_224.dino")
     assert got.pinned == f"hf://timm/vit_small_patch16_224.dino@{COMMIT}/model.safetensors" and got.revision == COMMIT
-    from transfer.vit import load_vit
+    from transfer.backbones import load
 
-    state, info = load_vit("timm://vit_small_patch16_224.dino")
+    state, info = load("timm://vit_small_patch16_224.dino")
     assert info.reference == "timm://vit_small_patch16_224.dino" and info.revision == COMMIT
     assert info.sha256 == sha256_file(file) and info.vit["depth"] == 1
     assert torch.equal(state["blocks.0.attn.qkv.weight"], vit.state_dict()["blocks.0.attn.qkv.weight"])
@@ -174,12 +175,12 @@ def test_run_all_names_the_reference_and_gives_tasks_the_pinned_one(r18, hf_cach
     (ck,) = resolve_checkpoints(["hf://org/r18"], [])
     assert ck.name == "r18" and ck.reference == f"hf://org/r18@{COMMIT}/model.safetensors"
     assert ck.ckpt_arg == ck.reference and ck.sha256 == sha256_file(r18[0])
-    from transfer.orchestrate import run_all
+    from transfer.orchestrate import run_all, suite_jobs
     from transfer.orchestrate.suite import load_suite
 
     spec = load_suite("demo", tasks=["knn"]).tasks[0]
-    job = run_all.Job(ck, spec, ck.task_dir(hf_cache, spec.name))
-    cmd = run_all.job_command(job)
+    job = suite_jobs.Job(ck, spec, ck.task_dir(hf_cache, spec.name))
+    cmd = suite_jobs.job_command(job)
     assert cmd[cmd.index("--ckpt") + 1] == ck.reference
 
 
@@ -189,8 +190,8 @@ def test_hf_repo_without_safetensors_falls_back_to_its_torch_file_at_a_named_rev
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, legacy)  # a wrapped torch file
     other = "fedcba9876543210fedcba9876543210fedcba98"
     hf_repo(hf_cache, "org/legacy", {"pytorch_model.bin": legacy}, commit=other, ref="v1")
-    canonical, info = load_backbone("hf://org/legacy@v1")
+    canonical, info = load("hf://org/legacy@v1")
     assert _same(canonical, state) and info.revision == other
     assert info.resolved == f"hf://org/legacy@{other}/pytorch_model.bin" and info.sha256 == sha256_file(legacy)
     with pytest.raises(CheckpointError, match="tried org/legacy@main"):  # no refs/main: main is not cached
-        load_backbone("hf://org/legacy")
+        load("hf://org/legacy")

@@ -1,16 +1,21 @@
 """The layers of README "Layout": every module sits in exactly one, no import goes up, none in a circle.
 
     benchmarks      benchmarks/                    may import every layer; nothing imports it
-    orchestration   transfer/orchestrate/, transfer/run_all.py (start tasks and reports as subprocesses)
-    reports         reports/                       core + floor only (reads records, not task code)
-    tasks           transfer/detection/, transfer/segmentation/, transfer/probes/ (core + floor)
-    floor           transfer/'s top-level modules listed in FLOOR (core + floor)
+    orchestration   transfer/orchestrate/          start tasks and reports as subprocesses
+    reports         reports/                       plumbing + core + floor + backbones (reads records and
+                                                   checkpoint files as data, not task code)
+    tasks           transfer/{detection,segmentation,classification,probes}/ (... + backbones; never one another)
+    backbones       transfer/backbones/            read once, one package per family (... + floor)
+    floor           transfer/'s own modules        (plumbing + core + floor)
     core            mast/                          (plumbing)
     plumbing        plumbing/                      imports nothing of the project
 
-A module's layer follows from its package path, except the floor, whose modules are listed by
-name: a new file at ``transfer/``'s top level must be placed on purpose. A module no rule places
-fails the check. Every import statement counts, also one inside a function.
+A module's layer is its package's (PACKAGE_LAYERS): a package split into layers (``transfer``) names each
+of its subpackages, so a new subpackage is in no layer until it is placed on purpose, while a module
+added to a placed package (``transfer/stats.py``, ``mast/new.py``) takes that package's layer. A
+command's short path (``transfer/run_all.py``, ``transfer/convert.py``: nothing but ``from X import
+main`` and the ``__main__`` guard) takes the layer of the module whose ``main`` it runs. A module no rule
+places fails the check. Every import statement counts, also one inside a function.
 """
 
 from __future__ import annotations
@@ -23,28 +28,29 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("plumbing", "mast", "transfer", "reports", "benchmarks")
 NOT_MODULES = ("transfer.mmseg_configs", "transfer.mmpretrain_configs")  # mmengine config files, read by path, never imported
-FLOOR = ("transfer", "transfer.checkpoints", "transfer.layouts", "transfer.convert", "transfer.inspect_checkpoint",
-         "transfer.vit", "transfer.vit_layouts", "transfer.vit_inspect", "transfer.safe_files",
-         "transfer.records", "transfer.engines", "transfer.stats", "transfer.hub", "transfer.imagenet")
-TASK_PACKAGES = ("transfer.detection", "transfer.segmentation", "transfer.probes", "transfer.classification")
-# (layer, rule): each module must match exactly one rule.
-RULES = (
-    ("plumbing", lambda m: _under(m, "plumbing")),
-    ("core", lambda m: _under(m, "mast")),
-    ("floor", lambda m: m in FLOOR),
-    ("tasks", lambda m: any(_under(m, p) for p in TASK_PACKAGES)),
-    ("reports", lambda m: _under(m, "reports")),
-    ("orchestration", lambda m: _under(m, "transfer.orchestrate") or m == "transfer.run_all"),
-    ("benchmarks", lambda m: _under(m, "benchmarks")),
-)
+PACKAGE_LAYERS = {
+    "plumbing": "plumbing",
+    "mast": "core",
+    "transfer": "floor",  # transfer's own modules: records, stats, engines, hub, imagenet
+    "transfer.backbones": "backbones",
+    "transfer.detection": "tasks",
+    "transfer.segmentation": "tasks",
+    "transfer.classification": "tasks",
+    "transfer.probes": "tasks",
+    "transfer.orchestrate": "orchestration",
+    "reports": "reports",
+    "benchmarks": "benchmarks",
+}
+TASK_PACKAGES = tuple(p for p, layer in PACKAGE_LAYERS.items() if layer == "tasks")
 ALLOWED = {  # layer -> the layers its modules may import
     "plumbing": {"plumbing"},
     "core": {"plumbing", "core"},
     "floor": {"plumbing", "core", "floor"},
-    "tasks": {"plumbing", "core", "floor", "tasks"},
-    "reports": {"plumbing", "core", "floor", "reports"},
-    "orchestration": {"plumbing", "core", "floor", "tasks", "reports", "orchestration"},
-    "benchmarks": {"plumbing", "core", "floor", "tasks", "reports", "orchestration", "benchmarks"},
+    "backbones": {"plumbing", "core", "floor", "backbones"},
+    "tasks": {"plumbing", "core", "floor", "backbones", "tasks"},
+    "reports": {"plumbing", "core", "floor", "backbones", "reports"},  # mast_plots reads a state file as data (backbones.read)
+    "orchestration": {"plumbing", "core", "floor", "backbones", "tasks", "reports", "orchestration"},
+    "benchmarks": {"plumbing", "core", "floor", "backbones", "tasks", "reports", "orchestration", "benchmarks"},
 }
 
 
@@ -63,9 +69,30 @@ def project_modules(root: Path = REPO) -> dict[str, Path]:
     return {m: p for m, p in modules.items() if not any(_under(m, x) for x in NOT_MODULES)}
 
 
-def layers_of(name: str) -> list[str]:
-    """The layers whose rule places ``name`` (exactly one for a known module)."""
-    return [layer for layer, rule in RULES if rule(name)]
+def command_target(path: Path) -> str | None:
+    """``X`` when the file is only a command's short path: a docstring, ``from X import main`` and the
+    ``if __name__ == "__main__"`` guard; otherwise None."""
+    body = ast.parse(path.read_text(), str(path)).body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    if len(body) == 2 and isinstance(body[0], ast.ImportFrom) and [a.name for a in body[0].names] == ["main"] \
+            and isinstance(body[1], ast.If) and "__name__" in ast.unparse(body[1].test):
+        return body[0].module
+    return None
+
+
+def layers_of(name: str, modules: dict[str, Path] | None = None) -> list[str]:
+    """The layer of ``name`` by its package (PACKAGE_LAYERS); [] when no rule places it."""
+    modules = project_modules() if modules is None else modules
+    target = command_target(modules[name]) if name in modules else None
+    if target is not None and target != name:
+        return layers_of(target, modules)
+    parts = name.split(".")
+    top, sub = parts[0], ".".join(parts[:2])
+    split = any(p.startswith(top + ".") for p in PACKAGE_LAYERS)  # a package whose subpackages sit in other layers
+    if split and len(parts) > 1 and sub in modules and modules[sub].name == "__init__.py":
+        return [PACKAGE_LAYERS[sub]] if sub in PACKAGE_LAYERS else []
+    return [PACKAGE_LAYERS[top]] if top in PACKAGE_LAYERS else []
 
 
 def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
@@ -90,22 +117,19 @@ def graph(root: Path = REPO) -> dict[str, set[str]]:
 
 
 def unplaced(root: Path = REPO) -> list[str]:
-    """``"NAME: in no layer"`` / ``"NAME: in layers a, b"`` for every module not in exactly one layer."""
-    out = []
-    for name in project_modules(root):
-        found = layers_of(name)
-        if len(found) != 1:
-            out.append(f"{name}: " + (f"in layers {', '.join(found)}" if found else "in no layer (add a rule or list it in FLOOR)"))
-    return out
+    """``"NAME: in no layer"`` for every module no package rule places."""
+    modules = project_modules(root)
+    return [f"{name}: in no layer (place its package in PACKAGE_LAYERS)" for name in modules
+            if not layers_of(name, modules)]
 
 
 def upward_imports(root: Path = REPO) -> list[str]:
     """``"A (layer) imports B (layer)"`` for every import its layer may not make."""
-    bad = []
+    bad, modules = [], project_modules(root)
     for a, targets in graph(root).items():
-        (layer_a,) = layers_of(a) or ("?",)
+        (layer_a,) = layers_of(a, modules) or ("?",)
         for b in sorted(targets):
-            layer_b = (layers_of(b) or ["?"])[0]
+            layer_b = (layers_of(b, modules) or ["?"])[0]
             if layer_a in ALLOWED and layer_b not in ALLOWED[layer_a]:
                 bad.append(f"{a} ({layer_a}) imports {b} ({layer_b})")
             elif layer_a == "tasks" and layer_b == "tasks" and _task_of(a) != _task_of(b):
@@ -121,9 +145,13 @@ def test_every_module_is_in_exactly_one_layer():
     assert not unplaced(), "; ".join(unplaced())
 
 
-def test_every_listed_floor_module_exists():
+def test_every_placed_package_exists_and_commands_take_their_target_layer():
     modules = project_modules()
-    assert [m for m in FLOOR if m not in modules] == []
+    assert [p for p in PACKAGE_LAYERS if not (REPO / p.replace(".", "/")).is_dir()] == []
+    commands = {m: command_target(p) for m, p in modules.items() if command_target(p)}
+    assert commands == {"transfer.run_all": "transfer.orchestrate.run_all", "transfer.convert": "transfer.backbones.convert",
+                        "transfer.inspect_checkpoint": "transfer.backbones.inspect_checkpoint"}
+    assert [layers_of(m, modules) for m in sorted(commands)] == [["backbones"], ["backbones"], ["orchestration"]]
 
 
 def test_no_import_goes_up_a_layer():
@@ -169,11 +197,16 @@ def test_the_check_fails_on_an_unknown_or_misplaced_module(tmp_path):
         "plumbing/jobs.py": "import mast.core\n",  # plumbing -> core: up
         "transfer/__init__.py": "",
         "transfer/stats.py": "",
-        "transfer/helpers.py": "",  # top-level transfer module no rule places
+        "transfer/helpers.py": "",  # a new floor module: placed by its package
+        "transfer/extras/__init__.py": "",  # a new subpackage of the split package: placed by no rule
+        "transfer/extras/tool.py": "",
+        "transfer/cmd.py": '"""short path"""\nfrom transfer.orchestrate.jobs import main\n\nif __name__ == "__main__":\n    main()\n',
         "transfer/probes/__init__.py": "",
         "transfer/probes/knn.py": "from transfer.detection import runner\n",  # task -> other task
         "transfer/detection/__init__.py": "",
-        "transfer/detection/runner.py": "",
+        "transfer/detection/runner.py": "from transfer.backbones import loader\n",  # task -> backbones: allowed
+        "transfer/backbones/__init__.py": "",
+        "transfer/backbones/loader.py": "from transfer.probes import knn\n",  # backbones -> task: up
         "transfer/orchestrate/__init__.py": "",
         "transfer/orchestrate/jobs.py": "",  # new orchestration module: placed by its package path
         "reports/__init__.py": "",
@@ -183,12 +216,17 @@ def test_the_check_fails_on_an_unknown_or_misplaced_module(tmp_path):
     for rel, text in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
-    assert unplaced(tmp_path) == ["transfer.helpers: in no layer (add a rule or list it in FLOOR)"]
+    assert unplaced(tmp_path) == ["transfer.extras: in no layer (place its package in PACKAGE_LAYERS)",
+                                  "transfer.extras.tool: in no layer (place its package in PACKAGE_LAYERS)"]
+    modules = project_modules(tmp_path)
+    assert layers_of("transfer.helpers", modules) == ["floor"] and layers_of("transfer.cmd", modules) == ["orchestration"]
     assert sorted(upward_imports(tmp_path)) == [
         "mast.core (core) imports transfer.stats (floor)",
         "plumbing.jobs (plumbing) imports mast.core (core)",
         "reports.r (reports) imports transfer.orchestrate (orchestration)",
         "reports.r (reports) imports transfer.orchestrate.jobs (orchestration)",
+        "transfer.backbones.loader (backbones) imports transfer.probes (tasks)",
+        "transfer.backbones.loader (backbones) imports transfer.probes.knn (tasks)",
         "transfer.probes.knn imports transfer.detection.runner: one task package imports another",
         "transfer.probes.knn imports transfer.detection: one task package imports another",
     ]

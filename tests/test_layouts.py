@@ -22,10 +22,11 @@ from torch import Tensor, nn
 
 from test_convert import build_d2, d2_stages, max_rel_err, random_resnet, tv_stages
 from transfer import inspect_checkpoint as inspect_cli
-from transfer.checkpoints import load_backbone
-from transfer.convert import main as convert_main, to_detectron2
+from transfer.backbones import load
+from transfer.convert import main as convert_main
+from transfer.backbones.resnet.detectron2 import to_detectron2
 from transfer.engines import require_mmseg
-from transfer.segmentation.backbone import to_mmseg_file
+from transfer.backbones.resnet.mmseg import to_mmseg_file
 
 SIZE = 64  # input pixels: res5 is 2x2, enough for every tensor to matter
 
@@ -160,13 +161,13 @@ def _mmseg_stages(ckpt: Path, converted: Path, info, out: Path, x: Tensor) -> li
 
 @pytest.mark.parametrize("layout,depth", CASES)
 def test_layout_converts_to_torchvision_equivalent_engines(layout, depth, tv_models, d2_models, tmp_path):
-    from transfer.detection.weights import load_verified
+    from transfer.backbones.resnet.detectron2 import load_verified
 
     write, expected_prefix = LAYOUTS[layout]
     tv, x, ref = tv_models(depth)
     ckpt = tmp_path / "ckpt.pth"
     torch.save(write(tv), ckpt)
-    state, info = load_backbone(ckpt)
+    state, info = load(ckpt)
     assert (info.backbone, info.arch) == (expected_prefix, f"resnet{depth}")
     reference = _no_fc(tv.state_dict())
     assert set(state) == set(reference) and all(torch.equal(state[k], reference[k]) for k in state)
@@ -192,12 +193,12 @@ def test_other_depths_reach_both_engines_through_the_task_configs(depth, tmp_pat
     from detectron2.modeling import build_backbone
 
     from transfer.detection import runner as detection
-    from transfer.detection.weights import load_verified
+    from transfer.backbones.resnet.detectron2 import load_verified
 
     tv = random_resnet(f"resnet{depth}", seed=depth)
     ckpt = tmp_path / "c.pth"
     torch.save(tv.state_dict(), ckpt)
-    state, info = load_backbone(ckpt)
+    state, info = load(ckpt)
     args = detection.parse_args(["--ckpt", str(ckpt), "--out", str(tmp_path / "o"),
                                  "--config", str(Path(detection.REPO) / "detectron_configs/coco_R_50_FPN_1x.yaml")])
     cfg = detection.load_config(args.config, args.opts)
@@ -265,14 +266,14 @@ def test_backbone_option_overrides_the_convention(tmp_path):
     tv = random_resnet("resnet18", seed=3)
     path = tmp_path / "solo.pth"
     torch.save(LAYOUTS["solo-learn"][0](tv), path)
-    state, info = load_backbone(path, "momentum_backbone")
+    state, info = load(path, "momentum_backbone")
     assert info.backbone == "state_dict.momentum_backbone." and info.backbone_choice == "--backbone momentum_backbone"
     assert torch.equal(state["layer1.0.conv1.weight"], tv.state_dict()["layer1.0.conv1.weight"] + 0.5)
-    default = load_backbone(path)[1]
+    default = load(path)[1]
     assert default.backbone_choice.startswith("default: online") and default.candidates == (
         "state_dict.backbone", "state_dict.momentum_backbone")
     # Cache keys differ between the two choices of one file (converted weights, features).
-    from transfer.checkpoints import weights_id
+    from transfer.backbones.info import weights_id
 
     assert weights_id(info) != weights_id(default) and weights_id(default).startswith(default.sha256)
 
@@ -290,7 +291,7 @@ def test_every_task_takes_the_backbone_option(task):
 
 
 def test_run_all_passes_the_backbone_per_checkpoint(tmp_path):
-    from transfer.orchestrate import run_all
+    from transfer.orchestrate import run_all, suite_jobs
     from transfer.orchestrate.suite import TaskSpec
 
     tv = random_resnet("resnet18", seed=4)
@@ -305,18 +306,18 @@ def test_run_all_passes_the_backbone_per_checkpoint(tmp_path):
     with pytest.raises(run_all.UsageError, match="--backbone"):  # 'nothing' names no candidate of solo.pth
         run_all.resolve_checkpoints([str(solo)], [], ["nothing"])
     spec = TaskSpec(name="k", task="knn", args={"data": "d"}, scale="demo")
-    command = run_all.job_command(run_all.Job(ckpts[0], spec, tmp_path / "out" / "k"))
+    command = suite_jobs.job_command(suite_jobs.Job(ckpts[0], spec, tmp_path / "out" / "k"))
     assert command[-2:] == ["--backbone", "momentum_backbone"]
-    assert "--backbone" not in run_all.job_command(run_all.Job(ckpts[1], spec, tmp_path / "out" / "k"))
+    assert "--backbone" not in suite_jobs.job_command(suite_jobs.Job(ckpts[1], spec, tmp_path / "out" / "k"))
     record = {"status": "ok", "name": "solo", "ckpt_sha256": ckpts[0].sha256,
               "task_config_hash": spec.config_hash, "backbone_option": None}
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "results.jsonl").write_text(json.dumps(record) + "\n")
     suite = run_all.Suite("s", tmp_path / "s.yaml", [spec])
-    todo, done = run_all.plan([run_all.Checkpoint("solo", solo, ckpts[0].sha256, "resnet18", None, False)],
+    todo, done = suite_jobs.plan([suite_jobs.Checkpoint("solo", solo, ckpts[0].sha256, "resnet18", None, False)],
                               suite, tmp_path / "out", force=False)
     assert (len(todo), len(done)) == (0, 1)  # same file, same (default) choice: done
-    todo, done = run_all.plan([ckpts[0]], suite, tmp_path / "out", force=False)
+    todo, done = suite_jobs.plan([ckpts[0]], suite, tmp_path / "out", force=False)
     assert (len(todo), len(done)) == (1, 0)  # another backbone of the same file is another result
 
 
@@ -400,6 +401,6 @@ def test_more_conventions(name, tmp_path):
     state = _no_fc(random_resnet("resnet18", seed=7).state_dict())
     write, expected = MORE[name]
     torch.save(write(state, _other(state)), tmp_path / "c.pth")
-    canonical, info = load_backbone(tmp_path / "c.pth")
+    canonical, info = load(tmp_path / "c.pth")
     assert info.backbone == expected, info
     assert all(torch.equal(canonical[k], state[k]) for k in state)

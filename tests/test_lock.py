@@ -97,7 +97,7 @@ def test_run_all_and_pretraining_refuse_a_folder_lock_in_one_line(tmp_path: Path
     torch_file = tmp_path / "r18.pth"
     import torch
 
-    from transfer.checkpoints import build_resnet
+    from transfer.backbones.resnet.load import build_resnet
 
     torch.save(build_resnet("resnet18").state_dict(), torch_file)
     for cmd in ([sys.executable, "-m", "transfer.run_all", "--ckpt", str(torch_file), "--out", str(tmp_path / "res"),

@@ -37,14 +37,14 @@ def r50(tmp_path_factory) -> Path:
 
 
 def _seg_config(ckpt: Path, config: Path, world: int, *extra: str, monkeypatch):
-    from transfer.checkpoints import load_backbone
+    from transfer.backbones import load
     from transfer.segmentation.runner import build_parser, load_config
 
     monkeypatch.setenv("WORLD_SIZE", str(world))
     launcher = "pytorch" if world > 1 else "none"
     args = build_parser().parse_args(["--ckpt", str(ckpt), "--out", "unused", "--config", str(config),
                                       "--launcher", launcher, *extra])
-    return load_config(args, load_backbone(ckpt)[1])
+    return load_config(args, load(ckpt)[1])
 
 
 @pytest.mark.parametrize("config,protocol", [(VOC, 16), (CITY, 8)])

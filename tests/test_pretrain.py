@@ -90,11 +90,10 @@ def test_tensorboard_events_hold_the_logged_scalars(full_run):
 
 
 def test_checkpoint_reader_sees_method(full_run):
-    checkpoints = pytest.importorskip("transfer.checkpoints")
-    if not hasattr(checkpoints, "load_backbone"):
-        pytest.skip("transfer.checkpoints.load_backbone not written yet")
-    _, info = checkpoints.load_backbone(str(full_run / "backbone.pth"))
-    assert info.arch == "resnet18" and info.method == "mast"
+    from transfer.backbones import load
+
+    _, info = load(str(full_run / "backbone.pth"))
+    assert (info.family, info.arch, info.method) == ("resnet", "resnet18", "mast")
 
 
 @pytest.mark.slow

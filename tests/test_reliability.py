@@ -223,7 +223,7 @@ def test_segmentation_resume_follows_no_pointer_out_of_its_work_folder(tmp_path,
     marker = tmp_path / "PWNED"
     torch.save({"meta": Payload(marker), "state_dict": {}}, tmp_path / "evil.pth")
     torch.manual_seed(0)
-    from transfer.checkpoints import build_resnet
+    from transfer.backbones.resnet.load import build_resnet
 
     torch.save(build_resnet("resnet18").state_dict(), tmp_path / "r18.pth")
     out = tmp_path / "seg"
@@ -237,7 +237,7 @@ def test_segmentation_resume_follows_no_pointer_out_of_its_work_folder(tmp_path,
 
 
 def test_convert_never_overwrites_its_input_or_an_existing_file(tmp_path, capsys):
-    from transfer.checkpoints import build_resnet
+    from transfer.backbones.resnet.load import build_resnet
     from transfer.convert import main as convert_main
 
     ckpt = tmp_path / "r18.pth"
@@ -255,7 +255,7 @@ def test_convert_never_overwrites_its_input_or_an_existing_file(tmp_path, capsys
 
 
 def test_full_disk_in_a_probe_is_one_line_and_a_full_cache_is_skipped(tmp_path, synthetic_root, monkeypatch, capsys):
-    from transfer.checkpoints import build_resnet
+    from transfer.backbones.resnet.load import build_resnet
     from transfer.probes import features
     from transfer.probes.knn import main as knn_main
 
@@ -277,7 +277,7 @@ def test_full_disk_in_a_probe_is_one_line_and_a_full_cache_is_skipped(tmp_path, 
 
 
 def test_nan_weights_are_refused_not_reported_at_chance(tmp_path, synthetic_root, capsys):
-    from transfer.checkpoints import build_resnet
+    from transfer.backbones.resnet.load import build_resnet
     from transfer.probes.knn import main as knn_main
 
     state = build_resnet("resnet18").state_dict()
@@ -292,7 +292,7 @@ def test_nan_weights_are_refused_not_reported_at_chance(tmp_path, synthetic_root
 
 
 def test_nonfinite_or_sparse_weights_are_refused_at_load_naming_the_tensor(tmp_path, capsys):
-    from transfer.checkpoints import build_resnet
+    from transfer.backbones.resnet.load import build_resnet
     from transfer.convert import main as convert_main
 
     state = build_resnet("resnet18").state_dict()
@@ -310,7 +310,7 @@ def test_one_class_or_one_way_is_refused_not_reported_as_100(tmp_path, capsys):
     import numpy as np
     from PIL import Image
 
-    from transfer.checkpoints import build_resnet
+    from transfer.backbones.resnet.load import build_resnet
     from transfer.probes.fewshot import main as fewshot_main
     from transfer.probes.knn import main as knn_main
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
-from transfer.checkpoints import build_resnet
-from transfer.orchestrate import run_all
+from transfer.backbones.resnet.load import build_resnet
+from transfer.orchestrate import run_all, suite_jobs
 from plumbing.jobs import JobSpec, Outcome
 from transfer.orchestrate.suite import load_suite
 
@@ -36,26 +36,26 @@ def ckpt(tmp_path_factory) -> Path:
     return run / "backbone.pth"
 
 
-def _jobs(ckpt: Path, tmp_path: Path, tasks: list[dict]) -> list[run_all.Job]:
+def _jobs(ckpt: Path, tmp_path: Path, tasks: list[dict]) -> list[suite_jobs.Job]:
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"scale": "demo", "tasks": tasks}, sort_keys=False))
     ckpts = run_all.resolve_checkpoints([str(ckpt)], [])
-    return run_all.plan(ckpts, load_suite(str(path)), tmp_path / "out", force=False)[0]
+    return suite_jobs.plan(ckpts, load_suite(str(path)), tmp_path / "out", force=False)[0]
 
 
-def _resubmitted(job: run_all.Job, force: bool = False) -> list[str]:
+def _resubmitted(job: suite_jobs.Job, force: bool = False) -> list[str]:
     """What run_all would run now: prepare() then the spec's command line (as the job runner does)."""
-    spec = JobSpec(job.key, job.label, run_all.job_command(job), job.out_dir / "run_all.log")
-    run_all.prepare(job, spec, force)
+    spec = JobSpec(job.key, job.label, suite_jobs.job_command(job), job.out_dir / "run_all.log")
+    suite_jobs.prepare(job, spec, force)
     return spec.cmd
 
 
-def _earlier_attempt(job: run_all.Job, outcome: Outcome, pointer: str | None) -> None:
+def _earlier_attempt(job: suite_jobs.Job, outcome: Outcome, pointer: str | None) -> None:
     job.out_dir.mkdir(parents=True, exist_ok=True)
     if pointer:
         (job.out_dir / pointer).parent.mkdir(parents=True, exist_ok=True)
         (job.out_dir / pointer).write_text("model_0000001.pth")
-    run_all.finish(job, outcome)  # writes the earlier attempt's record.json, as collecting the job does
+    suite_jobs.finish(job, outcome)  # writes the earlier attempt's record.json, as collecting the job does
 
 
 DET = {"name": "det", "task": "detection", "args": {"config": DEMO}}
@@ -68,9 +68,9 @@ def test_a_task_the_cluster_ended_resumes_from_its_checkpoint(ckpt, tmp_path, ta
     job = _jobs(ckpt, tmp_path, [task])[0]
     _earlier_attempt(job, Outcome(job.key, **ENDED), pointer)
     cmd = _resubmitted(job)
-    assert cmd[-1] == "--resume" and cmd[:-1] == run_all.job_command(job)
+    assert cmd[-1] == "--resume" and cmd[:-1] == suite_jobs.job_command(job)
     assert (job.out_dir / "record.prev.json").is_file() and not (job.out_dir / "record.json").exists()
-    record = run_all.finish(job, Outcome(job.key, 0))  # the resumed job, collected
+    record = suite_jobs.finish(job, Outcome(job.key, 0))  # the resumed job, collected
     assert record["resumed_from"]["cause"] == "PREEMPTED" and record["resumed_from"]["slurm_job_id"] == "41"
     assert record["resumed_from"]["checkpoints"] == [str(job.out_dir / Path(pointer).parent / "model_0000001.pth")]
 
@@ -91,9 +91,9 @@ def test_everything_else_starts_over(ckpt, tmp_path, case):
     if case == "other_config":
         job = _jobs(ckpt, tmp_path, [dict(DET, args={"config": DEMO, "seeds": [1]})])[0]
     cmd = _resubmitted(job, force=case == "force")
-    assert "--resume" not in cmd and cmd == run_all.job_command(job)
+    assert "--resume" not in cmd and cmd == suite_jobs.job_command(job)
     assert not (job.out_dir / "resume.json").exists()
-    assert run_all.finish(job, Outcome(job.key, 0))["resumed_from"] is None
+    assert suite_jobs.finish(job, Outcome(job.key, 0))["resumed_from"] is None
 
 
 @pytest.mark.slow
@@ -105,7 +105,7 @@ def test_run_all_resubmits_a_preempted_detection_with_resume(ckpt, tmp_path, syn
     args = {"config": DEMO, "data_root": str(synthetic_root), "save_model": True, "threads": 1}
     det = {"name": "det", "task": "detection", "args": args, "extra_args": TINY}
     job = _jobs(ckpt, tmp_path, [det])[0]
-    stopped = run_all.job_command(job)[3:] + ["SOLVER.MAX_ITER", "2"]  # the same task, ended after 2 iterations
+    stopped = suite_jobs.job_command(job)[3:] + ["SOLVER.MAX_ITER", "2"]  # the same task, ended after 2 iterations
     assert detection_main(stopped) == 0
     _earlier_attempt(job, Outcome(job.key, **ENDED), None)
     code = run_all.main(["--ckpt", str(ckpt), "--suite", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"),

@@ -19,8 +19,8 @@ import pytest
 import torch
 import yaml
 
-from transfer.orchestrate import run_all
-from transfer.checkpoints import build_resnet
+from transfer.orchestrate import run_all, suite_jobs
+from transfer.backbones.resnet.load import build_resnet
 from transfer.orchestrate.suite import TASK_MODULES, SuiteError, load_suite
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,7 +131,7 @@ def test_plan_skips_done_retries_failed_and_keeps_the_floor_to_probes(ckpt, tmp_
     ckpts = run_all.resolve_checkpoints([str(ckpt), str(ckpt.with_name("backbone_init.pth"))], [])
     assert [c.name for c in ckpts] == ["r18run", "r18run_init"] and ckpts[1].untrained
     out = tmp_path / "out"
-    todo, done = run_all.plan(ckpts, s, out, force=False)
+    todo, done = suite_jobs.plan(ckpts, s, out, force=False)
     assert [(j.ckpt.name, j.spec.name) for j in todo] == [
         ("r18run", "a"), ("r18run", "b"), ("r18run", "det"), ("r18run_init", "a"), ("r18run_init", "b")]
     out.mkdir()
@@ -140,11 +140,11 @@ def test_plan_skips_done_retries_failed_and_keeps_the_floor_to_probes(ckpt, tmp_
              dict(key, status="failed", task_config_hash=s.tasks[1].config_hash)]
     (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"name": "r18')
     with pytest.warns(UserWarning, match="corrupt line"):
-        todo, done = run_all.plan(ckpts, s, out, force=False)
+        todo, done = suite_jobs.plan(ckpts, s, out, force=False)
     assert [(j.ckpt.name, j.spec.name) for j in done] == [("r18run", "a")]
     assert ("r18run", "b") in [(j.ckpt.name, j.spec.name) for j in todo]  # failed: retried
     with pytest.warns(UserWarning):
-        assert len(run_all.plan(ckpts, s, out, force=True)[0]) == 5
+        assert len(suite_jobs.plan(ckpts, s, out, force=True)[0]) == 5
 
 
 def test_a_shared_name_groups_seeds_each_with_its_own_folder(ckpt, tmp_path):
@@ -155,13 +155,13 @@ def test_a_shared_name_groups_seeds_each_with_its_own_folder(ckpt, tmp_path):
     ckpts = run_all.resolve_checkpoints([str(ckpt), str(other), str(ckpt)], ["m", "m", "solo"])
     assert [(c.name, c.seed_index, c.shared) for c in ckpts] == [("m", 0, True), ("m", 1, True), ("solo", 0, False)]
     out = tmp_path / "out"
-    todo, _ = run_all.plan(ckpts, suite, out, force=False)
+    todo, _ = suite_jobs.plan(ckpts, suite, out, force=False)
     dirs = [j.out_dir for j in todo]
     assert dirs == [out / "m" / ckpts[0].sha256[:8] / "a", out / "m" / ckpts[1].sha256[:8] / "a", out / "solo" / "a"]
     out.mkdir()  # seed 0 done: only seed 1 (another sha256 under the same name) and solo still run
     done = {"name": "m", "ckpt_sha256": ckpts[0].sha256, "status": "ok", "task_config_hash": suite.tasks[0].config_hash}
     (out / "results.jsonl").write_text(json.dumps(done) + "\n")
-    todo, done_jobs = run_all.plan(ckpts, suite, out, force=False)
+    todo, done_jobs = suite_jobs.plan(ckpts, suite, out, force=False)
     assert [j.ckpt.label for j in done_jobs] == ["m#0"] and [j.ckpt.label for j in todo] == ["m#1", "solo"]
 
 
@@ -198,10 +198,10 @@ def _children_of(marker: str) -> list[str]:
 def test_a_task_that_dies_without_a_record_gets_a_failed_one(ckpt, tmp_path):
     spec = load_suite(str(_suite(tmp_path / "s.yaml", [{"name": "t", "task": "knn"}]))).tasks[0]
     c = run_all.resolve_checkpoints([str(ckpt)], ["r18"])[0]
-    job = run_all.Job(c, spec, tmp_path / "out" / "r18" / "t")
+    job = suite_jobs.Job(c, spec, tmp_path / "out" / "r18" / "t")
     job.out_dir.mkdir(parents=True)
     (job.out_dir / "run_all.log").write_text("Traceback (most recent call last):\nMemoryError: boom\n")
-    record = run_all.finish(job, run_all.Outcome(job.key, -9))
+    record = suite_jobs.finish(job, suite_jobs.Outcome(job.key, -9))
     assert record["status"] == "failed" and record["metrics"] == {}
     assert "exit code -9 without a record" in record["error"] and "MemoryError: boom" in record["error"]
     assert record["checkpoint"]["sha256"] == c.sha256 and record["task_config_hash"] == spec.config_hash
@@ -211,7 +211,7 @@ def test_a_task_that_dies_without_a_record_gets_a_failed_one(ckpt, tmp_path):
 def test_sigterm_or_ctrl_c_stops_cleanly(ckpt, tmp_path, monkeypatch, capsys, signum):
     """The running task is terminated, nothing is appended; exit 143 for SIGTERM, 130 for Ctrl-C (SIGINT)."""
     marker = f"import time; time.sleep(120)  # {tmp_path.name}"
-    monkeypatch.setattr(run_all.TaskSpec, "command", lambda self, python, ck, out: [python, "-c", marker])
+    monkeypatch.setattr(suite_jobs.TaskSpec, "command", lambda self, python, ck, out: [python, "-c", marker])
     suite = _suite(tmp_path / "s.yaml", [{"name": "a", "task": "knn"}, {"name": "b", "task": "knn"}])
     def signal_once_running() -> None:  # the signal reaches a runner whose task is running (however loaded the machine)
         deadline = time.monotonic() + 120
@@ -309,11 +309,25 @@ def test_no_tensorboard_reaches_the_tasks_that_write_events(ckpt, tmp_path):
     (checkpoint,) = run_all.resolve_checkpoints([str(ckpt)], [], [])
     suite = load_suite("demo", {}, None, {}, False)
     parse = {"detection": detection_args, "segmentation": lambda argv: segmentation_parser().parse_args(argv)}
-    assert set(parse) <= {t.task for t in suite.tasks} and set(parse) == set(run_all.TENSORBOARD_TASKS)
+    assert set(parse) <= {t.task for t in suite.tasks} and set(parse) == set(suite_jobs.TENSORBOARD_TASKS)
     for spec in suite.tasks:
-        on, off = (run_all.Job(checkpoint, spec, tmp_path / spec.name, tensorboard=t) for t in (True, False))
-        assert "--no-tensorboard" not in run_all.job_command(on)
-        assert ("--no-tensorboard" in run_all.job_command(off)) == (spec.task in parse), spec.name
+        on, off = (suite_jobs.Job(checkpoint, spec, tmp_path / spec.name, tensorboard=t) for t in (True, False))
+        assert "--no-tensorboard" not in suite_jobs.job_command(on)
+        assert ("--no-tensorboard" in suite_jobs.job_command(off)) == (spec.task in parse), spec.name
         if spec.task in parse:
-            assert parse[spec.task](run_all.job_command(on)[3:]).tensorboard
-            assert not parse[spec.task](run_all.job_command(off)[3:]).tensorboard
+            assert parse[spec.task](suite_jobs.job_command(on)[3:]).tensorboard
+            assert not parse[spec.task](suite_jobs.job_command(off)[3:]).tensorboard
+
+
+def test_a_report_that_cannot_be_built_exits_1_and_keeps_the_results(ckpt, tmp_path, capsys):
+    """Every task skipped (no dataset) and --report at a file: the record is kept, the report line says how to
+    rebuild it, and the exit status says something went wrong (it used to be 0)."""
+    suite = _suite(tmp_path / "s.yaml", [{"task": "knn", "args": {"data": str(tmp_path / "absent")}}])
+    blocker = tmp_path / "report"
+    blocker.write_text("a file the report folder would need to be")
+    out = tmp_path / "out"
+    code = run_all.main(["--ckpt", str(ckpt), "--suite", str(suite), "--out", str(out), "--report", str(blocker)])
+    err = capsys.readouterr().err
+    assert code == 1 and "report not built" in err and "reports.build" in err, err
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1
+    assert blocker.read_text() == "a file the report folder would need to be"  # never overwritten

@@ -12,8 +12,9 @@ import torch
 import torchvision
 from torch import nn
 
-from transfer.checkpoints import CheckpointError, load_backbone, read_checkpoint
-from transfer.safe_files import Opaque, plain_message, read_torch_file, runner_admits
+from transfer.backbones.info import CheckpointError, read_checkpoint
+from transfer.backbones import load
+from transfer.backbones.read import Opaque, plain_message, read_torch_file, runner_admits
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,10 +80,10 @@ def test_real_mmengine_runner_file_reads_bit_exact(runner_file) -> None:
     path, trained = runner_file
     with pytest.raises(Exception, match="weights_only|Weights only"):
         torch.load(path)  # torch's default refuses the file users have after mmengine training
-    state, info = load_backbone(path)
+    state, info = load(path)
     assert info.source_format == "state_dict.backbone" and info.arch == "resnet18"
     assert set(state) == set(trained) and all(torch.equal(state[k], trained[k]) for k in trained)
-    hub = read_checkpoint(path)["message_hub"]["log_scalars"]
+    hub = read_checkpoint(path)[0]["message_hub"]["log_scalars"]
     assert hub and all(isinstance(b, Opaque) for b in hub.values())  # never an mmengine object
 
 
@@ -98,7 +99,7 @@ def test_runner_admits_rebuild_the_message_hub_for_resume(runner_file) -> None:
 def test_a_runner_file_cannot_change_the_message_hub_statistics(tmp_path: Path, monkeypatch) -> None:
     from mmengine.logging import HistoryBuffer
 
-    from transfer.safe_files import read_runner_file
+    from transfer.backbones.read import read_runner_file
 
     buffer = HistoryBuffer([1.0, 3.0], [1, 1])
     buffer.__dict__["statistics_methods"] = {"mean": Payload(tmp_path / "PWNED")}
@@ -127,10 +128,10 @@ def test_payload_in_a_runner_shaped_file_never_runs(tmp_path: Path, payload) -> 
     assert control.exists()  # the payload is live: unpickling it the ordinary way runs it
     if payload is SystemPayload:  # torch blocks os/sys outright: refused, in one line naming the file
         with pytest.raises(CheckpointError, match="asks to run code") as err:
-            load_backbone(path)
+            load(path)
         assert str(path) in str(err.value) and "\n" not in str(err.value)
     else:
-        state, _ = load_backbone(path)
+        state, _ = load(path)
         assert torch.equal(state["conv1.weight"], model.state_dict()["conv1.weight"])
         resumed = read_torch_file(path, admit=runner_admits())
         assert isinstance(resumed["message_hub"]["runtime_info"]["evil"], Opaque)
@@ -145,11 +146,11 @@ def test_safetensors_file_reads_bit_exact(tmp_path: Path) -> None:
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     for path in (tmp_path / "model.safetensors", tmp_path / "renamed.bin"):  # by suffix, and by its header
         save_file(state, str(path), metadata={"format": "pt"})
-        loaded, info = load_backbone(path)
+        loaded, info = load(path)
         assert info.arch == "resnet50" and all(torch.equal(loaded[k], state[k]) for k in loaded)
     (tmp_path / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(CheckpointError, match="broken.safetensors cannot be read as a safetensors file"):
-        load_backbone(tmp_path / "broken.safetensors")
+        load(tmp_path / "broken.safetensors")
 
 
 def test_errors_are_plain_one_line_and_say_what_to_do(tmp_path: Path) -> None:
@@ -161,7 +162,7 @@ def test_errors_are_plain_one_line_and_say_what_to_do(tmp_path: Path) -> None:
     for name, hint in (("torn.pth", "re-download it"), ("model.pth", "re-download it"), ("missing.pth", "check the path"),
                        ("whole_module.pth", "torch.save(model.state_dict(), PATH)")):
         with pytest.raises(CheckpointError) as err:
-            load_backbone(tmp_path / name)
+            load(tmp_path / name)
         msg = str(err.value)
         assert str(tmp_path / name) in msg and hint in msg and "\n" not in msg and "\x1b" not in msg, msg
 

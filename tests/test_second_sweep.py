@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from transfer.checkpoints import build_resnet
+from transfer.backbones.resnet.load import build_resnet
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors (conftest.py)
 

@@ -13,11 +13,12 @@ import torchvision
 from torch import nn
 
 from tensorboard_reader import read_scalars
-from transfer.checkpoints import load_backbone
+from transfer.backbones import load
 from transfer.engines import require_mmseg
 from transfer.records import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED
-from transfer.segmentation.backbone import (BackboneMismatch, read_converted, register_runner_scheme, runner_file,
-                                   to_mmseg_file, verify_backbone_state)
+from transfer.backbones.info import BackboneMismatch
+from transfer.segmentation.backbone import read_converted, register_runner_scheme, runner_file, verify_backbone_state
+from transfer.backbones.resnet.mmseg import to_mmseg_file
 from transfer.segmentation.runner import DEFAULT_CONFIGS, attach_checkpoint, build_parser, load_config, main
 
 PAPER = str(DEFAULT_CONFIGS["paper"])
@@ -73,7 +74,7 @@ def resnet50_ckpt(tmp_path_factory: pytest.TempPathFactory):
     Returns (file, info, torchvision state_dict, converted file)."""
     tmp = tmp_path_factory.mktemp("r50")
     tv = _save_resnet(tmp / "r50.pth", "resnet50", seed=1)
-    state, info = load_backbone(tmp / "r50.pth")
+    state, info = load(tmp / "r50.pth")
     return tmp / "r50.pth", info, tv.state_dict(), to_mmseg_file(state, info, tmp / "out")
 
 
@@ -109,7 +110,7 @@ def test_caffe_style_and_deep_stem_are_refused(tmp_path: Path) -> None:
     from mmseg.registry import MODELS
 
     _save_resnet(tmp_path / "r18.pth")
-    state, info = load_backbone(tmp_path / "r18.pth")
+    state, info = load(tmp_path / "r18.pth")
     for option, expected in (("model.backbone.style=caffe", "style='caffe'"),
                              ("model.backbone.type=ResNetV1c", "deep stem"),
                              ("model.backbone.deep_stem=True", "deep stem")):
@@ -138,7 +139,7 @@ def test_distributed_launcher_on_cpu_uses_gloo_and_plain_bn(tmp_path: Path, monk
     # issue 16: CPU processes under torchrun are supported (gloo, DDP without device ids, BN);
     # tests/test_paper_suite.py trains such a 2-process run
     _save_resnet(tmp_path / "r18.pth")
-    _, info = load_backbone(tmp_path / "r18.pth")
+    _, info = load(tmp_path / "r18.pth")
     monkeypatch.setenv("WORLD_SIZE", "2")
     cfg = load_config(_args(tmp_path / "r18.pth", tmp_path / "o", "--launcher", "pytorch"), info)
     assert cfg.env_cfg.dist_cfg == {"backend": "gloo"} and cfg.model_wrapper_cfg["device_ids"] is None
@@ -216,14 +217,14 @@ def test_runner_checkpoints_load_only_through_the_runner_scheme(tmp_path: Path) 
     from mmengine.logging import HistoryBuffer
     from mmengine.runner import CheckpointLoader
 
-    from transfer.checkpoints import CheckpointError
+    from transfer.backbones.info import CheckpointError
 
     path = tmp_path / "iter_2.pth"
     model = torchvision.models.resnet18()
     torch.save({"state_dict": model.state_dict(), "message_hub": {"loss": HistoryBuffer()}}, path)
     with pytest.raises(Exception, match="weights_only"):
         torch.load(path)  # torch >= 2.6 default: a Runner checkpoint is refused
-    load_backbone(path)  # the user-checkpoint path reads it too, as data (HistoryBuffer stays a placeholder)
+    load(path)  # the user-checkpoint path reads it too, as data (HistoryBuffer stays a placeholder)
     register_runner_scheme()
     loaded = CheckpointLoader.load_checkpoint(runner_file(path), map_location="cpu")
     assert isinstance(loaded["message_hub"]["loss"], HistoryBuffer)
@@ -242,7 +243,7 @@ class _Payload:
 @pytest.mark.slow
 def test_resume_reads_the_runner_file_as_data(tmp_path: Path, synthetic_root: Path) -> None:
     """A payload planted in the run's own Runner checkpoint never runs; the resume itself works."""
-    from transfer.safe_files import read_torch_file, runner_admits
+    from transfer.backbones.read import read_torch_file, runner_admits
 
     _save_resnet(tmp_path / "r18.pth")
     out, marker = tmp_path / "seg", tmp_path / "PWNED"
@@ -264,7 +265,7 @@ def test_resume_reads_the_runner_file_as_data(tmp_path: Path, synthetic_root: Pa
 @pytest.mark.slow
 def test_deterministic_mode_gives_bit_identical_runs(tmp_path: Path, synthetic_root: Path) -> None:
     """Two runs of one config in deterministic mode (the demo's) train to the same bits."""
-    from transfer.safe_files import read_torch_file, runner_admits
+    from transfer.backbones.read import read_torch_file, runner_admits
 
     _save_resnet(tmp_path / "r18.pth")
     states, records = [], []

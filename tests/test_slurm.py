@@ -20,8 +20,8 @@ import torch
 import yaml
 
 from conftest import tiny_args
-from transfer.orchestrate import run_all
-from transfer.checkpoints import build_resnet
+from transfer.orchestrate import run_all, suite_jobs
+from transfer.backbones.resnet.load import build_resnet
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "slurm_local.sh"
@@ -129,7 +129,7 @@ def test_no_wait_then_the_same_command_collects_without_submitting_twice(slurm_c
     out = tmp_path / "out"
     args = ["--ckpt", str(ckpts[0]), "--suite", str(suite), "--out", str(out), "--no-report", "--launcher", "slurm"]
     # a job id the cluster never knew (a lost job): submitted again, never counted as done
-    todo, _ = run_all.plan(run_all.resolve_checkpoints([str(ckpts[0])], []), run_all.load_suite(str(suite)), out, False)
+    todo, _ = suite_jobs.plan(run_all.resolve_checkpoints([str(ckpts[0])], []), run_all.load_suite(str(suite)), out, False)
     out.mkdir()
     (out / "jobs.json").write_text(json.dumps({"token": "0123456789ab", "jobs": {todo[1].key: {"job_id": "987654"}}}))
     assert run_all.main([*args, "--no-wait"]) == 0
@@ -154,7 +154,7 @@ def test_scancel_and_time_limit_are_recorded_with_their_cause_and_rerun(slurm_cl
     out = tmp_path / "out"
     args = ["--ckpt", str(ckpts[0]), "--suite", str(suite), "--out", str(out), "--no-report", "--launcher", "slurm"]
     with monkeypatch.context() as m:
-        m.setattr(run_all.TaskSpec, "command", lambda self, python, ck, o: [python, "-c", "import time; time.sleep(600)"])
+        m.setattr(suite_jobs.TaskSpec, "command", lambda self, python, ck, o: [python, "-c", "import time; time.sleep(600)"])
         cancelled = threading.Thread(target=_scancel_when_running, args=(out, "cancel_me"), daemon=True)
         cancelled.start()
         assert run_all.main(args) == 1

@@ -13,7 +13,7 @@ import yaml
 from reports import compare, study_report
 from reports.study_report import arm_and_seed, study_results
 from synthetic_state import save_state
-from transfer.orchestrate import run_all, study
+from transfer.orchestrate import run_all, suite_jobs, study
 from plumbing.jobs import Runner
 from transfer.orchestrate.resolve import Checkpoint
 from transfer.probes.cli import _save_scores, record_scores
@@ -54,9 +54,9 @@ def _tiny_study(root: Path, arms: dict = TINY, probe: tuple[str, str, str] = ("k
                 _save_scores(task)
             ckpt = Checkpoint(name, run / "backbone.pth", f"{seed:02d}{arm}".ljust(64, "0"), "resnet18", method, False,
                               pretrain_seed=seed)
-            job = run_all.Job(ckpt, TaskSpec(task_name, task_type, {"data": "d/color"}, "demo"), task_dir)
+            job = suite_jobs.Job(ckpt, TaskSpec(task_name, task_type, {"data": "d/color"}, "demo"), task_dir)
             (task_dir / "run_all.log").write_text("")
-            append_jsonl(out / "results.jsonl", run_all.finish(job, run_all.Outcome(job.key, 0), root=out))
+            append_jsonl(out / "results.jsonl", suite_jobs.finish(job, suite_jobs.Outcome(job.key, 0), root=out))
     return root / "transfer", root / "pretrain", scores
 
 

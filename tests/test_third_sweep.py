@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from solo_learn_files import solo_backbone, write_solo_ckpt
-from transfer.checkpoints import CheckpointError, build_resnet, load_backbone
+from transfer.backbones.info import CheckpointError
+from transfer.backbones.resnet.load import build_resnet
+from transfer.backbones import load
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors (conftest.py)
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +27,7 @@ def test_solo_learn_cifar_vicreg_gets_its_own_stem_padding_from_its_saved_config
     """Issue 36 item 1: solo-learn's VICReg on cifar10 (no momentum_backbone) is the network solo-learn builds."""
     model = solo_backbone("cifar10")
     path = write_solo_ckpt(tmp_path, model, hparams=hparams, args_json=args_json)
-    state, info = load_backbone(path)
+    state, info = load(path)
     assert (info.stem, info.stem_padding, info.codebase) == ("cifar", 2, "solo-learn"), info
     assert "solo-learn's saved config" in info.stem_padding_source
     rebuilt = build_resnet(info.arch, info.stem, info.stem_padding)
@@ -43,7 +45,7 @@ def test_a_cifar_stem_whose_padding_nothing_says_is_refused_asking_for_stem_padd
     model = solo_backbone("cifar10")
     alone = tmp_path / "alone.ckpt"  # the .ckpt copied away from its run folder: no args.json
     shutil.copy(write_solo_ckpt(tmp_path / "run", model), alone)
-    _, info = load_backbone(alone)
+    _, info = load(alone)
     assert info.stem == "cifar" and info.stem_padding is None
     args = ["--ckpt", str(alone), "--data", str(synthetic_root / "classification" / "color"), "--no-progress",
             "--cache-dir", str(tmp_path / "cache")]
@@ -59,7 +61,7 @@ def test_a_cifar_stem_whose_padding_nothing_says_is_refused_asking_for_stem_padd
 def test_a_solo_learn_config_naming_another_dataset_is_not_taken_for_padding_2(tmp_path):
     model = solo_backbone("cifar10")
     path = write_solo_ckpt(tmp_path, model, dataset="stl10")  # a 3x3 stem, yet the cfg says stl10
-    _, info = load_backbone(path)
+    _, info = load(path)
     assert info.stem_padding is None and "stl10" in info.stem_padding_source
 
 
@@ -73,17 +75,17 @@ def test_a_file_holding_a_resnet_and_a_vit_lists_both_and_backbone_selects_the_v
     """Issue 36 item 5: candidates across families; no silent 'only candidate'."""
     from transfer.orchestrate.resolve import resolve_checkpoints
     from transfer.probes.features import FeatureExtractor
-    from transfer.vit import load_vit
+    from transfer.backbones import load
 
     torch.manual_seed(0)
     path = tmp_path / "both.pth"
     torch.save({"resnet": build_resnet("resnet18").state_dict(), "vit": _vit_state()}, path)
     with pytest.raises(CheckpointError) as err:
-        load_backbone(path)
+        load(path)
     assert "'resnet'" in str(err.value) and "'vit'" in str(err.value) and "--backbone" in str(err.value)
     with pytest.raises(CheckpointError):
-        load_vit(path)
-    _, info = load_vit(path, "vit")
+        load(path)
+    _, info = load(path, "vit")
     assert info.family == "vit" and info.backbone == "vit."
     extractor = FeatureExtractor(path, 32, tmp_path / "cache", backbone="vit", progress=False)
     assert extractor.vit and extractor.info.backbone == "vit."
@@ -107,7 +109,7 @@ def test_an_unreadable_checkpoint_is_one_line(tmp_path):
             try:
                 if os.geteuid() == 0:
                     os.setuid(65534)
-                load_backbone(path)
+                load(path)
                 message = "read"
             except BaseException as e:  # noqa: BLE001 - the test inspects what was raised
                 message = f"{type(e).__name__}: {e}"

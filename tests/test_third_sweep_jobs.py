@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from test_slurm import KNN, _records, _squeue_state, _suite, ckpts, slurm_cluster  # noqa: F401 - fixtures
-from transfer.orchestrate import run_all
+from transfer.orchestrate import run_all, suite_jobs
 from plumbing.job_store import JobStore, LaunchError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,7 +108,7 @@ def test_a_planted_submitit_folder_is_refused_and_the_target_untouched(tmp_path,
 def _r18(tmp_path: Path) -> Path:
     import torch
 
-    from transfer.checkpoints import build_resnet
+    from transfer.backbones.resnet.load import build_resnet
 
     path = tmp_path / "r18.pth"
     if not path.exists():
@@ -222,12 +222,12 @@ def test_jobs_json_a_folder_submits_nothing_so_nothing_is_orphaned(slurm_cluster
 DRIVER = """
 import sys, torch, yaml
 from pathlib import Path
-from transfer.orchestrate import run_all
-from transfer.checkpoints import build_resnet
+from transfer.orchestrate import run_all, suite_jobs
+from transfer.backbones.resnet.load import build_resnet
 d = Path(sys.argv[1])
 torch.save(build_resnet("resnet18").state_dict(), d / "r18.pth")
 (d / "s.yaml").write_text(yaml.safe_dump({"scale": "demo", "tasks": [{"name": "a", "task": "knn"}]}))
-run_all.TaskSpec.command = lambda self, python, ck, out: [python, "-c", "import time; time.sleep(120)  # " + d.name]
+suite_jobs.TaskSpec.command = lambda self, python, ck, out: [python, "-c", "import time; time.sleep(120)  # " + d.name]
 sys.exit(run_all.main(["--ckpt", str(d / "r18.pth"), "--suite", str(d / "s.yaml"), "--out", str(d / "out"),
                        "--no-report"]))
 """

@@ -199,21 +199,22 @@ def test_study_report_refuses_runs_that_are_no_folder_and_reads_a_list_augment(t
 
 
 def test_a_run_config_whose_augment_is_a_list_does_not_stop_a_probe(tmp_path):
-    from transfer.checkpoints import build_resnet, load_backbone
+    from transfer.backbones.resnet.load import build_resnet
+    from transfer.backbones import load
     from transfer.probes.features import pretrain_resolution
 
     run = tmp_path / "run"
     run.mkdir()
     torch.save(build_resnet("resnet18").state_dict(), run / "backbone.pth")
     (run / "config.yaml").write_text("method: vicreg\naugment: [crop, flip]\n")
-    assert pretrain_resolution(load_backbone(run / "backbone.pth")[1]) is None
+    assert pretrain_resolution(load(run / "backbone.pth")[1]) is None
 
 
 # ---- resumes -------------------------------------------------------------------------------------------------------
 
 
 def test_detection_resume_on_a_fifo_last_checkpoint_is_one_line_not_a_hang(tmp_path, synthetic_root, no_hang):
-    from transfer.checkpoints import build_resnet
+    from transfer.backbones.resnet.load import build_resnet
     from transfer.detection import main
     from transfer.detection.resume_checkpoint import checkpoint_to_resume
     from transfer.records import TaskFailed
@@ -253,7 +254,7 @@ def test_segmentation_resume_from_an_empty_or_partial_state_dict_refuses(tmp_pat
     state_dict was emptied or halved trained nothing and recorded ok (mIoU of the untrained head)."""
     from test_segmentation import TINY_RUN, _save_resnet
     from transfer.records import EXIT_FAILED
-    from transfer.safe_files import read_torch_file, runner_admits
+    from transfer.backbones.read import read_torch_file, runner_admits
     from transfer.segmentation.runner import main
 
     signal.alarm(0)  # training is slow on a shared CPU: no 60 s limit here (no FIFO in this test)

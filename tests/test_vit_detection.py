@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import vit_writers as W
-from transfer.checkpoints import CheckpointError
-from transfer.detection.vit_weights import VITDET_PREFIX, to_vitdet, vitdet_kwargs
-from transfer.vit import load_vit
+from transfer.backbones.info import CheckpointError
+from transfer.backbones.vit.detectron2 import VITDET_PREFIX, to_vitdet, vitdet_kwargs
+from transfer.backbones import load
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,7 +48,7 @@ def _reference_tokens(ref, state, x, patch):
 def test_vitdet_without_windows_and_rel_pos_equals_the_reference(tmp_path, patch, ls, train_img, img):
     ref = W.timm_vit(patch, train_img, ls=ls, depth=4)
     torch.save(W.dino(ref.state_dict(), ref.state_dict()), tmp_path / "d.pth")
-    state, info = load_vit(tmp_path / "d.pth")
+    state, info = load(tmp_path / "d.pth")
     converted, new, unused = to_vitdet(state, info, use_rel_pos=False, input_size=img)
     assert new == [] and set(unused) == {"cls_token", "norm.weight", "norm.bias"}
     net = _d2_vit(info, img)
@@ -64,7 +64,7 @@ def test_vitdet_without_windows_and_rel_pos_equals_the_reference(tmp_path, patch
 def test_vitdet_paper_switches_on_windows_and_zero_rel_pos(tmp_path):
     ref = W.timm_vit(16, 64, depth=4)
     torch.save(ref.state_dict(), tmp_path / "v.pth")
-    state, info = load_vit(tmp_path / "v.pth")
+    state, info = load(tmp_path / "v.pth")
     windows = (0, 2)
     converted, new, _ = to_vitdet(state, info, use_rel_pos=True, input_size=64, window_size=2,
                                   window_block_indexes=windows)
@@ -77,13 +77,40 @@ def test_vitdet_paper_switches_on_windows_and_zero_rel_pos(tmp_path):
 def test_vitdet_swapped_blocks_caught_and_registers_refused(tmp_path):
     ref = W.timm_vit(16, 32, depth=4)
     torch.save(W.swap_blocks(ref.state_dict()), tmp_path / "bad.pth")
-    state, info = load_vit(tmp_path / "bad.pth")
+    state, info = load(tmp_path / "bad.pth")
     net = _d2_vit(info, 32)
     net.load_state_dict({k[len(VITDET_PREFIX):]: v for k, v in to_vitdet(state, info, False, 32)[0].items()})
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert float((net(x)["last_feat"] - _reference_tokens(ref, ref.state_dict(), x, 16)).abs().max()) > 1e-3
     torch.save(W.dinov2(W.timm_vit(16, 32, reg=4, depth=4).state_dict()), tmp_path / "r.pth")
-    state, info = load_vit(tmp_path / "r.pth")
+    state, info = load(tmp_path / "r.pth")
     with pytest.raises(CheckpointError, match="ViTDet has no register tokens"):
         to_vitdet(state, info, False, 32)
+
+
+@pytest.mark.parametrize("patch, ls", [(16, False), (8, True)])
+def test_convert_cli_writes_vitdet_keys_detectron2_loads_strictly(tmp_path, patch, ls):
+    """``python -m transfer.convert --to detectron2`` on a DINO file: detectron2's own checkpointer reads the
+    pickle into its ViT with nothing missing, unexpected or mis-shaped, and the ViT computes the reference's tokens."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from transfer.convert import main
+
+    ref = W.timm_vit(patch, 32, ls=ls, depth=4)
+    torch.save(W.dino(ref.state_dict(), ref.state_dict()), tmp_path / "dino_vit.pth")
+    out = tmp_path / "vitdet.pkl"
+    assert main(["--ckpt", str(tmp_path / "dino_vit.pth"), "--to", "detectron2", "--out", str(out)]) == 0
+    _, info = load(tmp_path / "dino_vit.pth")
+    wrapper = nn.Module()  # the names of ViTDet's model: backbone (SimpleFeaturePyramid) -> net (ViT)
+    wrapper.backbone = nn.Module()
+    wrapper.backbone.net = _d2_vit(info, 32)
+    checkpointer = DetectionCheckpointer(wrapper)
+    incompatible = checkpointer._load_model(checkpointer._load_file(str(out)))
+    assert (incompatible.missing_keys, incompatible.unexpected_keys, incompatible.incorrect_shapes) == ([], [], [])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        got = wrapper.backbone.net(x)["last_feat"]
+    diff = float((got - _reference_tokens(ref, ref.state_dict(), x, patch)).abs().max())
+    print(f"transfer.convert --to detectron2, ViTDet vs timm (patch {patch}, LayerScale {ls}): max |Δ| = {diff:.2e}")
+    assert diff <= 1e-5

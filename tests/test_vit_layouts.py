@@ -2,7 +2,7 @@
 
 Each case writes a checkpoint as that codebase saves it (tests/vit_writers.py; random weights,
 ViT-Tiny width and depth, patch 8 and 16, with and without registers/LayerScale), reads it with
-:func:`transfer.vit.load_vit`, builds timm's ViT from the result and compares the final tokens with
+:func:`transfer.backbones.load`, builds timm's ViT from the result and compares the final tokens with
 the writer's model (≤ 1e-5). A file whose blocks are swapped gives other features, and tensors the
 reference ViT has no place for are refused in one line.
 """
@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import vit_writers as W
-from transfer.checkpoints import CheckpointError
-from transfer.vit import (build_vit, load_state, load_vit, resize_pos_embed, spec_of, vit_features)
+from transfer.backbones import CheckpointError, load
+from transfer.backbones.vit.features import vit_features
+from transfer.backbones.vit.load import build_vit, load_state, resize_pos_embed, spec_of
 
 TOL = 1e-5
 IMG = 32
@@ -23,7 +24,7 @@ IMG = 32
 def _read(tmp_path, obj, backbone=None, name="ckpt.pth"):
     path = tmp_path / name
     torch.save(obj, path)
-    state, info = load_vit(path, backbone)
+    state, info = load(path, backbone)
     model = load_state(build_vit(spec_of(info)), state, spec_of(info)).eval()
     return model, info
 
@@ -101,37 +102,38 @@ def test_leftover_and_missing_tensors_refused_in_one_line(tmp_path):
     extra = {**state, "blocks.0.attn.rel_pos_h": torch.zeros(3, 16)}
     torch.save(extra, tmp_path / "extra.pth")
     with pytest.raises(CheckpointError, match=r"1 unexpected \['blocks.0.attn.rel_pos_h'\]") as e:
-        load_vit(tmp_path / "extra.pth")
+        load(tmp_path / "extra.pth")
     assert "\n" not in str(e.value)
     missing = {k: v for k, v in state.items() if k != "blocks.3.mlp.fc2.bias"}
     torch.save(missing, tmp_path / "missing.pth")
     with pytest.raises(CheckpointError, match=r"1 missing tensors \['blocks.3.mlp.fc2.bias'\]"):
-        load_vit(tmp_path / "missing.pth")
+        load(tmp_path / "missing.pth")
     torch.save({"state_dict": {"conv.weight": torch.zeros(4, 3, 3, 3)}}, tmp_path / "none.pth")
-    with pytest.raises(CheckpointError, match="no ViT weights found"):
-        load_vit(tmp_path / "none.pth")
+    with pytest.raises(CheckpointError, match="no backbone weights found"):
+        load(tmp_path / "none.pth")
 
 
 def test_two_unknown_vits_need_backbone(tmp_path):
     a, b = W.timm_vit(16, IMG, seed=0).state_dict(), W.timm_vit(16, IMG, seed=1).state_dict()
     torch.save({"net_a": a, "net_b": b}, tmp_path / "two.pth")
     with pytest.raises(CheckpointError, match="--backbone"):
-        load_vit(tmp_path / "two.pth")
-    state, info = load_vit(tmp_path / "two.pth", backbone="net_b")
+        load(tmp_path / "two.pth")
+    state, info = load(tmp_path / "two.pth", backbone="net_b")
     assert info.backbone == "net_b." and torch.equal(state["cls_token"], b["cls_token"])
 
 
 @pytest.mark.parametrize("reg", [0, 4])
 def test_pos_embed_resampled_as_mae_with_prefix_tokens_kept(tmp_path, reg):
-    from timm.layers import resample_abs_pos_embed
-
     ref = W.timm_vit(8, IMG, reg=reg, ls=reg > 0)
-    state, info = load_vit(_save(tmp_path, W.dinov2(ref.state_dict()) if reg else ref.state_dict()))
+    state, info = load(_save(tmp_path, W.dinov2(ref.state_dict()) if reg else ref.state_dict()))
     spec = spec_of(info)
     pos = resize_pos_embed(state["pos_embed"], spec, 64)
     prefix = 0 if reg else 1
     assert pos.shape[1] == prefix + 64 and torch.equal(pos[:, :prefix], state["pos_embed"][:, :prefix])
-    want = resample_abs_pos_embed(state["pos_embed"], [8, 8], [4, 4], num_prefix_tokens=prefix, antialias=False)
+    # the reference: MAE's interpolate_pos_embed (util/pos_embed.py), written out (timm's function does the work now)
+    grid = state["pos_embed"][:, prefix:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(grid, size=(8, 8), mode="bicubic", align_corners=False)
+    want = torch.cat([state["pos_embed"][:, :prefix], grid.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
     assert float((pos - want).abs().max()) <= 1e-6
     model = load_state(build_vit(spec, 64), state, spec, 64).eval()
     assert W.features(model, torch.randn(1, 3, 64, 64)).shape[1] == 64 + 1 + reg
@@ -166,8 +168,11 @@ def test_inspect_shows_the_vit(tmp_path, layout, capsys):
     assert "vit_tiny_patch16" in out and "mask token (pretraining only)" in out
 
 
-def test_resnet_reader_refuses_a_vit_in_one_line(tmp_path):
-    from transfer.checkpoints import load_backbone
+def test_one_load_names_the_family(tmp_path):
+    """One reader for both families: the info says which (no exception switches family)."""
+    import torchvision
 
-    with pytest.raises(CheckpointError, match="no ResNet weights found; it holds a Vision Transformer"):
-        load_backbone(_save(tmp_path, W.timm_vit(16, IMG).state_dict()))
+    _, vit = load(_save(tmp_path, W.timm_vit(16, IMG).state_dict()))
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r.pth")
+    _, resnet = load(tmp_path / "r.pth")
+    assert (vit.family, vit.arch, resnet.family, resnet.arch) == ("vit", "vit_tiny_patch16", "resnet", "resnet18")

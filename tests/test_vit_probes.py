@@ -80,7 +80,7 @@ def _reference(ref, x, pool, last_blocks):
 
 
 def test_one_pass_fills_every_pooling_and_the_next_task_reads_them(synthetic_root, tmp_path, monkeypatch):
-    from transfer.vit import probe_feature_sets
+    from transfer.backbones.vit.features import probe_feature_sets
 
     path, ref = _dino(tmp_path)
     root, cache = synthetic_root / "classification" / "shape", tmp_path / "cache"
@@ -178,3 +178,32 @@ def test_report_says_the_backbones_when_a_vit_is_in_it(tmp_path):
 def _write(path, records):
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
+
+
+_OPENED: list[str] = []  # every file opened while _WATCHING is set (a Python audit hook sees every open)
+_WATCHING: list[str] = []
+
+
+def _count_opens(event: str, args: tuple) -> None:
+    if event == "open" and _WATCHING and isinstance(args[0], (str, Path)):
+        _OPENED.append(str(Path(args[0]).resolve()))
+
+
+def test_the_knn_probe_opens_a_dino_vit_file_once(synthetic_root, tmp_path):
+    """A DINO ViT into the kNN probe, end to end: the checkpoint file is opened (and read) exactly once;
+    it was read twice before transfer.backbones (the ResNet reader raised, then the ViT reader read it again)."""
+    import sys
+
+    path, _ = _dino(tmp_path)
+    if _count_opens not in getattr(sys, "_mast_audit_hooks", []):  # an audit hook cannot be removed: add it once
+        sys.addaudithook(_count_opens)
+        sys._mast_audit_hooks = [*getattr(sys, "_mast_audit_hooks", []), _count_opens]
+    _OPENED.clear()
+    _WATCHING.append("on")
+    try:
+        code = knn.main(["--ckpt", str(path), "--data", str(synthetic_root / "classification" / "color"),
+                         "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--out", str(tmp_path / "knn")])
+    finally:
+        _WATCHING.clear()
+    assert code == 0
+    assert _OPENED.count(str(path.resolve())) == 1, [p for p in _OPENED if "dino" in p]

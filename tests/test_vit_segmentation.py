@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import vit_writers as W
-from transfer.segmentation.backbone import BackboneMismatch
-from transfer.segmentation.vit_backbone import build_backbone, check_vit_cfg, to_mae_state
-from transfer.vit import load_vit
+from transfer.backbones.info import BackboneMismatch
+from transfer.backbones.vit.mmseg import build_backbone, check_vit_cfg, to_mae_state
+from transfer.backbones import load
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 OUT = [1, 3]
@@ -23,7 +23,7 @@ def _mae_cfg(patch: int, img: int, **kw) -> dict:
 def test_mmseg_mae_outputs_equal_the_reference_vit(tmp_path, patch, ls, train_img, img):
     ref = W.timm_vit(patch, train_img, ls=ls, depth=4)
     torch.save(W.dino(ref.state_dict(), ref.state_dict()), tmp_path / "d.pth")
-    state, info = load_vit(tmp_path / "d.pth")
+    state, info = load(tmp_path / "d.pth")
     cfg = _mae_cfg(patch, img)
     assert check_vit_cfg({"backbone": cfg}, info, "test") == []
     backbone = build_backbone(cfg)
@@ -35,7 +35,7 @@ def test_mmseg_mae_outputs_equal_the_reference_vit(tmp_path, patch, ls, train_im
     assert any("gamma" in k for k in new) != ls  # a ViT with LayerScale keeps its own gammas
     if img != train_img:  # the reference at the new resolution: timm's own resampling (MAE's, no antialias)
         from timm.layers import resample_abs_pos_embed
-        from transfer.vit import VitSpec
+        from transfer.backbones.vit.load import VitSpec
 
         ref = W.timm_vit(patch, img, ls=ls, depth=4)
         sd = dict(state, pos_embed=resample_abs_pos_embed(state["pos_embed"], [img // patch] * 2, antialias=False))
@@ -52,7 +52,7 @@ def test_mmseg_mae_outputs_equal_the_reference_vit(tmp_path, patch, ls, train_im
 def test_swapped_blocks_are_caught_numerically(tmp_path):
     ref = W.timm_vit(16, 32, depth=4)
     torch.save(W.swap_blocks(ref.state_dict()), tmp_path / "bad.pth")
-    state, info = load_vit(tmp_path / "bad.pth")
+    state, info = load(tmp_path / "bad.pth")
     backbone = build_backbone(_mae_cfg(16, 32))
     backbone.eval()
     backbone.load_state_dict(to_mae_state(state, info, backbone.state_dict(), 32)[0])
@@ -64,7 +64,7 @@ def test_swapped_blocks_are_caught_numerically(tmp_path):
 
 def test_config_for_another_vit_is_refused(tmp_path):
     torch.save(W.timm_vit(16, 32, depth=4).state_dict(), tmp_path / "v.pth")
-    _, info = load_vit(tmp_path / "v.pth")
+    _, info = load(tmp_path / "v.pth")
     with pytest.raises(BackboneMismatch, match="does not match the checkpoint's vit_tiny_patch16"):
         check_vit_cfg({"backbone": dict(_mae_cfg(16, 32), patch_size=8)}, info, "x.py")
     with pytest.raises(BackboneMismatch, match="cannot hold a ViT checkpoint"):
@@ -78,7 +78,7 @@ def test_config_for_another_vit_is_refused(tmp_path):
     with pytest.raises(BackboneMismatch, match="neck/heads read"):
         check_vit_cfg(model, info, "x.py")
     torch.save(W.dinov2(W.timm_vit(16, 32, reg=4, depth=4).state_dict()), tmp_path / "r.pth")
-    _, info = load_vit(tmp_path / "r.pth")
+    _, info = load(tmp_path / "r.pth")
     with pytest.raises(BackboneMismatch, match="no register tokens"):
         check_vit_cfg({"backbone": _mae_cfg(16, 32)}, info, "x.py")
 
@@ -118,3 +118,29 @@ def test_vit_segmentation_tiny_finetuning_run(tmp_path, synthetic_root):
     assert len(new) == 12 * 3 and all("relative_position_bias_table" in k or "gamma" in k for k in new)
     assert set(record["metrics"]) == {"mIoU", "mAcc", "aAcc"}
     assert "backbone: all weights of" in (out / "train.log").read_text()
+
+
+@pytest.mark.parametrize("patch, ls", [(16, False), (8, True)])
+def test_convert_cli_writes_mae_keys_mmseg_loads_strictly(tmp_path, patch, ls):
+    """``python -m transfer.convert --to mmseg`` on a DINO file: mmengine loads it into mmseg's MAE with
+    ``strict=True`` and every block's output is the reference ViT's."""
+    from mmengine.runner import load_checkpoint
+
+    from transfer.backbones.vit.mmseg import mae_cfg
+    from transfer.convert import main
+
+    ref = W.timm_vit(patch, 32, ls=ls, depth=4)
+    torch.save(W.dino(ref.state_dict(), ref.state_dict()), tmp_path / "dino_vit.pth")
+    out = tmp_path / "mae.pth"
+    assert main(["--ckpt", str(tmp_path / "dino_vit.pth"), "--to", "mmseg", "--out", str(out)]) == 0
+    _, info = load(tmp_path / "dino_vit.pth")
+    backbone = build_backbone(mae_cfg(info))
+    backbone.eval()
+    load_checkpoint(backbone, str(out), map_location="cpu", strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        got = backbone(x)
+        want = ref.forward_intermediates(x, indices=list(range(4)), intermediates_only=True, norm=False)
+    diff = max(float((g - w).abs().max()) for g, w in zip(got, want))
+    print(f"transfer.convert --to mmseg, MAE vs timm (patch {patch}, LayerScale {ls}): max |Δ| over 4 blocks = {diff:.2e}")
+    assert len(got) == 4 and diff <= 1e-5

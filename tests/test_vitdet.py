@@ -15,7 +15,7 @@ import torchvision
 import vit_writers as W
 from tensorboard_reader import read_scalars
 from transfer.detection import main
-from transfer.detection.vit_weights import VITDET_PREFIX
+from transfer.backbones.vit.detectron2 import VITDET_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = str(REPO / "detectron_configs" / "vitdet" / "mask_rcnn_vitdet_b_100ep.py")
@@ -38,7 +38,7 @@ def test_paper_config_resolves_with_the_vitdet_schedule_and_loads_every_vit_tens
 
     from transfer.detection.vitdet import (convert_for, load_lazy_config, load_vitdet_verified, resolve_vitdet,
                                            vitdet_summary)
-    from transfer.vit import load_vit
+    from transfer.backbones import load
 
     cfg = load_lazy_config(PAPER, [])
     keys = vitdet_summary(cfg)
@@ -48,7 +48,7 @@ def test_paper_config_resolves_with_the_vitdet_schedule_and_loads_every_vit_tens
                     "rel_pos": True, "amp": True}
     assert cfg.optimizer.params.overrides == {"pos_embed": {"weight_decay": 0.0}}
     assert cfg.optimizer.params.weight_decay_norm == 0.0 and cfg.train.init_checkpoint == ""
-    state, info = load_vit(dino_vit)
+    state, info = load(dino_vit)
     resolved, notes = resolve_vitdet(cfg, info, "paper", [])
     cfg = load_lazy_config(PAPER, resolved)
     assert cfg.model.backbone.net.embed_dim == 192 and any("width 768 -> 192" in n for n in notes)
@@ -75,10 +75,13 @@ def test_backbone_and_config_families_must_agree(dino_vit, tmp_path):
     resnet = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), resnet)
     assert main(["--ckpt", str(resnet), "--config", DEMO, "--out", str(tmp_path / "a")]) != 0
-    assert "ViTDet config and needs a ViT checkpoint" in _record(tmp_path / "a")["error"]
+    assert "holds a ResNet (resnet18) and --config demo_synthetic_vitdet_t16.py is a ViTDet config" \
+        in _record(tmp_path / "a")["error"]
     yaml_cfg = str(REPO / "detectron_configs" / "demo_synthetic_R_18_FPN.yaml")
     assert main(["--ckpt", str(dino_vit), "--config", yaml_cfg, "--out", str(tmp_path / "b")]) != 0
-    assert "holds a ViT" in _record(tmp_path / "b")["error"] and "\n" not in _record(tmp_path / "b")["error"]
+    error = _record(tmp_path / "b")["error"]
+    assert "holds a Vision Transformer (vit_tiny_patch16) and --config demo_synthetic_R_18_FPN.yaml is a ResNet " \
+        "config: use a ViTDet config" in error and "\n" not in error
     with pytest.raises(SystemExit):  # a YAML-style override on a LazyConfig: usage error before anything runs
         main(["--ckpt", str(dino_vit), "--config", DEMO, "--out", str(tmp_path / "c"), "SOLVER.MAX_ITER", "2"])
 

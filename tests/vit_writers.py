@@ -8,7 +8,7 @@ MAE ``main_pretrain.py`` (``model`` with ``mask_token`` and ``decoder_*``), DINO
 ``module.base_encoder``/``module.momentum_encoder``/``module.predictor``), mmpretrain
 ``VisionTransformer`` (``layers.N.ln1``, ``ffn.layers.0.0``, ``attn.gamma1``), timm's
 ``train.py`` (``state_dict`` + ``arch``). The rename tables here are written independently of
-:mod:`transfer.vit_layouts`, so that a wrong table there fails the tests.
+:mod:`transfer.backbones.vit.layouts`, so that a wrong table there fails the tests.
 """
 
 from __future__ import annotations

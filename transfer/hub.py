@@ -6,7 +6,7 @@
     https://HOST/PATH/FILE[#sha256=HEX]     torch hub's cache (TORCH_HOME/hub/checkpoints/FILE)
 
 Nothing here reads a checkpoint: the file (or a sharded set's ``*.index.json``) is handed to the same
-readers as a local path (:mod:`transfer.safe_files`). What a reference resolved to (the commit, the
+readers as a local path (:mod:`transfer.backbones.read`). What a reference resolved to (the commit, the
 torchvision version, the URL) is kept in :class:`Resolved`; :attr:`Resolved.pinned` names exactly that,
 so the tasks run_all starts read the same commit even when the hub's ``main`` moves meanwhile.
 ``HF_HUB_OFFLINE=1`` keeps every form off the network (a pre-filled cache is used as is).

@@ -34,7 +34,6 @@ import yaml
 from plumbing.atomic import append_line_atomic, write_text_atomic
 from plumbing.provenance import code_version, library_versions
 from plumbing.safe_read import short
-from transfer.checkpoints import CheckpointInfo
 
 __all__ = ["Record", "RecordError", "record_problem", "fields_table", "complete", "log_tail",
            "TaskRun", "TaskSkipped", "TaskFailed", "new_record", "write_json_atomic", "append_jsonl", "read_jsonl",
@@ -135,7 +134,7 @@ class TaskRun:
         dataset: str,
         scale: str,
         out_dir: str | Path,
-        ckpt_info: CheckpointInfo | None,
+        ckpt_info: Any,  # a transfer.backbones CheckpointInfo (a dataclass; the floor does not import backbones), or None
         config: dict | None = None,
         seeds: list[int] | None = None,
         force: bool = False,

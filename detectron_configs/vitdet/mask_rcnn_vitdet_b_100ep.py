@@ -6,7 +6,7 @@ the model is the wheel's own model_zoo config common/models/mask_rcnn_vitdet.py 
 window attention of 14 in all blocks but 2, 5, 8, 11, relative positions, simple feature pyramid, LN heads).
 
 One difference: ``train.init_checkpoint`` is empty. ``python -m transfer.detection`` loads ``--ckpt``
-itself (read tensors-only, converted by transfer/detection/vit_weights.py, verified after loading); the
+itself (read tensors-only, converted by transfer/backbones/vit/detectron2.py, verified after loading); the
 relative-position tables the checkpoint lacks start at zero and are listed in the record.
 """
 from functools import partial

@@ -4,7 +4,7 @@ mmengine loads ``init_cfg=dict(type='Pretrained')`` non-strictly and only *warns
 not place; a deep stem (``ResNetV1c``/``V1d``) or ``style='caffe'`` would silently compute another
 network. This module refuses those configs, checks the built backbone's keys and shapes against the
 converted file before training and its values before iteration 1, and reads the Runner's own files for
-``--resume`` as data (``runner-file://``, :func:`transfer.safe_files.read_runner_file`).
+``--resume`` as data (``runner-file://``, :func:`transfer.backbones.read.read_runner_file`).
 
 The same checks exist for mmseg in ``transfer/segmentation/backbone.py``; task packages may not import
 one another (tests/test_layers.py), so they are restated here for mmpretrain's model (to fold into one
@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from transfer.checkpoints import CheckpointInfo
+from transfer.backbones.info import CheckpointInfo
 from transfer.records import TaskFailed
 
 PREFIX = "backbone."
@@ -91,7 +91,7 @@ def verify_backbone_state(backbone: nn.Module, expected: Mapping[str, Tensor], c
 
 def verify_resumed(model: nn.Module, path: Path) -> None:
     """Every tensor of ``model`` holds the value the Runner file ``path`` saved (mmengine resumes non-strictly)."""
-    from transfer.safe_files import read_runner_file
+    from transfer.backbones.read import read_runner_file
 
     saved = read_runner_file(path)
     saved = saved.get("state_dict") if isinstance(saved, Mapping) else None
@@ -125,7 +125,7 @@ def register_runner_scheme() -> None:
     """``runner-file://PATH``: a checkpoint the Runner wrote, read as data (never ``weights_only=False``)."""
     from mmengine.runner import CheckpointLoader
 
-    from transfer.safe_files import read_runner_file
+    from transfer.backbones.read import read_runner_file
 
     def load_runner_file(filename: str, map_location=None) -> Any:
         path = filename[len(RUNNER_SCHEME):]

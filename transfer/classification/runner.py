@@ -5,7 +5,7 @@
         [--num-gpus N] [--cfg-options k=v ...] [--seed N] [--smoke] [--resume] [--force]
 
 One run of VICReg's ``evaluate.py`` protocol on mmpretrain's Runner: read the checkpoint
-(``transfer.checkpoints.load_backbone``, ``weights_only=True``), check the config's ResNet against it,
+(``transfer.backbones.load``, tensors only), check the config's ResNet against it,
 map the ImageNet on disk to ImageFolder's class indices (``transfer.imagenet``; either
 layout; the shipped 1 %/10 % list, every listed file checked), convert the backbone to
 ``DIR/backbone_mmpretrain.pth``, build ``ImageClassifier`` + ``LinearClsHead``, verify that every
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from plumbing.atomic import write_bytes_atomic, write_text_atomic
-from transfer.checkpoints import CheckpointInfo, add_backbone_arg
+from transfer.backbones.info import CheckpointInfo, add_backbone_arg
 from transfer.records import EXIT_USAGE, TaskFailed, TaskRun
 from plumbing import project_path
 
@@ -42,7 +42,7 @@ SMOKE_SIDE = 32  # --smoke: crops of 32 px from images resized to 36 px
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m transfer.classification", description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt", required=True, help="SSL checkpoint (any format transfer.checkpoints reads)")
+    p.add_argument("--ckpt", required=True, help="SSL checkpoint (any format transfer.backbones reads)")
     p.add_argument("--out", required=True, help="output directory (record.json, train.log, mmpretrain_config.py)")
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="linear", help="VICReg evaluate.py protocol")
     p.add_argument("--config", help="mmpretrain config file (default: the --protocol's)")
@@ -164,7 +164,7 @@ def attach_checkpoint(cfg: Any, converted: Path) -> None:
 def to_mmpretrain_file(state: dict, info: CheckpointInfo, out_dir: Path) -> Path:
     """The canonical backbone under ``backbone.``: mmpretrain's ResNet(style='pytorch') has torchvision's names."""
     from plumbing.atomic import torch_save_atomic
-    from transfer.convert import to_mmseg  # the same file format: torchvision names, prefix backbone.
+    from transfer.backbones.resnet.mmseg import to_mmseg  # the same file format: torchvision names, prefix backbone.
 
     path = Path(out_dir) / "backbone_mmpretrain.pth"
     torch_save_atomic(path, to_mmseg(state, info))
@@ -175,7 +175,8 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
     """The whole task; ``task`` is None on ranks > 0 (only rank 0 writes the record)."""
     from dataclasses import asdict
 
-    from transfer.checkpoints import HoldsViT, load_backbone, refuse_cifar_stem
+    from transfer.backbones import load
+    from transfer.backbones.resnet.load import refuse_cifar_stem
     from transfer.classification.data import prepare_data
     from transfer.classification.engine import require_mmpretrain
     from transfer.classification.train import train_and_evaluate
@@ -185,11 +186,10 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    try:
-        state, info = load_backbone(args.ckpt, args.backbone)
-    except HoldsViT:
+    state, info = load(args.ckpt, args.backbone)
+    if info.family != "resnet":
         raise TaskFailed(f"{args.ckpt} holds a ViT: the ImageNet linear/semi-supervised engine runs ResNets only "
-                         "(a ViT's protocol, DINO eval_linear / MAE linprobe, is not implemented here)") from None
+                         "(a ViT's protocol, DINO eval_linear / MAE linprobe, is not implemented here)")
     refuse_cifar_stem(info, "mmpretrain")
     cfg = load_config(args, info)
     cfg.resume = bool(args.resume)

@@ -80,7 +80,7 @@ def train_and_evaluate(cfg: Any, converted: Path, out: Path, frozen: bool) -> di
     if latest is None:
         epochs_file.unlink(missing_ok=True)
     else:
-        cfg.load_from = RUNNER_SCHEME + str(latest)  # read as data: transfer.safe_files
+        cfg.load_from = RUNNER_SCHEME + str(latest)  # read as data: transfer.backbones.read
     if cfg.get("visualizer") is not None:  # one visualizer name per Runner: its files stay in its own folder
         cfg.visualizer.name = f"visualizer_{time.time_ns()}"
     runner = Runner.from_cfg(cfg)

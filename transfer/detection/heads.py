@@ -36,7 +36,7 @@ def _extra_norm_head() -> type:
 
         With BN (not FrozenBN) in the backbone, the pooled res5 features feed the box predictor
         un-normalised; MoCo's detection protocol appends one ``MODEL.RESNETS.NORM`` layer after
-        res5. The layer is new (not in any pretrained checkpoint): :mod:`transfer.detection.weights`
+        res5. The layer is new (not in any pretrained checkpoint): :mod:`transfer.backbones.resnet.detectron2`
         expects it to be missing from the converted weights and every other res5 tensor to be loaded.
         """
 

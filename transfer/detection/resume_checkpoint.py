@@ -7,7 +7,7 @@ the optimizer, the LR scheduler and the iteration, and training goes on at the n
 A file in the run's folder is no more trusted than any other. detectron2's ``DetectionCheckpointer``
 unpickles ``.pkl`` files with ``pickle.load`` and reads ``.pth`` through ``torch.load``, whose
 ``weights_only`` default an environment variable can turn off. :class:`SafeCheckpointer` reads only
-``.pth`` files, through :func:`transfer.safe_files.read_torch_file` (tensors and plain containers;
+``.pth`` files, through :func:`transfer.backbones.read.read_torch_file` (tensors and plain containers;
 nothing the file names is called), and ``last_checkpoint`` must name a file of the folder itself.
 """
 
@@ -62,7 +62,7 @@ def install_safe_checkpointer(trainer: Any) -> None:
     model, folder and checkpointables; the ``PeriodicCheckpointer`` hook keeps saving as before."""
     from detectron2.checkpoint import DetectionCheckpointer
 
-    from transfer.safe_files import FileReadError, read_torch_file
+    from transfer.backbones.read import FileReadError, read_torch_file
 
     class SafeCheckpointer(DetectionCheckpointer):
         """Reads ``.pth`` files only, as data (module docstring)."""

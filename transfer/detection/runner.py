@@ -9,12 +9,12 @@
 A ResNet checkpoint takes a YAML config; a ViT checkpoint takes a ViTDet LazyConfig (``.py``), run by
 :mod:`transfer.detection.vitdet_train` (the other pairings are refused in one line).
 
-Steps: read the checkpoint (any accepted wrapping, :mod:`transfer.checkpoints`), convert it to a
+Steps: read the checkpoint (any accepted wrapping, :func:`transfer.backbones.load`), convert it to a
 detectron2 names in memory (in every training process: no pickle is read), resolve the config (``_BASE_`` chain, then
 ``KEY VALUE`` overrides, then ``MODEL.RESNETS.DEPTH`` from the checkpoint and SyncBN -> BN when
 there is one process), check that every dataset is on disk, then for each seed train and evaluate
 with detectron2's ``DefaultTrainer`` under its ``launch``. Weights are verified after loading
-(:mod:`transfer.detection.weights`). ``DIR/record.json`` gets bbox/segm AP, AP50, AP75 (VOC: AP, AP50,
+(:mod:`transfer.backbones.resnet.detectron2`). ``DIR/record.json`` gets bbox/segm AP, AP50, AP75 (VOC: AP, AP50,
 AP75) as the mean over seeds, with their std; ``DIR/log.txt`` the log; ``DIR/config.yaml`` and
 ``DIR/seed_S/config.yaml`` the resolved configs. ``--resume`` continues each seed from its own last
 checkpoint in ``DIR/seed_S`` (saved every ``SOLVER.CHECKPOINT_PERIOD`` iterations with --save-model,
@@ -35,9 +35,10 @@ from typing import Any
 import yaml
 
 from plumbing.atomic import write_text_atomic
-from transfer.checkpoints import (CheckpointError, CheckpointInfo, HoldsViT, add_backbone_arg, load_backbone,
-                                  refuse_cifar_stem)
-from transfer.convert import MAPPING_VERSION
+from transfer.backbones import load
+from transfer.backbones.info import CheckpointInfo, add_backbone_arg
+from transfer.backbones.resnet.detectron2 import MAPPING_VERSION
+from transfer.backbones.resnet.load import refuse_cifar_stem
 from transfer.detection.data import SYNTHETIC_SPLITS, prepare_datasets, synthetic_num_classes
 from transfer.detection.resume_checkpoint import clear_resume_point
 from transfer.detection.train import RESULT_FILE, WeightsSource, setup_logging, train_and_evaluate
@@ -284,14 +285,10 @@ def execute(run: TaskRun, cfg: Any, args: argparse.Namespace) -> None:
     """Everything inside the record: checkpoint, conversion, datasets, seeds, metrics."""
     out = Path(args.out)
     setup_logging(out / "log.txt", rank=0)
-    if is_lazy_config(args.config):
-        return execute_vitdet(run, cfg, args)
-    try:
-        state, info = load_backbone(args.ckpt, args.backbone)
-    except HoldsViT:
-        raise ValueError(f"checkpoint {args.ckpt} has no ResNet weights (it holds a ViT) and --config "
-                         f"{Path(args.config).name} is a ResNet config: use a ViTDet config "
-                         "(detectron_configs/vitdet/*.py)") from None
+    state, info = load(args.ckpt, args.backbone)
+    check_config_family(info, args.config)
+    if info.family == "vit":
+        return execute_vitdet(run, cfg, args, info)
     run.extra.update(checkpoint=asdict(info), method=info.method)
     refuse_cifar_stem(info, "detectron2")
     notes = resolve_config(cfg, args, info)
@@ -321,17 +318,22 @@ def execute(run: TaskRun, cfg: Any, args: argparse.Namespace) -> None:
     run.extra["per_seed"] = {str(s): m for s, m in per_seed.items()}
 
 
-def execute_vitdet(run: TaskRun, cfg: Any, args: argparse.Namespace) -> None:
+def check_config_family(info: CheckpointInfo, config: str) -> None:
+    """The config's kind (a ViTDet LazyConfig ``.py`` or a ResNet YAML) must take the checkpoint's family."""
+    lazy = is_lazy_config(config)
+    if info.family != ("vit" if lazy else "resnet"):
+        held = "a Vision Transformer" if info.family == "vit" else "a ResNet"
+        use = "a ResNet YAML config (detectron_configs/*.yaml)" if lazy else "a ViTDet config (detectron_configs/vitdet/*.py)"
+        raise ValueError(f"checkpoint {info.path} holds {held} ({info.arch}) and --config {Path(config).name} is a "
+                         f"{'ViTDet' if lazy else 'ResNet'} config: use {use}")
+
+
+def execute_vitdet(run: TaskRun, cfg: Any, args: argparse.Namespace, info: CheckpointInfo) -> None:
     """The ViTDet path (:mod:`transfer.detection.vitdet_train`): a ViT checkpoint and a LazyConfig."""
     from transfer.detection.vitdet import dataset_names, resolve_vitdet, vitdet_summary
     from transfer.detection.vitdet_train import VitdetJob, build_config, run_seed
-    from transfer.vit import load_vit
 
     name = Path(args.config).name
-    try:
-        _, info = load_vit(args.ckpt, args.backbone)
-    except CheckpointError as exc:
-        raise ValueError(f"--config {name} is a ViTDet config and needs a ViT checkpoint: {exc}") from None
     run.extra.update(checkpoint=asdict(info), method=info.method)
     resolved, notes = resolve_vitdet(cfg, info, f"config {name}", args.opts)
     names = dataset_names(cfg)

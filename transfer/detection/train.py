@@ -5,7 +5,7 @@ hook) with three changes: evaluators are chosen from the dataset's ``evaluator_t
 are the console, ``metrics.json`` and detectron2's own ``TensorboardXWriter`` (event files in the seed's
 folder; ``--no-tensorboard`` leaves it out); and the final model checkpoint is optional (demo runs
 skip the ~100 MB file). Weights are loaded with
-:func:`transfer.detection.weights.load_verified` instead of ``resume_or_load``, so a backbone tensor that
+:func:`transfer.backbones.resnet.detectron2.load_verified` instead of ``resume_or_load``, so a backbone tensor that
 was not loaded stops the run; ``--resume`` continues from the seed's own last checkpoint instead
 (:mod:`transfer.detection.resume_checkpoint`: detectron2's ``resume_or_load``, the file read as data).
 
@@ -19,11 +19,11 @@ import logging
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from transfer.checkpoints import load_backbone
-from transfer.convert import to_detectron2
+from transfer.backbones import load
+from transfer.backbones.resnet.detectron2 import to_detectron2
 from transfer.detection.data import evaluator_type, register_synthetic
 from transfer.detection.resume_checkpoint import resume as resume_seed
-from transfer.detection.weights import load_verified
+from transfer.backbones.resnet.detectron2 import load_verified
 from transfer.detection.heads import register_heads
 from transfer.records import TaskFailed, write_json_atomic
 
@@ -41,7 +41,7 @@ class WeightsSource(NamedTuple):
     sha256: str
 
     def converted(self) -> dict:
-        state, info = load_backbone(self.ckpt, self.backbone)
+        state, info = load(self.ckpt, self.backbone)
         if info.sha256 != self.sha256:
             raise TaskFailed(f"--ckpt {self.ckpt} changed while the task ran (sha256 {info.sha256[:12]}, "
                              f"expected {self.sha256[:12]})")

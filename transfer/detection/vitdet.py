@@ -7,7 +7,7 @@ pretraining resolution of ``model.backbone.net``. Patch size and depth must be t
 feature pyramid's strides and the layer-wise lr decay are written for them); ``train.device`` follows
 the machine and AMP is switched off without CUDA (a note in the record).
 
-Loading (:func:`load_vitdet_verified`): the converted tensors (:func:`transfer.detection.vit_weights.to_vitdet`)
+Loading (:func:`load_vitdet_verified`): the converted tensors (:func:`transfer.backbones.vit.detectron2.to_vitdet`)
 go through ``DetectionCheckpointer``; afterwards every tensor of ``backbone.net`` must hold the
 converted values, and only the heads (feature pyramid, RPN, ROI heads) are left at their init.
 """
@@ -22,8 +22,9 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from transfer.detection.vit_weights import VITDET_PREFIX, to_vitdet
-from transfer.vit import VitInfo, spec_of
+from transfer.backbones.vit.detectron2 import VITDET_PREFIX, to_vitdet
+from transfer.backbones.info import CheckpointInfo
+from transfer.backbones.vit.load import spec_of
 
 __all__ = ["SMOKE_LAZY_OPTS", "is_lazy_config", "load_lazy_config", "resolve_vitdet", "convert_for",
            "VitLoadReport", "load_vitdet_verified", "vitdet_summary", "dataset_names"]
@@ -64,7 +65,7 @@ def _net(cfg: Any, where: str) -> Any:
     return net
 
 
-def resolve_vitdet(cfg: Any, info: VitInfo, where: str, user_opts: list[str]) -> tuple[list[str], list[str]]:
+def resolve_vitdet(cfg: Any, info: CheckpointInfo, where: str, user_opts: list[str]) -> tuple[list[str], list[str]]:
     """``(overrides from the checkpoint and the machine, notes)``; refuses a config the ViT cannot fill."""
     spec, net = spec_of(info), _net(cfg, where)
     if spec.reg_tokens or spec.no_embed_class or spec.pre_norm:
@@ -93,7 +94,7 @@ def resolve_vitdet(cfg: Any, info: VitInfo, where: str, user_opts: list[str]) ->
     return opts, notes
 
 
-def convert_for(cfg: Any, state: Mapping[str, Tensor], info: VitInfo) -> tuple[dict[str, Tensor], list[str], list[str]]:
+def convert_for(cfg: Any, state: Mapping[str, Tensor], info: CheckpointInfo) -> tuple[dict[str, Tensor], list[str], list[str]]:
     """:func:`to_vitdet` with the config's windows and relative positions (new tables at zero)."""
     net = cfg.model.backbone.net
     return to_vitdet(state, info, use_rel_pos=bool(net.use_rel_pos), input_size=int(net.img_size),

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 from transfer.detection.train import RESULT_FILE, _check_predictions, _nan_reason, _setup_process, setup_logging
 from transfer.detection.vitdet import convert_for, load_lazy_config, load_vitdet_verified
 from transfer.records import TaskFailed, write_json_atomic
-from transfer.vit import load_vit
+from transfer.backbones import load
 
 log = logging.getLogger("transfer.detection")
 
@@ -79,7 +79,7 @@ def do_train(cfg: Any, job: VitdetJob) -> tuple[dict, dict]:
 
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
-    state, info = load_vit(job.ckpt, job.backbone)
+    state, info = load(job.ckpt, job.backbone)
     if info.sha256 != job.sha256:
         raise TaskFailed(f"--ckpt {job.ckpt} changed while the task ran (sha256 {info.sha256[:12]})")
     converted, new, _ = convert_for(cfg, state, info)

@@ -3,7 +3,7 @@
 # 3, 5, 7, 11 through Feature2Pyramid (x4, x2, x1, x0.5) into UPerHead, FCN auxiliary head on the third;
 # AdamW lr 1e-4, wd 0.05, layer-wise lr decay 0.65 over 12 layers, 1500 iterations of linear warm-up,
 # then linear (poly power 1) decay over 160k iterations; drop path 0.1. Differences: any ViT checkpoint
-# (transfer/vit.py reads it; transfer/segmentation/vit_backbone.py converts it: relative position
+# (transfer/backbones/vit/load.py reads it; transfer/backbones/vit/mmseg.py converts it: relative position
 # tables start at zero and LayerScale at one for a ViT without them, which leaves the ViT's function
 # unchanged), and fp32 (mmseg's `fp16 = dict(loss_scale='dynamic')` is a no-op in mmseg 1.x once
 # optim_wrapper is replaced, as that config does). The runner checks width, heads, patch and depth

@@ -34,7 +34,7 @@ class Checkpoint:
     seed_index: int = 0  # number among the checkpoints sharing this name (by pretraining seed, else order)
     shared: bool = False  # the name is shared: results go one folder deeper, per checkpoint
     pretrain_seed: int | None = None  # CheckpointInfo.pretrain_seed: the run's ``seed``, when known
-    family: str = "resnet"  # "resnet" or "vit" (transfer.vit): which tasks can take it
+    family: str = "resnet"  # "resnet" or "vit" (CheckpointInfo.family): which tasks can take it
     reference: str = ""  # a hub reference pinned to what it resolved to (transfer.hub): what the tasks are given
 
     @property
@@ -63,9 +63,8 @@ def default_name(path: Path) -> str:
 
 def resolve_checkpoints(paths: list[str], names: list[str], backbones: list[str] | None = None) -> list[Checkpoint]:
     """Validate every --ckpt before anything runs: it exists, maps onto a ResNet or a ViT; a shared name groups seeds."""
-    from transfer.checkpoints import CheckpointError, HoldsViT, load_backbone
+    from transfer.backbones import CheckpointError, load
     from transfer.hub import is_reference
-    from transfer.vit import load_vit
 
     if names and len(names) != len(paths):
         raise UsageError(f"--name given {len(names)} times for {len(paths)} --ckpt; give one per checkpoint or none")
@@ -81,10 +80,7 @@ def resolve_checkpoints(paths: list[str], names: list[str], backbones: list[str]
             raise UsageError(f"--ckpt {raw}: no such file (expected a checkpoint .pth, or a hub reference "
                              "hf://ORG/REPO, torchvision://MODEL.TAG, timm://MODEL.TAG, https://URL)")
         try:
-            try:
-                _, info = load_backbone(raw, choices[i] if choices else None)
-            except HoldsViT:
-                _, info = load_vit(raw, choices[i] if choices else None)
+            _, info = load(raw, choices[i] if choices else None)
         except CheckpointError as e:
             msg = str(e)
             raise UsageError(msg if msg.startswith(f"--ckpt {raw}") else f"--ckpt {raw}: {msg}") from None
@@ -94,7 +90,7 @@ def resolve_checkpoints(paths: list[str], names: list[str], backbones: list[str]
             raise UsageError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (it names a directory)")
         out.append(Checkpoint(name, path, info.sha256, info.arch, info.method, path.stem == UNTRAINED_STEM,
                               choices[i] if choices else None, info.backbone, pretrain_seed=info.pretrain_seed,
-                              family=getattr(info, "family", "resnet"), reference=info.resolved))
+                              family=info.family, reference=info.resolved))
     return _group_seeds(out)
 
 

@@ -49,7 +49,7 @@ TASKS = tuple(TASK_MODULES)
 SCALES = ("demo", "paper")
 ENTRY_KEYS = ("name", "task", "args", "extra_args", "checkpoints", "scale", "timeout_min", "env", "backbones")
 BACKBONE_FAMILIES = ("resnet", "vit", "any")
-PROBE_TASKS = ("knn", "linear", "fewshot", "svm")  # frozen features: a ResNet or a ViT (transfer.vit)
+PROBE_TASKS = ("knn", "linear", "fewshot", "svm")  # frozen features: a ResNet or a ViT (transfer.backbones)
 SUITE_KEYS = ("scale", "vars", "tasks", "slurm")
 #: A suite's ``slurm:`` section: defaults for ``--launcher slurm`` (the --slurm-* options win).
 SLURM_KEYS = ("partition", "account", "qos", "constraint", "time", "cpu_only", "cpus_per_gpu", "mem_per_gpu_gb")

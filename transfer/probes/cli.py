@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from plumbing.atomic import write_bytes_atomic
-from transfer.checkpoints import CheckpointError, add_backbone_arg
+from transfer.backbones.info import CheckpointError, add_backbone_arg
 from transfer.probes.features import FeatureError, FeatureExtractor, default_cache_dir
 from transfer.records import EXIT_USAGE, TaskRun, TaskSkipped
 from transfer.stats import LEVEL, N_BOOT, mean_interval
@@ -49,7 +49,7 @@ def _optional_str(value: str) -> str | None:
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="backbone checkpoint (any format transfer.checkpoints reads)")
+    parser.add_argument("--ckpt", required=True, help="backbone checkpoint (any format transfer.backbones reads)")
     parser.add_argument("--data", required=True, help="dataset root: the download layout of --dataset NAME, "
                         "else <split>/<class>/<image> folders")
     parser.add_argument("--out", required=True, help="output directory for record.json and config.yaml")

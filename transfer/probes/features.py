@@ -7,9 +7,9 @@ name), are read and cropped as the pretraining kNN monitor reads them (shorter s
 normalised (:class:`Preprocess`: ImageNet's or STL-10's statistics, or the user's), and then go
 through the checkpoint's ResNet (``fc = Identity``, eval mode, no grad, channels_last, batched).
 The output is the un-normalised pooled feature, as in AugSelf. A ViT checkpoint
-(:mod:`transfer.vit`) goes through timm's ViT instead, at the resolution asked (position
+(:mod:`transfer.backbones.vit`) goes through timm's ViT instead, at the resolution asked (position
 embedding resampled), and gives the tokens its codebase evaluates (``vit_pool``:
-:func:`transfer.vit.vit_features`; default :data:`transfer.vit.DEFAULT_POOL`).
+:func:`transfer.backbones.vit.features.vit_features`; default :data:`transfer.backbones.vit.load.DEFAULT_POOL`).
 
 Preprocessing defaults come from the checkpoint's pretraining run (``config.yaml``:
 ``augment.size``, ``augment.mean``/``std``); a checkpoint from elsewhere has none, so at
@@ -21,7 +21,7 @@ relative path/size/mtime, transform) under ``--cache-dir`` (default :func:`defau
 atomically. Any change of the checkpoint's bytes or of the image files gives another key, so a
 stale entry is never read. The network is built only on a cache miss. A ViT's key includes its pooling
 (``vit_pool``, ``vit_last_blocks``); one pass stores every pooling the probes ask for, each under its own
-key (:func:`transfer.vit.probe_feature_sets`), so kNN, linear and few-shot share one pass per image.
+key (:func:`transfer.backbones.vit.features.probe_feature_sets`), so kNN, linear and few-shot share one pass per image.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from mast import rundir
 from plumbing.atomic import torch_save_atomic
 from mast.data.folder import DatasetError, center_square, open_rgb
 
-from transfer.checkpoints import (CheckpointInfo, HoldsViT, build_resnet, load_backbone, require_stem_padding,
-                                  weights_id)
+from transfer.backbones import load
+from transfer.backbones.info import CheckpointInfo, weights_id
 
 __all__ = ["FeatureError", "SplitFeatures", "FeatureExtractor", "Preprocess", "pretrain_resolution",
            "parse_normalize"]
@@ -189,17 +189,15 @@ class FeatureExtractor:
                  dataset: str | None = None, split_file: str | None = None, fewshot: bool = False,
                  carve_val: bool = False, vit_pool: str | None = None, vit_last_blocks: int | None = None,
                  linear: bool = False, stem_padding: int | None = None) -> None:
-        try:
-            self.state, self.info = load_backbone(ckpt, backbone, stem_padding)
-            require_stem_padding(self.info)  # before any work: a CIFAR stem's padding is never guessed
-        except HoldsViT:
-            from transfer.vit import load_vit
+        self.state, self.info = load(ckpt, backbone, stem_padding)
+        self.vit = self.info.family == "vit"  # each family's code is imported where its branch needs it
+        if not self.vit:
+            from transfer.backbones.resnet.load import require_stem_padding
 
-            self.state, self.info = load_vit(ckpt, backbone)
-        self.vit = getattr(self.info, "family", "resnet") == "vit"
+            require_stem_padding(self.info)  # before any work: a CIFAR stem's padding is never guessed
         self.vit_pool = self.vit_last_blocks = None
         if self.vit:
-            from transfer.vit import linear_default
+            from transfer.backbones.vit.features import linear_default
 
             pool, blocks = linear_default(self.info) if linear else (self.info.default_pool, 1)
             self.vit_pool, self.vit_last_blocks = vit_pool or pool, vit_last_blocks or blocks
@@ -260,7 +258,7 @@ class FeatureExtractor:
     def features(self, root: str | Path, split: str) -> SplitFeatures:
         """Features of ``split`` of ``root``: read from the cache when the key matches, else computed and stored.
 
-        A ViT's pass computes every feature set of :func:`transfer.vit.probe_feature_sets` and stores
+        A ViT's pass computes every feature set of :func:`transfer.backbones.vit.features.probe_feature_sets` and stores
         each under its own key, so that another probe task asking for another pooling of the same
         images reads it instead of running the network again.
         """
@@ -305,11 +303,13 @@ class FeatureExtractor:
 
     def _network(self) -> nn.Module:
         if self.model is None and self.vit:
-            from transfer.vit import VitFeatures, probe_feature_sets
+            from transfer.backbones.vit.features import VitFeatures, probe_feature_sets
 
             sets = probe_feature_sets(self.info, self.vit_pool, self.vit_last_blocks)
             self.model = VitFeatures.from_state(self.state, self.info, self.image_size, sets).eval().to(self.device)
         if self.model is None:
+            from transfer.backbones.resnet.load import build_resnet
+
             model = build_resnet(self.info.arch, self.info.stem, self.info.stem_padding)
             model.load_state_dict(self.state, strict=True)
             self.model = model.eval().to(self.device, memory_format=torch.channels_last)

@@ -1,12 +1,9 @@
-"""The segmentation backbone: torchvision-layout SSL weights into mmseg's ``ResNet``, verified.
+"""The segmentation backbone after mmengine's load: every converted tensor arrived, and a resume restored the model.
 
-mmengine loads ``init_cfg=dict(type='Pretrained')`` with ``strict=False`` and only *warns* about
-keys it could not place (docs/ENVIRONMENT.md, "MMSegmentation"). Two configurations are silently wrong
-for a torchvision checkpoint: ``ResNetV1c``/``deep_stem=True`` (the deep stem stays random) and
-``style='caffe'`` (every name matches, the stride sits on the 1x1 conv instead of the 3x3, so the
-network computes something else). This module refuses both before training:
+mmengine loads ``init_cfg=dict(type='Pretrained')`` with ``strict=False`` and only *warns* about keys
+it could not place; the conversion and the config checks are the family's
+(:mod:`transfer.backbones.resnet.mmseg`, :mod:`transfer.backbones.vit.mmseg`). Here:
 
-- :func:`check_backbone_cfg`: the config's backbone type, style and depth against the checkpoint;
 - :func:`verify_backbone_state`: every key of the built backbone is in the converted checkpoint
   with the same shape, and nothing is left over (and, after mmengine's load, equal values);
 - :class:`BackboneLoadedHook`: runs that check on the Runner's model right before iteration 1.
@@ -14,9 +11,9 @@ network computes something else). This module refuses both before training:
 It also lets the Runner reload its *own* checkpoints (resume): torch >= 2.6 refuses a Runner file
 under ``weights_only=True`` (its message hub pickles ``HistoryBuffer``), and a file in the run's
 folder is no more trusted than any other. The ``runner-file://`` scheme reads it with
-:func:`transfer.safe_files.read_torch_file`: ``weights_only``, with only the message hub's exact
-classes rebuilt (:func:`transfer.safe_files.runner_admits`); nothing in the file is ever run.
-User checkpoints keep going through :func:`transfer.checkpoints.load_backbone`.
+:func:`transfer.backbones.read.read_torch_file`: ``weights_only``, with only the message hub's exact
+classes rebuilt (:func:`transfer.backbones.read.runner_admits`); nothing in the file is ever run.
+User checkpoints keep going through :func:`transfer.backbones.load`.
 """
 
 from __future__ import annotations
@@ -28,83 +25,10 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from transfer.checkpoints import CheckpointInfo
+from transfer.backbones.info import BackboneMismatch
+from transfer.backbones.resnet.mmseg import MMSEG_PREFIX
 
-MMSEG_PREFIX = "backbone."
 RUNNER_SCHEME = "runner-file://"
-# Backbone types that build a torchvision-like ResNet; only plain ResNet without deep stem matches.
-RESNET_TYPES = ("ResNet", "ResNetV1c", "ResNetV1d", "mmseg.ResNet", "mmseg.ResNetV1c", "mmseg.ResNetV1d")
-
-
-class BackboneMismatch(ValueError):
-    """The checkpoint and the config's backbone do not describe the same network (one line)."""
-
-
-def arch_depth(arch: str) -> int:
-    """``'resnet50'`` -> 50."""
-    return int(arch.removeprefix("resnet"))
-
-
-def stage_channels(depth: int) -> tuple[int, ...]:
-    """Output channels of the four ResNet stages (basic blocks for 18/34, bottlenecks from 50)."""
-    expansion = 1 if depth < 50 else 4
-    return tuple(64 * 2 ** i * expansion for i in range(4))
-
-
-def check_backbone_cfg(backbone: dict, info: CheckpointInfo, config_name: str, heads: tuple = ()) -> list[str]:
-    """Refuse a backbone config that cannot reproduce the torchvision network of ``info``.
-
-    The depth comes from the checkpoint: a config written for another depth is adapted when each
-    of ``heads`` (decode/auxiliary head configs) reads a stage at that depth's width (``in_channels``
-    = the stage's channels at ``in_index``): depth and those widths are set for the checkpoint.
-    A head with other widths is refused. Returns notes on what was changed.
-    """
-    btype = str(backbone.get("type"))
-    where = f"config {config_name}: model.backbone"
-    if btype not in RESNET_TYPES:
-        raise BackboneMismatch(
-            f"{where}.type={btype!r} cannot hold a torchvision ResNet checkpoint; use type='ResNet', style='pytorch'"
-        )
-    style = backbone.get("style", "pytorch")
-    if style != "pytorch":
-        raise BackboneMismatch(
-            f"{where}.style={style!r}: a torchvision ResNet strides in the 3x3 conv (style='pytorch'); "
-            "'caffe' matches every name but computes a different network"
-        )
-    if btype.endswith(("V1c", "V1d")) or backbone.get("deep_stem") or backbone.get("avg_down"):
-        raise BackboneMismatch(
-            f"{where}: type={btype!r} deep_stem={backbone.get('deep_stem', False)} "
-            f"avg_down={backbone.get('avg_down', False)} does not match a torchvision ResNet "
-            "(its deep stem would stay random); use type='ResNet', deep_stem=False, avg_down=False"
-        )
-    depth = arch_depth(info.arch)
-    if backbone.get("depth") is None or int(backbone["depth"]) == depth:
-        backbone["depth"] = depth
-        return []
-    old = int(backbone["depth"])
-    notes = [f"model.backbone.depth {old} -> {depth} (from the checkpoint)"]
-    for head in (h for h in heads if h):
-        index, width = head.get("in_index", -1), head.get("in_channels")
-        if not isinstance(index, int) or width != stage_channels(old)[index]:
-            raise BackboneMismatch(
-                f"checkpoint {info.path} is a {info.arch} but {where}.depth={old}, and head {head.get('type')} "
-                f"in_channels={width} (in_index={index}) is not a depth-{old} stage width; use a config written "
-                f"for depth {depth}"
-            )
-        head["in_channels"] = stage_channels(depth)[index]
-        notes.append(f"{head.get('type')} in_channels {width} -> {head['in_channels']}")
-    backbone["depth"] = depth
-    return notes
-
-
-def to_mmseg_file(state: Mapping[str, Tensor], info: CheckpointInfo, out_dir: Path) -> Path:
-    """Convert a canonical state_dict (``transfer.convert.to_mmseg``) into ``out_dir``, atomically."""
-    from plumbing.atomic import torch_save_atomic
-    from transfer.convert import to_mmseg
-
-    path = Path(out_dir) / "backbone_mmseg.pth"
-    torch_save_atomic(path, to_mmseg(state, info))
-    return path
 
 
 def read_converted(path: Path) -> dict[str, Tensor]:
@@ -173,7 +97,7 @@ def make_loaded_hook(expected_path: Path, resumed: bool | Path) -> Any:
 def verify_resumed(model: nn.Module, path: Path) -> None:
     """Every tensor of ``model`` holds the value the Runner file ``path`` saved for it, else TaskFailed."""
     from transfer.records import TaskFailed
-    from transfer.safe_files import read_runner_file
+    from transfer.backbones.read import read_runner_file
 
     saved = read_runner_file(path)
     saved = saved.get("state_dict") if isinstance(saved, Mapping) else None
@@ -192,12 +116,12 @@ def register_runner_scheme() -> None:
     """``runner-file://PATH``: read a checkpoint the Runner wrote, as data (never ``weights_only=False``).
 
     mmengine's Runner saves its message hub (``HistoryBuffer``, numpy scalars) and optimizer, which
-    torch >= 2.6 refuses under plain ``weights_only=True``; :func:`transfer.safe_files.runner_admits`
+    torch >= 2.6 refuses under plain ``weights_only=True``; :func:`transfer.backbones.read.runner_admits`
     names exactly those classes, and anything else the file names stays an inert placeholder.
     """
     from mmengine.runner import CheckpointLoader
 
-    from transfer.safe_files import read_runner_file
+    from transfer.backbones.read import read_runner_file
 
     def load_runner_file(filename: str, map_location=None) -> Any:
         path = filename[len(RUNNER_SCHEME):]

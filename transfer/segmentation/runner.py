@@ -4,7 +4,7 @@
         [--launcher none|pytorch|slurm] [--data-root ROOT] [--cfg-options k=v ...] [--seed N]
         [--threads N] [--resume] [--force]
 
-One run: read the checkpoint (``transfer.checkpoints.load_backbone``, ``weights_only=True``), check
+One run: read the checkpoint (``transfer.backbones.load``, ``weights_only=True``), check
 the config's backbone against it and the dataset layout (one-line errors, before anything is
 built), convert it to ``DIR/backbone_mmseg.pth``, build mmengine's ``Runner`` (the existing
 distributed engine; SyncBN becomes BN in one process), verify that every backbone weight was
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from plumbing.atomic import write_text_atomic
-from transfer.checkpoints import CheckpointInfo, add_backbone_arg
+from transfer.backbones.info import CheckpointInfo, add_backbone_arg
 from transfer.engines import sync_norms_to_bn
 from transfer.segmentation.batch import apply_batch, shrink_for_smoke
 from transfer.records import EXIT_USAGE, TaskFailed, TaskRun
@@ -43,7 +43,7 @@ METRICS = ("mIoU", "mAcc", "aAcc")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m transfer.segmentation", description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt", required=True, help="SSL checkpoint (any format transfer.checkpoints reads)")
+    p.add_argument("--ckpt", required=True, help="SSL checkpoint (any format transfer.backbones reads)")
     p.add_argument("--out", required=True, help="output directory (record.json, train.log, mmseg_config.py)")
     p.add_argument("--config", help="mmseg config file (default: the --scale's FCN config)")
     p.add_argument("--scale", choices=sorted(DEFAULT_CONFIGS), default=None,
@@ -77,7 +77,7 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
     """Read the config, apply the command line, and check its backbone against ``info``."""
     from mmengine.config import Config, DictAction
 
-    from transfer.segmentation.backbone import check_backbone_cfg
+    from transfer.backbones.resnet.mmseg import check_backbone_cfg
     from transfer.segmentation.data import set_data_root
 
     path = Path(args.config) if args.config else DEFAULT_CONFIGS[args.scale or "demo"]
@@ -94,8 +94,8 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
     if args.data_root:
         set_data_root(cfg, args.data_root)
     heads = (cfg.model.get("decode_head"), cfg.model.get("auxiliary_head"))
-    if getattr(info, "family", "resnet") == "vit":
-        from transfer.segmentation.vit_backbone import check_vit_cfg
+    if info.family == "vit":
+        from transfer.backbones.vit.mmseg import check_vit_cfg
 
         cfg.depth_notes = check_vit_cfg(cfg.model, info, path.name)
     else:
@@ -202,8 +202,8 @@ def train_and_evaluate(cfg: Any, converted: Path) -> dict[str, float]:
     """
     from mmengine.runner import Runner, find_latest_checkpoint
 
-    from transfer.segmentation.backbone import (backbone_of, make_loaded_hook, read_converted,
-                                       register_runner_scheme, runner_file, verify_backbone_state)
+    from transfer.segmentation.backbone import (backbone_of, make_loaded_hook, read_converted, register_runner_scheme,
+                                                runner_file, verify_backbone_state)
 
     register_runner_scheme()
     _init_cpu_group(cfg)
@@ -219,7 +219,7 @@ def train_and_evaluate(cfg: Any, converted: Path) -> dict[str, float]:
         if Path(latest).resolve().parent != work:  # last_checkpoint is a text file naming any path
             raise FileNotFoundError(f"--resume: {work}/last_checkpoint points outside the run ({latest}); "
                                     "only the Runner's own checkpoints in its work folder are resumed")
-        cfg.load_from = runner_file(latest)  # read as data: transfer.safe_files
+        cfg.load_from = runner_file(latest)  # read as data: transfer.backbones.read
     else:  # a fresh start: a later --resume must never continue an earlier attempt's file
         (Path(cfg.work_dir) / "last_checkpoint").unlink(missing_ok=True)
     if cfg.get("visualizer") is not None:
@@ -277,9 +277,10 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
     """The whole task; ``task`` is None on ranks > 0 (only rank 0 writes the record)."""
     from dataclasses import asdict
 
-    from transfer.checkpoints import HoldsViT, load_backbone, refuse_cifar_stem
+    from transfer.backbones import load
+    from transfer.backbones.resnet.load import refuse_cifar_stem
+    from transfer.backbones.resnet.mmseg import to_mmseg_file
     from transfer.engines import require_mmseg
-    from transfer.segmentation.backbone import to_mmseg_file
     from transfer.segmentation.data import check_data_layout
 
     require_mmseg()
@@ -288,12 +289,7 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
-    try:
-        state, info = load_backbone(args.ckpt, args.backbone)
-    except HoldsViT:
-        from transfer.vit import load_vit
-
-        state, info = load_vit(args.ckpt, args.backbone)
+    state, info = load(args.ckpt, args.backbone)
     refuse_cifar_stem(info, "mmseg")
     cfg = load_config(args, info)
     cfg.resume = bool(args.resume)
@@ -307,8 +303,8 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
             task.record["scale"] = "smoke"
     check_data_layout(cfg, dataset)
     out = Path(args.out)
-    if getattr(info, "family", "resnet") == "vit":
-        from transfer.segmentation.vit_backbone import to_mmseg_vit_file
+    if info.family == "vit":
+        from transfer.backbones.vit.mmseg import to_mmseg_vit_file
 
         converted, new, unused = to_mmseg_vit_file(state, info, cfg.model.backbone, out)
         if task is not None:  # tensors the engine's ViT has and the checkpoint had not (zero rel-pos, unit gammas)

@@ -1,6 +1,6 @@
 """Where the Vision Transformer sits in a checkpoint, and its tensors under timm's names.
 
-The ResNet path (:mod:`transfer.layouts`) finds a backbone by its stem; a ViT is found by its patch
+The ResNet path (:mod:`transfer.backbones.resnet.layouts`) finds a backbone by its stem; a ViT is found by its patch
 embedding, a 4-D conv weight with 3 input channels:
 
 - ``P + patch_embed.proj.weight``: timm's names, which timm, DINO, iBOT, MAE, DINOv2 and MoCo v3
@@ -10,13 +10,14 @@ embedding, a 4-D conv weight with 3 input channels:
   final norm ``ln1``; layout ``"mmpretrain"``).
 
 Which candidate is taken (``--backbone``, the only one, DINO's teacher, MoCo v3's ``base_encoder``
-over its ``momentum_encoder``) is decided exactly as for ResNets (:func:`transfer.layouts.choose`).
+over its ``momentum_encoder``) is decided exactly as for ResNets (:func:`transfer.backbones.candidates.choose`).
 :func:`to_timm` then renames the chosen tensors onto timm's ``VisionTransformer`` (each tensor
 once) and names every tensor it does not use, with the reason: a pretraining-only mask token (MAE,
 DINOv2 ``mask_token``, iBOT ``masked_embed``), MAE's decoder, a classifier/projection ``head``.
 DINOv2's training checkpoints chunk the blocks (``blocks.C.N.``, N the global index) and keep
-``register_tokens`` outside the position embedding: both are rewritten as timm's own DINOv2
-conversion does (``reg_token``; the class token's position added to it, ``no_embed_class``).
+``register_tokens`` outside the position embedding: the chunks are renumbered, and the registers go
+through timm's own DINOv2 conversion (``_convert_dinov2``, what ``checkpoint_filter_fn`` runs for a
+DINOv2 file: ``reg_token``, the class token's position folded into ``cls_token``, ``no_embed_class``).
 """
 
 from __future__ import annotations
@@ -26,22 +27,36 @@ from typing import Mapping
 
 from torch import Tensor
 
-from transfer.layouts import Candidate, _merge_identical
+from transfer.backbones.candidates import Candidate, candidates_at
 
 ANCHORS = {"patch_embed.proj.weight": "timm", "patch_embed.projection.weight": "mmpretrain"}
-# Per layout: (regex on the name inside the backbone, timm name), applied first match wins.
-MMPRETRAIN_NAMES = (
-    (r"^patch_embed\.projection\.", "patch_embed.proj."),
-    (r"^layers\.(\d+)\.ln1\.", r"blocks.\1.norm1."),
-    (r"^layers\.(\d+)\.ln2\.", r"blocks.\1.norm2."),
-    (r"^layers\.(\d+)\.attn\.(qkv|proj)\.", r"blocks.\1.attn.\2."),
-    (r"^layers\.(\d+)\.attn\.gamma1\.weight$", r"blocks.\1.ls1.gamma"),
-    (r"^layers\.(\d+)\.ffn\.layers\.0\.0\.", r"blocks.\1.mlp.fc1."),
-    (r"^layers\.(\d+)\.ffn\.layers\.1\.", r"blocks.\1.mlp.fc2."),
-    (r"^layers\.(\d+)\.ffn\.gamma2\.weight$", r"blocks.\1.ls2.gamma"),
-    (r"^ln1\.", "norm."),
-    (r"^pre_norm\.", "norm_pre."),
+# The block structure timm's ViT shares with OpenMMLab's (mmpretrain's VisionTransformer, mmseg's MAE):
+# (timm name, OpenMMLab name), N a block index. Each OpenMMLab model adds its own LayerScale and norm names.
+OPENMMLAB_SHARED = (
+    ("patch_embed.proj.", "patch_embed.projection."),
+    ("blocks.N.norm1.", "layers.N.ln1."),
+    ("blocks.N.norm2.", "layers.N.ln2."),
+    ("blocks.N.attn.qkv.", "layers.N.attn.qkv."),
+    ("blocks.N.attn.proj.", "layers.N.attn.proj."),
+    ("blocks.N.mlp.fc1.", "layers.N.ffn.layers.0.0."),
+    ("blocks.N.mlp.fc2.", "layers.N.ffn.layers.1."),
 )
+MMPRETRAIN_OWN = (("blocks.N.ls1.gamma", "layers.N.attn.gamma1.weight"), ("blocks.N.ls2.gamma", "layers.N.ffn.gamma2.weight"),
+                  ("norm.", "ln1."), ("norm_pre.", "pre_norm."))
+
+
+def rename_rules(pairs: tuple[tuple[str, str], ...], to_timm: bool) -> tuple[tuple[str, str], ...]:
+    """``(regex, replacement)`` for each ``(timm, other)`` name pair, towards timm's names or away from them;
+    a name ending in ``.`` is a prefix, any other a whole name."""
+    rules = []
+    for timm, other in pairs:
+        src, dst = (other, timm) if to_timm else (timm, other)
+        pattern = "^" + re.escape(src).replace("N", r"(\d+)") + ("" if src.endswith(".") else "$")
+        rules.append((pattern, dst.replace("N", r"\1")))
+    return tuple(rules)
+
+
+MMPRETRAIN_NAMES = rename_rules(OPENMMLAB_SHARED + MMPRETRAIN_OWN, to_timm=True)
 # Tensors a ViT checkpoint holds that the frozen backbone does not use: (regex, reason).
 UNUSED = (
     (r"^(mask_token|masked_embed)$", "mask token (pretraining only)"),
@@ -63,13 +78,7 @@ def find_vit_candidates(flat: Mapping[str, Tensor]) -> list[Candidate]:
             prefix = key[: -len(anchor)]
             if key.endswith(anchor) and (prefix == "" or prefix.endswith(".")) and _is_patch_embed(t):
                 found.append((prefix, layout))
-    prefixes = [p for p, _ in found]
-    cands = []
-    for prefix, layout in found:
-        inner = [q for q in prefixes if q != prefix and q.startswith(prefix)]
-        keys = tuple(k for k in flat if k.startswith(prefix) and not any(k.startswith(q) for q in inner))
-        cands.append(Candidate(prefix, layout, keys))
-    return _merge_identical(cands, flat)
+    return candidates_at(found, flat)
 
 
 def to_timm(tensors: Mapping[str, Tensor], layout: str) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -89,7 +98,13 @@ def to_timm(tensors: Mapping[str, Tensor], layout: str) -> tuple[dict[str, Tenso
         if new in out:
             raise ValueError(f"tensors {name!r} and another both map to {new!r}")
         out[new] = value
-    return _dinov2_registers(out), unused
+    if any(".mlp.w12." in k for k in out):  # timm's DINOv2 conversion would rename it into a mis-shaped fc1
+        raise ValueError("SwiGLU MLP (DINOv2 ViT-g) is not supported")
+    if {"register_tokens", "cls_token", "pos_embed"} <= set(out):  # DINOv2's names: timm's conversion (no model used)
+        from timm.models.vision_transformer import _convert_dinov2
+
+        out = _convert_dinov2(dict(out), None)
+    return out, unused
 
 
 def _rename(name: str, layout: str) -> str:
@@ -100,22 +115,7 @@ def _rename(name: str, layout: str) -> str:
         return name
     if m := _CHUNKED.match(name):  # DINOv2 BlockChunk: blocks.<chunk>.<global index>.
         return f"blocks.{m.group(1)}." + name[m.end():]
-    return "reg_token" if name == "register_tokens" else name
-
-
-def _dinov2_registers(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """DINOv2 adds the position embedding to the class token only (registers have none): timm's
-    form of that is ``no_embed_class`` with the class position folded into ``cls_token``."""
-    pos, reg = state.get("pos_embed"), state.get("reg_token")
-    if pos is None or reg is None or "cls_token" not in state or pos.ndim != 3:
-        return state
-    prefix = pos.shape[1] - square_part(pos.shape[1])
-    if prefix != 1:  # timm-layout files already without (0) or with every prefix token (1 + R)
-        return state
-    state = dict(state)
-    state["cls_token"] = state["cls_token"] + pos[:, :1]
-    state["pos_embed"] = pos[:, 1:]
-    return state
+    return name
 
 
 def square_part(n: int) -> int:

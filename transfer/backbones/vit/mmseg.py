@@ -1,13 +1,15 @@
-"""A ViT checkpoint (timm names, :mod:`transfer.vit`) into mmseg's ``MAE`` backbone (the MAE/BEiT
+"""A ViT checkpoint (timm names, :mod:`transfer.backbones.vit.load`) into mmseg's ``MAE`` backbone (the MAE/BEiT
 UperNet protocol mmseg ships: ``configs/mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py``).
 
 mmseg's ``MAE`` is BEiT's block with a relative position bias table (zero-initialised by MAE) and
 LayerScale ``gamma_1``/``gamma_2``. A plain ViT maps onto it exactly when the tables are zero and
 the gammas one (a ViT with LayerScale keeps its own): those are the *new* tensors, recorded. The
 class-token position and the patch grid are resampled to the config's ``img_size`` as DINO/MAE do
-(:func:`transfer.vit.resize_pos_embed`). The file is written as ``{"state_dict": ...}`` without a
+(:func:`transfer.backbones.vit.load.resize_pos_embed`, timm's resampling). The file is written as ``{"state_dict": ...}`` without a
 prefix because ``MAE.init_weights`` loads the file into the backbone itself (``strict=False``):
 :mod:`transfer.segmentation.backbone` then verifies keys, shapes and values as for ResNets.
+:func:`to_mmseg_file_dict` is ``python -m transfer.convert --to mmseg`` for a ViT (an MAE backbone at the
+checkpoint's own width, depth and resolution).
 """
 
 from __future__ import annotations
@@ -19,24 +21,18 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from transfer.segmentation.backbone import BackboneMismatch
-from transfer.vit import VitInfo, resize_pos_embed, spec_of
+from transfer.backbones.info import BackboneMismatch, CheckpointInfo
+from transfer.backbones.vit.layouts import OPENMMLAB_SHARED, rename_rules
+from transfer.backbones.vit.load import resize_pos_embed, spec_of
 
 VIT_TYPES = ("MAE", "mmseg.MAE")
-TIMM_TO_MAE = (
-    (r"^patch_embed\.proj\.", "patch_embed.projection."),
-    (r"^blocks\.(\d+)\.norm1\.", r"layers.\1.ln1."),
-    (r"^blocks\.(\d+)\.norm2\.", r"layers.\1.ln2."),
-    (r"^blocks\.(\d+)\.attn\.(qkv|proj)\.", r"layers.\1.attn.\2."),
-    (r"^blocks\.(\d+)\.mlp\.fc1\.", r"layers.\1.ffn.layers.0.0."),
-    (r"^blocks\.(\d+)\.mlp\.fc2\.", r"layers.\1.ffn.layers.1."),
-    (r"^blocks\.(\d+)\.ls1\.gamma$", r"layers.\1.gamma_1"),
-    (r"^blocks\.(\d+)\.ls2\.gamma$", r"layers.\1.gamma_2"),
-    (r"^norm\.", "norm1."),
-)
+# mmseg's MAE (BEiT's block): LayerScale as gamma_1/gamma_2, the final norm norm1; the rest as mmpretrain's.
+TIMM_TO_MAE = rename_rules(OPENMMLAB_SHARED + (("blocks.N.ls1.gamma", "layers.N.gamma_1"),
+                                               ("blocks.N.ls2.gamma", "layers.N.gamma_2"), ("norm.", "norm1.")),
+                           to_timm=False)
 
 
-def check_vit_cfg(model: dict, info: VitInfo, config_name: str) -> list[str]:
+def check_vit_cfg(model: dict, info: CheckpointInfo, config_name: str) -> list[str]:
     """Refuse a model config whose backbone cannot hold the ViT of ``info`` (one line); returns notes.
 
     As for ResNet depths, a config written for another *width* (the demo's ViT-Tiny) is adapted when
@@ -77,7 +73,7 @@ def check_vit_cfg(model: dict, info: VitInfo, config_name: str) -> list[str]:
             "widths to match (from the checkpoint)"]
 
 
-def to_mae_state(state: Mapping[str, Tensor], info: VitInfo, template: Mapping[str, Tensor],
+def to_mae_state(state: Mapping[str, Tensor], info: CheckpointInfo, template: Mapping[str, Tensor],
                  img_size: int) -> tuple[dict[str, Tensor], list[str], list[str]]:
     """``(mmseg MAE state_dict, new tensor names, unused timm names)``; every template key filled once.
 
@@ -130,7 +126,7 @@ def build_backbone(backbone_cfg: Mapping[str, Any]) -> torch.nn.Module:
     return MODELS.build(cfg)
 
 
-def to_mmseg_vit_file(state: Mapping[str, Tensor], info: VitInfo, backbone_cfg: Mapping[str, Any],
+def to_mmseg_vit_file(state: Mapping[str, Tensor], info: CheckpointInfo, backbone_cfg: Mapping[str, Any],
                       out_dir: Path) -> tuple[Path, list[str], list[str]]:
     """Write the converted backbone to ``out_dir/backbone_mmseg.pth``: ``(path, new tensors, unused)``."""
     from plumbing.atomic import torch_save_atomic
@@ -142,3 +138,24 @@ def to_mmseg_vit_file(state: Mapping[str, Tensor], info: VitInfo, backbone_cfg: 
     path = Path(out_dir) / "backbone_mmseg.pth"
     torch_save_atomic(path, {"state_dict": converted})
     return path, new, unused
+
+
+def mae_cfg(info: CheckpointInfo) -> dict:
+    """mmseg's ``MAE`` backbone for the ViT of ``info`` at its own resolution (every block an output)."""
+    spec = spec_of(info)
+    return dict(type="MAE", img_size=(spec.img_size, spec.img_size), patch_size=spec.patch_size,
+                embed_dims=spec.embed_dim, num_layers=spec.depth, num_heads=spec.num_heads,
+                mlp_ratio=int(spec.mlp_ratio), out_indices=list(range(spec.depth)), init_values=1.0,
+                norm_cfg=dict(type="LN", eps=1e-6))
+
+
+def to_mmseg_file_dict(state: Mapping[str, Tensor], info: CheckpointInfo) -> dict:
+    """``{"state_dict": mmseg MAE state_dict, "meta": ...}`` of the ViT (``MAE.init_weights`` reads the
+    ``state_dict`` unprefixed); refused in one line when mmseg's MAE cannot hold it (registers)."""
+    cfg = mae_cfg(info)
+    check_vit_cfg({"backbone": dict(cfg)}, info, "mmseg MAE (from the checkpoint)")
+    converted, new, unused = to_mae_state(state, info, build_backbone(cfg).state_dict(), spec_of(info).img_size)
+    meta = {"source_path": info.path, "source_sha256": info.sha256, "arch": info.arch,
+            "source_backbone": info.backbone, "new_tensors": new, "unused": unused,
+            "mmseg_backbone": {k: v for k, v in cfg.items() if k not in ("norm_cfg", "out_indices")}}
+    return {"state_dict": converted, "meta": meta}

@@ -18,6 +18,8 @@ them is not a checkpoint.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import re
 from pathlib import Path
@@ -71,50 +73,56 @@ def plain_message(error: BaseException) -> str:
     return line[:200]
 
 
-def is_safetensors(path: Path) -> bool:
-    """``path`` is a safetensors file: by its suffix, or by its header (8-byte length, then JSON)."""
+def is_safetensors(path: Path, data: bytes) -> bool:
+    """``data`` (the bytes of ``path``) is a safetensors file: by the suffix, or by its header (8-byte length, then JSON)."""
     if path.suffix == SAFETENSORS_SUFFIX:
         return True
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-    except OSError as e:  # unreadable (chmod 000, a folder): one line, as every other read here
-        raise FileReadError(f"checkpoint {path} cannot be read ({e.strerror or type(e).__name__}); check its "
-                            "permissions (ls -l) or the path") from None
+    head = data[:9]
     return len(head) == 9 and int.from_bytes(head[:8], "little") < (1 << 27) and head[8:9] == b"{"
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def read_bytes(path: Path) -> bytes:
+    """The whole file, in one open: every later step (format sniff, pickle scan, load, sha256) reads these bytes."""
+    try:
+        return path.read_bytes()
+    except OSError as e:  # unreadable (chmod 000, a folder): one line, as every other read here
+        raise FileReadError(f"checkpoint {path} cannot be read ({e.strerror or type(e).__name__}); check its "
+                            "permissions (ls -l) or the path") from None
+
+
+def read_safetensors(path: Path, data: bytes) -> dict[str, torch.Tensor]:
     """The tensors of a ``.safetensors`` file (a flat ``name -> tensor`` dict; it holds no code)."""
     try:
-        from safetensors.torch import load_file
+        from safetensors.torch import load
     except ImportError:
         raise FileReadError(f"checkpoint {path} is a .safetensors file and the safetensors package is missing; "
                             "run `make setup` (or pip install safetensors)") from None
     try:
-        return load_file(str(path), device="cpu")
+        return load(data)
     except Exception as e:  # noqa: BLE001 - any unreadable file is one user-facing error
         raise FileReadError(f"checkpoint {path} cannot be read as a safetensors file ({plain_message(e)}); "
                             "re-download it, or re-save it with safetensors.torch.save_file") from None
 
 
-def read_torch_file(path: str | Path, admit: Mapping[str, Any] | None = None) -> Any:
-    """The object in torch file ``path``, rebuilt by torch's ``weights_only`` unpickler.
+def read_torch_file(path: str | Path, admit: Mapping[str, Any] | None = None, data: bytes | None = None) -> Any:
+    """The object in torch file ``path`` (its bytes ``data`` when already read), rebuilt by torch's
+    ``weights_only`` unpickler.
 
     Globals outside torch's allowlist become :func:`placeholder` classes, except the exact names in
     ``admit`` (name -> the object to bind; the caller vouches that building it runs no file code).
     """
     path = Path(path)
+    data = read_bytes(path) if data is None else data
     admit = dict(admit or {})
     with torch.serialization.safe_globals(SAFE_GLOBALS):
         try:
-            foreign = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+            foreign = torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data))
         except Exception:  # noqa: BLE001 - a legacy (non-zip) file: no scan, torch's allowlist alone
             foreign = []
     bound = [(obj, n) for n, obj in admit.items()] + [(placeholder(n), n) for n in foreign if n not in admit]
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS + bound):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is one user-facing error
         msg = plain_message(e)
         if "is blocked" in msg:
@@ -126,28 +134,42 @@ def read_torch_file(path: str | Path, admit: Mapping[str, Any] | None = None) ->
 
 def read_any(path: str | Path, admit: Mapping[str, Any] | None = None) -> Any:
     """A checkpoint file's content: a safetensors dict, or the torch file's object (:func:`read_torch_file`)."""
+    return read_file(path, admit)[0]
+
+
+def read_file(path: str | Path, admit: Mapping[str, Any] | None = None) -> tuple[Any, str]:
+    """``(content, sha256)`` of a checkpoint file, each file opened once (a sharded checkpoint: its index and
+    every shard once; the sha256 is then the index's and the shards' sha256 joined, as ``sha256_file`` has it)."""
     path = Path(path)
     if not path.is_file():  # also a FIFO or device: only a regular file is opened (a FIFO would block)
         raise FileReadError(f"checkpoint {path} does not exist (expected a .pth/.pt/.pkl/.safetensors file); "
                             "check the path")
+    data = read_bytes(path)
+    digest = hashlib.sha256(data).hexdigest()
     if path.name.endswith(INDEX_SUFFIX):
-        return read_sharded(path)
-    return read_safetensors(path) if is_safetensors(path) else read_torch_file(path, admit)
+        merged, digests = read_sharded(path, data)
+        return merged, hashlib.sha256("\n".join([digest, *digests]).encode()).hexdigest()
+    if is_safetensors(path, data):
+        return read_safetensors(path, data), digest
+    return read_torch_file(path, admit, data), digest
 
 
-def read_sharded(index: Path) -> dict[str, Any]:
-    """The tensors of a sharded checkpoint: every shard its ``*.index.json`` names (``weight_map``), each read
-    as tensors only, merged; a tensor the index places in a shard that lacks it, or in two shards, is refused."""
+def read_sharded(index: Path, data: bytes) -> tuple[dict[str, Any], list[str]]:
+    """The tensors of a sharded checkpoint (its index's bytes ``data``) and each shard's sha256: every shard its
+    ``*.index.json`` names (``weight_map``), each read as tensors only, merged; a tensor the index places in a
+    shard that lacks it, or in two shards, is refused."""
     from transfer.hub import HubError, shard_files
 
     try:
         files = shard_files(index)
     except HubError as e:
         raise FileReadError(str(e)) from None
-    weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    weight_map = json.loads(data.decode("utf-8"))["weight_map"]
     merged: dict[str, Any] = {}
+    digests = []
     for name in files:
-        shard = read_any(index.parent / name)
+        shard, digest = read_file(index.parent / name)
+        digests.append(digest)
         if not isinstance(shard, Mapping):
             raise FileReadError(f"shard {index.parent / name} holds a {type(shard).__name__}, expected a dict of tensors")
         twice = sorted(set(shard) & set(merged))
@@ -158,7 +180,7 @@ def read_sharded(index: Path) -> dict[str, Any]:
     if missing:
         raise FileReadError(f"sharded checkpoint {index}: {len(missing)} tensors its index names are in no shard "
                             f"({missing[:3]}); a partial download? re-download the shards")
-    return merged
+    return merged, digests
 
 
 def read_runner_file(path: str | Path) -> Any:

@@ -1,4 +1,12 @@
-"""Load converted weights into a detectron2 model and prove that every backbone tensor arrived.
+"""A torchvision-layout ResNet into detectron2: renamed (:func:`to_detectron2`), then loaded and proven loaded
+(:func:`load_verified`).
+
+:func:`to_detectron2` renames each tensor to detectron2's ResNet names (PROTOCOLS.md "Detection":
+``conv1/bn1`` -> ``stem.conv1/.norm``, ``layerN`` -> ``res{N+1}``, ``bnK`` -> ``convK.norm``,
+``downsample.0/.1`` -> ``shortcut/.norm``) with a hard coverage check: every backbone tensor is mapped
+exactly once, ``fc.*`` and ``num_batches_tracked`` are dropped deliberately (detectron2's FrozenBN
+reports the latter as unexpected), and anything else left over is an error. Unlike the usual chain of
+string replaces, a key that no rule explains can never slip through (nor be silently dropped).
 
 Detectron2 matches checkpoint names to model names by suffix and only *warns* about what it could
 not place, so a wrong prefix trains silently from random weights (docs/ENVIRONMENT.md). Here loading is
@@ -16,17 +24,87 @@ Anything else raises :class:`WeightsNotLoaded` with a one-line summary.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from transfer.detection.heads import register_heads
+from transfer.backbones.info import CheckpointInfo, ConversionError
+from transfer.backbones.resnet.load import DROPPED, check_canonical, refuse_cifar_stem
+from transfer.engines import require_detectron2
 
-__all__ = ["WeightsNotLoaded", "LoadReport", "backbone_keys", "load_verified"]
+__all__ = ["ConversionError", "MAPPING_VERSION", "detectron2_name", "to_detectron2", "WeightsNotLoaded", "LoadReport",
+           "backbone_keys", "load_verified"]
 
 log = logging.getLogger(__name__)
+MAPPING_VERSION = "torchvision->detectron2 v1"
+AUTHOR = "MAST transfer.convert (torchvision ResNet -> detectron2)"
+_BN = r"(weight|bias|running_mean|running_var)"
+# Each rule: torchvision key pattern -> detectron2 name template (groups: stage, block, index, param).
+_RULES: tuple[tuple[re.Pattern, Callable[[re.Match], str]], ...] = (
+    (re.compile(r"^conv1\.weight$"), lambda m: "stem.conv1.weight"),
+    (re.compile(rf"^bn1\.{_BN}$"), lambda m: f"stem.conv1.norm.{m[1]}"),
+    (re.compile(r"^layer([1-4])\.(\d+)\.conv([1-3])\.weight$"),
+     lambda m: f"res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.weight"),
+    (re.compile(rf"^layer([1-4])\.(\d+)\.bn([1-3])\.{_BN}$"),
+     lambda m: f"res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.norm.{m[4]}"),
+    (re.compile(r"^layer([1-4])\.(\d+)\.downsample\.0\.weight$"),
+     lambda m: f"res{int(m[1]) + 1}.{m[2]}.shortcut.weight"),
+    (re.compile(rf"^layer([1-4])\.(\d+)\.downsample\.1\.{_BN}$"),
+     lambda m: f"res{int(m[1]) + 1}.{m[2]}.shortcut.norm.{m[3]}"),
+)
+def detectron2_name(key: str) -> str | None:
+    """The detectron2 name of torchvision key ``key``; ``None`` when it is dropped on purpose.
+
+    Raises :class:`ConversionError` for a key that no rule explains.
+    """
+    if DROPPED.search(key):
+        return None
+    hits = [rename(m) for pattern, rename in _RULES if (m := pattern.match(key))]
+    if len(hits) != 1:
+        raise ConversionError(f"no detectron2 mapping for backbone tensor {key!r}")
+    return hits[0]
+
+
+def to_detectron2(state: Mapping[str, Tensor], info: CheckpointInfo) -> dict[str, Any]:
+    """Detectron2 model-zoo pickle of a canonical torchvision ResNet state_dict.
+
+    Returns ``{"model": {d2 name: float32 ndarray}, "__author__", "matching_heuristics": True,
+    "mapping_version", "source_path", "source_sha256", "arch", "method", "source_format",
+    "source_backbone", "backbone_choice"}``;
+    ``matching_heuristics`` lets detectron2 place ``res5.*`` in the C4 ROI head. Coverage is
+    checked both ways: every kept input tensor maps to exactly one new name and no two inputs
+    share one.
+    """
+    refuse_cifar_stem(info, "detectron2")
+    order = check_canonical(state, info.arch)
+    model: dict[str, np.ndarray] = {}
+    sources: dict[str, str] = {}
+    for key in order:
+        name = detectron2_name(key)
+        assert name is not None  # dropped keys were filtered out above
+        if name in model:
+            raise ConversionError(f"{key!r} and {sources[name]!r} both map to detectron2 name {name!r}")
+        model[name] = state[key].detach().cpu().to(torch.float32).numpy().copy()
+        sources[name] = key
+    return {
+        "model": model,
+        "__author__": AUTHOR,
+        "matching_heuristics": True,
+        "mapping_version": MAPPING_VERSION,
+        "source_path": info.path,
+        "source_sha256": info.sha256,
+        "arch": info.arch,
+        "method": info.method,
+        "source_format": info.source_format,
+        "source_backbone": info.backbone,
+        "backbone_choice": info.backbone_choice,
+    }
+
+
 # New layers a protocol adds on top of the pretrained ResNet; they start from their init.
 NEW_LAYERS = ("roi_heads.res5.norm.",)
 
@@ -55,7 +133,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def backbone_keys(model: nn.Module) -> list[str]:
     """State keys of the model's pretrained-ResNet part (without BN step counters)."""
-    register_heads()
+    require_detectron2()  # the model is built by the caller (with the project's heads registered)
     from detectron2.modeling.backbone import ResNet
     from detectron2.modeling.roi_heads import Res5ROIHeads
 
@@ -84,13 +162,13 @@ def _place(converted: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -
 
 
 def load_verified(model: nn.Module, converted: Mapping[str, Any], source: str = "converted weights") -> LoadReport:
-    """Load a :func:`transfer.convert.to_detectron2` dict into ``model`` through detectron2's own
+    """Load a :func:`to_detectron2` dict into ``model`` through detectron2's own
     name matching (in memory: nothing is unpickled) and verify coverage (module docstring)."""
-    register_heads()
+    require_detectron2()  # the model is built by the caller (with the project's heads registered)
     from detectron2.checkpoint import DetectionCheckpointer
 
     if not (isinstance(converted, Mapping) and isinstance(converted.get("model"), Mapping)):
-        raise WeightsNotLoaded(f"{source}: expected the dict of transfer.convert.to_detectron2")
+        raise WeightsNotLoaded(f"{source}: expected the dict of transfer.backbones.resnet.detectron2.to_detectron2")
     tensors = {k: torch.as_tensor(v) for k, v in converted["model"].items()}
     net = _unwrap(model)
     incompatible = DetectionCheckpointer(net)._load_model(

@@ -1,27 +1,20 @@
-"""Where the ResNet sits in a checkpoint, whichever SSL codebase wrote it.
+"""Candidate backbones in a checkpoint, for every family: found, merged, chosen, and what is left unused.
 
 A checkpoint is first *flattened*: nested dicts become dotted names (VISSL's ``classy_state_dict``
 -> ``base_model`` -> ``model`` -> ``trunk`` is just the prefix
 ``classy_state_dict.base_model.model.trunk._feature_blocks.``), so every wrapper and every key
-prefix is handled the same way. A *candidate backbone* is then found by its stem, a 4-D conv
-weight with 3 input channels:
-
-- ``P + conv1.weight``: torchvision names, which torchvision, timm, mmcls/mmpretrain/mmselfsup
-  (``ResNet(style='pytorch')``: ``bn1``, ``downsample.0/.1`` like torchvision), VISSL
-  (``_feature_blocks.*``), solo-learn, MoCo, DINO and BYOL codebases all use;
-- ``P + 0.weight`` with ``P + 4.0.conv1.weight``: lightly's ``nn.Sequential(*list(resnet.children())[:-1])``,
-  whose child indices 0, 1, 4-7 are conv1, bn1, layer1-4 (2, 3 and 8 are relu, maxpool, avgpool:
-  no tensors).
-
-Candidates holding identical tensors (one module registered under two names, e.g. mmselfsup 0.x
-``backbone`` and ``encoder_q.0``, or a momentum encoder at initialisation) count as one. The
-backbone is then the one ``--backbone`` names, else the only candidate, else the one a documented
-convention picks (:data:`CONVENTIONS`); anything else is refused with the list of candidates.
+prefix is handled the same way. Each family finds its candidates by an *anchor* tensor (a ResNet's
+stem conv, :mod:`transfer.backbones.resnet.layouts`; a ViT's patch embedding,
+:mod:`transfer.backbones.vit.layouts`) and hands ``(prefix, layout)`` pairs to :func:`candidates_at`,
+which gives each its keys (a longer candidate under a prefix owns its keys) and merges candidates
+holding identical tensors (one module registered under two names, e.g. mmselfsup 0.x ``backbone`` and
+``encoder_q.0``, or a momentum encoder at initialisation). The backbone is then the one ``--backbone``
+names, else the only candidate, else the one a documented convention picks (:data:`CONVENTIONS`);
+anything else is refused with the list of candidates.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -106,22 +99,8 @@ def role(prefix: str) -> str:
     return "online"
 
 
-def _is_stem(t: Tensor) -> bool:
-    return t.ndim == 4 and t.shape[1] == 3
-
-
-def find_candidates(flat: Mapping[str, Tensor]) -> list[Candidate]:
-    """Every backbone in ``flat`` (identical ones merged), in key order."""
-    found: list[tuple[str, str]] = []
-    for key, t in flat.items():
-        p = key[: -len("conv1.weight")]
-        if key.endswith("conv1.weight") and (p == "" or p.endswith(".")) and _is_stem(t) \
-                and not re.search(r"layer\d\.\d+\.$", p):
-            found.append((p, "torchvision"))
-        elif key.endswith("0.weight") and _is_stem(t):
-            p = key[: -len("0.weight")]
-            if (p == "" or p.endswith(".")) and f"{p}4.0.conv1.weight" in flat and f"{p}1.running_mean" in flat:
-                found.append((p, "sequential"))
+def candidates_at(found: list[tuple[str, str]], flat: Mapping[str, Tensor]) -> list[Candidate]:
+    """The candidates at ``found`` (``(prefix, layout)`` of each anchor, in key order), identical ones merged."""
     prefixes = [p for p, _ in found]
     cands = []
     for p, layout in found:
@@ -217,33 +196,6 @@ def _by_convention(cands: list[Candidate], where: str) -> tuple[Candidate, str]:
             return winners[0], f"default: {preferred} over {others}: {why}"
     raise LayoutError(f"{where}: found {len(cands)} candidate backbones {describe(cands)} and no convention "
                       f"picks one; choose with --backbone NAME (e.g. --backbone {cands[0].name or '.'})")
-
-
-def guess_codebase(obj: Any, cands: list[Candidate], chosen: Candidate) -> str:
-    """Which codebase most likely wrote ``obj`` (for the record and ``transfer.inspect_checkpoint`` only)."""
-    top = set(obj) if isinstance(obj, Mapping) else set()
-    names = " ".join(p for c in cands for p in (c.prefix, *c.aliases))
-    if "classy_state_dict" in top:
-        return "VISSL"
-    if "meta" in top and "state_dict" in top:
-        return "mmselfsup/mmpretrain (mmengine)"
-    if "momentum_backbone" in names:
-        return "solo-learn"
-    if re.search(r"(online|target)_(network|encoder|net)", names):
-        return "BYOL"
-    if chosen.layout == "sequential" or "backbone_momentum" in names:
-        return "lightly"
-    if "pytorch-lightning_version" in top or "global_step" in top:
-        return "Lightning"
-    if {"teacher", "student"} & top:
-        return "DINO"
-    if "encoder_q" in names:
-        return "MoCo"
-    if "arch" in top and "state_dict" in top:
-        return "timm"
-    if "config" in top and "model" in top:
-        return "MAST"
-    return "torchvision state_dict" if chosen.prefix == "" else "state_dict"
 
 
 def unused_groups(flat: Mapping, cands: list[Candidate], chosen: Candidate | None,
