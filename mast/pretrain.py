@@ -41,7 +41,6 @@ from plumbing.lock import FolderBusyError, FolderLock
 from mast.model import MASTModel
 from mast.optim import build_optimizer, build_subspace_optimizer, learning_rate, set_lr
 from mast.run_log import RunLog
-from mast.pretrain_submit import submit_pretraining
 from plumbing.launcher_args import add_launcher_args
 from plumbing.signals import stop_signals
 
@@ -371,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             job_argv = ["--config", args.config, *(["--resume", args.resume] if args.resume else []),
                         *(["--name", args.name] if args.name else []),
                         *(["--no-tensorboard"] if args.no_tensorboard else []), *args.overrides]
+            from mast.pretrain_submit import submit_pretraining  # the job runner only when submitting
+
             return submit_pretraining(args, job_argv, Path(cfg.out_dir) / cfg.name)
         ctx = setup(cfg, args.resume, tensorboard=not args.no_tensorboard)
         start = time.time()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from plumbing.argtypes import positive_minutes
-from plumbing.jobs import SlurmOptions
+
+if TYPE_CHECKING:
+    from plumbing.jobs import SlurmOptions
 
 __all__ = ["add_launcher_args", "launcher_argv", "slurm_options"]
 _CLUSTER_KEYS = ("partition", "account", "qos", "constraint", "time")
@@ -55,6 +58,8 @@ def launcher_argv(args: argparse.Namespace) -> list[str]:
 
 def slurm_options(args: argparse.Namespace, defaults: dict | None = None) -> SlurmOptions:
     """The --slurm-* options over a suite's ``slurm:`` section (the options win)."""
+    from plumbing.jobs import SlurmOptions  # the job runner is loaded by who submits, not by every parser
+
     d = dict(defaults or {})
     pick = {k: getattr(args, f"slurm_{k}", None) for k in (*_CLUSTER_KEYS, "cpu_only")}
     d.update({k: v for k, v in pick.items() if v is not None})
