@@ -229,6 +229,8 @@ def test_paper_suite_has_the_linear_suite_and_knn_on_one_dataset_root():
     suite = load_suite("paper", {"datasets": "/d", "image_size": "96", "normalize": "stl10"}, ["linear", "knn"])
     for task in ("linear", "knn"):
         entries = {t.args["dataset"]: t for t in suite.tasks if t.task == task}
-        assert set(entries) == set(EXPECTED)
+        assert set(entries) == set(EXPECTED) | ({"imagenet"} if task == "knn" else set())  # + DINO's ImageNet kNN
         assert all(t.args["data"] == f"/d/{name}" and t.args["image_size"] == "96" for name, t in entries.items())
-    assert all(t.args["train_split"] == "trainval" for t in suite.tasks if t.task == "knn")
+    knn = {t.args["dataset"]: t.args for t in suite.tasks if t.task == "knn"}
+    assert all(a["train_split"] == "trainval" for name, a in knn.items() if name != "imagenet")
+    assert (knn["imagenet"]["train_split"], knn["imagenet"]["test_split"]) == ("train", "val")  # bank train, queries val
