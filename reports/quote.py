@@ -15,7 +15,7 @@ The source is a path relative to the quoting file's folder, optionally ``#Headin
 under ``## Heading`` up to the next ``## `` heading (without the heading itself); without it, the
 whole file. Relative links and images in the quoted text are rewritten to stay valid from the
 quoting file (``forest.png`` becomes ``../reports/demo/forest.png`` in docs/DEMO.md).
-``tests/test_reports.py`` runs ``--check`` on this repository's documents, so a rebuilt report
+``tests/reports/test_reports.py`` runs ``--check`` on this repository's documents, so a rebuilt report
 that is not re-quoted fails the suite.
 
 A quote reads and writes only inside its own tree (the git work tree holding the document, else the

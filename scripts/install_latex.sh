@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the LaTeX compiler that tests/test_family_tables.py uses to compile reports' tables.tex
+# Install the LaTeX compiler that tests/reports/test_family_tables.py uses to compile reports' tables.tex
 # (Debian's texlive-latex-base + texlive-latex-recommended: booktabs, graphicx). Best effort: where this
 # is not root or has no apt-get, it says so and exits 0, and that test skips naming the reason.
 set -uo pipefail

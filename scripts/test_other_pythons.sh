@@ -9,9 +9,9 @@ cd "$(dirname "$0")/.."
 SUPPORTED="3.11 3.12 3.13"
 BUDGET=${FAST_PY_BUDGET_S:-2400}
 START=${CI_STARTED_AT:-$(date +%s)}
-FAST=(tests/test_environment.py tests/test_layers.py tests/test_config.py tests/test_loss.py tests/test_augment.py
-      tests/test_checkpoints.py tests/test_layouts.py tests/test_convert.py tests/test_safe_files.py
-      tests/test_cifar_stem.py tests/test_lock.py tests/test_stats.py)
+FAST=(tests/test_environment.py tests/test_layers.py tests/mast/test_config.py tests/mast/test_loss.py tests/mast/test_augment.py
+      tests/transfer/backbones/test_checkpoints.py tests/transfer/backbones/test_layouts.py tests/transfer/backbones/test_convert.py tests/transfer/backbones/test_safe_files.py
+      tests/transfer/backbones/test_cifar_stem.py tests/plumbing/test_lock.py tests/transfer/test_stats.py)
 
 find_python() {  # a python3.X that runs: on PATH, else a pyenv version (pyenv's shims run only the active one)
   local v=$1 p

@@ -8,6 +8,7 @@ are small opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
 from __future__ import annotations
 
 import signal
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -16,6 +17,14 @@ import pytest
 import torch
 
 from mast.data.synthetic import SyntheticSpec, ensure_dataset
+
+# tests/ mirrors the packages (tests/mast/, tests/transfer/probes/, ...); the helper modules here and the test
+# modules import one another by bare name (``from vissl_standins import voc07``, ``from test_slurm import ...``),
+# whichever file pytest collects first, so every test folder is on the path.
+TESTS = Path(__file__).resolve().parent
+for _folder in sorted({p.parent for p in TESTS.rglob("test_*.py")} | {TESTS}, reverse=True):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,4 +1,4 @@
-"""Local hub caches in each hub's own layout, for tests without network (tests/test_hub.py, tests/test_wheel.py).
+"""Local hub caches in each hub's own layout, for tests without network (tests/transfer/test_hub.py, tests/test_wheel.py).
 
 The Hugging Face cache is written by huggingface_hub's own helpers (the folder name, the snapshot
 symlinks into ``blobs/``, ``refs/<revision>``), so the layout is the one ``hf_hub_download`` writes.

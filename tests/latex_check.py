@@ -1,4 +1,4 @@
-"""The structure of a generated tables.tex, checked without a LaTeX compiler (tests/test_family_tables.py
+"""The structure of a generated tables.tex, checked without a LaTeX compiler (tests/reports/test_family_tables.py
 also compiles it with pdflatex where one is installed)."""
 
 from __future__ import annotations

@@ -232,7 +232,7 @@ def test_readme_commands_from_another_directory(tmp_path, monkeypatch):
                   "detectron_configs/coco_R_50_FPN_1x.yaml --out runs/det/coco_fpn --num-gpus 8", cwd, env)
         assert det.returncode == 2 and len(det.stderr.strip().splitlines()) == 1, det.stderr
     # the probes' commands as the docs write them, in this process (the same argv, cwd and cache folder):
-    # detection and segmentation --smoke from another directory run in tests/test_paper_suite.py
+    # detection and segmentation --smoke from another directory run in tests/transfer/orchestrate/test_paper_suite.py
     from reports.build import main as build_main
     from transfer.probes import fewshot, knn, linear
 

@@ -378,7 +378,7 @@ def _is(value: Any, hint: Any) -> bool:
 
 
 def fields_table() -> str:
-    """PROTOCOLS.md's "Results" field table (tests/test_records.py checks the doc holds exactly this)."""
+    """PROTOCOLS.md's "Results" field table (tests/transfer/test_records.py checks the doc holds exactly this)."""
     hints = _hints()
     rows = ["| field | type | written by | meaning |", "|---|---|---|---|"]
     for f in fields(Record):

@@ -1,6 +1,6 @@
 # ImageNet-1k classification with a torchvision-layout ResNet-50, VICReg's evaluate.py protocol
 # (PROTOCOLS.md "ImageNet linear and semi-supervised"; facebookresearch/vicreg evaluate.py, cited line by
-# line in tests/test_classification.py). What the linear and semi-supervised configs share: data, model,
+# line in tests/transfer/classification/test_classification.py). What the linear and semi-supervised configs share: data, model,
 # SGD, cosine, evaluation, runtime. Self-contained (no `mmpretrain::` lookups). The runner fills in at run
 # time what depends on the disk: data_root, the annotation files and the class names
 # (transfer/classification/imagenet.py: ImageFolder's class order), and the backbone's weights.

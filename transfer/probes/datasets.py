@@ -6,7 +6,7 @@
 * ``random_split`` splits (AugSelf ``datasets.py``): ``torch.utils.data.random_split`` of the
   official training part with ``torch.Generator().manual_seed(seed)``. Equal seeds give equal
   splits only under the same torch random number generator (``randperm`` on CPU); torch has kept
-  it stable for years and ``tests/test_datasets.py`` pins the first indices of the CIFAR-10 split,
+  it stable for years and ``tests/transfer/probes/test_datasets.py`` pins the first indices of the CIFAR-10 split,
   so a change would fail there rather than silently move the split. When a copy of the dataset
   has another size than AugSelf's (a stand-in, images removed) the lengths are scaled to it and
   the record says ``exact: false``.

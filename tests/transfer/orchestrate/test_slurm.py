@@ -23,7 +23,7 @@ from conftest import tiny_args
 from transfer.orchestrate import run_all, suite_jobs
 from transfer.backbones.resnet.load import build_resnet
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 SCRIPT = REPO / "scripts" / "slurm_local.sh"
 
 

@@ -159,7 +159,7 @@ def test_report_says_the_backbones_when_a_vit_is_in_it(tmp_path):
     from reports.results import load_results
 
     data = tmp_path / "results.jsonl"
-    lines = [json.loads(x) for x in (Path(__file__).parent / "data" / "results.jsonl").read_text().splitlines()
+    lines = [json.loads(x) for x in (Path(__file__).resolve().parents[2] / "data" / "results.jsonl").read_text().splitlines()
              if x.startswith("{") and x.rstrip().endswith("}")][:2]
     resnet_only = tables.markdown_report(load_results(_write(data, lines)), None)
     assert "Backbones:" not in resnet_only and "· backbone:" not in resnet_only  # ResNet reports unchanged

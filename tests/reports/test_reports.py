@@ -17,7 +17,7 @@ from reports.results import load_results
 import latex_check
 from synthetic_state import make_state, save_state
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 NAMES = ["vicreg", "mast", "random_init"]
 
 
@@ -205,7 +205,7 @@ def test_quotes_are_generated_from_their_reports_and_checked(tmp_path, capsys):
 def test_the_documents_quote_the_committed_reports_verbatim():
     from reports import quote
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     files = quote.default_files(repo)
     sources = {f.name: [m.group("source") for m in quote._BLOCK.finditer(f.read_text())] for f in files}
     assert sources["DEMO.md"] == ["../reports/demo/index.md#What the numbers say"]

@@ -16,7 +16,7 @@ from transfer.backbones.info import CheckpointError, read_checkpoint
 from transfer.backbones import load
 from transfer.backbones.read import Opaque, plain_message, read_torch_file, runner_admits
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 class Payload:

@@ -183,7 +183,7 @@ def test_an_old_run_folders_config_still_loads_and_resumes():
     it loads to the same config, and a last.pth holding it resumes (config_diff finds no difference)."""
     from pathlib import Path
 
-    old = yaml.safe_load((Path(__file__).parent / "data" / "old_run_config.yaml").read_text())
+    old = yaml.safe_load((Path(__file__).resolve().parents[1] / "data" / "old_run_config.yaml").read_text())
     assert list(old["model"])[:3] == ["arch", "expander", "zero_init_residual"] and "method" not in old["model"]
     cfg = from_dict(old)
     assert cfg == load_config("demo") and cfg.model_config().method == old["method"]

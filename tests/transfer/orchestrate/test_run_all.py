@@ -23,7 +23,7 @@ from transfer.orchestrate import run_all, suite_jobs
 from transfer.backbones.resnet.load import build_resnet
 from transfer.orchestrate.suite import TASK_MODULES, SuiteError, load_suite
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

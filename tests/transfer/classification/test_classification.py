@@ -26,7 +26,7 @@ from transfer.classification.runner import PROTOCOLS, build_parser, load_config,
 from transfer.records import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED
 from transfer.backbones.read import read_runner_file
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 # a few iterations on 32 px crops; global batch 4 (off-protocol, so --any-batch); stand-in sizes
 TINY = ["global_batch=4", "check_sizes=False", "train_dataloader.num_workers=0", "val_dataloader.num_workers=0",
         "test_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",

@@ -18,7 +18,7 @@ from test_slurm import KNN, _records, _squeue_state, _suite, ckpts, slurm_cluste
 from transfer.orchestrate import run_all, suite_jobs
 from plumbing.job_store import JobStore, LaunchError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _one_line(capsys, code: int, *needles: str) -> str:

@@ -17,7 +17,7 @@ from tensorboard_reader import read_scalars
 from transfer.detection import main
 from transfer.backbones.vit.detectron2 import VITDET_PREFIX
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 PAPER = str(REPO / "detectron_configs" / "vitdet" / "mask_rcnn_vitdet_b_100ep.py")
 DEMO = str(REPO / "detectron_configs" / "vitdet" / "demo_synthetic_vitdet_t16.py")
 

@@ -22,7 +22,7 @@ from transfer.segmentation.batch import BatchError, plan_batch
 from plumbing import PROJECT
 from transfer.orchestrate.suite import SuiteError, load_suite, parse_task_args
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 VOC = REPO / "transfer" / "mmseg_configs" / "fcn_r50_d8_voc12aug_512x512_20k.py"
 CITY = REPO / "transfer" / "mmseg_configs" / "fcn_r50_d8_cityscapes_769x769_40k.py"
 

@@ -19,7 +19,7 @@ from reports import build, quote
 from test_reports import _fixture_with_runs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _tree(tmp_path: Path) -> Path:

@@ -24,7 +24,7 @@ from transfer.convert import main
 from transfer.backbones.resnet.mmseg import to_mmseg
 from transfer.detection.heads import register_heads
 
-CONFIGS = Path(__file__).resolve().parents[1] / "detectron_configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "detectron_configs"
 
 
 def random_resnet(arch: str, seed: int = 0) -> torch.nn.Module:

@@ -15,7 +15,7 @@ import pytest
 from conftest import tiny_args
 from plumbing.lock import FolderBusyError, FolderLock, FolderUnusableError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _children(pid: int) -> list[int]:

@@ -30,7 +30,7 @@ def r18(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("layout", sorted(STANDINS))
 def test_registry_reads_imagenet_as_the_classification_engine_does(layout: str, tmp_path: Path) -> None:
     """The probes' ``imagenet`` entry gives the files and ImageFolder labels of ``transfer.imagenet`` (which
-    tests/test_classification.py holds against torchvision's ImageFolder), and marks a small copy inexact."""
+    tests/transfer/classification/test_classification.py holds against torchvision's ImageFolder), and marks a small copy inexact."""
     root = STANDINS[layout](tmp_path / "in")
     found, classes, train, val = imagenet_samples(root, expect=None)
     for split, expected in (("train", train), ("val", val)):

@@ -16,7 +16,7 @@ import pytest
 
 from mast import rundir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("mast", "transfer", "reports")
 
 

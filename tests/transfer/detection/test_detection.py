@@ -20,7 +20,7 @@ from tensorboard_reader import read_scalars
 from transfer.detection import main
 from transfer.detection.heads import register_heads
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 DEMO = str(REPO / "detectron_configs" / "demo_synthetic_R_18_FPN.yaml")
 # A few iterations on a few images; score threshold 0 so a barely-trained model still predicts.
 TINY = ["SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.IMS_PER_BATCH", "2",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FACTORS = ["strong", "mild", "nuisance"]
 ARMS = ["vicreg", "mast", "mast_tied", "matched_mast", "matched_mast_tied", "matched_mean_mast"]
 

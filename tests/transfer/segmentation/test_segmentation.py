@@ -137,7 +137,7 @@ def test_caffe_style_and_deep_stem_are_refused(tmp_path: Path) -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
 def test_distributed_launcher_on_cpu_uses_gloo_and_plain_bn(tmp_path: Path, monkeypatch) -> None:
     # issue 16: CPU processes under torchrun are supported (gloo, DDP without device ids, BN);
-    # tests/test_paper_suite.py trains such a 2-process run
+    # tests/transfer/orchestrate/test_paper_suite.py trains such a 2-process run
     _save_resnet(tmp_path / "r18.pth")
     _, info = load(tmp_path / "r18.pth")
     monkeypatch.setenv("WORLD_SIZE", "2")

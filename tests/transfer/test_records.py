@@ -14,7 +14,7 @@ import pytest
 from reports.results import load_results, well_formed
 from transfer.records import Record, RecordError, TaskRun, complete, fields_table, new_record, record_problem
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OLD = REPO / "tests" / "data" / "results.jsonl"  # records as the code before Record wrote them
 
 

@@ -18,7 +18,7 @@ from transfer.detection import main
 from transfer.detection.resume_checkpoint import checkpoint_to_resume, install_safe_checkpointer
 from transfer.records import TaskFailed
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 DEMO = str(REPO / "detectron_configs" / "demo_synthetic_R_18_FPN.yaml")
 TINY = ["SOLVER.WARMUP_ITERS", "1", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "2",
         "TEST.PRECISE_BN.ENABLED", "False", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",

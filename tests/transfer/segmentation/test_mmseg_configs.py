@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-CONFIGS = Path(__file__).resolve().parents[1] / "transfer" / "mmseg_configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "transfer" / "mmseg_configs"
 RUNNABLE = sorted(p.name for p in CONFIGS.glob("*.py") if not p.name.startswith("_"))
 TWINS = [("fcn_r18_d8_synthetic_64x64_demo.py", "fcn_r50_d8_voc12aug_512x512_20k.py"),
          ("upernet_mae_vit-t16_synthetic_64x64_demo.py", "upernet_mae_vit-b16_ade20k_512x512_160k.py")]
