@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from mast.config import KnnConfig
-from mast.knn import knn_predict
+from mast.weighted_knn import knn_predict
 from mast.data.folder import DatasetError, load_labeled_split
 
 

@@ -239,3 +239,39 @@ def test_no_module_shadows_the_standard_library():
 
     bare = {name.rpartition(".")[2] for name in project_modules()}
     assert sorted(bare & set(sys.stdlib_module_names)) == []
+
+
+FAMILY_PACKAGES = ("transfer.backbones.resnet", "transfer.backbones.vit")  # parallel by design, as the task packages
+
+
+def shared_names(root: Path = REPO) -> list[str]:
+    """File names used by more than one module, except where packages are parallel by design: the engine task
+    packages (``runner``, ``data``, ``train``...), the backbone families (``resnet/`` and ``vit/``: ``layouts``,
+    ``load``, ``detectron2``...) and a command's short path beside the module it runs."""
+    modules = project_modules(root)
+    groups: dict[str, list[str]] = {}
+    for name, path in modules.items():
+        if path.name != "__init__.py":
+            groups.setdefault(path.name, []).append(name)
+    bad = []
+    for file, names in sorted(groups.items()):
+        parents = [n.rpartition(".")[0] for n in names]
+        parallel = len(set(parents)) == len(parents) and (set(parents) <= set(TASK_PACKAGES) or
+                                                           set(parents) <= set(FAMILY_PACKAGES))
+        shortcut = len(names) == 2 and any(command_target(modules[a]) == b for a in names for b in names)
+        if len(names) > 1 and not (parallel or shortcut):
+            bad.append(f"{file}: {', '.join(sorted(names))}")
+    return bad
+
+
+def test_module_names_say_what_they_hold():
+    assert shared_names() == []
+
+
+def test_the_name_check_sees_a_shared_name(tmp_path):
+    for rel in ("mast/__init__.py", "mast/resume.py", "transfer/__init__.py", "transfer/probes/__init__.py",
+                "transfer/probes/resume.py", "transfer/detection/__init__.py", "transfer/detection/runner.py",
+                "transfer/probes/runner.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("")
+    assert shared_names(tmp_path) == ["resume.py: mast.resume, transfer.probes.resume"]

@@ -9,7 +9,7 @@ through the checkpoint's ResNet (``fc = Identity``, eval mode, no grad, channels
 The output is the un-normalised pooled feature, as in AugSelf. A ViT checkpoint
 (:mod:`transfer.backbones.vit`) goes through timm's ViT instead, at the resolution asked (position
 embedding resampled), and gives the tokens its codebase evaluates (``vit_pool``:
-:func:`transfer.backbones.vit.features.vit_features`; default :data:`transfer.backbones.vit.load.DEFAULT_POOL`).
+:func:`transfer.backbones.vit.pooling.vit_features`; default :data:`transfer.backbones.vit.load.DEFAULT_POOL`).
 
 Preprocessing defaults come from the checkpoint's pretraining run (``config.yaml``:
 ``augment.size``, ``augment.mean``/``std``); a checkpoint from elsewhere has none, so at
@@ -21,7 +21,7 @@ relative path/size/mtime, transform) under ``--cache-dir`` (default :func:`defau
 atomically. Any change of the checkpoint's bytes or of the image files gives another key, so a
 stale entry is never read. The network is built only on a cache miss. A ViT's key includes its pooling
 (``vit_pool``, ``vit_last_blocks``); one pass stores every pooling the probes ask for, each under its own
-key (:func:`transfer.backbones.vit.features.probe_feature_sets`), so kNN, linear and few-shot share one pass per image.
+key (:func:`transfer.backbones.vit.pooling.probe_feature_sets`), so kNN, linear and few-shot share one pass per image.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ class FeatureExtractor:
             require_stem_padding(self.info)  # before any work: a CIFAR stem's padding is never guessed
         self.vit_pool = self.vit_last_blocks = None
         if self.vit:
-            from transfer.backbones.vit.features import linear_default
+            from transfer.backbones.vit.pooling import linear_default
 
             pool, blocks = linear_default(self.info) if linear else (self.info.default_pool, 1)
             self.vit_pool, self.vit_last_blocks = vit_pool or pool, vit_last_blocks or blocks
@@ -258,7 +258,7 @@ class FeatureExtractor:
     def features(self, root: str | Path, split: str) -> SplitFeatures:
         """Features of ``split`` of ``root``: read from the cache when the key matches, else computed and stored.
 
-        A ViT's pass computes every feature set of :func:`transfer.backbones.vit.features.probe_feature_sets` and stores
+        A ViT's pass computes every feature set of :func:`transfer.backbones.vit.pooling.probe_feature_sets` and stores
         each under its own key, so that another probe task asking for another pooling of the same
         images reads it instead of running the network again.
         """
@@ -303,7 +303,7 @@ class FeatureExtractor:
 
     def _network(self) -> nn.Module:
         if self.model is None and self.vit:
-            from transfer.backbones.vit.features import VitFeatures, probe_feature_sets
+            from transfer.backbones.vit.pooling import VitFeatures, probe_feature_sets
 
             sets = probe_feature_sets(self.info, self.vit_pool, self.vit_last_blocks)
             self.model = VitFeatures.from_state(self.state, self.info, self.image_size, sets).eval().to(self.device)

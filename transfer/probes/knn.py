@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from mast.knn import knn_predict
+from mast.weighted_knn import knn_predict
 
 __all__ = ["knn_predict", "build_parser", "main"]
 

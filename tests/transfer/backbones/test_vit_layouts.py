@@ -14,7 +14,7 @@ import torch
 
 import vit_writers as W
 from transfer.backbones import CheckpointError, load
-from transfer.backbones.vit.features import vit_features
+from transfer.backbones.vit.pooling import vit_features
 from transfer.backbones.vit.load import build_vit, load_state, resize_pos_embed, spec_of
 
 TOL = 1e-5

@@ -80,7 +80,7 @@ def _reference(ref, x, pool, last_blocks):
 
 
 def test_one_pass_fills_every_pooling_and_the_next_task_reads_them(synthetic_root, tmp_path, monkeypatch):
-    from transfer.backbones.vit.features import probe_feature_sets
+    from transfer.backbones.vit.pooling import probe_feature_sets
 
     path, ref = _dino(tmp_path)
     root, cache = synthetic_root / "classification" / "shape", tmp_path / "cache"
