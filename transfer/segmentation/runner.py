@@ -26,6 +26,7 @@ from typing import Any
 from plumbing.atomic import write_text_atomic
 from transfer.backbones.info import CheckpointInfo, add_backbone_arg
 from transfer.engines import sync_norms_to_bn
+from transfer.segmentation.batch import apply_batch, shrink_for_smoke
 from transfer.mmengine_task import (add_runner_args, check_command, copy_log, launch, load_runner_config,
                                     raise_if_diverged, record_engine_part, set_threads)
 from transfer.records import EXIT_USAGE, TaskFailed, TaskRun
