@@ -139,8 +139,8 @@ def _resolved(protocol: str, ckpt: Path, tmp_path: Path):
 
     from transfer.backbones.info import CheckpointInfo
 
-    info = CheckpointInfo(path=str(ckpt), sha256="0" * 64, arch="resnet50", method=None, source_format="torchvision",
-                          run_dir=None, family="resnet")
+    info = CheckpointInfo(path=str(ckpt), sha256="0" * 64, arch="resnet50", method=None, source_format="torchvision", family="resnet",
+                          run_dir=None)
     args = build_parser().parse_args(["--ckpt", str(ckpt), "--out", str(tmp_path), "--protocol", protocol])
     cfg = load_config(args, info)
     model = MODELS.build(cfg.model)
