@@ -12,13 +12,13 @@
 
 from __future__ import annotations
 
-import math
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from transfer.engines import EngineMissing, install_mmcv_ops_shim
+from transfer.mmengine_task import raise_if_diverged
 from transfer.records import TaskFailed
 
 METRIC_TYPE = "PerImageAccuracy"
@@ -120,13 +120,7 @@ def make_record_hook() -> Any:
             self.hits: dict[str, np.ndarray] = {}
 
         def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-            loss = (outputs or {}).get("loss")
-            if loss is None:
-                return
-            value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
-            if not math.isfinite(value):
-                raise TaskFailed(f"loss is {value} at iteration {runner.iter + 1}; training diverged "
-                                 "(lower the learning rate or check the labels)")
+            raise_if_diverged(runner, outputs)
 
         def after_val_epoch(self, runner, metrics=None) -> None:
             metrics = dict(metrics or {})

@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from plumbing.atomic import write_bytes_atomic, write_text_atomic
 from transfer.backbones.info import CheckpointInfo, add_backbone_arg
+from transfer.mmengine_task import add_runner_args, check_command, launch, load_runner_config, record_engine_part, \
+    set_threads
 from transfer.records import EXIT_USAGE, TaskFailed, TaskRun
-from plumbing import project_path
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "mmpretrain_configs"
 PROTOCOLS = {
@@ -48,22 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="mmpretrain config file (default: the --protocol's)")
     p.add_argument("--scale", choices=("paper",), default="paper", help="the protocol as published (the only scale)")
     p.add_argument("--data-root", help="ImageNet root (train/ + val/, or ILSVRC/Data/CLS-LOC + LOC_val_solution.csv)")
-    p.add_argument("--launcher", choices=("none", "pytorch", "slurm"), default="none")
-    p.add_argument("--num-gpus", type=int, default=1,
-                   help="processes on this machine; > 1 relaunches under torchrun with --launcher pytorch")
-    p.add_argument("--cfg-options", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="override config entries, mmengine style (e.g. train_cfg.max_epochs=2); "
-                        "train_dataloader.batch_size=B caps the per-process batch (accumulation keeps the global one)")
-    p.add_argument("--smoke", action="store_true",
-                   help="pipeline check: 2 iterations, 1 epoch, 32 px crops, global batch 2, no workers, sizes unchecked")
-    p.add_argument("--any-batch", action="store_true",
-                   help="allow an effective global batch other than the config's global_batch (recorded as off-protocol)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--resume", action="store_true", help="resume from the latest Runner checkpoint in DIR/work")
-    p.add_argument("--force", action="store_true", help="re-run even if DIR/record.json exists")
-    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
-                   help="no TensorBoard events (mmengine's TensorboardVisBackend) in DIR/work/<timestamp>/vis_data")
+    add_runner_args(p, "train_cfg.max_epochs=2",
+                    "pipeline check: 2 iterations, 1 epoch, 32 px crops, global batch 2, no workers, sizes unchecked")
     add_backbone_arg(p)
     return p
 
@@ -74,48 +60,29 @@ def config_path(args: argparse.Namespace) -> Path:
 
 def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
     """Read the config, apply the command line, check its backbone against ``info``, plan the batch."""
-    from mmengine.config import Config, DictAction
-
-    from transfer.classification.backbone import check_backbone_cfg
+    from transfer.backbones.resnet.mmpretrain import check_backbone_cfg
     from transfer.classification.data import set_data_root
 
     path = config_path(args)
-    cfg = Config.fromfile(str(path))
-    protocol_batch = cfg.get("global_batch")
-    per_gpu_cap = None
-    if args.cfg_options:
-        parsed = argparse.Namespace()
-        DictAction(option_strings=[], dest="opts")(None, parsed, args.cfg_options)
-        per_gpu_cap = parsed.opts.pop("train_dataloader.batch_size", None)
-        cfg.merge_from_dict(parsed.opts)
-    if args.data_root:
-        set_data_root(cfg, args.data_root)
-    cfg.depth_notes = check_backbone_cfg(cfg, info, path.name)
-    if args.smoke:
-        shrink_for_smoke(cfg)
-    cfg.launcher = args.launcher
-    world = _world_size(args.launcher)
-    plan = apply_batch(cfg, world, int(per_gpu_cap) if per_gpu_cap else None)
-    cfg.val_dataloader.batch_size = cfg.test_dataloader.batch_size = plan["per_gpu"]
-    cfg.batch_plan = dict(plan, protocol=protocol_batch)
-    if protocol_batch and plan["effective"] != protocol_batch and not (args.any_batch or args.smoke):
-        raise ValueError(f"effective global batch {plan['effective']} differs from the protocol's {protocol_batch} "
-                         f"({path.name}); pass --any-batch to run it anyway (recorded as off-protocol)")
+
+    def adapt(cfg: Any) -> None:
+        if args.data_root:
+            set_data_root(cfg, args.data_root)
+        cfg.depth_notes = check_backbone_cfg(cfg, info, path.name)
+        if args.smoke:
+            shrink_for_smoke(cfg)
+
+    def plan_batch(cfg: Any, world: int, per_gpu_cap: int | None) -> dict[str, int]:
+        plan = apply_batch(cfg, world, per_gpu_cap)
+        cfg.val_dataloader.batch_size = cfg.test_dataloader.batch_size = plan["per_gpu"]
+        return plan
+
+    cfg = load_runner_config(args, path, adapt, plan_batch)
     import torch
 
     if not torch.cuda.is_available():  # nothing to pin memory for (torch warns on every loader otherwise)
         for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
             cfg[loader].pin_memory = False
-    if world > 1 and not torch.cuda.is_available():  # CPU processes: gloo, DDP without device ids
-        cfg.env_cfg = dict(cfg.get("env_cfg") or {}, dist_cfg=dict(backend="gloo"))
-        cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
-    cfg.randomness = dict(seed=args.seed)
-    if getattr(args, "tensorboard", True):  # every logged scalar (loss, lr, top-1/top-5) also as TensorBoard events
-        backends = list(cfg.visualizer.get("vis_backends") or [])
-        if not any(b.get("type") == "TensorboardVisBackend" for b in backends):
-            cfg.visualizer.vis_backends = [*backends, dict(type="TensorboardVisBackend")]
-    cfg.work_dir = str(Path(args.out) / "work")
-    cfg.config_file = str(path)
     return cfg
 
 
@@ -161,31 +128,17 @@ def attach_checkpoint(cfg: Any, converted: Path) -> None:
     cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(converted), prefix="backbone.")
 
 
-def to_mmpretrain_file(state: dict, info: CheckpointInfo, out_dir: Path) -> Path:
-    """The canonical backbone under ``backbone.``: mmpretrain's ResNet(style='pytorch') has torchvision's names."""
-    from plumbing.atomic import torch_save_atomic
-    from transfer.backbones.resnet.mmseg import to_mmseg  # the same file format: torchvision names, prefix backbone.
-
-    path = Path(out_dir) / "backbone_mmpretrain.pth"
-    torch_save_atomic(path, to_mmseg(state, info))
-    return path
-
-
 def run(args: argparse.Namespace, task: TaskRun | None) -> None:
     """The whole task; ``task`` is None on ranks > 0 (only rank 0 writes the record)."""
-    from dataclasses import asdict
-
     from transfer.backbones import load
     from transfer.backbones.resnet.load import refuse_cifar_stem
+    from transfer.backbones.resnet.mmpretrain import to_mmpretrain_file
     from transfer.classification.data import prepare_data
     from transfer.classification.engine import require_mmpretrain
     from transfer.classification.train import train_and_evaluate
 
     require_mmpretrain()
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     state, info = load(args.ckpt, args.backbone)
     if info.family != "resnet":
         raise TaskFailed(f"{args.ckpt} holds a ViT: the ImageNet linear/semi-supervised engine runs ResNets only "
@@ -195,11 +148,7 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
     cfg.resume = bool(args.resume)
     out = Path(args.out)
     data = prepare_data(cfg, out, args.smoke)
-    if task is not None:
-        batch = dict(cfg.batch_plan, off_protocol=bool(cfg.batch_plan["protocol"])
-                     and cfg.batch_plan["effective"] != cfg.batch_plan["protocol"])
-        task.record.update(dataset=_dataset_name(cfg), checkpoint=asdict(info), method=info.method,
-                           config=cfg.to_dict(), batch=batch, data=data)
+    record_engine_part(task, cfg, info, _dataset_name(cfg), data=data)
     converted = to_mmpretrain_file(state, info, out)
     attach_checkpoint(cfg, converted)
     if task is not None:
@@ -242,59 +191,18 @@ def record_result(task: TaskRun, result: dict[str, Any]) -> None:
     task.extra["predictions"] = PREDICTIONS
 
 
-def _world_size(launcher: str) -> int:
-    if launcher == "none":
-        return 1
-    return int(os.environ.get("WORLD_SIZE" if launcher == "pytorch" else "SLURM_NTASKS", "1"))
-
-
-def _rank(launcher: str) -> int:
-    if launcher == "none":
-        return 0
-    return int(os.environ.get("RANK" if launcher == "pytorch" else "SLURM_PROCID", "0"))
-
-
-def relaunch(argv: list[str], nproc: int) -> int:
-    """Run this command again under torchrun with ``nproc`` processes (``--launcher pytorch``)."""
-    import socket
-    import subprocess
-
-    with socket.socket() as s:  # a free port for the rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
-           "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "transfer.classification",
-           *argv, "--launcher", "pytorch"]
-    print("classification: " + " ".join(cmd), flush=True)
-    return subprocess.run(cmd).returncode
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    if args.num_gpus < 1:
-        print(f"classification: --num-gpus {args.num_gpus}: expected >= 1", file=sys.stderr)
+    argv = check_command(args, argv, "classification", f"transfer/mmpretrain_configs/{PROTOCOLS['linear'].name}")
+    if argv is None:
         return EXIT_USAGE
-    if args.config is not None:  # a project config by name from any directory (one line when absent)
-        args.config = str(project_path(args.config))
-        if not Path(args.config).is_file():
-            print(f"classification: --config {args.config}: no such file (expected an mmpretrain config, e.g. "
-                  f"transfer/mmpretrain_configs/{PROTOCOLS['linear'].name})", file=sys.stderr)
-            return EXIT_USAGE
-    if args.num_gpus > 1 and args.launcher == "none":
-        return relaunch(argv, args.num_gpus)
-    if _rank(args.launcher) != 0:
-        run(args, None)
-        return 0
     path = config_path(args)
     scale = "smoke" if args.smoke else ("paper+overrides" if args.cfg_options else "paper")
-    try:
-        task = TaskRun(task="classification", dataset=path.stem, scale=scale, out_dir=args.out, ckpt_info=None,
+
+    def start_task() -> TaskRun:
+        return TaskRun(task="classification", dataset=path.stem, scale=scale, out_dir=args.out, ckpt_info=None,
                        config={"config_file": str(path), "protocol": args.protocol, "backbone": args.backbone},
                        seeds=[args.seed], force=args.force or args.resume)
-    except FileExistsError as e:
-        print(f"classification: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    with task:
-        run(args, task)
-    return task.exit_code
+
+    return launch(args, argv, "transfer.classification", start_task, run)

@@ -142,7 +142,7 @@ def _mmseg_stages(ckpt: Path, converted: Path, info, out: Path, x: Tensor) -> li
     """The segmentation task's backbone (paper config, plain strides) loaded the Runner's way."""
     from mmseg.registry import MODELS
 
-    from transfer.segmentation.backbone import read_converted, verify_backbone_state
+    from transfer.backbones.mmengine_weights import read_converted, verify_backbone_state
     from transfer.segmentation.runner import DEFAULT_CONFIGS, attach_checkpoint, build_parser, load_config
 
     require_mmseg()

@@ -17,7 +17,7 @@ from transfer.backbones import load
 from transfer.engines import require_mmseg
 from transfer.records import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED
 from transfer.backbones.info import BackboneMismatch
-from transfer.segmentation.backbone import read_converted, register_runner_scheme, runner_file, verify_backbone_state
+from transfer.backbones.mmengine_weights import read_converted, register_runner_scheme, runner_file, verify_backbone_state
 from transfer.backbones.resnet.mmseg import to_mmseg_file
 from transfer.segmentation.runner import DEFAULT_CONFIGS, attach_checkpoint, build_parser, load_config, main
 

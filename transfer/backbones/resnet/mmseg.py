@@ -6,7 +6,7 @@ for a torchvision checkpoint: ``ResNetV1c``/``deep_stem=True`` (the deep stem st
 ``style='caffe'`` (every name matches, the stride sits on the 1x1 conv instead of the 3x3, so the
 network computes something else). :func:`check_backbone_cfg` refuses both before training and sets the
 depth from the checkpoint; :func:`to_mmseg` keeps torchvision names under a ``backbone.`` prefix (mmseg
-``ResNet`` with ``style='pytorch'`` uses torchvision's names). :mod:`transfer.segmentation.backbone`
+``ResNet`` with ``style='pytorch'`` uses torchvision's names). :mod:`transfer.backbones.mmengine_weights`
 verifies after mmengine's load that every tensor arrived.
 """
 

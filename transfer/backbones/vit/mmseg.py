@@ -7,7 +7,7 @@ the gammas one (a ViT with LayerScale keeps its own): those are the *new* tensor
 class-token position and the patch grid are resampled to the config's ``img_size`` as DINO/MAE do
 (:func:`transfer.backbones.vit.load.resize_pos_embed`, timm's resampling). The file is written as ``{"state_dict": ...}`` without a
 prefix because ``MAE.init_weights`` loads the file into the backbone itself (``strict=False``):
-:mod:`transfer.segmentation.backbone` then verifies keys, shapes and values as for ResNets.
+:mod:`transfer.backbones.mmengine_weights` then verifies keys, shapes and values as for ResNets.
 :func:`to_mmseg_file_dict` is ``python -m transfer.convert --to mmseg`` for a ViT (an MAE backbone at the
 checkpoint's own width, depth and resolution).
 """

@@ -1,12 +1,16 @@
-"""The segmentation backbone after mmengine's load: every converted tensor arrived, and a resume restored the model.
+"""A converted backbone inside an mmengine Runner's model, verified: every tensor arrived, and a resume restored all.
 
-mmengine loads ``init_cfg=dict(type='Pretrained')`` with ``strict=False`` and only *warns* about keys
-it could not place; the conversion and the config checks are the family's
-(:mod:`transfer.backbones.resnet.mmseg`, :mod:`transfer.backbones.vit.mmseg`). Here:
+Shared by the mmengine task packages (``transfer.segmentation`` on mmseg, ``transfer.classification``
+on mmpretrain), which may not import one another. mmengine loads ``init_cfg=dict(type='Pretrained')``
+with ``strict=False`` and only *warns* about keys it could not place; the conversion and the config
+checks are the family's per engine (:mod:`transfer.backbones.resnet.mmseg`,
+:mod:`transfer.backbones.resnet.mmpretrain`, :mod:`transfer.backbones.vit.mmseg`). Here:
 
 - :func:`verify_backbone_state`: every key of the built backbone is in the converted checkpoint
   with the same shape, and nothing is left over (and, after mmengine's load, equal values);
-- :class:`BackboneLoadedHook`: runs that check on the Runner's model right before iteration 1.
+- :func:`attach_verification`: that check on the built model before any data is read, and a hook that
+  runs it on the values right before iteration 1 (or, for a resume, checks that the file restored
+  every tensor of the model).
 
 It also lets the Runner reload its *own* checkpoints (resume): torch >= 2.6 refuses a Runner file
 under ``weights_only=True`` (its message hub pickles ``HistoryBuffer``), and a file in the run's
@@ -39,6 +43,12 @@ def read_converted(path: Path) -> dict[str, Tensor]:
     return {k[len(MMSEG_PREFIX):]: v for k, v in state.items() if k.startswith(MMSEG_PREFIX)}
 
 
+def differing(backbone: nn.Module, expected: Mapping[str, Tensor]) -> list[str]:
+    """Names of the backbone's tensors (weights and BatchNorm buffers) whose value is not ``expected``'s."""
+    have = backbone.state_dict()
+    return [k for k in have if not torch.equal(have[k].cpu(), expected[k].to(have[k].dtype))]
+
+
 def verify_backbone_state(backbone: nn.Module, expected: Mapping[str, Tensor], check_values: bool) -> None:
     """Refuse unless ``backbone`` has exactly the keys and shapes of ``expected`` (and its values).
 
@@ -57,24 +67,29 @@ def verify_backbone_state(backbone: nn.Module, expected: Mapping[str, Tensor], c
             f"{missing[:3]}{hint}, {len(unexpected)} unexpected {unexpected[:3]}, "
             f"{len(shapes)} mis-shaped {shapes[:3]}"
         )
-    if check_values:
-        differ = [k for k in have if not torch.equal(have[k].cpu(), expected[k].to(have[k].dtype))]
-        if differ:
-            raise BackboneMismatch(
-                f"{len(differ)} of {len(have)} backbone tensors differ from the checkpoint after "
-                f"mmengine's init_weights (e.g. {differ[:3]}): the pretrained weights were not loaded"
-            )
+    if check_values and (differ := differing(backbone, expected)):
+        raise BackboneMismatch(
+            f"{len(differ)} of {len(have)} backbone tensors differ from the checkpoint after "
+            f"mmengine's init_weights (e.g. {differ[:3]}): the pretrained weights were not loaded"
+        )
 
 
 def backbone_of(model: nn.Module) -> nn.Module:
-    """The segmentor's backbone, through a DDP-style wrapper if any."""
+    """The model's backbone (segmentor or classifier), through a DDP-style wrapper if any."""
     inner = getattr(model, "module", model)
     if not hasattr(inner, "backbone"):
         raise BackboneMismatch(f"{type(inner).__name__} has no .backbone to load the checkpoint into")
     return inner.backbone
 
 
-def make_loaded_hook(expected_path: Path, resumed: bool | Path) -> Any:
+def attach_verification(runner: Any, converted: Path, resumed: Path | None) -> None:
+    """Check the built model's backbone against ``converted`` (names and shapes, before any data is read),
+    and register :func:`make_loaded_hook`, which checks the loaded values before iteration 1."""
+    verify_backbone_state(backbone_of(runner.model), read_converted(converted), check_values=False)
+    runner.register_hook(make_loaded_hook(converted, resumed))
+
+
+def make_loaded_hook(expected_path: Path, resumed: Path | None) -> Any:
     """An mmengine hook that verifies the weights right before the first iteration: the converted
     backbone's, or for a resumed run (``resumed``: the Runner file) that the file restored every tensor
     of the model (mmengine loads a resume non-strictly: an empty ``state_dict`` would train nothing and
@@ -85,7 +100,7 @@ def make_loaded_hook(expected_path: Path, resumed: bool | Path) -> Any:
         priority = "VERY_HIGH"
 
         def before_train(self, runner) -> None:
-            if resumed:
+            if resumed is not None:
                 verify_resumed(runner.model, Path(resumed))
                 return
             verify_backbone_state(backbone_of(runner.model), read_converted(expected_path), check_values=True)
@@ -135,3 +150,22 @@ def register_runner_scheme() -> None:
 def runner_file(path: str | Path) -> str:
     """Mark a Runner-written checkpoint for :func:`register_runner_scheme`'s loader."""
     return RUNNER_SCHEME + str(path)
+
+
+def build_runner(cfg: Any, converted: Path) -> tuple[Any, Path | None]:
+    """mmengine's Runner for ``cfg`` (whose backbone loads ``converted``), with that load verified; with
+    ``cfg.resume``, resumed from the Runner's own latest checkpoint, read as data and checked to restore
+    the whole model. Returns the Runner and the checkpoint it resumes from (None for a fresh start)."""
+    from mmengine.runner import Runner
+
+    from transfer.mmengine_task import init_cpu_group, name_visualizer, resume_point
+
+    register_runner_scheme()
+    init_cpu_group(cfg)
+    latest = resume_point(cfg)
+    if latest is not None:
+        cfg.load_from = runner_file(latest)  # read as data: transfer.backbones.read
+    name_visualizer(cfg)
+    runner = Runner.from_cfg(cfg)
+    attach_verification(runner, converted, latest)
+    return runner, latest
