@@ -228,5 +228,9 @@ def test_paper_smoke_of_linear_transfer_lands_beside_vicregs_row(r18: Path, tmp_
     table = next(s for s in md.split("\n## ") if s.startswith("Linear classification transfer"))
     assert "Places205" in table and "iNat18" in table
     assert "*54.3*" in table and "*47.0*" in table  # VICReg Table 2's published row, kept apart
-    measured = [line for line in table.splitlines() if "*54.3*" not in line and "±" in line or "[" in line]
-    assert measured, table
+    row = next(line for line in table.splitlines() if line.startswith("| r18 |"))  # the measured row, apart
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]
+    for cell, name in zip(cells, ("linear_places205", "linear_inat18")):  # the table's column order
+        r = records[name]
+        half = (r["intervals"]["top1"]["hi"] - r["intervals"]["top1"]["lo"]) / 2
+        assert cell == f"{r['metrics']['top1']:.1f}±{half:.1f}", (cell, table)
