@@ -1,8 +1,9 @@
-"""ImageNet linear and semi-supervised classification (PROTOCOLS.md "ImageNet linear and semi-supervised").
+"""ImageNet linear and semi-supervised classification (PROTOCOLS.md "ImageNet linear and semi-supervised"),
+Places205 and iNat18 linear (PROTOCOLS.md "Places205 and iNat18 linear": VISSL's benchmark configs).
 
     python -m transfer.classification --ckpt X.pth --out DIR --data-root IMAGENET
-        [--protocol linear|semisup_1pct|semisup_10pct | --config FILE] [--launcher none|pytorch|slurm]
-        [--num-gpus N] [--cfg-options k=v ...] [--seed N] [--smoke] [--resume] [--force]
+        [--protocol linear|semisup_1pct|semisup_10pct|linear_places205|linear_inat18 | --config FILE]
+        [--launcher none|pytorch|slurm] [--num-gpus N] [--cfg-options k=v ...] [--seed N] [--smoke] [--resume] [--force]
 
 One run of VICReg's ``evaluate.py`` protocol on mmpretrain's Runner: read the checkpoint
 (``transfer.backbones.load``, tensors only), check the config's ResNet against it,
