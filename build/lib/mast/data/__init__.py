@@ -1,1 +1,0 @@
-"""Data for MAST: the seeded synthetic benchmark (``mast.data.synthetic``) and image-folder loaders."""

@@ -1,1 +1,0 @@
-"""The ResNet family: torchvision-layout ResNets from any SSL codebase (docs/CHECKPOINTS.md)."""

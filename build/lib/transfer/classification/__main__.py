@@ -1,3 +1,0 @@
-from transfer.classification.runner import main
-
-raise SystemExit(main())

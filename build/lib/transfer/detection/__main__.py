@@ -1,3 +1,0 @@
-from transfer.detection.runner import main
-
-raise SystemExit(main())

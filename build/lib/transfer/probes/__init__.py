@@ -1,1 +1,0 @@
-"""Frozen-feature probes: few-shot, linear and kNN (``python -m transfer.probes.fewshot|linear|knn``)."""

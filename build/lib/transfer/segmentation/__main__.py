@@ -1,3 +1,0 @@
-from transfer.segmentation.runner import main
-
-raise SystemExit(main())
