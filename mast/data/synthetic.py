@@ -260,18 +260,22 @@ def is_complete(out: Path, spec: SyntheticSpec) -> bool:
 def ensure_dataset(out: Path, spec: SyntheticSpec) -> Path:
     """Reuse ``out`` if it holds a COMPLETE dataset for ``spec``; otherwise generate it.
 
+    The ImageNet-layout twin (``ROOT/imagenet_like``, :mod:`mast.data.imagenet_like`) is added when missing.
     Only a generation this code left unfinished (its ``.generating`` marker, no COMPLETE) is
     replaced. A finished dataset of another spec, or any other non-empty folder, is never deleted
     (the CLI's rule without ``--overwrite``): a one-line ValueError says what to do.
     """
     out = Path(out)
     spec.validate()
-    if is_complete(out, spec):
-        return out
-    if (out / "COMPLETE").exists():
-        raise ValueError(f"{out} holds a synthetic dataset built from another spec or generator version; "
-                         f"choose another folder, or delete it to regenerate")
-    return generate(out, spec, overwrite=(out / ".generating").exists())
+    from mast.data.imagenet_like import ensure_imagenet_like
+
+    if not is_complete(out, spec):
+        if (out / "COMPLETE").exists():
+            raise ValueError(f"{out} holds a synthetic dataset built from another spec or generator version; "
+                             f"choose another folder, or delete it to regenerate")
+        generate(out, spec, overwrite=(out / ".generating").exists())
+    ensure_imagenet_like(out, spec.seed)
+    return out
 
 
 # ---------------------------------------------------------------- CLI
@@ -292,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         spec = replace(PRESETS[args.preset](size=args.size, seed=args.seed), workers=args.workers)
         start = time.time()
         out = generate(args.out, spec, overwrite=args.overwrite)
+        from mast.data.imagenet_like import ensure_imagenet_like
+
+        ensure_imagenet_like(out, spec.seed)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]

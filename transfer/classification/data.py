@@ -9,10 +9,11 @@ files and labels VICReg's ``evaluate.py`` would, and nothing is found (or missed
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
-from transfer.imagenet import FULL, imagenet_samples, write_ann_file
+from transfer.imagenet import FULL, imagenet_samples, read_subset_file, write_ann_file
 
 LOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
 
@@ -32,7 +33,10 @@ def prepare_data(cfg: Any, out: Path, smoke: bool) -> dict[str, Any]:
     the head gets as many outputs as there are classes (1000 on ImageNet). Returns what the record keeps.
     """
     expect = FULL if cfg.get("check_sizes", True) and not smoke else None
-    layout, classes, train, val = imagenet_samples(cfg.data_root, cfg.get("subset"), expect, complete=not smoke)
+    subset_file = _subset_file(cfg)
+    names = read_subset_file(subset_file) if subset_file else None
+    layout, classes, train, val = imagenet_samples(cfg.data_root, cfg.get("subset"), expect, complete=not smoke,
+                                                   names=names)
     if smoke:  # a few images spread over the classes: a pipeline check of a few iterations, on any ImageNet
         train = train[:: max(1, len(train) // int(cfg.get("smoke_images", 4)))][: int(cfg.get("smoke_images", 4))]
         val = val[:: max(1, len(val) // 8)][:8]
@@ -51,4 +55,15 @@ def prepare_data(cfg: Any, out: Path, smoke: bool) -> dict[str, Any]:
     cfg.model.head.num_classes = len(classes)
     cfg.model.data_preprocessor.num_classes = len(classes)
     return {"root": str(layout.root), "layout": layout.kind, "classes": len(classes), "train_images": len(train),
-            "val_images": len(val), "subset": cfg.get("subset"), "sizes_checked": expect is not None, "notes": notes}
+            "val_images": len(val), "subset": cfg.get("subset"), "sizes_checked": expect is not None, "notes": notes,
+            **({"subset_file": str(subset_file), "subset_file_sha256": hashlib.sha256(subset_file.read_bytes())
+                .hexdigest()} if subset_file else {})}
+
+
+def _subset_file(cfg: Any) -> Path | None:
+    """The config's ``subset_file`` (``--subset-file``; a relative path in a config is under the data root)."""
+    name = cfg.get("subset_file")
+    if not name:
+        return None
+    path = Path(name)
+    return path if path.is_absolute() or cfg.get("subset_file_from_cli") else Path(cfg.data_root) / path

@@ -34,7 +34,7 @@ from plumbing.launcher_args import add_launcher_args, launcher_argv, slurm_optio
 from plumbing import PROJECT
 
 METHODS = ("vicreg", "mast")
-FINE_TUNING = ("detection", "segmentation")  # minutes per run: on seed 0 only (README "The demo report")
+FINE_TUNING = ("detection", "segmentation", "classification")  # minutes per run: on seed 0 only (README "The demo report")
 PROBES = ("knn", "linear", "fewshot")
 
 
