@@ -75,7 +75,8 @@ DATASET_LABELS = {
     "voc_2007_test": "VOC07+12", "coco_2017_val": "COCO", "voc12aug": "VOC12aug", "cityscapes": "Cityscapes",
     "ade20k": "ADE20K", "imagenet": "ImageNet linear", "imagenet_1pct": "Semi-sup. 1%",
     "imagenet_10pct": "Semi-sup. 10%", "synthetic/imagenet_like": "Twin linear",
-    "synthetic/imagenet_like_1pct": "Twin semi-sup. \"1%\"", "places205": "Places205", "voc07": "VOC07", "inat18": "iNat18",
+    "synthetic/imagenet_like_1pct": "Twin semi-sup. \"1%\"", "places205": "Places205", "voc07": "VOC07",
+    "inat18": "iNat18",
 }
 # Metric names as the papers write them: (Markdown, LaTeX).
 METRIC_LABELS = {

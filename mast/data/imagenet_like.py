@@ -1,15 +1,19 @@
-"""The synthetic twin of ImageNet's layout: ``ROOT/imagenet_like/``, derived from the synthetic ``shape`` task.
+"""The synthetic twin of ImageNet's layout: ``ROOT/imagenet_like/``, derived from the synthetic ``color`` task.
 
 The demo suite runs the ImageNet classification engine (``transfer.classification``) on it at CPU size::
 
-    imagenet_like/train/<synset>/<synset>_<n>.JPEG   the shape task's train images (ImageFolder layout)
+    imagenet_like/train/<synset>/<synset>_<n>.JPEG   the color task's train images (ImageFolder layout)
     imagenet_like/val/<synset>/<synset>_<n>.JPEG     its val images
     imagenet_like/1percent.txt                       the twin's "1 %" list, SimCLR's file format
-    imagenet_like/classes.json                       synset -> shape name
+    imagenet_like/classes.json                       synset -> color name
     imagenet_like/COMPLETE                           written last
 
-Synsets are ``n%08d`` of the shape class's position in sorted name order (``classes.json`` maps them back). Images are the
-PNGs of ``classification/shape/{train,val}`` re-encoded as JPEG at a fixed quality (same pixels in, same
+Why ``color`` (8 classes, 80/20 train/val images per class in the demo preset): it is the task on which the
+demo's pretrained features are distinguishable from the untrained floor (docs/DEMO.md: linear +57 points),
+while ``shape`` stays near chance even for a supervised ResNet-18 at this size, so a twin on it could show
+nothing but chance; chosen before the twin was run on any trained checkpoint. Synsets are ``n%08d`` of the
+class's position in sorted name order (``classes.json`` maps them back). Images are the PNGs of
+``classification/color/{train,val}`` re-encoded as JPEG at a fixed quality (same pixels in, same
 bytes out with a given Pillow), so the twin is as deterministic as the generator. The "1 %" list keeps
 :data:`FRACTION` of each class's train images (at least one), drawn with ``np.random.default_rng(seed)``:
 1 % of the demo's 80 images per class would be under one image, so the twin keeps 10 % (8 per class;
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +33,7 @@ from PIL import Image
 from plumbing.atomic import write_text_atomic
 
 FOLDER = "imagenet_like"
-SOURCE = "classification/shape"
+SOURCE = "classification/color"
 SUBSET_FILE = "1percent.txt"
 FRACTION = 0.1  # of each class's train images in the twin's "1 %" list (see the module docstring)
 JPEG_QUALITY = 95
@@ -80,8 +85,10 @@ def ensure_imagenet_like(root: str | Path, seed: int = 0) -> Path:
         pass
     src = root / SOURCE
     if not (src / "train").is_dir() or not (src / "val").is_dir():
-        raise ValueError(f"{src}: expected the synthetic shape task's train/ and val/ (python -m mast.data.synthetic)")
+        raise ValueError(f"{src}: expected the synthetic color task's train/ and val/ (python -m mast.data.synthetic)")
     (out / "COMPLETE").unlink(missing_ok=True)
+    for split in ("train", "val"):  # an older or unfinished twin (this module's files under the generator's root)
+        shutil.rmtree(out / split, ignore_errors=True)
     classes = sorted((p.name for p in (src / "train").iterdir() if p.is_dir()))
     train = _write_split(src / "train", out / "train", classes)
     _write_split(src / "val", out / "val", classes)

@@ -1,6 +1,6 @@
 # The demo twin of ImageNet linear evaluation (resnet50_linear_imagenet_vicreg.py, VICReg's protocol: frozen
 # backbone in eval mode, linear head, SGD, cosine) on the synthetic ImageNet-layout set (mast/data/imagenet_like.py:
-# 8 shape classes, 64 px, 640 train / 160 val images in the demo preset) at CPU size: 56 px crops from 64 px
+# 8 color classes, 64 px, 640 train / 160 val images in the demo preset) at CPU size: 56 px crops from 64 px
 # images, global batch 32, few epochs, no data workers (the same block as resnet_semisup_1pct_imagenet_like_demo.py;
 # mmengine refuses two bases that set one key). The runner sets the ResNet depth from the checkpoint (the demo's
 # is a ResNet-18). A CPU-minute pipeline of the same engine, never a paper number: the record's scale is "demo".
