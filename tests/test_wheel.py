@@ -16,6 +16,7 @@ import shutil
 import site
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,11 @@ from hub_cache import COMMIT, hf_repo
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ("mast-pretrain", "mast-transfer", "mast-report", "mast-inspect")
-SOURCES = ("mast", "transfer", "reports", "detectron_configs", "pyproject.toml", "README.md")
+# what the wheel is built from: the packages pyproject.toml includes (a new top-level package is copied with no edit
+# here: plumbing/ was missed when this was a fixed list), its metadata files
+PACKAGES = [p.rstrip("*") for p in tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+            ["packages"]["find"]["include"]]
+SOURCES = (*PACKAGES, "pyproject.toml", "README.md")
 
 
 def _run(cmd: list[str], cwd: Path, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from transfer.probes.vissl_readers import VOC_CLASSES
+from transfer.vissl_datasets import VOC_CLASSES
 
 __all__ = ["voc07", "places205", "inat18"]
 
@@ -65,40 +65,45 @@ def voc07(root: Path, n_trainval: int = 100, n_test: int = 40) -> dict:
 
 
 PLACES_CLASSES = ["a/abbey", "b/bedroom", "f/field/cultivated"]
+MORE_PLACES = ["k/kitchen", "o/office", "r/river", "s/ski_slope"]  # ``classes`` > 3 (top-5 needs five)
 
 
-def places205(root: Path, per_class: dict | None = None) -> dict:
+def places205(root: Path, per_class: dict | None = None, classes: int = 3) -> dict:
     """``root/places205``: images256/<l>/<class>/ and trainvalsplit_places205/{train,val}_places205.csv."""
     per_class = per_class or {"train": 4, "val": 2}
+    names = (PLACES_CLASSES + MORE_PLACES)[:classes]
     base = root / "places205"
     images = base / "data" / "vision" / "torralba" / "deeplearning" / "images256"
     split = base / "trainvalsplit_places205"
     split.mkdir(parents=True)
     for part, n in per_class.items():
         lines = []
-        for k in range(n * len(PLACES_CLASSES)):
-            label = k % len(PLACES_CLASSES)  # the CSVs interleave classes
-            rel = f"{PLACES_CLASSES[label]}/gsun_{hashlib.md5(f'{part}{k}'.encode()).hexdigest()}.jpg"
+        for k in range(n * len(names)):
+            label = k % len(names)  # the CSVs interleave classes
+            rel = f"{names[label]}/gsun_{hashlib.md5(f'{part}{k}'.encode()).hexdigest()}.jpg"
             _jpeg(images / rel, [label], k)
             lines.append(f"{rel} {label}")
         (split / f"{part}_places205.csv").write_text("\n".join(lines) + "\n")
-    return {**{p: n * len(PLACES_CLASSES) for p, n in per_class.items()}, "base": base, "classes": len(PLACES_CLASSES)}
+    return {**{p: n * len(names) for p, n in per_class.items()}, "base": base, "classes": len(names)}
 
 
 INAT_CATEGORIES = [(0, "Aves", "Turdus migratorius"), (1, "Plantae", "Quercus alba"), (2, "Aves", "Corvus corax")]
+MORE_INAT = [(3, "Fungi", "Amanita muscaria"), (4, "Plantae", "Acer rubrum"), (5, "Aves", "Pica pica"),
+             (6, "Insecta", "Apis mellifera")]  # ``classes`` > 3 (top-5 needs five)
 
 
-def inat18(root: Path, per_class: dict | None = None) -> dict:
+def inat18(root: Path, per_class: dict | None = None, classes: int = 3) -> dict:
     """``root/inat18``: train_val2018/<supercategory>/<id>/<hash>.jpg and {train,val}2018.json."""
     per_class = per_class or {"train": 4, "val": 2}
     base = root / "inat18"
+    chosen = (INAT_CATEGORIES + MORE_INAT)[:classes]
     categories = [{"id": i, "name": n, "supercategory": s, "kingdom": "Animalia" if s == "Aves" else "Plantae"}
-                  for i, s, n in INAT_CATEGORIES]
+                  for i, s, n in chosen]
     next_id = 0
     for part, n in per_class.items():
         images, annotations = [], []
         for k in range(n * len(categories)):
-            cid, sup, _ = INAT_CATEGORIES[(k * 2) % len(categories)]
+            cid, sup, _ = chosen[(k * 2) % len(categories)]
             name = f"train_val2018/{sup}/{cid}/{hashlib.md5(f'{part}{k}'.encode()).hexdigest()}.jpg"
             _jpeg(base / name, [cid], k)
             images.append({"id": next_id, "file_name": name, "width": 8, "height": 8, "license": 1, "rights_holder": "x"})

@@ -81,8 +81,8 @@ def _dataset(task) -> str:
     if task.task == "segmentation":
         return next(d for d in ("voc12aug", "cityscapes", "ade20k") if d in config)
     if task.task == "classification":  # the engine's records name the ImageNet protocol they ran
-        return {"linear": "imagenet", "semisup_1pct": "imagenet_1pct", "semisup_10pct": "imagenet_10pct"}[
-            task.args["protocol"]]
+        return {"linear": "imagenet", "semisup_1pct": "imagenet_1pct", "semisup_10pct": "imagenet_10pct",
+                "linear_places205": "places205", "linear_inat18": "inat18"}[task.args["protocol"]]
     return str(task.args["dataset"])
 
 
@@ -115,7 +115,7 @@ def paper_records(root: Path, seed: int = 0) -> list[dict]:
                             "metrics": {"top1": round(rng.uniform(50, 75), 2), "top5": round(rng.uniform(75, 92), 2)},
                             "checkpoint": checkpoint, "task_config_hash": "h"})
         for key in families.LINEAR_TRANSFER:
-            if key == "voc07" and any(t.task == "svm" for t in specs):  # the paper suite's own svm_voc07
+            if any(_dataset(t) == key for t in specs):  # the paper suite's own (svm_voc07, linear_places205, ...)
                 continue
             metric = "mAP" if key == "voc07" else "top1"
             records.append({"task": "svm" if key == "voc07" else "linear", "task_name": f"transfer_{key}",

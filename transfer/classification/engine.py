@@ -23,6 +23,7 @@ from transfer.records import TaskFailed
 
 METRIC_TYPE = "PerImageAccuracy"
 HEAD_TYPE = "LogitLinearClsHead"
+VISSL_HEAD_TYPE = "VisslEvalHead"
 
 
 def require_mmpretrain() -> ModuleType:
@@ -63,6 +64,37 @@ def _register_head() -> None:
             return samples
 
     MODELS.register_module(name=HEAD_TYPE, module=LogitLinearClsHead)
+    _register_vissl_head(LogitLinearClsHead)
+
+
+def _register_vissl_head(base: type) -> None:
+    """VISSL's ``eval_mlp`` head (vissl/models/heads/linear_eval_mlp.py l. 49-78) on a pooled stage.
+
+    ``AvgPool2d(*pool)`` (the yaml's LINEAR_EVAL_FEAT_POOL_OPS_MAP entry), ``BatchNorm2d(in_channels)``,
+    flatten, ``Linear(in_channels * grid, num_classes)``; the rest (loss, logits kept for ranking) is the
+    logit head's. A feature map whose pooled grid is not ``grid`` is one error naming both sizes.
+    """
+    import torch
+    from mmpretrain.registry import MODELS
+    from torch import nn
+
+    class VisslEvalHead(base):
+        def __init__(self, num_classes: int, in_channels: int, pool=(6, 1, 0), grid=(2, 2), bn_eps: float = 1e-5,
+                     bn_momentum: float = 0.1, **kwargs) -> None:
+            super().__init__(num_classes=num_classes, in_channels=in_channels, **kwargs)
+            self.grid = tuple(grid)
+            self.pool = nn.AvgPool2d(*pool)
+            self.channel_bn = nn.BatchNorm2d(in_channels, eps=bn_eps, momentum=bn_momentum)
+            self.fc = nn.Linear(in_channels * self.grid[0] * self.grid[1], num_classes)  # PyTorch's default init
+
+        def pre_logits(self, feats):
+            x = self.pool(feats[-1])
+            if tuple(x.shape[2:]) != self.grid:
+                raise ValueError(f"VisslEvalHead: a {tuple(feats[-1].shape[2:])} feature map pools to "
+                                 f"{tuple(x.shape[2:])}, the head expects {self.grid} (224 px crops on a ResNet)")
+            return torch.flatten(self.channel_bn(x), 1)
+
+    MODELS.register_module(name=VISSL_HEAD_TYPE, module=VisslEvalHead)
 
 
 def _register_metric() -> None:

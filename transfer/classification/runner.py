@@ -1,8 +1,9 @@
-"""ImageNet linear and semi-supervised classification (PROTOCOLS.md "ImageNet linear and semi-supervised").
+"""ImageNet linear and semi-supervised classification (PROTOCOLS.md "ImageNet linear and semi-supervised"),
+Places205 and iNat18 linear (PROTOCOLS.md "Places205 and iNat18 linear": VISSL's benchmark configs).
 
     python -m transfer.classification --ckpt X.pth --out DIR --data-root IMAGENET
-        [--protocol linear|semisup_1pct|semisup_10pct | --config FILE] [--launcher none|pytorch|slurm]
-        [--num-gpus N] [--cfg-options k=v ...] [--seed N] [--smoke] [--resume] [--force]
+        [--protocol linear|semisup_1pct|semisup_10pct|linear_places205|linear_inat18 | --config FILE]
+        [--launcher none|pytorch|slurm] [--num-gpus N] [--cfg-options k=v ...] [--seed N] [--smoke] [--resume] [--force]
 
 One run of VICReg's ``evaluate.py`` protocol on mmpretrain's Runner: read the checkpoint
 (``transfer.backbones.load``, tensors only), check the config's ResNet against it,
@@ -35,6 +36,9 @@ PROTOCOLS = {
     "linear": CONFIG_DIR / "resnet50_linear_imagenet_vicreg.py",
     "semisup_1pct": CONFIG_DIR / "resnet50_semisup_1pct_imagenet_vicreg.py",
     "semisup_10pct": CONFIG_DIR / "resnet50_semisup_10pct_imagenet_vicreg.py",
+    # VISSL's linear transfer benchmarks (frozen trunk, res5 eval_mlp head; PROTOCOLS.md "Places205 and iNat18")
+    "linear_places205": CONFIG_DIR / "resnet50_linear_places205_vissl.py",
+    "linear_inat18": CONFIG_DIR / "resnet50_linear_inat18_vissl.py",
 }
 PREDICTIONS = "predictions.npz"
 SMOKE_SIDE = 32  # --smoke: crops of 32 px from images resized to 36 px
@@ -44,13 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m transfer.classification", description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True, help="SSL checkpoint (any format transfer.backbones reads)")
     p.add_argument("--out", required=True, help="output directory (record.json, train.log, mmpretrain_config.py)")
-    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="linear", help="VICReg evaluate.py protocol")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="linear",
+                   help="VICReg evaluate.py protocol (ImageNet) or VISSL linear benchmark (Places205, iNat18)")
     p.add_argument("--config", help="mmpretrain config file (default: the --protocol's)")
     p.add_argument("--scale", choices=("paper", "demo"), default="paper",
                    help="paper: the protocol as published; demo: a *_demo.py config on the synthetic twin")
     p.add_argument("--subset-file", help="--scale demo only: a subset list in SimCLR's format instead of the shipped "
                                          "sha256-checked ones (the synthetic twin's imagenet_like/1percent.txt)")
-    p.add_argument("--data-root", help="ImageNet root (train/ + val/, or ILSVRC/Data/CLS-LOC + LOC_val_solution.csv)")
+    p.add_argument("--data-root", help="ImageNet root (train/ + val/, or ILSVRC/Data/CLS-LOC + LOC_val_solution.csv); "
+                   "Places205 / iNat18 root in its official layout (transfer/vissl_datasets.py)")
     add_runner_args(p, "train_cfg.max_epochs=2",
                     "pipeline check: 2 iterations, 1 epoch, 32 px crops, global batch 2, no workers, sizes unchecked")
     add_backbone_arg(p)
@@ -110,7 +116,9 @@ def apply_batch(cfg: Any, world: int, max_per_gpu: int | None) -> dict[str, int]
 
 
 def shrink_for_smoke(cfg: Any, side: int = SMOKE_SIDE, iters: int = 2) -> None:
-    """A pipeline check: one epoch of at most ``iters`` iterations on ``side``-px crops, global batch 2."""
+    """A pipeline check: one epoch of at most ``iters`` iterations on ``side``-px crops (the config's
+    ``smoke_side`` where its head needs a size), global batch 2."""
+    side = int(cfg.get("smoke_side", side))
     cfg.global_batch = 2
     for pipeline in (cfg.train_dataloader.dataset.pipeline, cfg.val_dataloader.dataset.pipeline,
                      cfg.test_dataloader.dataset.pipeline):

@@ -185,6 +185,8 @@ def _first_item(items) -> None:
 def check_task(spec: TaskSpec) -> Verdict:
     if spec.task in ("fewshot", "linear", "knn", "svm"):
         return check_probe(spec)
+    if spec.task == "classification" and spec.args.get("protocol") in ("linear_places205", "linear_inat18"):
+        return _check_vissl(spec, str(spec.args["protocol"]).split("_", 1)[1])
     if spec.task == "classification":  # ImageNet as the task reads it (transfer/imagenet.py), one line
         from transfer.imagenet import LAYOUT_HINT, ImageNetLayoutError, describe
 
@@ -204,6 +206,21 @@ def check_task(spec: TaskSpec) -> Verdict:
         return Verdict(spec.name, "missing", f"missing {missing[0]}{more}" + (f"; {hint}" if hint else ""))
     shown = ", ".join(map(str, paths[:2])) + (", ..." if len(paths) > 2 else "")
     return Verdict(spec.name, "found", f"found ({shown})")
+
+
+def _check_vissl(spec: TaskSpec, name: str) -> Verdict:
+    """Places205 / iNat18 as the classification task reads them (transfer/vissl_datasets.py), one line."""
+    from transfer.vissl_datasets import VISSL_READERS, LayoutError
+
+    root, hint = Path(str(spec.args.get("data_root", ""))), PROBE_LAYOUTS[name]
+    if not root.is_dir():
+        return Verdict(spec.name, "missing", f"missing {root}; expected {hint}")
+    try:
+        train, val = VISSL_READERS[name](root, "train"), VISSL_READERS[name](root, "val")
+    except LayoutError as e:
+        return Verdict(spec.name, "unreadable", f"unreadable {root} ({e}); expected {hint}")
+    return Verdict(spec.name, "found", f"found {root} ({len(train.labels)} train, {len(val.labels)} val images, "
+                                       f"{len(train.classes)} classes)")
 
 
 def _verdict(spec: TaskSpec) -> Verdict:

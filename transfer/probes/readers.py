@@ -32,12 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from mast.data.folder import DatasetError, NoImagesError, list_images
+from transfer.vissl_datasets import LayoutError  # one class for every layout error (the floor's)
 
 __all__ = ["Items", "LayoutError", "READERS", "find_root", "check_disjoint", "check_lengths"]
-
-
-class LayoutError(ValueError):
-    """A dataset folder that is not in the expected layout (one line naming what is missing)."""
 
 
 @dataclass

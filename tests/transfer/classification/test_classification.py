@@ -27,6 +27,7 @@ from transfer.records import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED
 from transfer.backbones.read import read_runner_file
 
 REPO = Path(__file__).resolve().parents[3]
+VICREG_PROTOCOLS = ("linear", "semisup_10pct", "semisup_1pct")  # Places205/iNat18 (VISSL's): test_vissl_linear.py
 # a few iterations on 32 px crops; global batch 4 (off-protocol, so --any-batch); stand-in sizes
 TINY = ["global_batch=4", "check_sizes=False", "train_dataloader.num_workers=0", "val_dataloader.num_workers=0",
         "test_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",
@@ -148,7 +149,7 @@ def _resolved(protocol: str, ckpt: Path, tmp_path: Path):
     return cfg, optimizer
 
 
-@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+@pytest.mark.parametrize("protocol", VICREG_PROTOCOLS)
 def test_config_equals_vicreg_evaluate_arguments_key_by_key(protocol: str, r18: Path, tmp_path: Path) -> None:
     cfg, optimizer = _resolved(protocol, r18, tmp_path)
     rows = {name: row for name, *row in LINEAR_TABLE}
@@ -399,7 +400,7 @@ def test_paper_suite_runs_the_three_tasks_and_checks_imagenet_in_one_line(tmp_pa
     kaggle_standin(tmp_path / "imagenet")
     for smoke in (True, False):
         specs = [s for s in load_suite("paper", {"datasets": str(tmp_path)}, smoke=smoke).tasks
-                 if s.task == "classification"]
+                 if s.task == "classification" and s.args["protocol"] in ("linear", "semisup_1pct", "semisup_10pct")]
         assert [s.name for s in specs] == ["linear_imagenet", "semisup_imagenet_1pct", "semisup_imagenet_10pct"]
         for spec in specs:
             args = build_parser().parse_args(spec.command("python", "C.pth", "OUT")[3:])

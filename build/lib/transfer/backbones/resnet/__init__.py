@@ -1,0 +1,1 @@
+"""The ResNet family: torchvision-layout ResNets from any SSL codebase (docs/CHECKPOINTS.md)."""

@@ -1,0 +1,3 @@
+from transfer.classification.runner import main
+
+raise SystemExit(main())

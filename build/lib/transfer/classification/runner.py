@@ -1,0 +1,208 @@
+"""ImageNet linear and semi-supervised classification (PROTOCOLS.md "ImageNet linear and semi-supervised").
+
+    python -m transfer.classification --ckpt X.pth --out DIR --data-root IMAGENET
+        [--protocol linear|semisup_1pct|semisup_10pct | --config FILE] [--launcher none|pytorch|slurm]
+        [--num-gpus N] [--cfg-options k=v ...] [--seed N] [--smoke] [--resume] [--force]
+
+One run of VICReg's ``evaluate.py`` protocol on mmpretrain's Runner: read the checkpoint
+(``transfer.backbones.load``, tensors only), check the config's ResNet against it,
+map the ImageNet on disk to ImageFolder's class indices (``transfer.imagenet``; either
+layout; the shipped 1 %/10 % list, every listed file checked), convert the backbone to
+``DIR/backbone_mmpretrain.pth``, build ``ImageClassifier`` + ``LinearClsHead``, verify that every
+backbone weight was loaded, train, validate after every epoch and write ``DIR/record.json``: the last
+epoch's top-1/top-5 (the headline) with 95 % intervals by resampling validation images, the best
+over epochs labelled as chosen on the validation set, every epoch's numbers, and in linear mode the
+check that no backbone tensor or BatchNorm statistic changed. ``--resume`` continues from the
+Runner's own checkpoint in ``DIR/work``. Exit codes: 0 ok, 1 failed, 2 usage, 3 skipped (no dataset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+from plumbing.atomic import write_bytes_atomic, write_text_atomic
+from transfer.backbones.info import CheckpointInfo, add_backbone_arg
+from transfer.mmengine_task import add_runner_args, check_command, launch, load_runner_config, record_engine_part, \
+    set_threads
+from transfer.records import EXIT_USAGE, TaskFailed, TaskRun
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "mmpretrain_configs"
+PROTOCOLS = {
+    "linear": CONFIG_DIR / "resnet50_linear_imagenet_vicreg.py",
+    "semisup_1pct": CONFIG_DIR / "resnet50_semisup_1pct_imagenet_vicreg.py",
+    "semisup_10pct": CONFIG_DIR / "resnet50_semisup_10pct_imagenet_vicreg.py",
+}
+PREDICTIONS = "predictions.npz"
+SMOKE_SIDE = 32  # --smoke: crops of 32 px from images resized to 36 px
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m transfer.classification", description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt", required=True, help="SSL checkpoint (any format transfer.backbones reads)")
+    p.add_argument("--out", required=True, help="output directory (record.json, train.log, mmpretrain_config.py)")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="linear", help="VICReg evaluate.py protocol")
+    p.add_argument("--config", help="mmpretrain config file (default: the --protocol's)")
+    p.add_argument("--scale", choices=("paper",), default="paper", help="the protocol as published (the only scale)")
+    p.add_argument("--data-root", help="ImageNet root (train/ + val/, or ILSVRC/Data/CLS-LOC + LOC_val_solution.csv)")
+    add_runner_args(p, "train_cfg.max_epochs=2",
+                    "pipeline check: 2 iterations, 1 epoch, 32 px crops, global batch 2, no workers, sizes unchecked")
+    add_backbone_arg(p)
+    return p
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    return Path(args.config) if args.config else PROTOCOLS[args.protocol]
+
+
+def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
+    """Read the config, apply the command line, check its backbone against ``info``, plan the batch."""
+    from transfer.backbones.resnet.mmpretrain import check_backbone_cfg
+    from transfer.classification.data import set_data_root
+
+    path = config_path(args)
+
+    def adapt(cfg: Any) -> None:
+        if args.data_root:
+            set_data_root(cfg, args.data_root)
+        cfg.depth_notes = check_backbone_cfg(cfg, info, path.name)
+        if args.smoke:
+            shrink_for_smoke(cfg)
+
+    def plan_batch(cfg: Any, world: int, per_gpu_cap: int | None) -> dict[str, int]:
+        plan = apply_batch(cfg, world, per_gpu_cap)
+        cfg.val_dataloader.batch_size = cfg.test_dataloader.batch_size = plan["per_gpu"]
+        return plan
+
+    cfg = load_runner_config(args, path, adapt, plan_batch)
+    import torch
+
+    if not torch.cuda.is_available():  # nothing to pin memory for (torch warns on every loader otherwise)
+        for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+            cfg[loader].pin_memory = False
+    return cfg
+
+
+def apply_batch(cfg: Any, world: int, max_per_gpu: int | None) -> dict[str, int]:
+    """The protocol's global batch on ``world`` processes: per-process batch and gradient accumulation
+    (the smallest accumulation with ``global = per_gpu * world * accumulation``). Epoch-based training has
+    no iteration counts to stretch: an epoch is the same images whatever the split."""
+    total = int(cfg.global_batch)
+    for accumulation in range(1, total + 1):
+        share, rest = divmod(total, world * accumulation)
+        if share == 0:
+            break
+        if rest == 0 and (max_per_gpu is None or share <= max_per_gpu):
+            cfg.train_dataloader.batch_size = share
+            if accumulation > 1:
+                cfg.optim_wrapper.accumulative_counts = accumulation
+            return dict(world_size=world, per_gpu=share, accumulation=accumulation, effective=total)
+    raise ValueError(f"global batch {total} cannot be split over {world} processes"
+                     + (f" with at most {max_per_gpu} per process" if max_per_gpu else ""))
+
+
+def shrink_for_smoke(cfg: Any, side: int = SMOKE_SIDE, iters: int = 2) -> None:
+    """A pipeline check: one epoch of at most ``iters`` iterations on ``side``-px crops, global batch 2."""
+    cfg.global_batch = 2
+    for pipeline in (cfg.train_dataloader.dataset.pipeline, cfg.val_dataloader.dataset.pipeline,
+                     cfg.test_dataloader.dataset.pipeline):
+        for step in pipeline:
+            if step["type"] in ("RandomResizedCrop", "CenterCrop"):
+                step["scale" if "scale" in step else "crop_size"] = side
+            elif step["type"] == "ResizeEdge":
+                step["scale"] = side + side // 8
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        cfg[loader].update(num_workers=0, persistent_workers=False)
+    cfg.train_cfg.update(max_epochs=1)
+    cfg.param_scheduler = [dict(type="CosineAnnealingLR", T_max=1, eta_min=0.0, by_epoch=True, begin=0, end=1)]
+    cfg.default_hooks.logger = dict(type="LoggerHook", interval=1)
+    cfg.smoke_images = iters * cfg.global_batch  # data.prepare_data keeps this many training images
+    cfg.env_cfg = dict(cfg.get("env_cfg") or {}, cudnn_benchmark=False)
+
+
+def attach_checkpoint(cfg: Any, converted: Path) -> None:
+    """Load ``converted`` the mmengine way: the backbone's ``init_cfg`` (PretrainedInit)."""
+    cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(converted), prefix="backbone.")
+
+
+def run(args: argparse.Namespace, task: TaskRun | None) -> None:
+    """The whole task; ``task`` is None on ranks > 0 (only rank 0 writes the record)."""
+    from transfer.backbones import load
+    from transfer.backbones.resnet.load import refuse_cifar_stem
+    from transfer.backbones.resnet.mmpretrain import to_mmpretrain_file
+    from transfer.classification.data import prepare_data
+    from transfer.classification.engine import require_mmpretrain
+    from transfer.classification.train import train_and_evaluate
+
+    require_mmpretrain()
+    set_threads(args.threads)
+    state, info = load(args.ckpt, args.backbone)
+    if info.family != "resnet":
+        raise TaskFailed(f"{args.ckpt} holds a ViT: the ImageNet linear/semi-supervised engine runs ResNets only "
+                         "(a ViT's protocol, DINO eval_linear / MAE linprobe, is not implemented here)")
+    refuse_cifar_stem(info, "mmpretrain")
+    cfg = load_config(args, info)
+    cfg.resume = bool(args.resume)
+    out = Path(args.out)
+    data = prepare_data(cfg, out, args.smoke)
+    record_engine_part(task, cfg, info, _dataset_name(cfg), data=data)
+    converted = to_mmpretrain_file(state, info, out)
+    attach_checkpoint(cfg, converted)
+    if task is not None:
+        write_text_atomic(out / "mmpretrain_config.py", cfg.pretty_text)
+    result = train_and_evaluate(cfg, converted, out, frozen=cfg.get("protocol") == "linear")
+    if task is not None:
+        record_result(task, result)
+        task.record["config"] = cfg.to_dict()
+
+
+def _dataset_name(cfg: Any) -> str:
+    subset = cfg.get("subset")
+    return f"imagenet_{subset.replace('percent', 'pct')}" if subset else str(cfg.get("dataset_name") or "imagenet")
+
+
+def record_result(task: TaskRun, result: dict[str, Any]) -> None:
+    """Headline (last epoch) with intervals over validation images; best over epochs, labelled; per-image hits."""
+    import numpy as np
+
+    from transfer.stats import LEVEL, N_BOOT, mean_interval
+
+    hits = result["hits"]
+    for metric in ("top1", "top5"):
+        scores = np.asarray(hits[metric], dtype=np.float64)
+        iv = mean_interval(scores, n_boot=N_BOOT, seed=0)
+        task.metrics[metric] = 100.0 * iv.value
+        task.extra.setdefault("intervals", {})[metric] = {
+            "lo": 100.0 * iv.lo, "hi": 100.0 * iv.hi, "level": LEVEL, "n_items": int(scores.size),
+            "unit": "validation images", "method": f"percentile bootstrap over validation images, {N_BOOT} "
+                                                   "resamples, seed 0"}
+    epochs = result["epochs"]
+    for metric in ("top1", "top5"):  # VICReg's printed best_acc: the maximum of each over epochs, separately
+        task.metrics[f"best_{metric}_val_selected"] = max(e[metric] for e in epochs)
+    task.extra.update(epochs=epochs, headline="last epoch", selection_note=(
+        "best_*_val_selected: the maximum over epochs of validation accuracy (what VICReg's evaluate.py prints), "
+        "chosen on the evaluation data itself; the headline is the last epoch"), **result["extra"])
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{k: np.asarray(v, dtype=np.float32) for k, v in hits.items()})
+    write_bytes_atomic(task.out_dir / PREDICTIONS, buffer.getvalue())
+    task.extra["predictions"] = PREDICTIONS
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    argv = check_command(args, argv, "classification", f"transfer/mmpretrain_configs/{PROTOCOLS['linear'].name}")
+    if argv is None:
+        return EXIT_USAGE
+    path = config_path(args)
+    scale = "smoke" if args.smoke else ("paper+overrides" if args.cfg_options else "paper")
+
+    def start_task() -> TaskRun:
+        return TaskRun(task="classification", dataset=path.stem, scale=scale, out_dir=args.out, ckpt_info=None,
+                       config={"config_file": str(path), "protocol": args.protocol, "backbone": args.backbone},
+                       seeds=[args.seed], force=args.force or args.resume)
+
+    return launch(args, argv, "transfer.classification", start_task, run)

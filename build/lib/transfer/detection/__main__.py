@@ -1,0 +1,3 @@
+from transfer.detection.runner import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Frozen-feature probes: few-shot, linear and kNN (``python -m transfer.probes.fewshot|linear|knn``)."""

@@ -1,0 +1,3 @@
+from transfer.segmentation.runner import main
+
+raise SystemExit(main())
