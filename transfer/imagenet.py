@@ -117,6 +117,22 @@ def read_subset(name: str) -> list[str]:
     return names
 
 
+def read_subset_file(path: str | Path) -> list[str]:
+    """A subset list the user passes (``--subset-file``, the demo's synthetic twin): SimCLR's format, one
+    ``<synset>_<n>.<ext>`` per line. Not sha256-checked: the paper protocols read only the shipped lists."""
+    path = Path(path)
+    try:
+        names = path.read_text().split()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ImageNetLayoutError(f"--subset-file {path}: unreadable ({type(e).__name__}); expected a text file "
+                                  "of <synset>_<n>.JPEG names, one a line") from None
+    bad = [n for n in names if "_" not in n or not n.lower().endswith(IMG_EXTENSIONS)]
+    if not names or bad:
+        raise ImageNetLayoutError(f"--subset-file {path}: {len(bad)} of {len(names)} lines are not <synset>_<n>.JPEG "
+                                  f"names ({bad[:SHOWN]}); expected SimCLR's format, one file name a line")
+    return names
+
+
 def subset_samples(layout: ImageNetLayout, names: list[str], classes: list[str], complete: bool = True) -> Samples:
     """(train file, index) for each listed ``<synset>_<n>.JPEG``, as VICReg's ``evaluate.py`` builds them
     (``traindir / cls / fname``, ``class_to_idx[cls]``); every listed file must be on disk (``complete``;
@@ -182,16 +198,19 @@ def split_samples(root: str | Path, split: str) -> tuple[ImageNetLayout, list[st
 
 def imagenet_samples(root: str | Path, subset: str | None = None,
                      expect: dict[str, int] | None = FULL,
-                     complete: bool = True) -> tuple[ImageNetLayout, list[str], Samples, Samples]:
+                     complete: bool = True, names: list[str] | None = None,
+                     ) -> tuple[ImageNetLayout, list[str], Samples, Samples]:
     """(layout, classes, train samples, val samples) of the ImageNet under ``root``.
 
     ``subset`` (``1percent``/``10percent``) restricts training to the shipped list. ``expect`` holds the
     full dataset's sizes (classes, train, val); fewer is refused in one line (``None``: no size check).
-    ``complete=False`` (``--smoke`` only) takes the listed files that are on disk.
+    ``complete=False`` (``--smoke`` only) takes the listed files that are on disk. ``names``: a list read by
+    :func:`read_subset_file` instead of a shipped one.
     """
     layout, classes, val = split_samples(root, "val")
-    if subset:
-        train = subset_samples(layout, read_subset(subset), classes, complete)
+    if names is not None or subset:
+        train = subset_samples(layout, names if names is not None else read_subset(subset), classes, complete)
+        subset = subset or "file"
     else:
         train = folder_samples(layout.train, classes, layout.base)
     found = {"classes": len(classes), "train": len(train), "val": len(val)}

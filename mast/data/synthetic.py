@@ -9,6 +9,7 @@ Layout written under ROOT (field-by-field description: mast/data/README.md)::
     scenes/images/{train,val}/*.png
     scenes/annotations/instances_{train,val}.json   COCO instances, RLE masks, category ids 1..8
     scenes/labels/{train,val}/*.png            uint8 semantic labels, 0 background, c = category id
+    imagenet_like/{train,val}/<synset>/*.JPEG  the color task in ImageNet's layout + a "1 %" list (imagenet_like.py)
 
 Every image is a pure function of ``np.random.default_rng([seed, stream, index])``, so the output
 is byte-identical for a seed whatever the number of worker processes.
@@ -241,6 +242,9 @@ def generate(out: Path, spec: SyntheticSpec, overwrite: bool = False) -> Path:
         coco = _coco_json(jobs, results, split, spec.size)
         write_text_atomic(out / f"scenes/annotations/instances_{split}.json", json.dumps(coco))
     write_card(out, build_card(spec, jobs, results))
+    from mast.data.imagenet_like import ensure_imagenet_like  # its own marker (version): not GENERATOR_VERSION's
+
+    ensure_imagenet_like(out, spec.seed)
     (out / ".generating").unlink()
     files = sum(len(names) for _, _, names in os.walk(out))
     marker = {"generator_version": GENERATOR_VERSION, "spec": spec.content(), "images": len(jobs), "files": files}
@@ -260,18 +264,23 @@ def is_complete(out: Path, spec: SyntheticSpec) -> bool:
 def ensure_dataset(out: Path, spec: SyntheticSpec) -> Path:
     """Reuse ``out`` if it holds a COMPLETE dataset for ``spec``; otherwise generate it.
 
+    The ImageNet-layout twin (``ROOT/imagenet_like``, :mod:`mast.data.imagenet_like`) is added to a dataset
+    finished before it existed.
     Only a generation this code left unfinished (its ``.generating`` marker, no COMPLETE) is
     replaced. A finished dataset of another spec, or any other non-empty folder, is never deleted
     (the CLI's rule without ``--overwrite``): a one-line ValueError says what to do.
     """
     out = Path(out)
     spec.validate()
-    if is_complete(out, spec):
-        return out
-    if (out / "COMPLETE").exists():
-        raise ValueError(f"{out} holds a synthetic dataset built from another spec or generator version; "
-                         f"choose another folder, or delete it to regenerate")
-    return generate(out, spec, overwrite=(out / ".generating").exists())
+    from mast.data.imagenet_like import ensure_imagenet_like
+
+    if not is_complete(out, spec):
+        if (out / "COMPLETE").exists():
+            raise ValueError(f"{out} holds a synthetic dataset built from another spec or generator version; "
+                             f"choose another folder, or delete it to regenerate")
+        generate(out, spec, overwrite=(out / ".generating").exists())
+    ensure_imagenet_like(out, spec.seed)
+    return out
 
 
 # ---------------------------------------------------------------- CLI

@@ -9,12 +9,12 @@ files and labels VICReg's ``evaluate.py`` would, and nothing is found (or missed
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
-import os
-
-from transfer.imagenet import FULL, imagenet_samples, write_ann_file
+from transfer.imagenet import FULL, imagenet_samples, read_subset_file, write_ann_file
 from transfer.records import TaskSkipped
 from transfer.vissl_datasets import VISSL_READERS
 
@@ -38,14 +38,28 @@ def prepare_data(cfg: Any, out: Path, smoke: bool) -> dict[str, Any]:
     if cfg.get("dataset_name") in VISSL_READERS:
         return prepare_vissl_data(cfg, out, smoke)
     expect = FULL if cfg.get("check_sizes", True) and not smoke else None
-    layout, classes, train, val = imagenet_samples(cfg.data_root, cfg.get("subset"), expect, complete=not smoke)
+    subset_file = _subset_file(cfg)
+    names = read_subset_file(subset_file) if subset_file else None
+    layout, classes, train, val = imagenet_samples(cfg.data_root, cfg.get("subset"), expect, complete=not smoke,
+                                                   names=names)
     if smoke:  # a pipeline check of a few iterations, on any ImageNet
         train, val = _smoke_subset(train, val, cfg)
     if len(classes) < 5:  # top-5 accuracy needs five classes
         raise ValueError(f"{layout.train}: {len(classes)} classes; top-5 accuracy needs at least 5")
     notes = _point_loaders(cfg, out, layout.base, classes, train, val)
     return {"root": str(layout.root), "layout": layout.kind, "classes": len(classes), "train_images": len(train),
-            "val_images": len(val), "subset": cfg.get("subset"), "sizes_checked": expect is not None, "notes": notes}
+            "val_images": len(val), "subset": cfg.get("subset"), "sizes_checked": expect is not None, "notes": notes,
+            **({"subset_file": str(subset_file), "subset_file_sha256": hashlib.sha256(subset_file.read_bytes())
+                .hexdigest()} if subset_file else {})}
+
+
+def _subset_file(cfg: Any) -> Path | None:
+    """The config's ``subset_file`` (``--subset-file``; a relative path in a config is under the data root)."""
+    name = cfg.get("subset_file")
+    if not name:
+        return None
+    path = Path(name)
+    return path if path.is_absolute() or cfg.get("subset_file_from_cli") else Path(cfg.data_root) / path
 
 
 def _smoke_subset(train: list, val: list, cfg: Any) -> tuple[list, list]:

@@ -51,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="linear",
                    help="VICReg evaluate.py protocol (ImageNet) or VISSL linear benchmark (Places205, iNat18)")
     p.add_argument("--config", help="mmpretrain config file (default: the --protocol's)")
-    p.add_argument("--scale", choices=("paper",), default="paper", help="the protocol as published (the only scale)")
+    p.add_argument("--scale", choices=("paper", "demo"), default="paper",
+                   help="paper: the protocol as published; demo: a *_demo.py config on the synthetic twin")
+    p.add_argument("--subset-file", help="--scale demo only: a subset list in SimCLR's format instead of the shipped "
+                                         "sha256-checked ones (the synthetic twin's imagenet_like/1percent.txt)")
     p.add_argument("--data-root", help="ImageNet root (train/ + val/, or ILSVRC/Data/CLS-LOC + LOC_val_solution.csv); "
                    "Places205 / iNat18 root in its official layout (transfer/vissl_datasets.py)")
     add_runner_args(p, "train_cfg.max_epochs=2",
@@ -74,6 +77,8 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
     def adapt(cfg: Any) -> None:
         if args.data_root:
             set_data_root(cfg, args.data_root)
+        if args.subset_file:
+            cfg.update(subset=None, subset_file=str(Path(args.subset_file).resolve()), subset_file_from_cli=True)
         cfg.depth_notes = check_backbone_cfg(cfg, info, path.name)
         if args.smoke:
             shrink_for_smoke(cfg)
@@ -206,11 +211,16 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         return EXIT_USAGE
     path = config_path(args)
-    scale = "smoke" if args.smoke else ("paper+overrides" if args.cfg_options else "paper")
+    if args.subset_file and args.scale != "demo":
+        print("error: --subset-file is for --scale demo; the paper protocols read the shipped, sha256-checked "
+              "SimCLR lists", file=sys.stderr)
+        return EXIT_USAGE
+    scale = "smoke" if args.smoke else (f"{args.scale}+overrides" if args.cfg_options else args.scale)
 
     def start_task() -> TaskRun:
         return TaskRun(task="classification", dataset=path.stem, scale=scale, out_dir=args.out, ckpt_info=None,
-                       config={"config_file": str(path), "protocol": args.protocol, "backbone": args.backbone},
+                       config={"config_file": str(path), "protocol": args.protocol, "backbone": args.backbone,
+                               "subset_file": args.subset_file},
                        seeds=[args.seed], force=args.force or args.resume)
 
     return launch(args, argv, "transfer.classification", start_task, run)

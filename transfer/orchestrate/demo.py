@@ -14,7 +14,7 @@
 3. run the demo suite's frozen-feature probes on every seed (``--name vicreg`` / ``--name mast``
    group the seeds: one row each) and on the randomly initialised network
    ``demo_mast_s0/backbone_init.pth`` (the floor), and its fine-tuning tasks (detection,
-   segmentation) on seed 0 of each method;
+   segmentation, the ImageNet twin: docs/DEMO.md) on seed 0 of each method;
 4. build the report with VICReg as the baseline.
 
 Every step prints what it runs and how long it took; re-running the command resumes.
@@ -34,7 +34,7 @@ from plumbing.launcher_args import add_launcher_args, launcher_argv, slurm_optio
 from plumbing import PROJECT
 
 METHODS = ("vicreg", "mast")
-FINE_TUNING = ("detection", "segmentation")  # minutes per run: on seed 0 only (README "The demo report")
+FINE_TUNING = ("detection", "segmentation", "classification")  # minutes per run: on seed 0 only (README "The demo report")
 PROBES = ("knn", "linear", "fewshot")
 
 

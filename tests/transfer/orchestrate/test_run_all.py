@@ -104,7 +104,7 @@ def test_a_second_run_all_on_the_same_out_is_refused(ckpt, tmp_path, capsys):
 
 def test_shipped_suites_load_and_name_their_variables():
     demo, paper = load_suite("demo"), load_suite("paper", {"datasets": "/d"})
-    assert {t.task for t in demo.tasks} == {"knn", "linear", "fewshot", "detection", "segmentation"}
+    assert {t.task for t in demo.tasks} == {"knn", "linear", "fewshot", "detection", "segmentation", "classification"}
     assert all(t.scale == "paper" for t in paper.tasks)
     assert any(t.args.get("data") == "/d/fc100" for t in paper.tasks)
     with pytest.raises(SuiteError, match="--tasks knnn"):
