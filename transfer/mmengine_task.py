@@ -160,10 +160,19 @@ def name_visualizer(cfg: Any) -> None:
 
 
 def copy_log(runner: Any, out_dir: Path) -> None:
-    """The Runner's text log as ``out_dir/train.log``."""
+    """The Runner's text log as ``out_dir/train.log``; then the Runner's log file is closed.
+
+    mmengine keeps the Runner's logger as the process's current one: a later task in the same process (tests,
+    a notebook) would log into this run's file, or fail once its folder is gone. Its file handlers are removed.
+    """
+    import logging
+
     log = Path(runner.log_dir) / f"{runner.timestamp}.log"
     if log.is_file():
         shutil.copyfile(log, Path(out_dir) / "train.log")
+    for handler in [h for h in runner.logger.handlers if isinstance(h, logging.FileHandler)]:
+        runner.logger.removeHandler(handler)
+        handler.close()
 
 
 def raise_if_diverged(runner: Any, outputs: Any) -> None:

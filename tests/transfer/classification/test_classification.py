@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -344,6 +345,11 @@ def test_linear_keeps_every_backbone_tensor_bit_identical(r18: Path, tmp_path: P
     assert record["batch"]["off_protocol"] and record["scale"] == "paper+overrides"
     hits = np.load(out / "predictions.npz")
     assert 100 * hits["top1"].mean() == pytest.approx(m["top1"], abs=1e-4)
+    # the Runner's log file is closed with the task: mmengine's current logger (which a later task in this process
+    # logs through) keeps no handler on this run's folder (it made the next test fail once the folder was deleted)
+    from mmengine.logging import MMLogger
+
+    assert not [h for h in MMLogger.get_current_instance().handlers if isinstance(h, logging.FileHandler)]
 
 
 @pytest.mark.slow
