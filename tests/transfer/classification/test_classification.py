@@ -21,6 +21,7 @@ import torch
 import torchvision
 from PIL import Image
 
+from classification_fixtures import mmpretrain, r18  # noqa: F401 - fixtures
 from imagenet_standins import SYNSETS, folders_standin, kaggle_standin, write_jpeg
 from transfer.imagenet import (SUBSETS, ImageNetLayoutError, imagenet_samples, read_subset)
 from transfer.classification.runner import PROTOCOLS, build_parser, load_config, main
@@ -39,29 +40,6 @@ TINY = ["global_batch=4", "check_sizes=False", "train_dataloader.num_workers=0",
 
 def _epochs(n: int) -> list[str]:
     return [f"train_cfg.max_epochs={n}", f"param_scheduler.0.T_max={n}", f"param_scheduler.0.end={n}"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def mmpretrain(one_thread):
-    from transfer.classification.engine import require_mmpretrain
-
-    return require_mmpretrain()
-
-
-@pytest.fixture(scope="module")
-def r18(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A ResNet-18 with random weights and BatchNorm statistics (so an unloaded tensor would show)."""
-    path = tmp_path_factory.mktemp("ckpt") / "r18.pth"
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18()
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape) + 0.5)
-            elif name.endswith("running_mean"):
-                t.copy_(torch.randn(t.shape) * 0.1)
-    torch.save(model.state_dict(), path)
-    return path
 
 
 def _is_linear_head(name: str) -> bool:

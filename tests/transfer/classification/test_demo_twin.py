@@ -9,21 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
-import torchvision
 
+from classification_fixtures import mmpretrain, r18  # noqa: F401 - fixtures
 from mast.data.imagenet_like import FOLDER, SOURCE, SUBSET_FILE, ensure_imagenet_like, synset
 from transfer.imagenet import ImageNetLayoutError, imagenet_samples, read_subset_file
 
 TWIN_TASKS = ("linear_demo_imagenet_like", "semisup_demo_imagenet_like_1pct")
-
-
-@pytest.fixture(scope="module")
-def r18(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "r18.pth"
-    torch.manual_seed(0)
-    torch.save(torchvision.models.resnet18().state_dict(), path)
-    return path
 
 
 def test_twin_layout_and_list_are_imagenet_shaped_and_deterministic(synthetic_root: Path, tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 
+from classification_fixtures import mmpretrain, r18  # noqa: F401 - fixtures
 from transfer.backbones.info import CheckpointInfo
 from transfer.classification.runner import build_parser, load_config, main
 from transfer.records import EXIT_OK, EXIT_SKIPPED
@@ -94,21 +94,6 @@ def _pair(x) -> tuple:
 
 def _wd(optimizer, param) -> float:
     return next(g["weight_decay"] for g in optimizer.param_groups if any(p is param for p in g["params"]))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def mmpretrain(one_thread):
-    from transfer.classification.engine import require_mmpretrain
-
-    return require_mmpretrain()
-
-
-@pytest.fixture(scope="module")
-def r18(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "r18.pth"
-    torch.manual_seed(0)
-    torch.save(torchvision.models.resnet18().state_dict(), path)
-    return path
 
 
 def _resolved(protocol: str, ckpt: Path, tmp_path: Path):
