@@ -30,3 +30,36 @@ def test_on_signal_receives_the_number_and_the_block_goes_on():
         after_signals = True
     assert after_signals and seen == [signal.SIGTERM, signal.SIGINT]
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("on_signal", [None, print], ids=["raise", "on_signal"])
+def test_a_child_forked_inside_the_block_dies_by_the_signal_silently(on_signal, tmp_path):
+    """A pool worker forked while the command's handlers are installed: SIGTERM ends it as a default process
+    (exit by signal 15, nothing on stderr), neither a Terminated traceback nor the parent's on_signal."""
+    import multiprocessing as mp
+    import sys
+    import time
+
+    err = tmp_path / "child.err"
+
+    def child() -> None:
+        sys.stderr = open(err, "w", buffering=1)
+        os.dup2(sys.stderr.fileno(), 2)
+        while True:
+            time.sleep(0.05)
+
+    with stop_signals(on_signal):
+        proc = mp.get_context("fork").Process(target=child, daemon=True)
+        proc.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not err.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.join(5)
+        finally:
+            if proc.is_alive():  # it ignored SIGTERM: do not leave it behind
+                proc.kill()
+                proc.join()
+    assert proc.exitcode == -signal.SIGTERM, proc.exitcode
+    assert err.read_text() == ""
