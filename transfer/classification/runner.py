@@ -168,8 +168,8 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
     attach_checkpoint(cfg, converted)
     if task is not None:
         write_text_atomic(out / "mmpretrain_config.py", cfg.pretty_text)
-    results, _ = run_seeds(cfg, converted, out, args.seeds, args.resume, frozen=cfg.get("protocol") == "linear",
-                           writes=task is not None)
+    results = run_seeds(cfg, converted, out, args.seeds, args.resume, frozen=cfg.get("protocol") == "linear",
+                        ckpt_sha256=info.sha256, writes=task is not None)
     if task is not None:
         record_group(task, results)
         task.record["config"] = cfg.to_dict()

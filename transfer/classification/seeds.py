@@ -44,10 +44,11 @@ def seed_dir(out: Path, seed: int) -> Path:
     return Path(out) / f"seed_{seed}"
 
 
-def fingerprint(cfg: Any) -> str:
-    """sha256 of the run config without its per-seed keys: what a finished seed must have been made from."""
+def fingerprint(cfg: Any, ckpt_sha256: str) -> str:
+    """sha256 of the checkpoint's and the run config's (without its per-seed keys) identities: what a finished
+    seed must have been made from to be read back."""
     shared = {k: v for k, v in cfg.to_dict().items() if k not in PER_SEED_KEYS}
-    return hashlib.sha256(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([ckpt_sha256, shared], sort_keys=True, default=str).encode()).hexdigest()
 
 
 def plan(out: Path, seeds: list[int], resume: bool, config_sha: str) -> dict[int, str]:
@@ -70,12 +71,17 @@ def plan(out: Path, seeds: list[int], resume: bool, config_sha: str) -> dict[int
 
 
 def run_seeds(cfg: Any, converted: Path, out: Path, seeds: list[int], resume: bool, frozen: bool,
-              writes: bool) -> tuple[dict[int, dict], dict[int, str]]:
+              ckpt_sha256: str, writes: bool) -> dict[int, dict]:
     """Train and validate every seed (reading finished ones back); ``writes``: this process writes the files."""
     from transfer.classification.train import train_and_evaluate
 
-    config_sha = fingerprint(cfg)
+    config_sha = fingerprint(cfg, ckpt_sha256)
     modes = plan(out, seeds, resume, config_sha)
+    for s in seeds:
+        if writes and modes[s] != "reuse":  # before any seed trains: a later --resume must never find an
+            (seed_dir(out, s) / RESULT_FILE).unlink(missing_ok=True)  # earlier attempt's "finished" ...
+            if modes[s] == "fresh":  # ... or continue an earlier attempt's Runner file
+                (seed_dir(out, s) / "work" / "last_checkpoint").unlink(missing_ok=True)
     results = {}
     for s in seeds:
         folder = seed_dir(out, s)
@@ -83,8 +89,6 @@ def run_seeds(cfg: Any, converted: Path, out: Path, seeds: list[int], resume: bo
             results[s] = _load_seed(folder)
             continue
         folder.mkdir(parents=True, exist_ok=True)
-        if writes:
-            (folder / RESULT_FILE).unlink(missing_ok=True)  # this seed runs again: never a stale "finished"
         run_cfg = copy.deepcopy(cfg)
         run_cfg.work_dir = str(folder / "work")
         run_cfg.randomness = dict(run_cfg.get("randomness") or {}, seed=s)
@@ -92,7 +96,7 @@ def run_seeds(cfg: Any, converted: Path, out: Path, seeds: list[int], resume: bo
         results[s] = train_and_evaluate(run_cfg, converted, folder, frozen)
         if writes:
             _save_seed(folder, results[s], config_sha)
-    return results, modes
+    return results
 
 
 def _save_seed(folder: Path, result: dict, config_sha: str) -> None:
