@@ -125,8 +125,10 @@ def test_demo_probes_through_slurm_equal_local(slurm_cluster, ckpts, synthetic_r
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_classification_seed_group_through_slurm_equals_local(slurm_cluster, ckpts, synthetic_root, tmp_path, capsys):
-    """The demo's 1 % twin (mmpretrain fine-tuning, a group of 2 seeds, one CPU thread, no data workers) through
-    the job runner on the local cluster gives the local run's record to the bit: every metric, std and interval."""
+    """The demo's 1 % twin (mmpretrain fine-tuning, a group of 2 seeds) through the job runner on the local cluster
+    gives the local run's record to the bit: every metric, std and interval. The classification runner has no
+    --deterministic (segmentation's): on a CPU nothing else varies: mmengine draws data order and crops from the
+    seed, the suite entry pins one torch thread, and the demo config has no data workers."""
     task = "semisup_demo_imagenet_like_1pct"
     common = ["--ckpt", str(ckpts[0]), "--name", "a", "--suite", "demo", "--tasks", task, "--var",
               f"data={synthetic_root}", "--no-report"]
