@@ -3,29 +3,30 @@ Places205 and iNat18 linear (PROTOCOLS.md "Places205 and iNat18 linear": VISSL's
 
     python -m transfer.classification --ckpt X.pth --out DIR --data-root IMAGENET
         [--protocol linear|semisup_1pct|semisup_10pct|linear_places205|linear_inat18 | --config FILE]
-        [--launcher none|pytorch|slurm] [--num-gpus N] [--cfg-options k=v ...] [--seed N] [--smoke] [--resume] [--force]
+        [--launcher none|pytorch|slurm] [--num-gpus N] [--cfg-options k=v ...] [--seeds 0 1 2] [--smoke] [--resume] [--force]
 
-One run of VICReg's ``evaluate.py`` protocol on mmpretrain's Runner: read the checkpoint
+VICReg's ``evaluate.py`` protocol on mmpretrain's Runner: read the checkpoint
 (``transfer.backbones.load``, tensors only), check the config's ResNet against it,
 map the ImageNet on disk to ImageFolder's class indices (``transfer.imagenet``; either
 layout; the shipped 1 %/10 % list, every listed file checked), convert the backbone to
 ``DIR/backbone_mmpretrain.pth``, build ``ImageClassifier`` + ``LinearClsHead``, verify that every
-backbone weight was loaded, train, validate after every epoch and write ``DIR/record.json``: the last
-epoch's top-1/top-5 (the headline) with 95 % intervals by resampling validation images, the best
-over epochs labelled as chosen on the validation set, every epoch's numbers, and in linear mode the
-check that no backbone tensor or BatchNorm statistic changed. ``--resume`` continues from the
-Runner's own checkpoint in ``DIR/work``. Exit codes: 0 ok, 1 failed, 2 usage, 3 skipped (no dataset).
+backbone weight was loaded, and for each seed (``--seeds``, one Runner each in ``DIR/seed_S``,
+:mod:`transfer.classification.seeds`) train, validate after every epoch; then write ``DIR/record.json``:
+the last epoch's top-1/top-5 (the headline, mean over seeds) with 95 % intervals by resampling validation
+images (and seeds, for several), each seed's numbers, the best over epochs labelled as chosen on the
+validation set, every epoch's numbers, and in linear mode the check that no backbone tensor or BatchNorm
+statistic changed. ``--resume`` continues each seed from the Runner's own checkpoint in ``DIR/seed_S/work``
+(a finished seed is read back, not rerun). Exit codes: 0 ok, 1 failed, 2 usage, 3 skipped (no dataset).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from pathlib import Path
 from typing import Any
 
-from plumbing.atomic import write_bytes_atomic, write_text_atomic
+from plumbing.atomic import write_text_atomic
 from transfer.backbones.info import CheckpointInfo, add_backbone_arg
 from transfer.mmengine_task import add_runner_args, check_command, launch, load_runner_config, record_engine_part, \
     set_threads
@@ -40,7 +41,6 @@ PROTOCOLS = {
     "linear_places205": CONFIG_DIR / "resnet50_linear_places205_vissl.py",
     "linear_inat18": CONFIG_DIR / "resnet50_linear_inat18_vissl.py",
 }
-PREDICTIONS = "predictions.npz"
 SMOKE_SIDE = 32  # --smoke: crops of 32 px from images resized to 36 px
 
 
@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "sha256-checked ones (the synthetic twin's imagenet_like/1percent.txt)")
     p.add_argument("--data-root", help="ImageNet root (train/ + val/, or ILSVRC/Data/CLS-LOC + LOC_val_solution.csv); "
                    "Places205 / iNat18 root in its official layout (transfer/vissl_datasets.py)")
+    p.add_argument("--seeds", type=int, nargs="+", help="one Runner per seed in DIR/seed_S; the record holds each and "
+                   "their mean, std and interval (default: --seed; --smoke keeps the first)")
     add_runner_args(p, "train_cfg.max_epochs=2",
                     "pipeline check: 2 iterations, 1 epoch, 32 px crops, global batch 2, no workers, sizes unchecked")
     add_backbone_arg(p)
@@ -148,7 +150,7 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
     from transfer.backbones.resnet.mmpretrain import to_mmpretrain_file
     from transfer.classification.data import prepare_data
     from transfer.classification.engine import require_mmpretrain
-    from transfer.classification.train import train_and_evaluate
+    from transfer.classification.seeds import record_group, run_seeds
 
     require_mmpretrain()
     set_threads(args.threads)
@@ -166,9 +168,10 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
     attach_checkpoint(cfg, converted)
     if task is not None:
         write_text_atomic(out / "mmpretrain_config.py", cfg.pretty_text)
-    result = train_and_evaluate(cfg, converted, out, frozen=cfg.get("protocol") == "linear")
+    results = run_seeds(cfg, converted, out, args.seeds, args.resume, frozen=cfg.get("protocol") == "linear",
+                        ckpt_sha256=info.sha256, writes=task is not None)
     if task is not None:
-        record_result(task, result)
+        record_group(task, results)
         task.record["config"] = cfg.to_dict()
 
 
@@ -177,31 +180,21 @@ def _dataset_name(cfg: Any) -> str:
     return f"imagenet_{subset.replace('percent', 'pct')}" if subset else str(cfg.get("dataset_name") or "imagenet")
 
 
-def record_result(task: TaskRun, result: dict[str, Any]) -> None:
-    """Headline (last epoch) with intervals over validation images; best over epochs, labelled; per-image hits."""
-    import numpy as np
-
-    from transfer.stats import LEVEL, N_BOOT, mean_interval
-
-    hits = result["hits"]
-    for metric in ("top1", "top5"):
-        scores = np.asarray(hits[metric], dtype=np.float64)
-        iv = mean_interval(scores, n_boot=N_BOOT, seed=0)
-        task.metrics[metric] = 100.0 * iv.value
-        task.extra.setdefault("intervals", {})[metric] = {
-            "lo": 100.0 * iv.lo, "hi": 100.0 * iv.hi, "level": LEVEL, "n_items": int(scores.size),
-            "unit": "validation images", "method": f"percentile bootstrap over validation images, {N_BOOT} "
-                                                   "resamples, seed 0"}
-    epochs = result["epochs"]
-    for metric in ("top1", "top5"):  # VICReg's printed best_acc: the maximum of each over epochs, separately
-        task.metrics[f"best_{metric}_val_selected"] = max(e[metric] for e in epochs)
-    task.extra.update(epochs=epochs, headline="last epoch", selection_note=(
-        "best_*_val_selected: the maximum over epochs of validation accuracy (what VICReg's evaluate.py prints), "
-        "chosen on the evaluation data itself; the headline is the last epoch"), **result["extra"])
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{k: np.asarray(v, dtype=np.float32) for k, v in hits.items()})
-    write_bytes_atomic(task.out_dir / PREDICTIONS, buffer.getvalue())
-    task.extra["predictions"] = PREDICTIONS
+def resolve_seeds(args: argparse.Namespace, argv: list[str]) -> bool:
+    """``args.seeds`` from ``--seeds`` or ``--seed`` (not both), each once; ``--smoke`` keeps the first.
+    False after a one-line usage error."""
+    if args.seeds is None:
+        args.seeds = [args.seed]
+    elif any(a == "--seed" or a.startswith("--seed=") for a in argv):
+        print("classification: --seed and --seeds: give one (--seeds 0 for a single run)", file=sys.stderr)
+        return False
+    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        print(f"classification: --seeds {' '.join(map(str, args.seeds))}: expected distinct seeds >= 0",
+              file=sys.stderr)
+        return False
+    if args.smoke:  # a pipeline check, as detection's: one seed
+        args.seeds = args.seeds[:1]
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         return EXIT_USAGE
     path = config_path(args)
+    if not resolve_seeds(args, argv):
+        return EXIT_USAGE
     if args.subset_file and args.scale != "demo":
         print("error: --subset-file is for --scale demo; the paper protocols read the shipped, sha256-checked "
               "SimCLR lists", file=sys.stderr)
@@ -221,6 +216,6 @@ def main(argv: list[str] | None = None) -> int:
         return TaskRun(task="classification", dataset=path.stem, scale=scale, out_dir=args.out, ckpt_info=None,
                        config={"config_file": str(path), "protocol": args.protocol, "backbone": args.backbone,
                                "subset_file": args.subset_file},
-                       seeds=[args.seed], force=args.force or args.resume)
+                       seeds=args.seeds, force=args.force or args.resume)
 
     return launch(args, argv, "transfer.classification", start_task, run)

@@ -10,7 +10,8 @@ from them when all of these hold, read from the earlier attempt's record (set as
   NaN would happen again: it starts over);
 - it was the same task: same ``task_config_hash``, same checkpoint ``ckpt_sha256``, same ``--backbone``;
 - the folder holds an engine checkpoint: detectron2's ``seed_S/last_checkpoint``, mmengine's
-  ``work/last_checkpoint`` (a fresh start deletes these, so they are always the latest attempt's);
+  ``work/last_checkpoint`` (classification: ``seed_S/work/last_checkpoint``, one Runner per seed)
+  (a fresh start deletes these, so they are always the latest attempt's);
 - the user did not ask for ``--force``.
 
 The decision is written to ``OUT/<ckpt>/<task>/resume.json`` before the job starts and removed
@@ -33,7 +34,7 @@ RESUME_FILE = "resume.json"
 PREVIOUS_RECORD = "record.prev.json"
 # where each engine's own checkpointer names its latest file
 ENGINE_POINTERS = {"detection": "seed_*/last_checkpoint", "segmentation": "work/last_checkpoint",
-                   "classification": "work/last_checkpoint"}
+                   "classification": "seed_*/work/last_checkpoint"}
 
 
 def resume_point(out_dir: Path, task: str, config_hash: str, ckpt_sha256: str, backbone: str | None,

@@ -74,6 +74,10 @@ def test_demo_suite_twin_runs_end_to_end_into_its_table(synthetic_root: Path, r1
         for metric in ("top1", "top5"):
             iv = r["intervals"][metric]
             assert iv["lo"] <= r["metrics"][metric] <= iv["hi"] and iv["n_items"] == linear["data"]["val_images"]
+    # the 1 % twin is a seed group (demo.yaml): both seeds' runs, their mean and the interval over both
+    assert semi["seeds"] == [0, 1] and sorted(semi["per_seed"]) == ["0", "1"] and "top1" in semi["metrics_std"]
+    assert semi["intervals"]["top1"]["n_seeds"] == 2 and linear["seeds"] == [0] and not linear["metrics_std"]
+    print(f"twin wall times: {[round(json.loads((out / 'r18' / t / 'record.json').read_text())['elapsed_s'], 1) for t in TWIN_TASKS]}")
     text = (report / "index.md").read_text()
     table = text.split("### ImageNet protocols on the synthetic twin")[1].split("###")[0]
     row = next(line for line in table.splitlines() if line.startswith("| r18 |"))

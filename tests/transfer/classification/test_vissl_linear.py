@@ -172,7 +172,7 @@ def test_smoke_run_on_the_official_layout_writes_a_dataset_keyed_record(protocol
     assert record["data"]["classes"] == 5 and "bit-identical" in record["backbone_unchanged"]
     ann = (out / "ann" / "val.txt").read_text().split("\n")[0].split()
     assert (Path(record["data"]["root"]).exists() and len(ann) == 2)
-    head = torch.load(out / "work" / "epoch_1.pth", map_location="cpu", weights_only=False)["state_dict"]
+    head = torch.load(out / "seed_0" / "work" / "epoch_1.pth", map_location="cpu", weights_only=False)["state_dict"]
     assert head["head.fc.weight"].shape == (5, 512 * 4)  # a ResNet-18's res5: 512 channels on the 2x2 grid
 
 

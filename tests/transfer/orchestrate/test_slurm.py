@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -118,6 +119,36 @@ def test_demo_probes_through_slurm_equal_local(slurm_cluster, ckpts, synthetic_r
                for launcher in walls}
     assert len(metrics["local"]) == 6 and metrics["slurm"] == metrics["local"], stdout
     assert stdout.count("submitted: SLURM job") == 6
+    print(f"wall time: local {walls['local']:.1f}s, slurm {walls['slurm']:.1f}s")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_classification_seed_group_through_slurm_equals_local(slurm_cluster, ckpts, synthetic_root, tmp_path, capsys):
+    """The demo's 1 % twin (mmpretrain fine-tuning, a group of 2 seeds) through the job runner on the local cluster
+    gives the local run's record to the bit: every metric, std and interval. The classification runner has no
+    --deterministic (segmentation's): on a CPU nothing else varies: mmengine draws data order and crops from the
+    seed, the suite entry pins one torch thread, and the demo config has no data workers."""
+    task = "semisup_demo_imagenet_like_1pct"
+    common = ["--ckpt", str(ckpts[0]), "--name", "a", "--suite", "demo", "--tasks", task, "--var",
+              f"data={synthetic_root}", "--no-report"]
+    walls = {}
+    for launcher in ("local", "slurm"):
+        t0 = time.monotonic()
+        extra = ["--slurm-cpu-only"] if launcher == "slurm" else []
+        assert run_all.main([*common, "--out", str(tmp_path / launcher), "--launcher", launcher, *extra]) == 0
+        walls[launcher] = time.monotonic() - t0
+    stdout = capsys.readouterr().out
+    records = {launcher: _records(tmp_path / launcher) for launcher in walls}
+    assert [len(r) for r in records.values()] == [1, 1] and stdout.count("submitted: SLURM job") == 1, stdout
+    local, slurm = records["local"][0], records["slurm"][0]
+    assert local["status"] == "ok" and local["seeds"] == [0, 1] and len(local["per_seed"]) == 2, local.get("error")
+    for key in ("metrics", "metrics_std", "per_seed", "intervals"):
+        assert slurm[key] == local[key], key
+    for seed in (0, 1):  # and every validation image's hit, seed by seed
+        a, b = (np.load(tmp_path / launcher / "a" / task / f"seed_{seed}" / "predictions.npz")
+                for launcher in ("local", "slurm"))
+        assert all(np.array_equal(a[m], b[m]) for m in ("top1", "top5"))
     print(f"wall time: local {walls['local']:.1f}s, slurm {walls['slurm']:.1f}s")
 
 
