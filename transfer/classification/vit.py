@@ -11,8 +11,8 @@ mae_main_linprobe}.py``, cited key by key in ``tests/transfer/classification/tes
   for ViT-B and wider (its README; :func:`linear_default`). MAE: the class token after the final norm
   (FINETUNE.md's linprobe command passes ``--cls_token``).
 - ``MaeLinprobeHead``: ``BatchNorm1d(affine=False, eps=1e-6)`` then the linear layer (main_linprobe.py:222).
-- ``MaeLARS``: MAE's ``util/lars.py`` (mmpretrain's ``LARS`` puts the lr inside the momentum buffer and adds an
-  eps: another update once the lr moves, shown in the tests); ``MaeWarmupCosineLR``: ``util/lr_sched.py``'s
+- ``MaeLARS``: MAE's ``util/lars.py`` (mmpretrain's ``LARS`` puts the lr inside the momentum buffer, adds an eps and
+  adapts the biases unless told: another update, measured in the tests); ``MaeWarmupCosineLR``: ``util/lr_sched.py``'s
   per-iteration warmup + half-cycle cosine, closed form; ``MaeRandomResizedCrop``: ``util/crop.py``'s one-shot
   (TF-style) crop parameters.
 
