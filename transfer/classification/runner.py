@@ -155,7 +155,7 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
     state, info = load(args.ckpt, args.backbone)
     if info.family == "vit":  # DINO eval_linear / MAE main_linprobe, or one line (transfer/classification/vit.py)
         from transfer.classification.vit import run_vit
-        return run_vit(args, task, state, info)
+        return run_vit(args, task, state, info, load_config, record_result)
     refuse_cifar_stem(info, "mmpretrain")
     cfg = load_config(args, info)
     cfg.resume = bool(args.resume)

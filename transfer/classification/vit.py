@@ -26,7 +26,7 @@ import argparse
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -267,11 +267,12 @@ def finish_config(cfg: Any, smoke: bool) -> list[str]:
     return notes
 
 
-def run_vit(args: argparse.Namespace, task: TaskRun | None, state: Mapping[str, Tensor], info: CheckpointInfo) -> None:
-    """The task for a ViT (``runner.run`` after reading the checkpoint; ``task`` None on ranks > 0)."""
+def run_vit(args: argparse.Namespace, task: TaskRun | None, state: Mapping[str, Tensor], info: CheckpointInfo,
+            load_config: Callable[..., Any], record_result: Callable[[TaskRun, dict], None]) -> None:
+    """The task for a ViT (``runner.run`` after reading the checkpoint; ``task`` None on ranks > 0), with the
+    runner's ``load_config`` and ``record_result`` (passed in: the runner imports this module)."""
     from plumbing.atomic import write_text_atomic
     from transfer.classification.data import prepare_data
-    from transfer.classification.runner import load_config, record_result
     from transfer.classification.train import train_and_evaluate
     from transfer.mmengine_task import record_engine_part
 
