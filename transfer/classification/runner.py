@@ -30,7 +30,7 @@ from plumbing.atomic import write_text_atomic
 from transfer.backbones.info import CheckpointInfo, add_backbone_arg
 from transfer.mmengine_task import add_runner_args, check_command, launch, load_runner_config, record_engine_part, \
     set_threads
-from transfer.records import EXIT_USAGE, TaskFailed, TaskRun
+from transfer.records import EXIT_USAGE, TaskRun
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "mmpretrain_configs"
 PROTOCOLS = {
@@ -69,8 +69,8 @@ def config_path(args: argparse.Namespace) -> Path:
     return Path(args.config) if args.config else PROTOCOLS[args.protocol]
 
 
-def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
-    """Read the config, apply the command line, check its backbone against ``info``, plan the batch."""
+def load_config(args: argparse.Namespace, info: CheckpointInfo, check: Any = None) -> Any:
+    """Read the config, apply the command line, check its backbone against ``info`` (``check``), plan the batch."""
     from transfer.backbones.resnet.mmpretrain import check_backbone_cfg
     from transfer.classification.data import set_data_root
 
@@ -81,7 +81,7 @@ def load_config(args: argparse.Namespace, info: CheckpointInfo) -> Any:
             set_data_root(cfg, args.data_root)
         if args.subset_file:
             cfg.update(subset=None, subset_file=str(Path(args.subset_file).resolve()), subset_file_from_cli=True)
-        cfg.depth_notes = check_backbone_cfg(cfg, info, path.name)
+        cfg.depth_notes = (check or check_backbone_cfg)(cfg, info, path.name)
         if args.smoke:
             shrink_for_smoke(cfg)
 
@@ -155,9 +155,9 @@ def run(args: argparse.Namespace, task: TaskRun | None) -> None:
     require_mmpretrain()
     set_threads(args.threads)
     state, info = load(args.ckpt, args.backbone)
-    if info.family != "resnet":
-        raise TaskFailed(f"{args.ckpt} holds a ViT: the ImageNet linear/semi-supervised engine runs ResNets only "
-                         "(a ViT's protocol, DINO eval_linear / MAE linprobe, is not implemented here)")
+    if info.family == "vit":  # DINO eval_linear / MAE main_linprobe, or one line (transfer/classification/vit.py)
+        from transfer.classification.vit import run_vit
+        return run_vit(args, task, state, info, load_config)
     refuse_cifar_stem(info, "mmpretrain")
     cfg = load_config(args, info)
     cfg.resume = bool(args.resume)

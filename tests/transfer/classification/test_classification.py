@@ -480,7 +480,7 @@ def test_paper_suite_runs_the_three_tasks_and_checks_imagenet_in_one_line(tmp_pa
 
 
 def test_a_vit_checkpoint_is_a_one_line_failed_record(tmp_path: Path) -> None:
-    """No ViT protocol here yet (DINO eval_linear, MAE linprobe): the record says so in one line, before any data."""
+    """A timm ViT (no codebase protocol; DINO's and MAE's are test_vit_linear.py's): one line, before any data."""
     import vit_writers
 
     ckpt = tmp_path / "vit.pth"
@@ -488,7 +488,7 @@ def test_a_vit_checkpoint_is_a_one_line_failed_record(tmp_path: Path) -> None:
     out = tmp_path / "vit"
     assert main(["--ckpt", str(ckpt), "--out", str(out), "--data-root", str(tmp_path / "absent")]) == EXIT_FAILED
     record = json.loads((out / "record.json").read_text())
-    assert record["status"] == "failed" and "\n" not in record["error"] and "holds a ViT" in record["error"]
+    assert record["status"] == "failed" and "\n" not in record["error"] and "holds a timm ViT" in record["error"]
 
 
 def test_missing_imagenet_is_a_skipped_record(r18: Path, tmp_path: Path) -> None:
