@@ -78,9 +78,7 @@ def run_facts(run_dir: Path) -> dict[str, Any]:
     names = [str(n) for n in state["aug_names"]]
     tau = float(state.get("tau", 0.5))
     held = state.get("heldout") or {}
-    rho = [None] * len(names)
-    if isinstance(held.get("u"), torch.Tensor) and held["u"].numel():
-        rho = [c["rho"] for c in uncertainty_curves(held["delta"].double().numpy(), held["u"].double().numpy())]
+    rho = uncertainty_rho(facts["config"], held, len(names))
     facts["learned"] = {
         "aug_names": names, "tau": tau, "d": int(state["mask_logits"].shape[1]),
         "u_bar": state["u_bar"].tolist(), "logit_std": state["mask_logits"].std(dim=1).tolist(),
@@ -88,6 +86,17 @@ def run_facts(run_dir: Path) -> dict[str, Any]:
         "w_mean_heldout": held.get("w_mean"), "D": _differentiation(held, len(names)),
     }
     return facts
+
+
+def uncertainty_rho(config: dict, held: dict, k: int) -> list[float | None]:
+    """Spearman ρ(u_k, δ_k) per augmentation on the held-out pairs; None where absent, and where it cannot fail:
+    with ``model.uncertainty: none`` u is δ times one learned scalar per augmentation, so ρ = 1 by construction
+    (issue 35). The head's ρ is read beside that, not as evidence on its own."""
+    if (config.get("model") or {}).get("uncertainty") == "none":
+        return [None] * k
+    if not (isinstance(held.get("u"), torch.Tensor) and held["u"].numel()):
+        return [None] * k
+    return [c["rho"] for c in uncertainty_curves(held["delta"].double().numpy(), held["u"].double().numpy())]
 
 
 def _differentiation(held: dict, k: int) -> list[float | None]:
@@ -114,7 +123,8 @@ def learned_tables(runs: dict[str, dict]) -> list[str]:
                            ("D", "mask differentiation D_k on held-out images (METHOD.md §5: Spearman over dimensions of "
                                  "1 − m_kj against the measured sensitivity to k; ≈ 0: S_k is a per-augmentation "
                                  "weight, not a subspace)"),
-                           ("rho", "Spearman ρ(u_k, δ_k) on held-out pairs")):
+                           ("rho", "Spearman ρ(u_k, δ_k) on held-out pairs (– for `uncertainty: none`: there u is δ times a "
+                                   "learned scalar, so ρ = 1 by construction and says nothing)")):
             out += [f"**{title}**", "", "| run | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
             fmt = "{:.0f}" if key == "subspace_size" else "{:.2f}"
             out += [f"| {run} | " + " | ".join(_cell(v, fmt) for v in facts["learned"].get(key, [])) + " |"

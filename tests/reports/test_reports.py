@@ -211,3 +211,19 @@ def test_the_documents_quote_the_committed_reports_verbatim():
     assert sources["DEMO.md"] == ["../reports/demo/index.md#What the numbers say"]
     assert sources["STUDY.md"] == ["../reports/study/summary.md"]
     assert quote.main(["--check", *map(str, files)]) == 0, "run: python -m reports.quote"
+
+
+def test_rho_of_u_and_delta_is_not_reported_where_it_cannot_fail():
+    """uncertainty: none makes u = δ × a learned scalar, so ρ(u, δ) = 1 by construction (issue 35): no number."""
+    import torch
+
+    from reports.study_runs import uncertainty_rho
+
+    gen = torch.Generator().manual_seed(0)
+    delta = torch.rand(64, 3, generator=gen)
+    held = {"delta": delta, "u": delta * torch.tensor([0.5, 2.0, 3.0])}
+    assert uncertainty_rho({"model": {"uncertainty": "none"}}, held, 3) == [None, None, None]
+    assert uncertainty_rho({"model": {"uncertainty": "head"}}, held, 3) == pytest.approx([1.0, 1.0, 1.0])
+    noise = {"delta": delta, "u": torch.rand(64, 3, generator=gen)}  # a head whose u ignores δ: ρ can fail
+    assert all(abs(r) < 0.5 for r in uncertainty_rho({"model": {}}, noise, 3))
+    assert uncertainty_rho({}, {}, 2) == [None, None]
