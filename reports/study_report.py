@@ -144,12 +144,31 @@ def claim_verdicts(results: Results) -> dict[str, bool | None]:
     return out
 
 
+def verdict_evidence(results: Results, key: str) -> str:
+    """The differences a verdict reads: (c) the content probes of each pair; (a), (b) the style probes and any
+    headline metric whose interval is entirely below 0."""
+    parts = []
+    for a, b in VERDICTS[key][1]:
+        diffs = differences(results, b, a)
+        read = [m for m in diffs if (m in CONTENT if key == "c" else
+                                     m in STYLE or (diffs[m].marked and diffs[m].value < 0))]
+        cells = [f"{m} {fmt(diffs[m].value, True)} {fmt_interval(diffs[m].lo, diffs[m].hi, True)}"
+                 if diffs[m].lo is not None else f"{m} {fmt(diffs[m].value, True)}" for m in read]
+        if cells:
+            parts.append(f"{ARM_LABELS[a]} − {ARM_LABELS[b]}: " + ", ".join(cells))
+    return "; ".join(parts)
+
+
 def verdict_lines(results: Results) -> list[str]:
-    """One generated sentence per claim (VERDICTS)."""
+    """One generated sentence per claim (VERDICTS), with the differences it read (points, 95% intervals)."""
     state = {True: "**holds**", False: "**does not hold**", None: "not measured (an arm or a probe it reads has no records)"}
     res = claim_verdicts(results)
-    return [f"- {title}: {state[res[key]]} (rule, stated before the run: {rule})." for key, (title, _, rule) in
-            VERDICTS.items()] + [""]
+    lines = []
+    for key, (title, _, rule) in VERDICTS.items():
+        evidence = verdict_evidence(results, key) if res[key] is not None else ""
+        lines.append(f"- {title}: {state[res[key]]}" + (f" ({evidence} points)" if evidence else "")
+                     + f"; rule, stated before the run: {rule}.")
+    return lines + [""]
 
 
 def confound_line(results: Results, runs: dict[str, dict]) -> str | None:
@@ -333,6 +352,7 @@ def write_report(results_path: Path, runs_root: Path, out: Path) -> list[str]:
         "max(50, one epoch) logged steps (mast/matched.py; " + ("; ".join(lam) or "none") + "). Tied masks: one "
         "relief weight per augmentation, the same uncertainty head (`model.masks=tied`). Probes: "
         "transfer/suites/study.yaml. All numbers are accuracies in percent.", "",
+        "## Verdicts (stated in the code before the run; generated)", "", *verdict_lines(results),
         "## Summary (generated)", "", *head, *summary,
         "## Per arm: mean over seeds [95% interval]", "",
         "`sd`: the spread over pretraining seeds. The intervals resample pretraining seeds, then test items "

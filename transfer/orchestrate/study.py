@@ -61,10 +61,11 @@ PRIORITY = ("mast", "vicreg", "vicreg_matched", "mast_tied", "vicreg_matched_tie
 #: initialisation and at the end, no progress bars in the logs.
 STUDY_OVERRIDES = ["knn.every=0", "runtime.progress=false", "runtime.threads=1"]
 #: Measured on the 2-core CPU machine (one thread, ResNet-18, 32 px views, batch 128, expander
-#: 1024³, idle machine): seconds per pretraining step, and seconds for the study suite on one
-#: checkpoint (7 probes, process start-up included). Used only for the up-front estimate.
-STEP_S = {"vicreg": 1.12, "mast": 1.23}
-PROBES_S = 200.0
+#: 1024³, two jobs at a time): seconds per pretraining step, and seconds for the study suite on one
+#: checkpoint (7 probes, process start-up included); the medians of the 7-arm study of 2026-12-06
+#: (227 / 234 s per VICReg / MAST run of 234 steps, 55 s of probes). Used only for the up-front estimate.
+STEP_S = {"vicreg": 0.84, "mast": 0.87}
+PROBES_S = 55.0
 RUN_OVERHEAD_S = 30.0  # per pretraining run: start-up, kNN at initialisation and at the end, held-out pass
 SUITE = Path(__file__).resolve().parents[1] / "suites" / "study.yaml"
 
@@ -230,7 +231,7 @@ def execute(jobs: list[JobSpec], runner: Runner) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m transfer.orchestrate.study", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
-                   help="pretraining seeds (default 0 1 2 3 4: 35 runs, ~2.6 h on 2 cores)")
+                   help="pretraining seeds (default 0 1 2 3 4: 35 runs, ~1.5 h on 2 cores)")
     p.add_argument("--arms", nargs="+", default=list(PRIORITY), choices=list(ARMS), help="default: all seven")
     p.add_argument("--epochs", type=int, default=6, help="pretraining epochs (default 6 = 234 steps on the demo data)")
     p.add_argument("--jobs", type=int, default=2, help="subprocesses at the same time, one thread each (default 2)")

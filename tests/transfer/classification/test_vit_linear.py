@@ -262,7 +262,9 @@ def test_frozen_vit_stays_bit_identical_while_the_head_trains(kind: str, ckpts: 
     root, out = folders_standin(tmp_path / "in"), tmp_path / kind
     record = _run(ckpts[kind], root, out, "--cfg-options", *TINY, *EPOCHS[kind])
     state, info = load(ckpts[kind], None)
-    saved = [read_runner_file(out / "work" / f"epoch_{e}.pth")["state_dict"] for e in (1, 2)]
+    from transfer.classification.seeds import seed_dir
+
+    saved = [read_runner_file(seed_dir(out, 0) / "work" / f"epoch_{e}.pth")["state_dict"] for e in (1, 2)]
     vit = {k[len("backbone.vit."):]: v for k, v in saved[1].items() if k.startswith("backbone.vit.")}
     assert set(vit) == set(state) and all(torch.equal(vit[k], state[k]) for k in state)  # 32 px: no resampling
     assert not torch.equal(saved[0]["head.fc.weight"], saved[1]["head.fc.weight"])

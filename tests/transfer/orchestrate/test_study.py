@@ -106,7 +106,9 @@ def test_the_claims_verdicts_read_the_tied_control_and_its_own_matched_control(t
     diffs = {d["comparison"] for d in csv.DictReader((out / "differences.csv").open())}
     assert diffs == {"mast-mast_tied", "mast_tied-vicreg_matched_tied"}
     summary = (out / "summary.md").read_text()
-    assert "(a) per-dimension relief adds to per-augmentation relief: **holds**" in summary
+    assert "(a) per-dimension relief adds to per-augmentation relief: **holds** (MAST − MAST (tied masks): " \
+           "linear color +19.0 [+13.5, +24.5] points)" in summary  # the verdict names the differences it read
+    assert "## Verdicts (stated in the code before the run; generated)" in (out / "index.md").read_text()
     assert "(b) per-pair δ weighting adds to uniform relief: **does not hold**" in summary
     assert "linear color: MAST is higher than MAST (tied masks)" in summary
     learned = {r["run"]: r for r in csv.DictReader((out / "learned.csv").open())}
