@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
+from mast.optim import LARS
 from transfer.backbones.info import BackboneMismatch, CheckpointInfo
 from transfer.records import TaskFailed, TaskRun
 
@@ -111,34 +112,17 @@ def _head_class() -> type:
     return MaeLinprobeHead
 
 
-class MaeLARS(torch.optim.Optimizer):
-    """MAE's ``util/lars.py`` (from MoCo v3), line for line: no rate scaling or weight decay for parameters <= 1D."""
+class MaeLARS(LARS):
+    """MAE's ``util/lars.py`` (from MoCo v3): the update of VICReg's LARS (:class:`mast.optim.LARS`, the same
+    lines) with MAE's exclusion rule, per parameter: no trust ratio or weight decay for parameters <= 1D."""
 
     def __init__(self, params, lr: float = 0, weight_decay: float = 0, momentum: float = 0.9,
                  trust_coefficient: float = 0.001) -> None:
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
-                                      trust_coefficient=trust_coefficient))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for g in self.param_groups:
-            for p in g["params"]:
-                dp = p.grad
-                if dp is None:
-                    continue
-                if p.ndim > 1:  # not a bias (nor a normalisation's gamma/beta)
-                    dp = dp.add(p, alpha=g["weight_decay"])
-                    param_norm, update_norm = torch.norm(p), torch.norm(dp)
-                    one = torch.ones_like(param_norm)
-                    q = torch.where(param_norm > 0.0, torch.where(update_norm > 0, g["trust_coefficient"]
-                                                                  * param_norm / update_norm, one), one)
-                    dp = dp.mul(q)
-                state = self.state[p]
-                if "mu" not in state:
-                    state["mu"] = torch.zeros_like(p)
-                mu = state["mu"]
-                mu.mul_(g["momentum"]).add_(dp)
-                p.add_(mu, alpha=-g["lr"])
+        params = list(params)
+        groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+        split = [{**g, "params": kept, "lars_exclude": exclude} for g in groups for exclude in (False, True)
+                 if (kept := [p for p in g["params"] if (p.ndim <= 1) == exclude])]
+        super().__init__(split, lr=lr, weight_decay=weight_decay, momentum=momentum, eta=trust_coefficient)
 
 
 def mae_lr(base: float, t: float, warmup: float, total: float, min_lr: float = 0.0) -> float:
