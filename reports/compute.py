@@ -83,8 +83,9 @@ def mmseg_work(config: Path) -> Work:
                 pixels=crop[0] * crop[1])
 
 
-def classification_work(config: Path, datasets: dict[str, Any]) -> Work:
-    """Images seen in training (epochs x the train split, or the shipped subset list) and in validation."""
+def classification_work(config: Path, datasets: dict[str, Any], seeds: int = 1) -> Work:
+    """Images seen in training (epochs x the train split, or the shipped subset list) and in validation, per
+    fine-tuning seed (``runs``)."""
     cfg = _mm_config(config)
     epochs, name, subset = int(cfg.train_cfg["max_epochs"]), cfg.dataset_name, cfg.get("subset")
     sizes = datasets[name]
@@ -92,9 +93,9 @@ def classification_work(config: Path, datasets: dict[str, Any]) -> Work:
     if subset:  # SimCLR's list, shipped: its length is the training set
         train = len((REPO / "transfer" / "imagenet_subsets" / f"{subset}.txt").read_text().split())
     rounds = epochs // int(cfg.train_cfg.get("val_interval", 1))
-    text = f"{epochs} ep x {train:,} img + {rounds} val x {sizes['val']:,}"
+    text = f"{epochs} ep x {train:,} img + {rounds} val x {sizes['val']:,}" + (f", x {seeds} seeds" if seeds > 1 else "")
     return Work(text, images=epochs * train, val_images=rounds * sizes["val"], epochs=epochs,
-                iterations=epochs * math.ceil(train / int(cfg.global_batch)), batch=int(cfg.global_batch))
+                iterations=epochs * math.ceil(train / int(cfg.global_batch)), batch=int(cfg.global_batch), runs=seeds)
 
 
 def pretrain_work(config: Path) -> Work:
@@ -119,7 +120,7 @@ def job_work(job: dict[str, Any], task: dict[str, Any] | None, datasets: dict[st
     if task["task"] == "segmentation":
         return mmseg_work(REPO / args["config"])
     if task["task"] == "classification":
-        return classification_work(REPO / job["config"], datasets)
+        return classification_work(REPO / job["config"], datasets, len(args.get("seeds", [0])))
     raise ValueError(f"{SOURCES.name}: job {job['job']}: no rule reads the work of a {task['task']!r} task")
 
 
@@ -132,7 +133,7 @@ def gpu_hours(figure: dict[str, Any], work: Work) -> float:
         return work.runs * work.iterations * work.batch * per_image * ratio / 3600
     if kind == "img_per_s":
         val = work.val_images / figure["val_img_per_s"] if work.val_images else 0.0
-        return (work.images / figure["value"] + val) / 3600
+        return work.runs * (work.images / figure["value"] + val) / 3600
     if kind == "hours_per_epoch":
         return work.epochs * figure["value"] * figure["gpus"]
     raise ValueError(f"{SOURCES.name}: figure kind {kind!r} is not one of s_per_iter, img_per_s, hours_per_epoch, none")

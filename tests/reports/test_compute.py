@@ -111,3 +111,15 @@ def test_classification_work_counts_the_shipped_subset():
     listed = len((compute.REPO / "transfer/imagenet_subsets/1percent.txt").read_text().split())
     assert listed == 12811 and work.images == 20 * listed
     assert work.iterations == 20 * math.ceil(listed / 256)
+
+
+def test_a_seed_group_counts_every_fine_tuning_seed():
+    """The paper suite's semi-supervised tasks are groups of seeds: the estimate counts each run."""
+    data, rows, _ = compute.load()
+    tasks = {t["name"]: t for t in yaml.safe_load(compute.SUITE.read_text())["tasks"]}
+    row = next(r for r in rows if r.job == "semisup_imagenet_1pct")
+    seeds = len(tasks["semisup_imagenet_1pct"]["args"]["seeds"])
+    one = compute.classification_work(compute.REPO / row.job_spec["config"], data["datasets"])
+    group = compute.classification_work(compute.REPO / row.job_spec["config"], data["datasets"], seeds)
+    assert seeds == 3 and group.runs == 3
+    assert compute.gpu_hours(row.job_spec["figure"], group) == pytest.approx(3 * compute.gpu_hours(row.job_spec["figure"], one))
