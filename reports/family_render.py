@@ -20,7 +20,7 @@ from reports.families import Column, FamilyTable
 from reports.results import Results
 
 KINDS = {  # ± kind -> (mark when a table mixes kinds, what it is)
-    "ci": ("", "half-width of the 95% bootstrap interval (over test items, and over pretraining seeds for a group of several)"),
+    "ci": ("", "half-width of the 95% bootstrap interval (over test items, and over the seeds of a group: pretraining seeds, and fine-tuning seeds where a task ran several)"),
     "runs": ("r", "std over fine-tuning runs"),
     "seeds": ("s", "std over the group's pretraining seeds"),
 }
