@@ -32,7 +32,7 @@ import time
 from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from plumbing import PROJECT
 from plumbing.job_command import Command
@@ -45,6 +45,27 @@ __all__ = ["JobSpec", "LaunchError", "Outcome", "Resources", "Runner", "SlurmOpt
 HEARTBEAT_S = 60.0
 SACCT_POLL_S = 3.0  # one sacct call per poll for all running jobs
 UNKNOWN_GRACE_S = 60.0  # a just-submitted job may not be in sacct yet
+
+
+def import_submitit() -> Any:
+    """``import submitit`` without closing the process's log files. submitit configures logging when first
+    imported (``logging.config.dictConfig``), and that closes every handler the process already has: a Runner's
+    log file of an mmengine task run earlier in the same process (a notebook, the tests), which mmengine then
+    writes to (``AttributeError`` on its ``None`` stream). The handlers are hidden from that one call (logging's
+    own registries, ``_handlers`` and ``_handlerList``, which the clearing reads) and given back after it."""
+    if "submitit" in sys.modules:
+        return sys.modules["submitit"]
+    import logging
+
+    named, listed = dict(logging._handlers), list(logging._handlerList)
+    logging._handlers.clear()
+    del logging._handlerList[:]
+    try:
+        import submitit
+    finally:
+        logging._handlers.update({k: v for k, v in named.items() if k not in logging._handlers})
+        logging._handlerList[:0] = listed
+    return submitit
 
 
 @dataclass
@@ -305,8 +326,7 @@ class Runner:
         self._say(spec, f"submitted: SLURM job {run.job_id}")
 
     def _local_executor(self, spec: JobSpec):
-        import submitit
-
+        submitit = import_submitit()
         executor = submitit.LocalExecutor(folder=self.folder / "%j", max_num_timeout=0)
         limit = spec.resources.timeout_min
         # no ``setup`` lines here: they would put a shell between the job and its cancel signal
@@ -315,8 +335,7 @@ class Runner:
         return executor
 
     def _slurm_executor(self, spec: JobSpec):
-        import submitit
-
+        submitit = import_submitit()
         r, o = spec.resources, self.slurm
         params: dict = dict(job_name=self.store.name(spec.key),
                             # sbatch reads 0 as no limit: a limit is at least one minute
