@@ -32,7 +32,7 @@ import time
 from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 from plumbing import PROJECT
 from plumbing.job_command import Command
@@ -40,32 +40,12 @@ from plumbing.job_store import JobStore, LaunchError, controller_output
 from plumbing.safe_read import short
 from plumbing.slurm import (ACTIVE, CLUSTER_ENDED, CPU_ONLY_HINT, SETUP as SLURM_SETUP, FolderError, cluster_jobs,
                             cluster_states, private_folder, sbatch_message)
+from plumbing.submitit_import import import_submitit
 
 __all__ = ["JobSpec", "LaunchError", "Outcome", "Resources", "Runner", "SlurmOptions"]
 HEARTBEAT_S = 60.0
 SACCT_POLL_S = 3.0  # one sacct call per poll for all running jobs
 UNKNOWN_GRACE_S = 60.0  # a just-submitted job may not be in sacct yet
-
-
-def import_submitit() -> Any:
-    """``import submitit`` without closing the process's log files. submitit configures logging when first
-    imported (``logging.config.dictConfig``), and that closes every handler the process already has: a Runner's
-    log file of an mmengine task run earlier in the same process (a notebook, the tests), which mmengine then
-    writes to (``AttributeError`` on its ``None`` stream). The handlers are hidden from that one call (logging's
-    own registries, ``_handlers`` and ``_handlerList``, which the clearing reads) and given back after it."""
-    if "submitit" in sys.modules:
-        return sys.modules["submitit"]
-    import logging
-
-    named, listed = dict(logging._handlers), list(logging._handlerList)
-    logging._handlers.clear()
-    del logging._handlerList[:]
-    try:
-        import submitit
-    finally:
-        logging._handlers.update({k: v for k, v in named.items() if k not in logging._handlers})
-        logging._handlerList[:0] = listed
-    return submitit
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""plumbing.jobs.import_submitit: submitit's first import configures logging, which closes every log file the
+"""plumbing.submitit_import: submitit's first import configures logging, which closes every log file the
 process already has (an mmengine Runner's, written to again by mmengine); the runner's import keeps them open."""
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ log.warning("after")
 
 
 @pytest.mark.parametrize("how, closed", [("import submitit", True),  # the control: the bug is real
-                                         ("from plumbing.jobs import import_submitit; import_submitit()", False)])
+                                         ("from plumbing.submitit_import import import_submitit; import_submitit()", False)])
 def test_importing_submitit_keeps_the_open_log_files(how: str, closed: bool, tmp_path: Path) -> None:
     log = tmp_path / "runner.log"
     out = subprocess.run([sys.executable, "-c", CODE.format(how=how), str(log)], cwd=REPO, capture_output=True,
