@@ -33,6 +33,16 @@ if [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$key" ] && [ -x "$VENV/bin/python
   exit 0
 fi
 
+# Disk: a venv is 6.3 GB (torch's CUDA libraries 3.2 GB of it) and the build peaks at 7.3 GB used (measured
+# 2026-12-06, Python 3.13, with the downloaded wheels); a full disk fails deep inside pip, so say it up front.
+need_gb=${MAST_VENV_MIN_FREE_GB:-8}
+for dir in "$(dirname "$VENV")" "${TMPDIR:-/tmp}"; do
+  free_kb=$(df -Pk "$dir" 2>/dev/null | awk 'NR==2 {print $4}')
+  if [ -n "$free_kb" ] && [ "$free_kb" -lt $(( need_gb * 1048576 )) ]; then
+    die "building $VENV needs about $need_gb GB free on the disk of $(cd "$dir" && pwd), which has $(( free_kb / 1048576 )) GB (free some space, or set MAST_VENV_MIN_FREE_GB)"
+  fi
+done
+
 echo "setup_env: building $VENV with Python $pyver (pins changed or first run; log: $LOG)"
 rm -f "$MARKER"
 # A venv of another Python version (PYTHON changed) is rebuilt, not patched.

@@ -1,5 +1,6 @@
 """The install recipe agrees with itself: requirements.txt, environment.yml and the venv."""
 
+import os
 import re
 import subprocess
 from importlib.metadata import version
@@ -47,6 +48,16 @@ def test_setup_is_idempotent_and_fast_when_pins_unchanged():
     out = subprocess.run(["bash", "scripts/setup_env.sh"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "" and marker.read_text() == before  # nothing rebuilt
+
+
+def test_setup_refuses_in_one_line_without_the_disk_a_venv_needs(tmp_path):
+    venv = tmp_path / ".venv-x"
+    env = {**os.environ, "VENV": str(venv), "MAST_VENV_MIN_FREE_GB": str(10**7)}  # 10 PB: no disk has it
+    out = subprocess.run(["bash", "scripts/setup_env.sh"], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 1 and out.stdout == ""
+    assert re.fullmatch(rf"setup_env: building {re.escape(str(venv))} needs about 10000000 GB free on the disk of "
+                        rf"{re.escape(str(tmp_path))}, which has \d+ GB \(.*\)\n", out.stderr), out.stderr
+    assert not venv.exists()  # refused before anything was made
 
 
 def test_no_project_package_named_tools():
