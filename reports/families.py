@@ -125,6 +125,23 @@ class FamilyTable:
     columns: list[Column]
     table: Table  # group rows: the cells of (task, metric) per column
     references: list[Reference] = field(default_factory=list)
+    protocols: list[str] = field(default_factory=list)  # "row, column: source" where a ViT ran its codebase's own
+
+
+def vit_protocols(results: Results, columns: list[Column]) -> list[str]:
+    """Rows whose record ran a ViT codebase's own protocol (``vit_protocol``: DINO eval_linear, MAE
+    main_linprobe) instead of the family's ResNet one, each as ``row, column: source (pooling)``."""
+    out = []
+    for column in dict.fromkeys((c.task, c.dataset) for c in columns):
+        for name in results.names:
+            protocol = (results.get(name, column[0]) or {}).get("vit_protocol")
+            if isinstance(protocol, dict):
+                pool = protocol.get("pool")
+                n = protocol.get("last_blocks")
+                blocks = f" of the last {n} blocks" if isinstance(n, int) and n > 1 else ""
+                where = f" (pooling: {pool}{blocks})" if pool else ""
+                out.append(f"{name}, {column[1]}: {protocol.get('source') or protocol.get('config')}{where}")
+    return out
 
 
 def _task_type(results: Results, task: str) -> str:
@@ -213,7 +230,7 @@ def family_tables(results: Results, baseline: str | None, references: list[Refer
         columns = family_columns(results, fam, tasks)
         table = build_table(results, [(c.task, c.metric) for c in columns], baseline, fam.title)
         refs = [r for r in (references or []) if r.family == fam.key and any(r.value(c) is not None for c in columns)]
-        out.append(FamilyTable(fam, columns, table, refs))
+        out.append(FamilyTable(fam, columns, table, refs, vit_protocols(results, columns)))
     return out
 
 

@@ -142,6 +142,8 @@ def footnote(ft: FamilyTable, baseline: str | None, style: Style) -> str:
     if ft.references:
         parts.append(t("published rows (italics; not run here, may differ in backbone or schedule): "
                        + "; ".join(f"{r.method} {r.arch}: {r.source}" for r in ft.references)))
+    if ft.protocols:
+        parts.append(t("ViT rows ran their codebase's own protocol: " + "; ".join(ft.protocols)))
     parts.append(t(f"column order: {ft.family.source}" if ft.family.source else "columns in the order they ran"))
     return "; ".join(parts) + "."
 

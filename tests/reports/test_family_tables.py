@@ -246,3 +246,25 @@ def test_tables_tex_compiles_with_pdflatex(paper, tmp_path):
     build.build(paper, tmp_path / "report", baseline="vicreg", command="pytest")
     ok, log = latex_check.compile_pdf(tmp_path / "report" / "tables.tex", tmp_path / "latex")
     assert ok, log
+
+
+def test_a_vit_row_names_the_protocol_it_ran(paper, tmp_path):
+    """A ViT's ImageNet linear row ran its codebase's protocol (transfer/classification/vit.py): the Table-1
+    footnote says which, for that row only; a table without such a row says nothing of it."""
+    records = [json.loads(line) for line in paper.read_text().splitlines()]
+    linear = next(r for r in records if r["name"] == "dino_r50" and r["task_name"] == "linear_imagenet")
+    vit = {**linear, "name": "dino_vits16", "checkpoint": {**linear["checkpoint"], "family": "vit", "sha256": "v" * 64},
+           "vit_protocol": {"config": "vit_linear_imagenet_dino_eval_linear.py", "pool": "cls",
+                            "source": "facebookresearch/dino eval_linear.py @ 7c446df", "last_blocks": 4}}
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*records, vit]))
+    results = load_results(tmp_path / "results.jsonl")
+    fams = {ft.family.key: ft for ft in families.family_tables(results, "vicreg")}
+    md = family_render.to_markdown(fams["imagenet"], results, "vicreg")
+    assert ("ViT rows ran their codebase's own protocol: dino_vits16, ImageNet linear: facebookresearch/dino "
+            "eval_linear.py @ 7c446df (pooling: cls of the last 4 blocks)") in md
+    assert fams["imagenet"].protocols == [md.split("own protocol: ")[1].split(";")[0]]  # that row alone
+    assert not any(ft.protocols for key, ft in fams.items() if key != "imagenet")
+    assert "own protocol" not in family_render.to_markdown(fams["linear"], results, "vicreg")
+    tex = family_render.to_latex(fams["imagenet"], results, "vicreg")
+    assert r"dino\_vits16, ImageNet linear: facebookresearch/dino eval\_linear.py" in tex
+    latex_check.check_structure(tex)

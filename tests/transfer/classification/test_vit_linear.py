@@ -7,6 +7,7 @@ Stand-ins: tiny DINO/MAE-format ViTs (tests/vit_writers.py), tiny JPEGs (tests/i
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -313,3 +314,7 @@ def test_paper_suite_smoke_runs_linear_imagenet_on_a_vit(ckpts: dict, tmp_path: 
     record = records[0]
     assert record["scale"] == "smoke" and record["vit_protocol"]["config"] == DINO_CONFIG.name
     assert record["checkpoint"]["family"] == "vit" and record["backbone_unchanged"]
+    report = "".join(f.read_text() for f in sorted((out / "report").glob("*.md")))
+    # the Table-1 footnote names the protocol the row ran
+    assert re.search(r"ViT rows ran their codebase's own protocol: [^;]*ImageNet linear[^;]*: "
+                     r"facebookresearch/dino eval_linear\.py @ \w+ \(pooling: ", report), report[-2000:]
