@@ -126,8 +126,8 @@ def seeds_note(results: Results) -> str:
         return ("1 seed per checkpoint: intervals cover test-set sampling only, not the variation between "
                 "pretraining seeds (there is no seed spread to show).")
     return "Pretraining seeds: " + ", ".join(f"{n} {c} seed{'s' if c != 1 else ''}" for n, c in counts.items()) + (
-        "; a group's value is the mean over its seeds, `sd` their spread, and its interval resamples seeds, "
-        "then test items (docs/STATISTICS.md).")
+        "; a group's value is the mean over its seeds, `sd` their spread, and its interval resamples seeds "
+        "and test items, the same items for every seed (docs/STATISTICS.md).")
 
 
 def legend(baseline: str | None) -> str:

@@ -11,8 +11,9 @@ trains, so every process of a multi-GPU run decides alike.
 The record (:func:`record_group`) follows detection's: every metric the mean over seeds, ``metrics_std``
 their std, ``per_seed`` each seed's metrics, ``resumed`` what each resumed seed continued from; and
 ``seed_runs`` each seed's interval over validation images and its epochs. The headline's interval is
-:func:`transfer.stats.group_interval` over the seeds' per-image hits: the hierarchical bootstrap (seeds,
-then validation images within each) that docs/STATISTICS.md uses for a group of seeds; with one seed it is
+:func:`transfer.stats.group_interval` over the seeds' per-image hits: the hierarchical bootstrap (seeds
+crossed with validation images: one image resample for every drawn seed) that docs/STATISTICS.md uses for a
+group of seeds; with one seed it is
 the interval over validation images, to the bit. ``OUT/predictions.npz`` holds each image's hit rate over
 the seeds (its mean is the headline): the per-item scores a report pairs two checkpoints on.
 """
@@ -185,8 +186,8 @@ def _interval(iv: Any, n_items: int, n_seeds: int) -> dict[str, Any]:
     from transfer.stats import LEVEL, N_BOOT
 
     how = (f"percentile bootstrap over validation images, {N_BOOT} resamples, seed 0" if n_seeds == 1 else
-           f"hierarchical percentile bootstrap over the {n_seeds} fine-tuning seeds, then validation images within "
-           f"each (transfer.stats.group_interval), {N_BOOT} resamples, seed 0")
+           f"hierarchical percentile bootstrap over the {n_seeds} fine-tuning seeds crossed with the validation "
+           f"images (transfer.stats.group_interval), {N_BOOT} resamples, seed 0")
     return {"lo": 100.0 * iv.lo, "hi": 100.0 * iv.hi, "level": LEVEL, "n_items": int(n_items), "n_seeds": n_seeds,
             "unit": "validation images", "method": how}
 
