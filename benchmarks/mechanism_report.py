@@ -84,7 +84,7 @@ def summarise(runs: list[dict], world, arms: list[str]) -> dict:
     names = list(world.spec.factors)
     out: dict = {"world": world.describe(), "factors": names, "arms": {}, "differences": {}, "criteria": CRITERIA,
                  "gate": GATE, "runs": [{k: v for k, v in r.items() if k not in ("content_correct", "r2_items")}
-                                        for r in runs]}
+                                        for r in runs], "interval_scheme": INTERVAL_SCHEME}
     by_arm = {a: [r for r in runs if r["arm"] == a] for a in arms}
     for arm, rs in by_arm.items():
         out["arms"][arm] = arm_entry(rs, names)
@@ -199,6 +199,12 @@ def verdict_lines(res: dict) -> list[str]:
     return lines
 
 
+# Intervals over items of a result file written by this code: seeds crossed with the shared test items. A file
+# without the key was written before 2026-12-06, when items were resampled anew per seed (too narrow).
+INTERVAL_SCHEME = "seeds crossed with test items (transfer.stats.group_interval)"
+NESTED = "ⁿ"
+
+
 def probe_lines(out_dir: Path) -> list[str]:
     files = sorted((out_dir / "probes").glob("*.json"))
     if not files:
@@ -210,8 +216,14 @@ def probe_lines(out_dir: Path) -> list[str]:
         m = r["arms"].get("mast") or r["arms"].get("mast_unc_none") or {}
         d = "; ".join(_fmt((m.get("D") or {}).get(n)) for n in r["factors"])
         sp = "; ".join(_fmt((m.get("logit_spread") or {}).get(n)) for n in r["factors"])
+        mark = "" if r.get("interval_scheme") == INTERVAL_SCHEME else NESTED
         lines.append(f"| {f.stem} | `{r['command']}` | {r['settings'].get('heldout_pairs', '?')} | {d} | {sp} | "
-                     f"{_fmt(m.get('r2', {}).get('strong'))} |")
+                     f"{_fmt(m.get('r2', {}).get('strong'))}{mark} |")
+    if any(line.endswith(f"{NESTED} |") for line in lines[2:]):
+        lines += ["", f"{NESTED}: a probe written before 2026-12-06: its R² interval resampled the test items anew for "
+                  "each seed (nested), which counts one test set once per seed and is too narrow; the crossed "
+                  "bootstrap of docs/STATISTICS.md is wider. Its command, run again, refreshes it. (D_k and the "
+                  "logit spread are one value per seed: their intervals are unchanged.)"]
     return lines
 
 

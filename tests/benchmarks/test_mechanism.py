@@ -58,6 +58,7 @@ def test_json_schema_and_report(tiny):
                                    "ground_truth_ok", "masks_differentiate"}
     assert res["verdict"]["variant_per_dimension"] is None  # its arms did not run
     assert res["time"]["wall_s"] > 0 and res["time"]["cpu_s"] > 0 and len(res["runs"]) == 2 * len(ARMS)
+    assert res["interval_scheme"].startswith("seeds crossed with test items")  # a probe from this code: unmarked
     assert json.loads((out / "results.json").read_text()) == res
     text = (out / "index.md").read_text()
     assert "stated in the code before the run" in text and "| mast_tied |" in text
@@ -124,3 +125,24 @@ def test_runs_as_a_module():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().endswith("--threads 0: expected an integer >= 1")
     assert "No module named" not in proc.stderr
+
+
+def test_a_probe_from_before_the_crossed_bootstrap_is_marked(tmp_path):
+    """A probe file written before group_interval crossed seeds with items (no ``interval_scheme``) has its R²
+    interval marked and the note says why; one written by this code has neither."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import mechanism_report
+
+    iv = {"value": 0.8, "lo": 0.7, "hi": 0.9, "n_seeds": 3}
+    probe = {"factors": FACTORS, "command": "python benchmarks/mechanism.py --probe p", "settings": {"heldout_pairs": 8},
+             "arms": {"mast": {"D": {f: iv for f in FACTORS}, "logit_spread": {f: iv for f in FACTORS}, "r2": {"strong": iv}}}}
+    (tmp_path / "probes").mkdir()
+    (tmp_path / "probes" / "old.json").write_text(json.dumps(probe))
+    (tmp_path / "probes" / "new.json").write_text(json.dumps({**probe, "interval_scheme": mechanism_report.INTERVAL_SCHEME}))
+    lines = mechanism_report.probe_lines(tmp_path)
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ") and "`" in line}
+    assert rows["old"].endswith(f"0.80 [0.70, 0.90]{mechanism_report.NESTED} |")
+    assert rows["new"].endswith("0.80 [0.70, 0.90] |")
+    assert lines[-1].startswith(f"{mechanism_report.NESTED}: a probe written before 2026-12-06")
+    (tmp_path / "probes" / "old.json").unlink()
+    assert not any("2026-12-06" in line for line in mechanism_report.probe_lines(tmp_path))
