@@ -42,19 +42,6 @@ class Work:
     epochs: int = 0  # (hours_per_epoch)
 
 
-def _merged_yaml(path: Path) -> dict[str, Any]:
-    """A detectron2 yaml with its ``_BASE_`` chain merged (later keys win), as detectron2's merge does."""
-    cfg = yaml.safe_load(path.read_text()) or {}
-    base = cfg.pop("_BASE_", None)
-    merged = _merged_yaml(path.parent / base) if base else {}
-
-    def merge(a: dict, b: dict) -> dict:
-        for k, v in b.items():
-            a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
-        return a
-    return merge(merged, cfg)
-
-
 def detectron2_work(config: Path, seeds: int) -> Work:
     """Iterations and batch of a detectron2 yaml or (ViTDet) LazyConfig file."""
     if config.suffix == ".py":  # a LazyConfig: importing it needs detectron2, the two assignments do not
@@ -65,8 +52,11 @@ def detectron2_work(config: Path, seeds: int) -> Work:
             raise ValueError(f"{config}: expected 'train.max_iter = N' and 'dataloader.train.total_batch_size = N'")
         iters, batch = (int(m.group(1)) for m in found)
     else:
-        solver = _merged_yaml(config).get("SOLVER", {})
-        iters, batch = int(solver["MAX_ITER"]), int(solver["IMS_PER_BATCH"])
+        from detectron2.config import get_cfg  # detectron2's own _BASE_ merge and defaults
+
+        cfg = get_cfg()
+        cfg.merge_from_file(str(config), allow_unsafe=False)
+        iters, batch = int(cfg.SOLVER.MAX_ITER), int(cfg.SOLVER.IMS_PER_BATCH)
     runs = f" x {seeds} seeds" if seeds > 1 else ""
     return Work(f"{iters:,} iter x {batch} img{runs}", iterations=iters, batch=batch, runs=seeds)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,7 @@ def _listed(folder: Path, parts: dict, classes: list[str], fmt, write) -> dict:
         for i in range(n):
             y = i % len(classes)
             rel = fmt(classes[y], part, i)
-            _img(folder / rel, y, hash((part, i)) % 997)
+            _img(folder / rel, y, zlib.crc32(f"{part}/{i}".encode()) % 997)  # str hash() is salted per process
             lines.append((rel, y))
         write(part, lines)
         counts[part] = n
@@ -180,10 +181,10 @@ def aircraft(root: Path) -> dict:
     data.mkdir(parents=True)
     (data / "variants.txt").write_text("\n".join(classes) + "\n")
     counts = {}
-    for part, n in (("train", 6), ("val", 6), ("test", 6)):
+    for part, n, prefix in (("train", 6, 11), ("val", 6, 22), ("test", 6, 33)):  # distinct ids across the parts
         lines = []
         for i in range(n):
-            image_id = f"{hash(part) % 90 + 10}{i:05d}"
+            image_id = f"{prefix}{i:05d}"
             _img(data / "images" / f"{image_id}.jpg", i % 3, i)
             lines.append(f"{image_id} {classes[i % 3]}")
         (data / f"images_variant_{part}.txt").write_text("\n".join(lines) + "\n")
@@ -225,7 +226,7 @@ def mit67(root: Path) -> dict:
     for part, n in (("Train", 5), ("Test", 2)):
         rel = [f"{c}/{part}{i}.jpg" for c in classes for i in range(n)]
         for r in rel:
-            _img(root / "Images" / r, classes.index(r.split("/")[0]), hash(r) % 97)
+            _img(root / "Images" / r, classes.index(r.split("/")[0]), zlib.crc32(r.encode()) % 97)
         (root / f"{part}Images.txt").write_text("\n".join(rel) + "\n")
         counts[part.lower()] = len(rel)
     return {**counts, "classes": 3}

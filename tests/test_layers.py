@@ -1,4 +1,4 @@
-"""The layers of README "Layout": every module sits in exactly one, no import goes up, none in a circle.
+"""The layers of README "Layout" (docs/LAYOUT.md): every module sits in exactly one, no import goes up, none in a circle.
 
     benchmarks      benchmarks/                    may import every layer; nothing imports it
     orchestration   transfer/orchestrate/          start tasks and reports as subprocesses

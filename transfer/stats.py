@@ -77,13 +77,13 @@ def group_interval(groups: list[np.ndarray], n_boot: int = N_BOOT, seed: int = 0
     seeds = _draw_seeds(rng, len(groups), n_boot)
     draws = np.zeros(n_boot)
     value = float(np.mean([g.mean() for g in groups]))
-    if len(groups) > 1 and len({g.size for g in groups}) == 1:  # crossed: the same items for every seed
+    if len({g.size for g in groups}) == 1:  # crossed: the same items for every seed (one seed: items alone)
         stack, n_items = np.stack(groups), groups[0].size  # [seeds, items]
         for chunk in np.array_split(np.arange(n_boot), max(1, n_boot * n_items * len(groups) // _CHUNK)):
             means = stack[:, rng.integers(n_items, size=(chunk.size, n_items))].mean(axis=2)  # [seeds, chunk]
             draws[chunk] = means.T[np.arange(chunk.size)[:, None], seeds[chunk]].mean(1)
         return Interval(value, *_bounds(draws), n_seeds=len(groups))
-    for j in range(len(groups)):  # nested (or one seed): position j of the drawn seed list, its own item resample
+    for j in range(len(groups)):  # nested: position j of the drawn seed list, its own item resample
         for s, g in enumerate(groups):
             rows = np.flatnonzero(seeds[:, j] == s)
             for chunk in np.array_split(rows, max(1, rows.size * g.size // _CHUNK)):

@@ -211,13 +211,15 @@ def check_vit_cfg(cfg: Any, info: CheckpointInfo, config_name: str) -> list[str]
     if str(backbone.get("type")) != BACKBONE_TYPE:
         raise BackboneMismatch(f"{where}.type={backbone.get('type')!r} cannot hold {info.path} (a ViT, {info.arch}); "
                                f"use a ViT config ({DINO_CONFIG.name}, {MAE_CONFIG.name})")
+    from transfer.backbones.vit.pooling import feature_width
+
     pool, last_blocks = pooling_of(cfg, info)
-    depth, width = info.vit["depth"], info.vit["embed_dim"]
+    depth = info.vit["depth"]
     if last_blocks > depth:
         raise BackboneMismatch(f"{where}: the protocol's pooling reads the last {last_blocks} blocks; {info.arch} "
                                f"has {depth}")
     backbone.update(spec=dict(info.vit), pool=pool, last_blocks=last_blocks)
-    feature = width * (last_blocks if pool == "cls" else 1 if pool == "avg" else last_blocks + 1)
+    feature = feature_width(info.vit["embed_dim"], pool, last_blocks)
     cfg.model.head.in_channels = feature
     return [f"pooling {pool} over the last {last_blocks} block(s): {feature} features ({info.arch})"]
 

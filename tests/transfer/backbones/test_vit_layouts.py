@@ -14,7 +14,7 @@ import torch
 
 import vit_writers as W
 from transfer.backbones import CheckpointError, load
-from transfer.backbones.vit.pooling import vit_features
+from transfer.backbones.vit.pooling import POOLS, feature_width, vit_features
 from transfer.backbones.vit.load import build_vit, load_state, resize_pos_embed, spec_of
 
 TOL = 1e-5
@@ -154,6 +154,9 @@ def test_vit_pools(tmp_path):
         assert vit_features(ref, x, "cls+avg").shape == (2, 384)
         four = vit_features(ref, x, "cls", last_blocks=4)
         assert four.shape == (2, 4 * 192) and torch.allclose(four[:, -192:], tokens[:, 0], atol=1e-6)
+        for pool in POOLS:  # the width the linear engine sizes its head by (feature_width) is the features'
+            for blocks in (1, 3):
+                assert vit_features(ref, x, pool, blocks).shape[1] == feature_width(192, pool, blocks), (pool, blocks)
 
 
 @pytest.mark.parametrize("layout", ["mae", "dinov2"])

@@ -61,6 +61,11 @@ def vit_feature_sets(model: nn.Module, x: Tensor, sets: Sequence[FeatureSet]) ->
     return out
 
 
+def feature_width(embed_dim: int, pool: str, last_blocks: int = 1) -> int:
+    """Width of :func:`vit_features`' output: ``last_blocks`` class tokens, one patch average, or both."""
+    return embed_dim * {"cls": last_blocks, "avg": 1, "cls+avg": last_blocks + 1}[pool]
+
+
 def probe_feature_sets(info: CheckpointInfo, pool: str, last_blocks: int) -> list[FeatureSet]:
     """The feature sets one pass computes for a probe asking for ``(pool, last_blocks)``, that one first.
 
